@@ -11,10 +11,11 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then exit 0; fi
 . .venv/bin/activate
 echo "[setup] installing musicsae-jax and its dependencies into .venv (about a minute)" >&2
 pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-pip install -q -e ".[audiocraft-runtime,test]" 2>&1 | grep -v '^WARNING: Location' || true
+pip install -q -e ".[audiocraft-runtime,test]" 2>&1 | grep -vE '^WARNING: Location|^ +\*|^ *!!|^ *$|SetuptoolsDeprecationWarning|wheel_obj|License|license|Please consider|See https|By 20' || true
 # audiocraft pins torch==2.1 / numpy<2: install it alone, without its pins.
 pip install -q --no-deps audiocraft==1.3.0 2>&1 | grep -v '^WARNING: Location' || true
-python -c "import musicsae_jax, jax, flax, optax, orbax.checkpoint, tensorstore, torch, audiocraft" \
-  2>/dev/null || { echo "[setup] install incomplete: an import failed" >&2; python -c "import jax, flax, optax, orbax.checkpoint, tensorstore, torch"; exit 1; }
+# audiocraft is only found here, not imported: importing it needs bridge/models.py's shim.
+python -c "import importlib.util as u, musicsae_jax, jax, flax, optax, orbax.checkpoint, tensorstore, torch; assert u.find_spec('audiocraft'), 'audiocraft missing'" \
+  || { echo "[setup] install incomplete: the import above failed" >&2; exit 1; }
 echo "$HASH" > "$STAMP"
 echo "[setup] done" >&2
