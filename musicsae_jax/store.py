@@ -1,0 +1,594 @@
+"""The activation store: TensorStore zarr3 arrays of activations plus a manifest and prompt table.
+
+The torch bridge writes through this module and the JAX trainer streams from it, so it
+imports only numpy and tensorstore. The on-disk layout is the contract in WORKSPACE.md:
+
+  <dataset>/manifest.json                  static description (format, model, sites, workers)
+  <dataset>/prompts.jsonl                  prompt_id, text, labels, seed
+  <dataset>/commits/worker-<i>.json        what worker i has committed (rows per site, prompts)
+  <dataset>/sites/<site>/acts, index       zarr3 arrays (one writer)
+  <dataset>/sites/<site>/part-<i>/acts, index   (worker i of N > 1 writers)
+
+Crash safety: rows are written first, then the worker's commit record is replaced
+atomically (write temp file, fsync, rename). Rows past the committed count are invisible
+and are overwritten by the next append, so a batch is either committed or not there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorstore as ts
+
+FORMAT_VERSION = 1
+DTYPES = ("float32", "bfloat16")
+CODECS = ("zstd", "blosc", "none")
+READ_CHUNK_BYTES = 4 << 20   # a read unit of ~4 MB: big enough to stream, small enough to shuffle
+SHARD_CHUNKS = 16            # chunks per shard file: ~64 MB objects on disk
+_SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class StoreError(Exception):
+  """Base class of every error this module raises on bad input or bad state."""
+
+
+class StoreExistsError(StoreError, FileExistsError):
+  """The dataset directory already exists and overwrite was not asked for."""
+
+
+class ManifestError(StoreError):
+  """manifest.json (or a commit record) is missing, unreadable or of the wrong format."""
+
+
+class UnknownSiteError(StoreError, KeyError):
+  """A site name that the dataset does not have."""
+
+  def __str__(self) -> str:  # KeyError would quote the message
+    return str(self.args[0])
+
+
+class ShapeError(StoreError, ValueError):
+  """Rows of the wrong width, dtype or index shape."""
+
+
+class RowRangeError(StoreError, IndexError):
+  """A read past the committed rows (or the blocks) of a site."""
+
+
+class LockedError(StoreError):
+  """Another live process holds this worker's write lock."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteSpec:
+  """One activation site: row width, stored dtype and its chunking.
+
+  chunk_rows is the read unit (one compressed chunk, ~4 MB by default); a shard file
+  holds shard_chunks chunks, so writes land as large objects while reads stay small.
+  """
+  d: int
+  dtype: str = "float32"
+  chunk_rows: int | None = None
+  shard_chunks: int = SHARD_CHUNKS
+  codec: str = "zstd"
+
+  def resolved(self) -> "SiteSpec":
+    if not isinstance(self.d, (int, np.integer)) or self.d <= 0:
+      raise ShapeError(f"site width d must be a positive int, got {self.d!r}")
+    if self.dtype not in DTYPES:
+      raise ShapeError(f"site dtype must be one of {DTYPES}, got {self.dtype!r}")
+    if self.codec not in CODECS:
+      raise ShapeError(f"site codec must be one of {CODECS}, got {self.codec!r}")
+    rows = self.chunk_rows or default_chunk_rows(int(self.d), self.dtype)
+    if rows <= 0 or self.shard_chunks <= 0:
+      raise ShapeError(f"chunk_rows and shard_chunks must be positive, got {rows}, {self.shard_chunks}")
+    return dataclasses.replace(self, d=int(self.d), chunk_rows=int(rows))
+
+  @property
+  def shard_rows(self) -> int:
+    return int(self.chunk_rows) * int(self.shard_chunks)
+
+  @property
+  def np_dtype(self) -> np.dtype:
+    return np.dtype(ts.bfloat16.numpy_dtype if self.dtype == "bfloat16" else np.float32)
+
+
+def default_chunk_rows(d: int, dtype: str) -> int:
+  """Largest power of two of rows whose chunk stays within READ_CHUNK_BYTES (256..65536)."""
+  itemsize = 2 if dtype == "bfloat16" else 4
+  rows = max(1, READ_CHUNK_BYTES // (d * itemsize))
+  return int(min(65536, max(256, 1 << (rows.bit_length() - 1))))
+
+
+# --------------------------------------------------------------------------------------
+# files
+
+
+def _write_json_atomic(path: str, obj: Any) -> None:
+  """Write JSON so that readers see either the old file or the new one, never half."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+  try:
+    os.fsync(dfd)
+  finally:
+    os.close(dfd)
+
+
+def _read_json(path: str, what: str) -> dict:
+  if not os.path.exists(path):
+    raise ManifestError(f"{path}: missing {what}; is this an activation dataset "
+                        f"(created by musicsae_jax.store.create)?")
+  try:
+    with open(path) as f:
+      obj = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ManifestError(f"{path}: corrupt {what} ({e}); expected a JSON object") from e
+  if not isinstance(obj, dict):
+    raise ManifestError(f"{path}: corrupt {what}; expected a JSON object, got {type(obj).__name__}")
+  return obj
+
+
+def _part_dir(root: str, site: str, worker: int, num_workers: int) -> str:
+  base = os.path.join(root, "sites", site)
+  return base if num_workers == 1 else os.path.join(base, f"part-{worker}")
+
+
+def _commit_path(root: str, worker: int) -> str:
+  return os.path.join(root, "commits", f"worker-{worker}.json")
+
+
+def _codecs(spec: SiteSpec, width: int, itemsize: int) -> list[dict]:
+  inner: list[dict] = [{"name": "bytes", "configuration": {"endian": "little"}}]
+  if spec.codec == "zstd":
+    inner.append({"name": "zstd", "configuration": {"level": 1, "checksum": False}})
+  elif spec.codec == "blosc":
+    inner.append({"name": "blosc", "configuration": {
+        "cname": "lz4", "clevel": 5, "shuffle": "shuffle", "typesize": itemsize, "blocksize": 0}})
+  return [{"name": "sharding_indexed", "configuration": {
+      "chunk_shape": [spec.chunk_rows, width],
+      "codecs": inner,
+      "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                       {"name": "crc32c"}],
+      "index_location": "end"}}]
+
+
+def _array_spec(path: str, width: int, dtype: str, spec: SiteSpec, create: bool) -> dict:
+  s: dict[str, Any] = {"driver": "zarr3", "kvstore": {"driver": "file", "path": path}}
+  if create:
+    itemsize = 2 if dtype == "bfloat16" else 4
+    codecs = _codecs(spec, width, itemsize)
+    s.update(create=True, delete_existing=True, metadata={
+        "shape": [0, width],
+        "data_type": dtype,
+        "chunk_grid": {"name": "regular",
+                       "configuration": {"chunk_shape": [spec.shard_rows, width]}},
+        "chunk_key_encoding": {"name": "default"},
+        "fill_value": 0,
+        "codecs": codecs,
+        "dimension_names": ["row", "feature" if dtype != "int32" else "field"],
+    })
+  return s
+
+
+def _open_array(path: str, width: int, dtype: str, spec: SiteSpec, create: bool = False):
+  try:
+    return ts.open(_array_spec(path, width, dtype, spec, create)).result()
+  except ValueError as e:
+    raise ManifestError(f"{path}: cannot open zarr3 array ({e})") from e
+
+
+# --------------------------------------------------------------------------------------
+# create / open
+
+
+def create(path: str, sites: Mapping[str, SiteSpec | Mapping[str, Any]], *,
+           prompts: Sequence[Mapping[str, Any]] | None = None,
+           model: Mapping[str, Any] | None = None,
+           generation: Mapping[str, Any] | None = None,
+           num_workers: int = 1, overwrite: bool = False,
+           extra: Mapping[str, Any] | None = None) -> "Dataset":
+  """Create an empty dataset: manifest, prompt table and one empty array pair per site/part.
+
+  prompts: dicts with `text`, optional `labels` (dict) and `seed`; prompt_id = position.
+  """
+  path = os.path.abspath(path)
+  if os.path.exists(path):
+    if not overwrite:
+      raise StoreExistsError(f"{path}: dataset already exists; pass overwrite=True "
+                             f"(--overwrite) to replace it, or choose another dataset name")
+    shutil.rmtree(path)
+  if not sites:
+    raise ShapeError(f"{path}: a dataset needs at least one site")
+  if not isinstance(num_workers, int) or num_workers < 1:
+    raise StoreError(f"num_workers must be a positive int, got {num_workers!r}")
+  resolved: dict[str, SiteSpec] = {}
+  for name, spec in sites.items():
+    if not _SITE_RE.match(name):
+      raise UnknownSiteError(f"site name {name!r} must match {_SITE_RE.pattern}")
+    resolved[name] = (spec if isinstance(spec, SiteSpec) else SiteSpec(**spec)).resolved()
+  table = [_prompt_row(i, p) for i, p in enumerate(prompts or [])]
+
+  os.makedirs(os.path.join(path, "commits"))
+  with open(os.path.join(path, "prompts.jsonl"), "w") as f:
+    for row in table:
+      f.write(json.dumps(row) + "\n")
+  for name, spec in resolved.items():
+    for w in range(num_workers):
+      part = _part_dir(path, name, w, num_workers)
+      _open_array(os.path.join(part, "acts"), spec.d, spec.dtype, spec, create=True)
+      _open_array(os.path.join(part, "index"), 2, "int32", spec, create=True)
+  manifest = {
+      "format": "musicsae-activations",
+      "format_version": FORMAT_VERSION,
+      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+      "model": dict(model or {}),
+      "generation": dict(generation or {}),
+      "sites": {n: dataclasses.asdict(s) | {"shard_rows": s.shard_rows} for n, s in resolved.items()},
+      "num_workers": num_workers,
+      "num_prompts": len(table),
+      "extra": dict(extra or {}),
+  }
+  _write_json_atomic(os.path.join(path, "manifest.json"), manifest)
+  return Dataset(path)
+
+
+def _prompt_row(i: int, p: Mapping[str, Any]) -> dict:
+  if isinstance(p, str):
+    p = {"text": p}
+  if not isinstance(p, Mapping) or not isinstance(p.get("text"), str):
+    raise StoreError(f"prompt {i}: expected a dict with a 'text' string, got {p!r}")
+  labels = p.get("labels") or {}
+  if not isinstance(labels, Mapping):
+    raise StoreError(f"prompt {i}: 'labels' must be a dict, got {labels!r}")
+  return {"prompt_id": i, "text": p["text"], "labels": dict(labels), "seed": p.get("seed", i)}
+
+
+def open_dataset(path: str) -> "Dataset":
+  """Open an existing dataset for reading (and for `writer()`)."""
+  return Dataset(os.path.abspath(path))
+
+
+def exists(path: str) -> bool:
+  return os.path.exists(os.path.join(path, "manifest.json"))
+
+
+class Dataset:
+  """A dataset on disk. Cheap to construct; readers reflect commits as of `refresh()`."""
+
+  def __init__(self, path: str):
+    self.path = path
+    if not os.path.isdir(path):
+      raise ManifestError(f"{path}: no such dataset directory")
+    m = _read_json(os.path.join(path, "manifest.json"), "manifest.json")
+    if m.get("format") != "musicsae-activations" or not isinstance(m.get("sites"), dict):
+      raise ManifestError(f"{path}/manifest.json: not an activation-store manifest "
+                          f"(expected format 'musicsae-activations' and a 'sites' object)")
+    if m.get("format_version") != FORMAT_VERSION:
+      raise ManifestError(f"{path}/manifest.json: format_version {m.get('format_version')!r}, "
+                          f"this code reads {FORMAT_VERSION}")
+    self.manifest = m
+    try:
+      self.sites = {n: SiteSpec(**{k: v for k, v in s.items() if k != "shard_rows"})
+                    for n, s in m["sites"].items()}
+    except TypeError as e:
+      raise ManifestError(f"{path}/manifest.json: bad site entry ({e})") from e
+    self.num_workers = int(m.get("num_workers", 1))
+    self._prompts: list[dict] | None = None
+
+  def __repr__(self) -> str:
+    return f"Dataset({self.path!r}, sites={list(self.sites)})"
+
+  @property
+  def prompts(self) -> list[dict]:
+    if self._prompts is None:
+      p = os.path.join(self.path, "prompts.jsonl")
+      rows = []
+      with open(p) as f:
+        for lineno, line in enumerate(f, 1):
+          if line.strip():
+            try:
+              rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+              raise ManifestError(f"{p}:{lineno}: corrupt prompt row ({e})") from e
+      self._prompts = rows
+    return self._prompts
+
+  def commits(self) -> list[dict]:
+    """Each worker's commit record (an empty one for workers that have not committed)."""
+    out = []
+    for w in range(self.num_workers):
+      p = _commit_path(self.path, w)
+      out.append(_read_json(p, "commit record") if os.path.exists(p) else _empty_commit(w))
+    return out
+
+  def completed_prompts(self) -> set[int]:
+    return {int(i) for c in self.commits() for i in c["completed_prompts"]}
+
+  def site(self, name: str) -> "SiteReader":
+    if name not in self.sites:
+      raise UnknownSiteError(f"{self.path}: unknown site {name!r}; this dataset has "
+                             f"{sorted(self.sites)}")
+    rows = [int(c["rows"].get(name, 0)) for c in self.commits()]
+    return SiteReader(self, name, rows)
+
+  def writer(self, worker_index: int = 0, **kw) -> "Writer":
+    return Writer(self, worker_index, **kw)
+
+  def summary(self) -> dict:
+    return {"path": self.path, "prompts": len(self.prompts),
+            "completed_prompts": len(self.completed_prompts()),
+            "sites": {n: {"d": s.d, "dtype": s.dtype, "rows": self.site(n).num_rows}
+                      for n, s in self.sites.items()}}
+
+
+def _empty_commit(worker: int) -> dict:
+  return {"worker": worker, "rows": {}, "completed_prompts": [], "flushes": 0}
+
+
+# --------------------------------------------------------------------------------------
+# reading
+
+
+class SiteReader:
+  """Committed rows of one site across all worker parts, seen as one [rows, d] array.
+
+  Global row ids run through part 0, then part 1, ...; a block is one stored chunk
+  (chunk_rows rows) of one part, the unit training reads in shuffled order.
+  """
+
+  def __init__(self, ds: Dataset, name: str, part_rows: list[int]):
+    self.dataset, self.name = ds, name
+    self.spec = ds.sites[name].resolved()
+    self.d, self.dtype, self.chunk_rows = self.spec.d, self.spec.dtype, self.spec.chunk_rows
+    self.part_rows = part_rows
+    self.part_start = np.concatenate([[0], np.cumsum(part_rows)]).astype(np.int64)
+    self.num_rows = int(self.part_start[-1])
+    blocks = [(p, s) for p, n in enumerate(part_rows) for s in range(0, n, self.chunk_rows)]
+    self._blocks = blocks
+    self.num_blocks = len(blocks)
+    self._arrays: dict[int, tuple[Any, Any]] = {}
+
+  def __repr__(self) -> str:
+    return f"SiteReader({self.name!r}, rows={self.num_rows}, d={self.d}, dtype={self.dtype})"
+
+  def _part(self, p: int):
+    if p not in self._arrays:
+      base = _part_dir(self.dataset.path, self.name, p, self.dataset.num_workers)
+      self._arrays[p] = (_open_array(os.path.join(base, "acts"), self.d, self.dtype, self.spec),
+                         _open_array(os.path.join(base, "index"), 2, "int32", self.spec))
+    return self._arrays[p]
+
+  def block_rows(self, i: int) -> tuple[int, int]:
+    """Global [start, stop) of block i."""
+    p, s = self._block(i)
+    return int(self.part_start[p] + s), int(self.part_start[p] + min(s + self.chunk_rows, self.part_rows[p]))
+
+  def _block(self, i: int) -> tuple[int, int]:
+    if not 0 <= i < self.num_blocks:
+      raise RowRangeError(f"{self.dataset.path}: site {self.name!r} has {self.num_blocks} blocks, "
+                          f"asked for block {i}")
+    return self._blocks[i]
+
+  def read_block(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """One chunk-aligned block: (acts [n, d] in the stored dtype, index [n, 2] int32)."""
+    p, s = self._block(i)
+    e = min(s + self.chunk_rows, self.part_rows[p])
+    acts, index = self._part(p)
+    fa, fi = acts[s:e].read(), index[s:e].read()
+    return fa.result(), fi.result()
+
+  def iter_blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every block in order, the next one read while the caller works on this one."""
+    if not self.num_blocks:
+      return
+    pending = self._read_async(0)
+    for i in range(self.num_blocks):
+      acts, index = pending
+      if i + 1 < self.num_blocks:
+        pending = self._read_async(i + 1)
+      yield acts.result(), index.result()
+
+  def _read_async(self, i: int):
+    p, s = self._block(i)
+    e = min(s + self.chunk_rows, self.part_rows[p])
+    acts, index = self._part(p)
+    return acts[s:e].read(), index[s:e].read()
+
+  def _locate(self, rows) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if rows.size and (rows.min() < 0 or rows.max() >= self.num_rows):
+      bad = rows[(rows < 0) | (rows >= self.num_rows)][0]
+      raise RowRangeError(f"{self.dataset.path}: site {self.name!r} has {self.num_rows} committed "
+                          f"rows, asked for row {bad}")
+    part = np.searchsorted(self.part_start, rows, side="right") - 1
+    return part, rows - self.part_start[part]
+
+  def _gather(self, rows, which: int, width: int, dtype) -> np.ndarray:
+    part, local = self._locate(rows)
+    out = np.empty((part.size, width), dtype=dtype)
+    futures = []
+    for p in np.unique(part):
+      sel = np.nonzero(part == p)[0]
+      order = np.argsort(local[sel], kind="stable")
+      arr = self._part(int(p))[which]
+      futures.append((sel[order], arr[local[sel][order]].read()))
+    for sel, fut in futures:
+      out[sel] = fut.result()
+    return out
+
+  def read_rows(self, rows) -> np.ndarray:
+    """Activations of the given global row ids, in the order given."""
+    return self._gather(rows, 0, self.d, self.spec.np_dtype)
+
+  def read_index(self, rows=None) -> np.ndarray:
+    """(prompt_id, frame) of the given rows (all committed rows when None)."""
+    if rows is None:
+      parts = [self._part(p)[1][: n].read() for p, n in enumerate(self.part_rows)]
+      got = [f.result() for f in parts]
+      return np.concatenate(got) if got else np.zeros((0, 2), np.int32)
+    return self._gather(rows, 1, 2, np.int32)
+
+  def read_all(self) -> np.ndarray:
+    """Every committed row (small sites only: this is the whole site in RAM)."""
+    out = [a for a, _ in self.iter_blocks()]
+    return np.concatenate(out) if out else np.zeros((0, self.d), self.spec.np_dtype)
+
+
+# --------------------------------------------------------------------------------------
+# writing
+
+
+class Writer:
+  """Appends rows for one worker. Rows and prompt completions become visible together.
+
+  Appended rows are buffered in memory and written when a site's buffer reaches a
+  shard, when `flush()` is called, when `flush_seconds` have passed at a `commit()`, and
+  on a clean exit from the `with` block. Each flush writes the rows, then atomically
+  replaces the worker's commit record: a crash before that loses (only) the unflushed
+  batch, and the next writer continues after the committed rows.
+  """
+
+  def __init__(self, ds: Dataset, worker_index: int = 0, flush_seconds: float = 60.0):
+    if not isinstance(worker_index, int) or not 0 <= worker_index < ds.num_workers:
+      raise StoreError(f"{ds.path}: worker_index must be in [0, {ds.num_workers}) for a dataset "
+                       f"created with num_workers={ds.num_workers}, got {worker_index!r}")
+    self.ds, self.worker = ds, worker_index
+    self.flush_seconds = flush_seconds
+    self._lock_fd = os.open(_commit_path(ds.path, worker_index) + ".lock", os.O_CREAT | os.O_RDWR)
+    try:
+      fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(self._lock_fd)
+      raise LockedError(f"{ds.path}: worker {worker_index} is being written by another live "
+                        f"process; use a different --worker_index or wait for it to finish") from None
+    p = _commit_path(ds.path, worker_index)
+    self._commit = _read_json(p, "commit record") if os.path.exists(p) else _empty_commit(worker_index)
+    self._specs = {n: s.resolved() for n, s in ds.sites.items()}
+    self._arrays: dict[str, tuple[Any, Any]] = {}
+    self._pending: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n in ds.sites}
+    self._pending_rows = dict.fromkeys(ds.sites, 0)
+    self._pending_prompts: list[int] = []
+    self._last_flush = time.monotonic()
+    self._closed = False
+    for name in ds.sites:        # drop rows a crashed writer left past the commit
+      acts, index = self._array(name)
+      n = self.committed_rows(name)
+      if acts.shape[0] != n:
+        acts.resize(exclusive_max=[n, None], shrink_only=True).result()
+        index.resize(exclusive_max=[n, None], shrink_only=True).result()
+        self._arrays.pop(name)
+
+  def __enter__(self) -> "Writer":
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc_type is None:
+      self.close()
+    else:            # an error mid-batch: keep what was committed, drop the rest
+      self._release()
+
+  def committed_rows(self, site: str) -> int:
+    return int(self._commit["rows"].get(site, 0))
+
+  def completed_prompts(self) -> set[int]:
+    return set(self._commit["completed_prompts"])
+
+  def _array(self, name: str):
+    if name not in self._arrays:
+      spec = self._specs[name]
+      base = _part_dir(self.ds.path, name, self.worker, self.ds.num_workers)
+      self._arrays[name] = (_open_array(os.path.join(base, "acts"), spec.d, spec.dtype, spec),
+                            _open_array(os.path.join(base, "index"), 2, "int32", spec))
+    return self._arrays[name]
+
+  def append(self, site: str, acts: np.ndarray, index: np.ndarray) -> None:
+    """Queue rows of one site: acts [n, d] (any float dtype, cast to the site's) and
+    index [n, 2] integer (prompt_id, frame)."""
+    if self._closed:
+      raise StoreError(f"{self.ds.path}: writer for worker {self.worker} is closed")
+    if site not in self._specs:
+      raise UnknownSiteError(f"{self.ds.path}: unknown site {site!r}; this dataset has "
+                             f"{sorted(self._specs)}")
+    spec = self._specs[site]
+    acts, index = np.asarray(acts), np.asarray(index)
+    if acts.ndim != 2 or acts.shape[1] != spec.d:
+      raise ShapeError(f"{self.ds.path}: site {site!r} takes rows of width {spec.d} "
+                       f"([n, {spec.d}]), got shape {acts.shape}")
+    if not (np.issubdtype(acts.dtype, np.floating) or acts.dtype == spec.np_dtype):
+      raise ShapeError(f"{self.ds.path}: site {site!r} stores {spec.dtype}; got {acts.dtype} "
+                       f"(pass floating-point activations)")
+    if index.shape != (acts.shape[0], 2) or not np.issubdtype(index.dtype, np.integer):
+      raise ShapeError(f"{self.ds.path}: site {site!r}: index must be integer [{acts.shape[0]}, 2] "
+                       f"(prompt_id, frame), got {index.dtype} {index.shape}")
+    n_prompts = self.ds.manifest.get("num_prompts", 0)
+    if n_prompts and index.size and (index[:, 0].min() < 0 or index[:, 0].max() >= n_prompts):
+      raise ShapeError(f"{self.ds.path}: site {site!r}: prompt_id out of range [0, {n_prompts})")
+    if not acts.shape[0]:
+      return
+    self._pending[site].append((acts.astype(spec.np_dtype, copy=False), index.astype(np.int32)))
+    self._pending_rows[site] += acts.shape[0]
+
+  def commit(self, prompt_ids: Sequence[int] = ()) -> None:
+    """Mark prompts complete; they become visible with their rows at the next flush."""
+    self._pending_prompts.extend(int(i) for i in prompt_ids)
+    full = any(self._pending_rows[n] >= self._specs[n].shard_rows for n in self._specs)
+    if full or time.monotonic() - self._last_flush >= self.flush_seconds:
+      self.flush()
+
+  def flush(self) -> None:
+    """Write queued rows, then publish them and pending completions atomically."""
+    if not any(self._pending_rows.values()) and not self._pending_prompts:
+      return
+    new_rows = dict(self._commit["rows"])
+    writes = []
+    for name, chunks in self._pending.items():
+      if not chunks:
+        continue
+      acts = np.concatenate([a for a, _ in chunks])
+      index = np.concatenate([i for _, i in chunks])
+      start = self.committed_rows(name)
+      stop = start + acts.shape[0]
+      arr, idx = self._array(name)
+      arr = arr.resize(exclusive_max=[stop, None], expand_only=True).result()
+      idx = idx.resize(exclusive_max=[stop, None], expand_only=True).result()
+      self._arrays[name] = (arr, idx)
+      writes += [arr[start:stop].write(acts), idx[start:stop].write(index)]
+      new_rows[name] = stop
+    for w in writes:
+      w.result()
+    done = sorted(set(self._commit["completed_prompts"]) | set(self._pending_prompts))
+    record = {"worker": self.worker, "rows": new_rows, "completed_prompts": done,
+              "flushes": int(self._commit.get("flushes", 0)) + 1,
+              "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _write_json_atomic(_commit_path(self.ds.path, self.worker), record)
+    self._commit = record
+    self._pending = {n: [] for n in self._specs}
+    self._pending_rows = dict.fromkeys(self._specs, 0)
+    self._pending_prompts = []
+    self._last_flush = time.monotonic()
+
+  def close(self) -> None:
+    if not self._closed:
+      try:
+        self.flush()
+      finally:
+        self._release()
+
+  def _release(self) -> None:
+    if not self._closed:
+      self._closed = True
+      fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+      os.close(self._lock_fd)

@@ -1,0 +1,284 @@
+"""The activation store: round trips, crash safety, several writers, clear errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from musicsae_jax import store
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def batch(b: int, d: int = 12):
+  """Deterministic rows of 'prompt' b: an uneven number of frames per prompt."""
+  rng = np.random.default_rng(b)
+  n = int(rng.integers(1, 40))
+  acts = rng.standard_normal((n, d)).astype(np.float32)
+  index = np.stack([np.full(n, b), np.arange(n)], 1).astype(np.int32)
+  return acts, index
+
+
+def expected(bs, d=12):
+  parts = [batch(b, d) for b in bs]
+  return np.concatenate([a for a, _ in parts]), np.concatenate([i for _, i in parts])
+
+
+def small_sites(dtype="float32"):
+  return {"lm.layer.1": store.SiteSpec(d=12, dtype=dtype, chunk_rows=16, shard_chunks=4)}
+
+
+def make(tmp_path, n_prompts=30, dtype="float32", **kw):
+  return store.create(str(tmp_path / "ds"), small_sites(dtype),
+                      prompts=[{"text": f"p{i}", "labels": {"emotion": "sad"}} for i in range(n_prompts)],
+                      model={"name": "tiny"}, **kw)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_round_trip_exact(tmp_path, dtype):
+  ds = make(tmp_path, dtype=dtype)
+  acts, index = expected(range(10))
+  if dtype == "bfloat16":     # bf16 round trip is exact for values that are bf16 already
+    acts = acts.astype(store.SiteSpec(d=1, dtype="bfloat16").np_dtype)
+  with ds.writer() as w:
+    w.append("lm.layer.1", acts, index)
+    w.commit(range(10))
+  site = store.open_dataset(ds.path).site("lm.layer.1")
+  assert site.num_rows == len(acts)
+  got = site.read_all()
+  assert got.dtype == acts.dtype
+  np.testing.assert_array_equal(got.astype(np.float32), acts.astype(np.float32))
+  np.testing.assert_array_equal(site.read_index(), index)
+
+
+def test_uneven_appends_equal_one_write(tmp_path):
+  acts, index = expected(range(12))
+  one = store.create(str(tmp_path / "one"), small_sites())
+  with one.writer() as w:
+    w.append("lm.layer.1", acts, index)
+  many = store.create(str(tmp_path / "many"), small_sites())
+  with many.writer() as w:
+    for cut in np.array_split(np.arange(len(acts)), [1, 2, 17, 50, 51, 90]):
+      w.append("lm.layer.1", acts[cut], index[cut])
+      w.flush()       # force a commit per batch: partial shards rewritten many times
+  a, b = one.site("lm.layer.1"), store.open_dataset(many.path).site("lm.layer.1")
+  np.testing.assert_array_equal(a.read_all(), b.read_all())
+  np.testing.assert_array_equal(a.read_index(), b.read_index())
+  # the files are zarr3 that another reader opens (not only ours)
+  zarr = pytest.importorskip("zarr")
+  z = zarr.open_array(os.path.join(many.path, "sites", "lm.layer.1", "acts"), mode="r")
+  np.testing.assert_array_equal(np.asarray(z[:]), acts)
+
+
+def test_reads_blocks_rows_and_iterator(tmp_path):
+  ds = make(tmp_path)
+  acts, index = expected(range(8))
+  with ds.writer() as w:
+    w.append("lm.layer.1", acts, index)
+  site = ds.site("lm.layer.1")
+  assert site.num_blocks == -(-len(acts) // 16)
+  for i in reversed(range(site.num_blocks)):
+    a, ix = site.read_block(i)
+    start, stop = site.block_rows(i)
+    np.testing.assert_array_equal(a, acts[start:stop])
+    np.testing.assert_array_equal(ix, index[start:stop])
+  rows = np.random.default_rng(0).permutation(len(acts))[:40]
+  np.testing.assert_array_equal(site.read_rows(rows), acts[rows])
+  np.testing.assert_array_equal(site.read_index(rows), index[rows])
+  np.testing.assert_array_equal(np.concatenate([a for a, _ in site.iter_blocks()]), acts)
+
+
+def test_uncommitted_rows_are_invisible_and_resume_continues(tmp_path):
+  ds = make(tmp_path)
+  w = ds.writer(flush_seconds=1e9)
+  a0, i0 = batch(0)
+  w.append("lm.layer.1", a0, i0)
+  w.commit([0])
+  w.flush()
+  a1, i1 = batch(1)
+  w.append("lm.layer.1", a1, i1)   # never flushed: the process "dies" here
+  w.commit([1])
+  w._release()
+  ds = store.open_dataset(ds.path)
+  assert ds.completed_prompts() == {0}
+  assert ds.site("lm.layer.1").num_rows == len(a0)
+  with ds.writer() as w:
+    w.append("lm.layer.1", a1, i1)
+    w.commit([1])
+  acts, index = expected([0, 1])
+  np.testing.assert_array_equal(ds.site("lm.layer.1").read_all(), acts)
+
+
+WRITER = textwrap.dedent("""
+  import os, sys, time
+  import numpy as np
+  sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+  from musicsae_jax import store
+  from test_store import batch
+  path, worker, n_prompts, die_at_commit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+  ds = store.open_dataset(path)
+  if die_at_commit >= 0:           # crash after the rows are written, before the commit lands
+    real = store._write_json_atomic
+    calls = [0]
+    def dying(p, obj):
+      if calls[0] == die_at_commit:
+        os._exit(3)
+      calls[0] += 1
+      real(p, obj)
+    store._write_json_atomic = dying
+  with ds.writer(worker) as w:
+    done = w.completed_prompts()
+    for b in range(worker, n_prompts, ds.num_workers):
+      if b in done:
+        continue
+      a, i = batch(b)
+      w.append("lm.layer.1", a, i)
+      w.commit([b])
+      w.flush()
+  print("finished", flush=True)
+""")
+
+
+def run_writer(path, worker=0, n=30, die_at_commit=-1, wait=True):
+  code = WRITER.format(root=ROOT, tests=os.path.join(ROOT, "tests"))
+  args = [sys.executable, "-c", code, path, str(worker), str(n), str(die_at_commit)]
+  if not wait:
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  return subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+
+def check_prefix(ds, n):
+  """Committed rows are exactly the completed prompts' rows, in order, nothing extra."""
+  done = sorted(ds.completed_prompts())
+  assert done == list(range(len(done)))
+  site = ds.site("lm.layer.1")
+  if done:
+    acts, index = expected(done)
+    np.testing.assert_array_equal(site.read_all(), acts)
+    np.testing.assert_array_equal(site.read_index(), index)
+  else:
+    assert site.num_rows == 0
+  return len(done)
+
+
+def test_crash_between_write_and_commit_then_resume(tmp_path):
+  ds = make(tmp_path)
+  r = run_writer(ds.path, die_at_commit=7)
+  assert r.returncode == 3, r.stderr
+  assert check_prefix(store.open_dataset(ds.path), 30) == 7
+  # the arrays hold rows past the commit (written, never published) ...
+  r = run_writer(ds.path)
+  assert r.returncode == 0, r.stderr
+  ds = store.open_dataset(ds.path)
+  assert check_prefix(ds, 30) == 30   # ... and the resumed run neither loses nor duplicates
+
+
+def test_killed_mid_write_then_resume(tmp_path):
+  ds = make(tmp_path, n_prompts=400)
+  p = run_writer(ds.path, n=400, wait=False)
+  deadline = time.time() + 60
+  while time.time() < deadline:        # wait until some commits exist, then SIGKILL
+    if os.path.exists(os.path.join(ds.path, "commits", "worker-0.json")):
+      if len(store.open_dataset(ds.path).completed_prompts()) >= 5:
+        break
+    time.sleep(0.02)
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  n_done = check_prefix(store.open_dataset(ds.path), 400)
+  assert 5 <= n_done < 400
+  r = run_writer(ds.path, n=400)
+  assert r.returncode == 0, r.stderr
+  assert check_prefix(store.open_dataset(ds.path), 400) == 400
+
+
+def test_two_writer_processes_fill_one_dataset(tmp_path):
+  ds = make(tmp_path, num_workers=2)
+  procs = [run_writer(ds.path, worker=w, wait=False) for w in (0, 1)]
+  for p in procs:
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+  ds = store.open_dataset(ds.path)
+  assert ds.completed_prompts() == set(range(30))
+  site = ds.site("lm.layer.1")
+  acts, index = expected(list(range(0, 30, 2)) + list(range(1, 30, 2)))
+  np.testing.assert_array_equal(site.read_all(), acts)
+  np.testing.assert_array_equal(site.read_index(), index)
+  assert os.path.isdir(os.path.join(ds.path, "sites", "lm.layer.1", "part-1", "acts"))
+
+
+def test_same_worker_twice_is_refused(tmp_path):
+  ds = make(tmp_path)
+  with ds.writer(0):
+    with pytest.raises(store.LockedError, match="worker 0"):
+      ds.writer(0)
+
+
+# ---- bad input ---------------------------------------------------------------------
+
+
+def test_exists_without_overwrite(tmp_path):
+  make(tmp_path)
+  with pytest.raises(store.StoreExistsError, match="already exists.*overwrite"):
+    make(tmp_path)
+  ds = make(tmp_path, overwrite=True)
+  assert ds.site("lm.layer.1").num_rows == 0
+
+
+def test_wrong_width_dtype_index_and_site(tmp_path):
+  ds = make(tmp_path)
+  with ds.writer() as w:
+    with pytest.raises(store.ShapeError, match=r"width 12 \(\[n, 12\]\), got shape \(3, 5\)"):
+      w.append("lm.layer.1", np.zeros((3, 5), np.float32), np.zeros((3, 2), np.int32))
+    with pytest.raises(store.ShapeError, match="stores float32; got int64"):
+      w.append("lm.layer.1", np.zeros((3, 12), np.int64), np.zeros((3, 2), np.int32))
+    with pytest.raises(store.ShapeError, match="index must be integer"):
+      w.append("lm.layer.1", np.zeros((3, 12), np.float32), np.zeros((3,), np.int32))
+    with pytest.raises(store.ShapeError, match="prompt_id out of range"):
+      w.append("lm.layer.1", np.zeros((1, 12), np.float32), np.array([[99, 0]]))
+    with pytest.raises(store.UnknownSiteError, match="unknown site 'lm.layer.9'.*lm.layer.1"):
+      w.append("lm.layer.9", np.zeros((1, 12), np.float32), np.zeros((1, 2), np.int32))
+  with pytest.raises(store.UnknownSiteError, match="unknown site"):
+    ds.site("t5.hidden")
+  with pytest.raises(store.ShapeError, match="dtype must be one of"):
+    store.create(str(tmp_path / "x"), {"a": store.SiteSpec(d=4, dtype="float16")})
+
+
+def test_missing_and_corrupt_manifest(tmp_path):
+  with pytest.raises(store.ManifestError, match="no such dataset"):
+    store.open_dataset(str(tmp_path / "nope"))
+  ds = make(tmp_path)
+  mpath = os.path.join(ds.path, "manifest.json")
+  with open(mpath, "w") as f:
+    f.write("{not json")
+  with pytest.raises(store.ManifestError, match="manifest.json: corrupt"):
+    store.open_dataset(ds.path)
+  with open(mpath, "w") as f:
+    json.dump({"format": "something-else"}, f)
+  with pytest.raises(store.ManifestError, match="not an activation-store manifest"):
+    store.open_dataset(ds.path)
+  os.remove(mpath)
+  with pytest.raises(store.ManifestError, match="missing manifest.json"):
+    store.open_dataset(ds.path)
+
+
+def test_reading_past_the_end(tmp_path):
+  ds = make(tmp_path)
+  acts, index = expected([0])
+  with ds.writer() as w:
+    w.append("lm.layer.1", acts, index)
+  site = ds.site("lm.layer.1")
+  with pytest.raises(store.RowRangeError, match=f"has {len(acts)} committed rows, asked for row {len(acts)}"):
+    site.read_rows([0, len(acts)])
+  with pytest.raises(store.RowRangeError, match="blocks, asked for block"):
+    site.read_block(site.num_blocks)
+
+
+def test_chunking_defaults_target_a_few_mb():
+  spec = store.SiteSpec(d=1536, dtype="bfloat16").resolved()
+  assert 2 << 20 <= spec.chunk_rows * 1536 * 2 <= 4 << 20
+  assert spec.shard_rows == 16 * spec.chunk_rows
