@@ -553,22 +553,22 @@ class Writer:
     if not any(self._pending_rows.values()) and not self._pending_prompts:
       return
     new_rows = dict(self._commit["rows"])
-    writes = []
+    txn = ts.Transaction()      # coalesces the appended pieces into whole-shard writes
     for name, chunks in self._pending.items():
       if not chunks:
         continue
-      acts = np.concatenate([a for a, _ in chunks])
-      index = np.concatenate([i for _, i in chunks])
       start = self.committed_rows(name)
-      stop = start + acts.shape[0]
+      stop = start + self._pending_rows[name]
       arr, idx = self._array(name)
       arr = arr.resize(exclusive_max=[stop, None], expand_only=True).result()
       idx = idx.resize(exclusive_max=[stop, None], expand_only=True).result()
       self._arrays[name] = (arr, idx)
-      writes += [arr[start:stop].write(acts), idx[start:stop].write(index)]
+      for a, i in chunks:
+        arr.with_transaction(txn)[start:start + len(a)].write(a).result()
+        idx.with_transaction(txn)[start:start + len(a)].write(i).result()
+        start += len(a)
       new_rows[name] = stop
-    for w in writes:
-      w.result()
+    txn.commit_async().result()
     done = sorted(set(self._commit["completed_prompts"]) | set(self._pending_prompts))
     record = {"worker": self.worker, "rows": new_rows, "completed_prompts": done,
               "flushes": int(self._commit.get("flushes", 0)) + 1,
