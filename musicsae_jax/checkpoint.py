@@ -1,0 +1,112 @@
+"""Orbax checkpointing of the whole train state: async saves, best-N by eval FVU + latest.
+
+The train state (nnx params and stats, optax state, dead-latent counters, step) is saved
+as one flat {name: array} dict so any pytree (nnx State, optax namedtuples) round-trips
+without Orbax needing to know its node types. Restoring takes an abstract target with
+shardings (`abstract_like`), so a checkpoint written on 8 devices restores onto 1 and
+vice versa: Orbax reads each shard the target asks for.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as cm
+
+METRIC = "eval_fvu"
+
+
+def _key(path) -> str:
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      v = getattr(k, attr, None)
+      if v is not None:
+        break
+    if v == "value" and isinstance(k, jax.tree_util.GetAttrKey):
+      continue
+    parts.append(str(v))
+  return ".".join(parts)
+
+
+def flatten(tree: Any) -> tuple[dict, Any]:
+  """{dotted.name: leaf} and the treedef to rebuild the original pytree."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  flat = {_key(p): x for p, x in leaves}
+  if len(flat) != len(leaves):
+    raise ValueError("checkpoint: state has colliding leaf names")
+  return flat, treedef
+
+
+def unflatten(flat: dict, like: Any) -> Any:
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+  return jax.tree_util.tree_unflatten(treedef, [flat[_key(p)] for p, _ in leaves])
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying the *target* shardings (those of the mesh restored onto)."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
+class Checkpointer:
+  """Thin wrapper over `ocp.CheckpointManager` for one run directory."""
+
+  def __init__(self, directory: str, *, keep_best: int = 2, async_save: bool = True):
+    policy = cm.AnyPreservationPolicy([
+        cm.LatestN(n=1),
+        cm.BestN(get_metric_fn=lambda m: m[METRIC], reverse=True, n=keep_best,
+                 keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy, enable_async_checkpointing=async_save, create=True)
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state",))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state: Any, eval_fvu: float | None) -> bool:
+    """Async save; `eval_fvu` ranks it for best-N (inf when no eval has run yet)."""
+    flat, _ = flatten(state)
+    fvu = float("inf") if eval_fvu is None else float(eval_fvu)
+    return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(flat)),
+                             metrics={METRIC: fvu}, force=True)
+
+  def restore(self, step: int | None, target: Any) -> Any:
+    """Restore `step` (latest when None) into the structure/shardings of `target`.
+
+    `target` is a pytree of arrays or ShapeDtypeStructs; leaves with a `.sharding`
+    decide where the restored shards land.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    abstract, _ = flatten(jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        target))
+    out = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    return unflatten(out["state"], target)
+
+  def best_step(self) -> int | None:
+    """The kept step with the lowest eval FVU (None when no checkpoint has metrics)."""
+    best, best_v = None, float("inf")
+    for info in self.manager._checkpoints:  # noqa: SLF001 (no public per-step metrics API)
+      v = (info.metrics or {}).get(METRIC, float("inf"))
+      if v < best_v:
+        best, best_v = info.step, v
+    return best
+
+  def wait_until_finished(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,0 +1,277 @@
+"""Input pipeline: deterministic shuffled batches from a block source into sharded arrays.
+
+A *block source* is anything with `d`, `num_rows`, `num_blocks`, `block_rows(i) ->
+(start, stop)`, `read_block(i) -> (acts, index)`, `read_index(rows=None)` and `read_rows(rows)`: a store
+site (`musicsae_jax.store`) or an in-memory `ArraySource` (synthetic data), so both share
+one code path. Reads are whole blocks (stored chunks), shuffled in memory.
+
+Determinism: global batch i is a pure function of (seed, i). Epoch e shuffles the block
+order with rng(seed, e); each process takes every P-th block; consecutive `shuffle_blocks`
+blocks form a group whose train rows are permuted with rng(seed, e, group, process); the
+process's batches are consecutive slices of the concatenated groups. A resumed run starts
+at its step and sees exactly the batches an uninterrupted run would.
+
+The evaluation split is held out by prompt (index column 0), never by row, so frames of
+one prompt never sit on both sides. Inputs are scaled so E||x||^2 = d; the scale is
+estimated on train rows, saved with the run (normalization.json) and applied here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+from typing import Iterator
+
+import jax
+import numpy as np
+
+from musicsae_jax import mesh as mesh_lib
+
+
+class DataError(ValueError):
+  """The data source cannot serve the requested configuration."""
+
+
+class ArraySource:
+  """An in-memory block source with the store-site read interface."""
+
+  def __init__(self, acts: np.ndarray, index: np.ndarray, chunk_rows: int = 1024):
+    if acts.ndim != 2 or index.shape != (acts.shape[0], 2):
+      raise DataError(f"ArraySource: acts [n, d] and index [n, 2] expected, got "
+                      f"{acts.shape} and {index.shape}")
+    self.acts, self.index = acts, index.astype(np.int32)
+    self.num_rows, self.d = acts.shape
+    self.chunk_rows = int(chunk_rows)
+    self.num_blocks = -(-self.num_rows // self.chunk_rows)
+
+  def block_rows(self, i: int) -> tuple[int, int]:
+    return i * self.chunk_rows, min((i + 1) * self.chunk_rows, self.num_rows)
+
+  def read_block(self, i: int):
+    s = slice(*self.block_rows(i))
+    return self.acts[s], self.index[s]
+
+  def read_index(self, rows=None):
+    return self.index if rows is None else self.index[np.asarray(rows)]
+
+  def read_rows(self, rows):
+    return self.acts[np.asarray(rows)]
+
+
+# --- evaluation split -----------------------------------------------------------------
+
+
+def split_prompts(prompt_ids, eval_fraction: float, seed: int) -> np.ndarray:
+  """A seeded `eval_fraction` of the distinct prompt ids (sorted), held out for eval."""
+  ids = np.unique(np.asarray(prompt_ids))
+  if not 0.0 <= eval_fraction < 1.0:
+    raise DataError(f"train.eval_fraction must be in [0, 1), got {eval_fraction}")
+  if eval_fraction == 0.0:
+    return ids[:0]
+  if len(ids) < 2:
+    raise DataError(f"cannot hold out prompts for evaluation: only {len(ids)} distinct "
+                    f"prompt id(s) in the index (set train.eval_fraction=0)")
+  n_eval = min(max(1, int(round(eval_fraction * len(ids)))), len(ids) - 1)
+  rng = np.random.default_rng([seed, 0xE7A1])
+  return np.sort(rng.choice(ids, size=n_eval, replace=False))
+
+
+# --- normalisation ----------------------------------------------------------------------
+
+
+def sample_rows(source, eval_prompts, num_samples: int, seed: int) -> np.ndarray:
+  """Up to `num_samples` train rows from seeded random blocks, float32 (raw scale).
+
+  Every process draws the same sample, so statistics and inits derived from it agree
+  across hosts.
+  """
+  rng = np.random.default_rng([seed, 0x5CA1E])
+  parts, count = [], 0
+  for b in rng.permutation(source.num_blocks):
+    acts, index = source.read_block(int(b))
+    x = np.asarray(acts[~np.isin(index[:, 0], eval_prompts)], np.float32)
+    parts.append(x)
+    count += len(x)
+    if count >= num_samples:
+      break
+  x = np.concatenate(parts) if parts else np.zeros((0, source.d), np.float32)
+  return x[:num_samples]
+
+
+def estimate_scale(sample: np.ndarray) -> dict:
+  """Scale s with E||s x||^2 = d over `sample` (float64 accumulation)."""
+  x = np.asarray(sample, np.float64)
+  mean_sq = float(np.mean(np.sum(x * x, axis=1))) if len(x) else 0.0
+  if mean_sq <= 0.0:
+    raise DataError("normalisation: no non-zero training rows to estimate the scale from")
+  d = x.shape[1]
+  return {"scale": float(np.sqrt(d / mean_sq)), "mean_sq_norm": mean_sq,
+          "num_samples": int(len(x)), "d": int(d)}
+
+
+def save_normalization(path: str, stats: dict) -> None:
+  with open(path, "w") as f:
+    json.dump(stats, f, indent=2)
+
+
+def load_normalization(path: str) -> dict:
+  with open(path) as f:
+    return json.load(f)
+
+
+# --- the training stream ----------------------------------------------------------------
+
+
+class Pipeline:
+  """Deterministic batches for global steps i = start, start+1, ... (see module doc)."""
+
+  def __init__(self, source, *, batch_size: int, seed: int, eval_prompts, scale: float,
+               mesh, shuffle_blocks: int = 8, prefetch: int = 2,
+               process_index: int | None = None, process_count: int | None = None):
+    self.source, self.seed, self.scale = source, int(seed), np.float32(scale)
+    self.mesh, self.shuffle_blocks, self.prefetch = mesh, max(1, shuffle_blocks), prefetch
+    self.pi = jax.process_index() if process_index is None else process_index
+    self.pc = jax.process_count() if process_count is None else process_count
+    if batch_size % self.pc or batch_size % mesh.shape["data"]:
+      raise DataError(f"train.batch_size={batch_size} must divide evenly over "
+                      f"{self.pc} processes and the 'data' axis ({mesh.shape['data']})")
+    self.global_batch, self.local_batch = batch_size, batch_size // self.pc
+    self.eval_prompts = np.asarray(eval_prompts)
+    index = source.read_index()
+    train = ~np.isin(index[:, 0], self.eval_prompts)
+    csum = np.concatenate([[0], np.cumsum(train)])
+    bounds = np.array([source.block_rows(b) for b in range(source.num_blocks)],
+                      np.int64).reshape(-1, 2)
+    self.block_counts = csum[bounds[:, 1]] - csum[bounds[:, 0]]
+    self.num_train_rows = int(train.sum())
+    if self.num_train_rows // self.pc < self.local_batch:
+      raise DataError(f"only {self.num_train_rows} training rows for a batch of "
+                      f"{batch_size}; lower train.batch_size or add data")
+    self._epoch_batches: list[int] = []       # batches per epoch, computed lazily
+    self._cache: dict = {}
+
+  def _groups(self, epoch: int, process: int) -> list[np.ndarray]:
+    order = np.random.default_rng([self.seed, epoch]).permutation(self.source.num_blocks)
+    mine = order[process::self.pc]
+    return [mine[i:i + self.shuffle_blocks] for i in range(0, len(mine), self.shuffle_blocks)]
+
+  def batches_in_epoch(self, epoch: int) -> int:
+    while len(self._epoch_batches) <= epoch:
+      e = len(self._epoch_batches)
+      rows = [sum(int(self.block_counts[g].sum()) for g in self._groups(e, p))
+              for p in range(self.pc)]
+      self._epoch_batches.append(max(1, min(rows) // self.local_batch))
+    return self._epoch_batches[epoch]
+
+  def _locate(self, step: int) -> tuple[int, int]:
+    epoch = 0
+    while step >= self.batches_in_epoch(epoch):
+      step -= self.batches_in_epoch(epoch)
+      epoch += 1
+    return epoch, step
+
+  def _group_rows(self, epoch: int, g: int, blocks: np.ndarray) -> np.ndarray:
+    key = (epoch, g)
+    if key not in self._cache:
+      parts = []
+      for b in blocks:
+        acts, index = self.source.read_block(int(b))
+        parts.append(np.asarray(acts[~np.isin(index[:, 0], self.eval_prompts)], np.float32))
+      x = np.concatenate(parts) if parts else np.zeros((0, self.source.d), np.float32)
+      perm = np.random.default_rng([self.seed, epoch, g, self.pi, 0x6B]).permutation(len(x))
+      if len(self._cache) >= 2:               # a batch spans at most two groups
+        self._cache.pop(next(iter(self._cache)))
+      self._cache[key] = x[perm] * self.scale
+    return self._cache[key]
+
+  def local_batch_np(self, step: int) -> np.ndarray:
+    """This process's rows of global batch `step`, float32 [local_batch, d], scaled."""
+    epoch, j = self._locate(step)
+    lo, hi = j * self.local_batch, (j + 1) * self.local_batch
+    out, offset = [], 0
+    for g, blocks in enumerate(self._groups(epoch, self.pi)):
+      n = int(self.block_counts[blocks].sum())
+      if offset + n > lo and offset < hi:
+        rows = self._group_rows(epoch, g, blocks)
+        out.append(rows[max(lo - offset, 0):hi - offset])
+      offset += n
+      if offset >= hi:
+        break
+    return np.concatenate(out)
+
+  def global_batch_at(self, step: int) -> jax.Array:
+    local = self.local_batch_np(step)
+    return jax.make_array_from_process_local_data(
+        mesh_lib.batch_sharding(self.mesh), local, (self.global_batch, local.shape[1]))
+
+  def iterate(self, start: int) -> Iterator[jax.Array]:
+    """Global batches from `start` on, produced by a background prefetch thread."""
+    q: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
+    stop = threading.Event()
+
+    def produce():
+      step = start
+      try:
+        while not stop.is_set():
+          item = self.global_batch_at(step)
+          while not stop.is_set():
+            try:
+              q.put(item, timeout=0.1)
+              break
+            except queue.Full:
+              continue
+          step += 1
+      except BaseException as e:  # surface reader errors in the consumer
+        q.put(e)
+
+    thread = threading.Thread(target=produce, daemon=True, name="musicsae-prefetch")
+    thread.start()
+    try:
+      while True:
+        item = q.get()
+        if isinstance(item, BaseException):
+          raise item
+        yield item
+    finally:
+      stop.set()
+
+
+# --- evaluation data --------------------------------------------------------------------
+
+
+def eval_rows(source, eval_prompts, max_rows: int | None, seed: int) -> np.ndarray:
+  """Global row ids of the held-out prompts (a seeded subset when over `max_rows`)."""
+  index = source.read_index()
+  rows = np.flatnonzero(np.isin(index[:, 0], eval_prompts))
+  if max_rows is not None and len(rows) > max_rows:
+    rng = np.random.default_rng([seed, 0xE7A2])
+    rows = np.sort(rng.choice(rows, size=max_rows, replace=False))
+  return rows
+
+
+def load_eval(source, eval_prompts, max_rows: int | None, seed: int, scale: float):
+  """The held-out split in memory, scaled: float32 [n, d]."""
+  rows = eval_rows(source, eval_prompts, max_rows, seed)
+  if len(rows) == 0:
+    return np.zeros((0, source.d), np.float32)
+  return np.asarray(source.read_rows(rows), np.float32) * np.float32(scale)
+
+
+def eval_batches(x: np.ndarray, batch_size: int, mesh) -> Iterator[tuple[jax.Array, int]]:
+  """Fixed-size global eval batches (zero-padded at the end) and their valid row counts.
+
+  Every process holds the whole eval set, so arrays are built with a callback that
+  slices it; this is correct on one host and on many.
+  """
+  sharding = mesh_lib.batch_sharding(mesh)
+  for lo in range(0, len(x), batch_size):
+    chunk = x[lo:lo + batch_size]
+    n = len(chunk)
+    if n < batch_size:
+      chunk = np.concatenate([chunk, np.zeros((batch_size - n, x.shape[1]), x.dtype)])
+    yield jax.make_array_from_callback(chunk.shape, sharding, lambda idx, c=chunk: c[idx]), n
+
+
+def dataset_path(workdir: str, dataset: str) -> str:
+  return os.path.join(workdir, "activations", dataset)

@@ -1,0 +1,59 @@
+"""Run plots: training curves and the log10 feature-density histogram (matplotlib, Agg)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+
+def _plt():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def read_metrics(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_training(rows: list[dict], path: str) -> None:
+  """Loss, MSE, L0, FVU (train batch and pooled eval), dead fraction and lr vs step."""
+  plt = _plt()
+  train = [r for r in rows if r.get("kind") == "train"]
+  evals = [r for r in rows if r.get("kind") == "eval"]
+  panels = [("loss", "loss", True), ("mse", "mse", True), ("l0", "L0", False),
+            ("fvu", "FVU", True), ("dead_frac", "dead fraction", False), ("lr", "lr", False)]
+  fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
+  for ax, (key, title, log) in zip(axes.flat, panels):
+    for src, label, style in ((train, "train", "-"), (evals, "eval", "o-")):
+      pts = [(r["step"], r[key]) for r in src if r.get(key) is not None]
+      if pts:
+        s, v = zip(*pts)
+        ax.plot(s, v, style, label=label, ms=3)
+    if log and ax.lines and all(y > 0 for ln in ax.lines for y in ln.get_ydata()):
+      ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    if len(ax.lines) > 1:
+      ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_density(density: np.ndarray, path: str, title: str = "feature density") -> None:
+  """Histogram of log10(firing frequency); dead latents are counted in the title."""
+  plt = _plt()
+  density = np.asarray(density, np.float64)
+  alive = density[density > 0]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  if len(alive):
+    ax.hist(np.log10(alive), bins=50)
+  ax.set_xlabel("log10 firing frequency (eval tokens)")
+  ax.set_ylabel("latents")
+  ax.set_title(f"{title}: {len(density) - len(alive)} of {len(density)} dead")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -1,0 +1,342 @@
+"""The SAE training loop: `train_and_evaluate(config, workdir)`, read top to bottom.
+
+Sections: mesh, input, model, optimizer, step, checkpoint, evals. The whole train state
+(nnx params + statistics, optax state, steps-since-fired counters, step) is one pytree
+that is sharded, jitted with donation and checkpointed as a unit. The step is a pure
+function over `nnx.split` state (not `nnx.jit`), which keeps dispatch cheap.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from musicsae_jax import checkpoint as ckpt_lib
+from musicsae_jax import data as data_lib
+from musicsae_jax import mesh as mesh_lib
+from musicsae_jax import plots
+from musicsae_jax import sae as sae_lib
+
+_COUNTER_CAP = 2**30          # steps-since-fired saturates here (int32 safe)
+_NOT_SAE_FIELDS = ("d",)      # c.sae fields consumed here, not by sae.make_sae
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every `c.train` field with its default; config files override what they need."""
+  t = ml_collections.ConfigDict()
+  t.source = "synthetic"          # 'synthetic' | 'store'
+  t.dataset = ""                  # store: activations/<dataset> under workdir, or a path
+  t.site = ""                     # store: e.g. 'lm.layer.4'
+  t.synthetic = ml_collections.ConfigDict(dict(
+      d=32, m_true=64, n=20_000, avg_active=3.0, seed=0, rows_per_prompt=50,
+      chunk_rows=1024))
+  t.steps = 1000
+  t.batch_size = 1024
+  t.lr = None                     # None: 2e-4 / sqrt(m / 2^14)
+  t.warmup_steps = 100
+  t.decay = "cosine"              # 'cosine' | 'linear' | 'constant'
+  t.final_lr_frac = 0.1
+  t.grad_clip = 1.0
+  t.adam_b1, t.adam_b2, t.adam_eps = 0.9, 0.999, 1e-8
+  t.seed = 0                      # model init
+  t.data_seed = 0                 # block order, shuffles, eval split, normalisation sample
+  t.normalize = True              # scale inputs so E||x||^2 = d
+  t.norm_samples = 8192
+  t.b_dec_init = "mean"           # 'mean' | 'median' | '' (zeros)
+  t.shuffle_blocks = 8            # blocks shuffled together in memory
+  t.prefetch = 2                  # batches prepared ahead by the background thread
+  t.eval_fraction = 0.1           # of prompts held out for evaluation
+  t.eval_max_rows = 65_536
+  t.eval_batch_size = 4096
+  t.eval_every = 500
+  t.log_every = 50
+  t.checkpoint_every = 500
+  t.keep_best = 2                 # best by eval FVU, plus the latest
+  t.async_checkpoint = True
+  t.dead_tokens = 10_000_000      # dead = not fired for this many tokens (AuxK targets)
+  t.dense_threshold = 0.1         # dense = fires on more than this fraction of tokens
+  t.mesh_data = -1                # mesh shape over the devices; -1 = the rest
+  t.mesh_model = 1
+  t.sharding = "data"             # 'data' (replicated params) | 'latent' (m over 'model')
+  t.num_devices = 0               # 0: all devices; n: the first n (tests, debugging)
+  t.distributed = False           # call jax.distributed.initialize (multi-host)
+  t.plots = True
+  t.stop_after = 0                # >0: stop early at this step (simulates a crash)
+  return t
+
+
+def default_lr(m: int) -> float:
+  """Gao et al.: lr ~ 2e-4 / sqrt(m / 2^14)."""
+  return 2e-4 / float(np.sqrt(m / 2**14))
+
+
+def make_schedule(t) -> tuple[optax.Schedule, float]:
+  """Linear warmup to the peak lr, then cosine / linear decay or constant."""
+  lr, steps, warmup = t.lr, int(t.steps), int(t.warmup_steps)
+  end = lr * t.final_lr_frac
+  n = max(steps - warmup, 1)
+  decay = {"cosine": lambda: optax.cosine_decay_schedule(lr, n, alpha=t.final_lr_frac),
+           "linear": lambda: optax.linear_schedule(lr, end, n),
+           "constant": lambda: optax.constant_schedule(lr)}
+  if t.decay not in decay:
+    raise ValueError(f"train.decay={t.decay!r}; allowed: {', '.join(decay)}")
+  main = decay[t.decay]()
+  if warmup <= 0:
+    return main, lr
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup]), lr
+
+
+def _source(config, workdir):
+  """The block source plus extras (synthetic ground truth) named by train.source."""
+  t = config.train
+  if t.source == "synthetic":
+    from musicsae_jax import synthetic
+    s = t.synthetic
+    extra = {k: v for k, v in s.items()
+             if k not in ("d", "m_true", "n", "rows_per_prompt", "chunk_rows")}
+    x, true_dirs, _ = synthetic.make_toy(s.d, s.m_true, s.n, **extra)
+    x = np.asarray(x, np.float32)
+    rows = np.arange(len(x))
+    index = np.stack([rows // s.rows_per_prompt, rows % s.rows_per_prompt], 1)
+    return data_lib.ArraySource(x, index, s.chunk_rows), {"true_dirs": np.asarray(true_dirs)}
+  if t.source == "store":
+    from musicsae_jax import store
+    if not t.dataset or not t.site:
+      raise ValueError("train.source='store' needs train.dataset and train.site")
+    path = t.dataset if os.path.isabs(t.dataset) else data_lib.dataset_path(workdir, t.dataset)
+    site = store.open_dataset(path).site(t.site)    # UnknownSiteError names the sites
+    if config.sae.get("d") is not None and int(config.sae.d) != site.d:
+      raise ValueError(f"width mismatch: config sae.d={config.sae.d} but store site "
+                       f"{t.site!r} in {path} has d={site.d} (set sae.d=None to use the store)")
+    return site, {}
+  raise ValueError(f"train.source={t.source!r}; allowed: 'synthetic', 'store'")
+
+
+def _sae_cfg(config) -> dict:
+  return {k: v for k, v in config.sae.to_dict().items() if k not in _NOT_SAE_FIELDS}
+
+
+def _trim_metrics(path: str, step: int) -> None:
+  """Drop rows logged after `step` by a run that crashed before its next checkpoint."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [ln for ln in f if ln.strip() and json.loads(ln)["step"] <= step]
+  with open(path, "w") as f:
+    f.writelines(rows)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Train (or resume) the run `<workdir>/runs/<config.run>`; returns the final metrics."""
+  t = config.train
+  run_dir = os.path.abspath(os.path.join(workdir, "runs", config.run))
+  os.makedirs(run_dir, exist_ok=True)
+  metrics_path = os.path.join(run_dir, "metrics.jsonl")
+  is_main = jax.process_index() == 0
+
+  # --- mesh ------------------------------------------------------------------------------
+  mesh_lib.maybe_initialize_distributed(config)
+  devices = jax.devices()[: t.num_devices] if t.get("num_devices") else None
+  mesh = mesh_lib.make_mesh(t.mesh_data, t.mesh_model, devices=devices)
+  logging.info("mesh %s, sharding=%s", dict(mesh.shape), t.sharding)
+
+  # --- input -----------------------------------------------------------------------------
+  source, extras = _source(config, workdir)
+  d = source.d
+  eval_prompts = data_lib.split_prompts(source.read_index()[:, 0], t.eval_fraction,
+                                        t.data_seed)
+  norm_path = os.path.join(run_dir, "normalization.json")
+  sample = data_lib.sample_rows(source, eval_prompts, t.norm_samples, t.data_seed)
+  if os.path.exists(norm_path):                    # a resumed run keeps its scale
+    norm = data_lib.load_normalization(norm_path)
+  else:
+    norm = data_lib.estimate_scale(sample) if t.normalize else {"scale": 1.0, "d": d}
+    if is_main:
+      data_lib.save_normalization(norm_path, norm)
+  scale = float(norm["scale"])
+  pipeline = data_lib.Pipeline(
+      source, batch_size=t.batch_size, seed=t.data_seed, eval_prompts=eval_prompts,
+      scale=scale, mesh=mesh, shuffle_blocks=t.shuffle_blocks, prefetch=t.prefetch)
+  x_eval = data_lib.load_eval(source, eval_prompts, t.eval_max_rows, t.data_seed, scale)
+  eval_bs = max(mesh.shape["data"], t.eval_batch_size // mesh.shape["data"] * mesh.shape["data"])
+  logging.info("data: d=%d, %d train rows, %d eval rows (%d held-out prompts), scale=%.4g",
+               d, pipeline.num_train_rows, len(x_eval), len(eval_prompts), scale)
+
+  # --- model -----------------------------------------------------------------------------
+  sae_cfg = _sae_cfg(config)
+  m = sae_lib.resolve_config(sae_cfg, d)["m"]
+  model = sae_lib.make_sae(sae_cfg, d=d, rngs=nnx.Rngs(t.seed))
+  if t.b_dec_init:
+    sae_lib.init_b_dec(model, sample * np.float32(scale), t.b_dec_init)
+  graphdef, params, stats = nnx.split(model, nnx.Param, ...)
+  del model
+
+  # --- optimizer -------------------------------------------------------------------------
+  t.lr = default_lr(m) if t.lr is None else t.lr      # recorded in config.json
+  schedule, _ = make_schedule(t)
+  tx = optax.chain(optax.clip_by_global_norm(t.grad_clip),
+                   optax.adam(schedule, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps))
+  state = {"params": params, "stats": stats, "opt": tx.init(params),
+           "since_fired": jnp.zeros((m,), jnp.int32), "step": jnp.zeros((), jnp.int32)}
+  state_sh = mesh_lib.state_shardings(state, mesh, t.sharding, m)
+  state = jax.device_put(state, state_sh)
+  batch_sh = mesh_lib.batch_sharding(mesh)
+  if is_main:
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  # --- step ------------------------------------------------------------------------------
+  dead_tokens, dense_thr = int(t.dead_tokens), float(t.dense_threshold)
+
+  def train_step(state, x):
+    dead = state["since_fired"] >= dead_tokens
+
+    def loss_fn(p):
+      loss, metrics = nnx.merge(graphdef, p, state["stats"]).loss(x, dead_mask=dead,
+                                                                  train=True)
+      return loss, metrics
+
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    grads = jax.tree_util.tree_map_with_path(
+        lambda path, g, w: (sae_lib.remove_parallel_grad(w, g)
+                            if mesh_lib._leaf_name(path) == "W_dec" else g),
+        grads, state["params"])
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    model = nnx.merge(graphdef, optax.apply_updates(state["params"], updates), state["stats"])
+    sae_lib.normalize_decoder(model)
+    z = metrics.pop("z")
+    model.update_stats(z)
+    _, params, stats = nnx.split(model, nnx.Param, ...)
+    fired = z > 0
+    since = jnp.where(fired.any(0), 0,
+                      jnp.minimum(state["since_fired"] + x.shape[0], _COUNTER_CAP))
+    metrics = {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["dead_frac"] = jnp.mean(since >= dead_tokens)
+    metrics["dense_frac"] = jnp.mean(fired.mean(0) > dense_thr)
+    new = {"params": params, "stats": stats, "opt": opt, "since_fired": since,
+           "step": state["step"] + 1}
+    return new, metrics
+
+  p_train_step = jax.jit(train_step, in_shardings=(state_sh, batch_sh),
+                         out_shardings=(state_sh, None), donate_argnums=(0,))
+
+  def eval_sums(state, x, n_valid):
+    """Pooled sums for one padded eval batch: FVU needs them over the whole split."""
+    x_hat, z = nnx.merge(graphdef, state["params"], state["stats"])(x)
+    valid = (jnp.arange(x.shape[0]) < n_valid).astype(jnp.float32)
+    fired = (z > 0).astype(jnp.float32) * valid[:, None]
+    return {"sse": jnp.sum(valid * jnp.sum((x - x_hat) ** 2, -1)),
+            "sum_x": jnp.sum(x * valid[:, None], 0),
+            "sum_x2": jnp.sum(valid * jnp.sum(x * x, -1)),
+            "fired": jnp.sum(fired, 0), "active": jnp.sum(fired)}
+
+  p_eval_sums = jax.jit(eval_sums, in_shardings=(state_sh, batch_sh, None))
+
+  def evaluate(state) -> tuple[dict, np.ndarray]:
+    tot, n = None, 0
+    for xb, nb in data_lib.eval_batches(x_eval, eval_bs, mesh):
+      s = jax.tree.map(lambda a: np.asarray(a, np.float64),
+                       jax.device_get(p_eval_sums(state, xb, nb)))
+      tot = s if tot is None else jax.tree.map(np.add, tot, s)
+      n += nb
+    if not n:
+      return {}, np.zeros((m,))
+    var = tot["sum_x2"] - float(np.sum(tot["sum_x"] ** 2)) / n    # about the data mean
+    fvu = float(tot["sse"] / max(var, 1e-30))
+    density = tot["fired"] / n
+    return {"fvu": fvu, "ev": 1.0 - fvu, "mse": float(tot["sse"] / n),
+            "l0": float(tot["active"] / n), "dead_frac": float(np.mean(density == 0)),
+            "dense_frac": float(np.mean(density > dense_thr)), "eval_rows": n}, density
+
+  # --- checkpoint ------------------------------------------------------------------------
+  ckpt = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), keep_best=t.keep_best,
+                               async_save=t.async_checkpoint)
+  start = 0
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(None, ckpt_lib.abstract_like(state, state_sh))
+    start = int(jax.device_get(state["step"]))
+    logging.info("resumed from %s at step %d", ckpt.directory, start)
+    if is_main:
+      _trim_metrics(metrics_path, start)
+
+  # --- train + evals ---------------------------------------------------------------------
+  def log_row(row):
+    if is_main:
+      with open(metrics_path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+  steps = int(t.steps)
+  last_eval: dict = {}
+  density = np.zeros((m,))
+  if start >= steps:
+    logging.info("run %s is already done (step %d of %d)", config.run, start, steps)
+  else:
+    logging.info("training %s: %s d=%d m=%d, %d steps from %d, lr=%.3g",
+                 config.run, config.sae.architecture, d, m, steps, start, t.lr)
+    batches = pipeline.iterate(start)
+    pending, t0, t_last, s_last = [], time.time(), time.time(), start
+    with jax.set_mesh(mesh):
+      for step in range(start + 1, steps + 1):
+        state, met = p_train_step(state, next(batches))
+        pending.append(met)
+        if step % t.log_every == 0 or step == steps:
+          met = jax.tree.map(lambda *v: float(np.mean(v)), *jax.device_get(pending))
+          pending = []
+          now = time.time()
+          sps = (step - s_last) / max(now - t_last, 1e-9)
+          t_last, s_last = now, step
+          met.update(aux=met.get("aux_loss", 0.0), fvu=met.get("fvu_batch"),
+                     ev=1.0 - met["fvu_batch"] if "fvu_batch" in met else None)
+          row = {"kind": "train", "step": step, **met, "lr": float(schedule(step - 1)),
+                 "steps_per_s": sps, "acts_per_s": sps * t.batch_size}
+          log_row(row)
+          eta = datetime.timedelta(seconds=int((steps - step) / max(sps, 1e-9)))
+          logging.info("step %d/%d loss=%.4g mse=%.4g l0=%.1f dead=%.3f | %.1f steps/s "
+                       "%.3g acts/s | ETA %s", step, steps, met["loss"], met["mse"],
+                       met["l0"], met["dead_frac"], sps, sps * t.batch_size, eta)
+        if step % t.eval_every == 0 or step == steps:
+          last_eval, density = evaluate(state)
+          if last_eval:
+            log_row({"kind": "eval", "step": step, **last_eval})
+            logging.info("eval step %d: fvu=%.4f ev=%.4f l0=%.1f dead=%.3f dense=%.3f", step,
+                         last_eval["fvu"], last_eval["ev"], last_eval["l0"],
+                         last_eval["dead_frac"], last_eval["dense_frac"])
+        if step % t.checkpoint_every == 0 or step == steps:
+          ckpt.save(step, state, last_eval.get("fvu"))
+        if t.get("stop_after") and step >= t.stop_after:   # simulate a crash (tests)
+          break
+    batches.close()
+    logging.info("trained %d steps in %.1fs", step - start, time.time() - t0)
+  ckpt.close()
+
+  # --- final metrics and plots -----------------------------------------------------------
+  if not last_eval:
+    last_eval, density = evaluate(state)
+  final = {"step": int(jax.device_get(state["step"])), **{f"eval_{k}": v for k, v in
+                                                          last_eval.items()}}
+  if "true_dirs" in extras:
+    from musicsae_jax import synthetic
+    w_dec = np.asarray(jax.device_get(state["params"]["W_dec"][...]))
+    rec = synthetic.recovery(w_dec, extras["true_dirs"])
+    rec = rec if isinstance(rec, dict) else {"recovery": rec}
+    final.update({f"synthetic_{k}": float(v) for k, v in rec.items()})
+    logging.info("synthetic ground truth: %s", rec)
+  if is_main:
+    with open(os.path.join(run_dir, "final_metrics.json"), "w") as f:
+      json.dump(final, f, indent=2)
+    if os.path.exists(metrics_path) and t.plots:
+      plots.plot_training(plots.read_metrics(metrics_path),
+                          os.path.join(run_dir, "training_curves.png"))
+      plots.plot_density(density, os.path.join(run_dir, "feature_density.png"))
+  return final
