@@ -1,0 +1,478 @@
+"""The SAE family as Flax NNX modules: one parameter layout, one interface.
+
+Every architecture holds ``W_enc [d, m]``, ``b_enc [m]``, ``W_dec [m, d]``,
+``b_dec [d]`` (``nnx.Param``) so training, sharding, checkpointing and export treat
+them alike.  Extras: JumpReLU has a trainable ``log_threshold [m]``; BatchTopK and
+Matryoshka keep an inference ``threshold`` as a non-trainable :class:`Stat`.
+
+Interface (the training loop is written against exactly this)::
+
+    model = make_sae(cfg, d=d, rngs=nnx.Rngs(0))
+    z = model.encode(x)               # [B, d] -> [B, m], inference semantics
+    x_hat = model.decode(z)           # [B, m] -> [B, d], dense
+    x_hat, z = model(x)
+    loss, metrics = model.loss(x, dead_mask=None, train=True)
+    model.update_stats(metrics["z"])  # BatchTopK/Matryoshka threshold EMA
+
+Everything is jit-friendly (no Python control flow on values) and exact when the
+latent axis is sharded over a mesh axis: top-k runs on the full logical array and
+GSPMD inserts the collectives.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
+
+DEFAULTS = dict(
+    architecture="topk",
+    m=None,
+    expansion=16,
+    k=32,
+    l1_coeff=5.0,
+    l0_coeff=1e-3,
+    jumprelu_bandwidth=1e-3,
+    jumprelu_init_threshold=1e-3,
+    aux_coeff=1.0 / 32.0,
+    k_aux=None,
+    matryoshka_prefixes=None,
+    threshold_momentum=0.99,
+)
+
+
+class Stat(nnx.Variable):
+    """A non-trainable statistic (e.g. the BatchTopK inference threshold).
+
+    Not an ``nnx.Param``, so ``nnx.Optimizer(..., wrt=nnx.Param)`` leaves it alone;
+    it is still part of the state that is split, sharded and checkpointed.
+    """
+
+
+# --------------------------------------------------------------------------------------
+# Shared recipe: decoder-norm constraint, b_dec init, sparse decode, AuxK
+# --------------------------------------------------------------------------------------
+
+
+def _unit_rows(w: jax.Array, eps: float = 1e-8) -> jax.Array:
+    return w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), eps)
+
+
+def normalize_decoder(model: "SAE") -> None:
+    """Rescale every decoder row to unit norm (call after each optimizer step).
+
+    Unit rows stop the sparsity penalty from being dodged by shrinking z while
+    growing W_dec, and make latent magnitudes comparable across features.
+    """
+    model.W_dec[...] = _unit_rows(model.W_dec[...])
+
+
+def remove_parallel_grad(W_dec: jax.Array, grad_W_dec: jax.Array) -> jax.Array:
+    """Remove from each row's gradient its component along that row.
+
+    With unit-norm rows, the parallel component only changes the norm, which
+    :func:`normalize_decoder` undoes anyway; removing it keeps Adam's moments clean.
+    """
+    sq = jnp.maximum(jnp.sum(W_dec * W_dec, axis=-1, keepdims=True), 1e-12)
+    return grad_W_dec - jnp.sum(grad_W_dec * W_dec, axis=-1, keepdims=True) / sq * W_dec
+
+
+def geometric_median(x: jax.Array, n_iter: int = 100, eps: float = 1e-6) -> jax.Array:
+    """Weiszfeld iterations; robust to the outlier rows activations often contain."""
+    x = jnp.asarray(x, jnp.float32)
+
+    def step(_, y):
+        w = 1.0 / jnp.maximum(jnp.linalg.norm(x - y, axis=-1), eps)
+        return (w[:, None] * x).sum(0) / w.sum()
+
+    return jax.lax.fori_loop(0, n_iter, step, x.mean(0))
+
+
+def init_b_dec(model: "SAE", x_sample, method: str = "mean") -> jax.Array:
+    """Set ``b_dec`` from data so the SAE starts by reconstructing the centre."""
+    x_sample = jnp.asarray(x_sample, jnp.float32)
+    if method == "mean":
+        b = x_sample.mean(0)
+    elif method == "median":
+        b = geometric_median(x_sample)
+    else:
+        raise ValueError(f"init_b_dec method={method!r}; allowed: 'mean', 'median'")
+    model.b_dec[...] = b.astype(model.b_dec[...].dtype)
+    return b
+
+
+def sparse_decode(W_dec: jax.Array, vals: jax.Array, idx: jax.Array) -> jax.Array:
+    """sum_j vals[b, j] * W_dec[idx[b, j]] without b_dec: O(B·k·d), not O(B·m·d).
+
+    The gather's backward is a scatter-add into k rows per token, so the decoder
+    gradient is sparse as well.
+    """
+    return jnp.einsum("bk,bkd->bd", vals, jnp.take(W_dec, idx, axis=0))
+
+
+def _sq_err(x: jax.Array, x_hat: jax.Array) -> jax.Array:
+    """Per-token squared error summed over d, averaged over the batch."""
+    return jnp.mean(jnp.sum((x - x_hat) ** 2, axis=-1))
+
+
+def auxk_loss(pre: jax.Array, residual: jax.Array, W_dec: jax.Array, dead_mask: jax.Array,
+              k_aux: int) -> jax.Array:
+    """AuxK (Gao et al. 2024): the top-k_aux *dead* latents reconstruct the residual.
+
+    Gives dead latents a gradient towards what the live ones miss. The squared error is
+    divided by the residual's variance (about its batch mean) so the coefficient does not
+    depend on how good the main reconstruction already is; 0 if the residual is constant.
+    """
+    residual = jax.lax.stop_gradient(residual)
+    masked = jnp.where(dead_mask[None, :], jax.nn.relu(pre), 0.0)
+    vals, idx = jax.lax.top_k(masked, k_aux)
+    e_hat = sparse_decode(W_dec, vals, idx)
+    num = _sq_err(residual, e_hat)
+    den = _sq_err(residual, residual.mean(0, keepdims=True))
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+def _scatter_rows(vals: jax.Array, idx: jax.Array, m: int) -> jax.Array:
+    """Dense [B, m] latents from per-row (vals, idx)."""
+    return jnp.put_along_axis(jnp.zeros(vals.shape[:-1] + (m,), vals.dtype), idx, vals,
+                              axis=-1, inplace=False)
+
+
+# --------------------------------------------------------------------------------------
+# JumpReLU straight-through estimators (Rajamanoharan et al. 2024)
+# --------------------------------------------------------------------------------------
+
+
+def _rectangle(u: jax.Array) -> jax.Array:
+    return ((u > -0.5) & (u < 0.5)).astype(u.dtype)
+
+
+@jax.custom_vjp
+def jumprelu(pre: jax.Array, threshold: jax.Array, bandwidth: float) -> jax.Array:
+    """z = pre * H(pre - threshold); threshold gets a rectangle-kernel pseudo-gradient."""
+    return pre * (pre > threshold)
+
+
+def _jumprelu_fwd(pre, threshold, bandwidth):
+    return jumprelu(pre, threshold, bandwidth), (pre, threshold, bandwidth)
+
+
+def _jumprelu_bwd(res, g):
+    pre, threshold, bandwidth = res
+    g_pre = g * (pre > threshold)
+    g_thr = -(threshold / bandwidth) * _rectangle((pre - threshold) / bandwidth) * g
+    return g_pre, _sum_to(g_thr, threshold.shape), None
+
+
+jumprelu.defvjp(_jumprelu_fwd, _jumprelu_bwd)
+
+
+@jax.custom_vjp
+def step_fn(pre: jax.Array, threshold: jax.Array, bandwidth: float) -> jax.Array:
+    """H(pre - threshold) for the L0 penalty; only the threshold gets a gradient."""
+    return (pre > threshold).astype(pre.dtype)
+
+
+def _step_fwd(pre, threshold, bandwidth):
+    return step_fn(pre, threshold, bandwidth), (pre, threshold, bandwidth)
+
+
+def _step_bwd(res, g):
+    pre, threshold, bandwidth = res
+    g_thr = -(1.0 / bandwidth) * _rectangle((pre - threshold) / bandwidth) * g
+    return jnp.zeros_like(pre), _sum_to(g_thr, threshold.shape), None
+
+
+step_fn.defvjp(_step_fwd, _step_bwd)
+
+
+def _sum_to(g: jax.Array, shape) -> jax.Array:
+    """Sum a broadcast cotangent back to the (trailing) shape of the operand."""
+    return g.reshape((-1,) + tuple(shape)).sum(0) if g.ndim > len(shape) else g
+
+
+# --------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------
+
+
+class SAE(nnx.Module):
+    """Shared layout and the ReLU + decoder-norm-weighted L1 architecture."""
+
+    architecture = "relu"
+
+    def __init__(self, d: int, m: int, *, rngs: nnx.Rngs, l1_coeff: float = 5.0,
+                 dtype=jnp.float32, **_unused):
+        self.d, self.m = int(d), int(m)
+        w = _unit_rows(jax.random.normal(rngs.params(), (self.m, self.d), dtype))
+        self.W_dec = nnx.Param(w)
+        self.W_enc = nnx.Param(w.T)
+        self.b_enc = nnx.Param(jnp.zeros((self.m,), dtype))
+        self.b_dec = nnx.Param(jnp.zeros((self.d,), dtype))
+        self.l1_coeff = float(l1_coeff)
+
+    # -- shared pieces -----------------------------------------------------------------
+    def pre_acts(self, x: jax.Array) -> jax.Array:
+        return (x - self.b_dec[...]) @ self.W_enc[...] + self.b_enc[...]
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        return z @ self.W_dec[...] + self.b_dec[...]
+
+    def encode(self, x: jax.Array) -> jax.Array:
+        return jax.nn.relu(self.pre_acts(x))
+
+    def __call__(self, x: jax.Array):
+        z = self.encode(x)
+        return self.decode(z), z
+
+    def update_stats(self, z: jax.Array) -> None:
+        """No running statistics for this architecture."""
+
+    def _metrics(self, loss, x, x_hat, z, mse, aux, sparsity) -> dict[str, Any]:
+        return {
+            "loss": loss,
+            "mse": mse,
+            "fvu_batch": mse / jnp.maximum(_sq_err(x, x.mean(0, keepdims=True)), 1e-12),
+            "l0": jnp.mean(jnp.sum(z > 0, axis=-1).astype(jnp.float32)),
+            "aux_loss": aux,
+            "sparsity_loss": sparsity,
+            "z": jax.lax.stop_gradient(z),
+        }
+
+    # -- ReLU + L1 -----------------------------------------------------------------------
+    def loss(self, x: jax.Array, dead_mask=None, train: bool = True):
+        """MSE + l1_coeff * mean_b sum_i z_i ||W_dec_i|| (norm-weighted so it can't be
+        cheated by shrinking z and growing decoder rows)."""
+        x_hat, z = self(x)
+        mse = _sq_err(x, x_hat)
+        sparsity = jnp.mean(z @ jnp.linalg.norm(self.W_dec[...], axis=-1))
+        loss = mse + self.l1_coeff * sparsity
+        return loss, self._metrics(loss, x, x_hat, z, mse, jnp.zeros(()), sparsity)
+
+
+class TopKSAE(SAE):
+    """TopK (Gao et al. 2024): keep the k largest pre-activations per token (ReLU'd)."""
+
+    architecture = "topk"
+
+    def __init__(self, d, m, *, rngs, k: int = 32, aux_coeff: float = 1 / 32,
+                 k_aux: int | None = None, **kw):
+        super().__init__(d, m, rngs=rngs, **kw)
+        self.k = int(k)
+        self.aux_coeff = float(aux_coeff)
+        self.k_aux = int(min(k_aux if k_aux is not None else max(d // 2, 1), m))
+
+    def select(self, pre: jax.Array):
+        """Per-token top-k: (vals [B,k] ReLU'd, idx [B,k])."""
+        vals, idx = jax.lax.top_k(pre, self.k)
+        return jax.nn.relu(vals), idx
+
+    def encode(self, x):
+        vals, idx = self.select(self.pre_acts(x))
+        return _scatter_rows(vals, idx, self.m)
+
+    def _aux(self, pre, residual, dead_mask):
+        if dead_mask is None:
+            return jnp.zeros(())
+        return auxk_loss(pre, residual, self.W_dec[...], jnp.asarray(dead_mask, bool),
+                         self.k_aux)
+
+    def loss(self, x, dead_mask=None, train: bool = True):
+        """MSE + aux_coeff * AuxK, decoding sparsely from the k selected rows."""
+        pre = self.pre_acts(x)
+        vals, idx = self.select(pre)
+        x_hat = sparse_decode(self.W_dec[...], vals, idx) + self.b_dec[...]
+        mse = _sq_err(x, x_hat)
+        aux = self._aux(pre, x - x_hat, dead_mask)
+        loss = mse + self.aux_coeff * aux
+        z = _scatter_rows(vals, idx, self.m)
+        return loss, self._metrics(loss, x, x_hat, z, mse, aux, jnp.zeros(()))
+
+
+class BatchTopKSAE(TopKSAE):
+    """BatchTopK (Bussmann et al. 2024): top B·k activations over the whole batch.
+
+    Training selects over the flattened batch, so tokens get a variable number of
+    latents. Inference cannot see a batch, so ``encode`` uses a threshold: an EMA of
+    the smallest selected activation, updated by :meth:`update_stats`.
+    """
+
+    architecture = "batchtopk"
+
+    def __init__(self, d, m, *, rngs, threshold_momentum: float = 0.99, **kw):
+        super().__init__(d, m, rngs=rngs, **kw)
+        self.threshold = Stat(jnp.zeros((), jnp.float32))
+        self.threshold_momentum = float(threshold_momentum)
+
+    def select_batch(self, pre: jax.Array):
+        """(vals [B·k] ReLU'd, rows [B·k], cols [B·k]) of the batch-wide top B·k."""
+        b = pre.shape[0]
+        vals, flat = jax.lax.top_k(jax.nn.relu(pre).reshape(-1), b * self.k)
+        return vals, flat // self.m, flat % self.m
+
+    def encode(self, x):
+        pre = self.pre_acts(x)
+        return pre * (pre > self.threshold[...])
+
+    def _dense_z(self, vals, rows, cols, b):
+        return jnp.zeros((b, self.m), vals.dtype).at[rows, cols].set(vals)
+
+    def _train_recon(self, x, pre):
+        vals, rows, cols = self.select_batch(pre)
+        contrib = vals[:, None] * jnp.take(self.W_dec[...], cols, axis=0)
+        x_hat = jax.ops.segment_sum(contrib, rows, num_segments=x.shape[0]) + self.b_dec[...]
+        return x_hat, self._dense_z(vals, rows, cols, x.shape[0])
+
+    def loss(self, x, dead_mask=None, train: bool = True):
+        """Train: batch top-B·k with sparse decode. Eval: threshold encode, dense decode."""
+        pre = self.pre_acts(x)
+        if train:
+            x_hat, z = self._train_recon(x, pre)
+        else:
+            z = pre * (pre > self.threshold[...])
+            x_hat = self.decode(z)
+        mse = _sq_err(x, x_hat)
+        aux = self._aux(pre, x - x_hat, dead_mask)
+        loss = mse + self.aux_coeff * aux
+        return loss, self._metrics(loss, x, x_hat, z, mse, aux, jnp.zeros(()))
+
+    def update_stats(self, z: jax.Array) -> None:
+        """threshold <- EMA of the smallest positive selected activation (first: copy)."""
+        z = jax.lax.stop_gradient(z)
+        has = jnp.any(z > 0)
+        min_pos = jnp.min(jnp.where(z > 0, z, jnp.inf))
+        t = self.threshold[...]
+        mom = self.threshold_momentum
+        new = jnp.where(t > 0, mom * t + (1 - mom) * min_pos, min_pos)
+        self.threshold[...] = jnp.where(has, new, t).astype(t.dtype)
+
+
+class MatryoshkaSAE(BatchTopKSAE):
+    """Matryoshka BatchTopK (Bussmann et al. 2025): nested dictionary prefixes.
+
+    Latents ``[:p]`` for every prefix size p must reconstruct x on their own, which
+    pushes general features to the front and stops absorption by later specific ones.
+    Loss = mean over prefixes of their MSEs (+ AuxK on the full reconstruction).
+    """
+
+    architecture = "matryoshka"
+
+    def __init__(self, d, m, *, rngs, matryoshka_prefixes: Sequence[int] | None = None, **kw):
+        super().__init__(d, m, rngs=rngs, **kw)
+        self.prefixes = tuple(int(p) for p in (matryoshka_prefixes or (m,)))
+
+    def _groups(self, cols):
+        return jnp.searchsorted(jnp.asarray(self.prefixes, jnp.int32), cols, side="right")
+
+    def _prefix_recons(self, x, pre, train):
+        """[B, G, d] reconstructions of every prefix (b_dec included) and z."""
+        b, g = x.shape[0], len(self.prefixes)
+        W = self.W_dec[...]
+        if train:
+            vals, rows, cols = self.select_batch(pre)
+            contrib = vals[:, None] * jnp.take(W, cols, axis=0)
+            parts = jax.ops.segment_sum(contrib, rows * g + self._groups(cols),
+                                        num_segments=b * g).reshape(b, g, -1)
+            z = self._dense_z(vals, rows, cols, b)
+        else:
+            z = pre * (pre > self.threshold[...])
+            bounds = (0,) + self.prefixes
+            parts = jnp.stack([z[:, lo:hi] @ W[lo:hi] for lo, hi in zip(bounds, bounds[1:])], 1)
+        return jnp.cumsum(parts, axis=1) + self.b_dec[...], z
+
+    def loss(self, x, dead_mask=None, train: bool = True):
+        pre = self.pre_acts(x)
+        recons, z = self._prefix_recons(x, pre, train)
+        prefix_mse = jnp.mean(jnp.sum((x[:, None, :] - recons) ** 2, axis=-1), axis=0)
+        x_hat = recons[:, -1]
+        aux = self._aux(pre, x - x_hat, dead_mask)
+        loss = jnp.mean(prefix_mse) + self.aux_coeff * aux
+        metrics = self._metrics(loss, x, x_hat, z, prefix_mse[-1], aux, jnp.zeros(()))
+        metrics.update({f"mse_prefix_{p}": prefix_mse[i] for i, p in enumerate(self.prefixes)})
+        return loss, metrics
+
+
+class JumpReLUSAE(SAE):
+    """JumpReLU (Rajamanoharan et al. 2024): z = pre * H(pre - θ), θ = exp(log_threshold).
+
+    The Heaviside step has zero gradient almost everywhere, so θ learns through a
+    straight-through estimator with a rectangle kernel of width ``bandwidth``; the L0
+    penalty uses the same estimator.
+    """
+
+    architecture = "jumprelu"
+
+    def __init__(self, d, m, *, rngs, l0_coeff: float = 1e-3, jumprelu_bandwidth: float = 1e-3,
+                 jumprelu_init_threshold: float = 1e-3, **kw):
+        super().__init__(d, m, rngs=rngs, **kw)
+        self.log_threshold = nnx.Param(jnp.full((m,), np.log(jumprelu_init_threshold), jnp.float32))
+        self.l0_coeff = float(l0_coeff)
+        self.bandwidth = float(jumprelu_bandwidth)
+
+    def encode(self, x):
+        return jumprelu(self.pre_acts(x), jnp.exp(self.log_threshold[...]), self.bandwidth)
+
+    def loss(self, x, dead_mask=None, train: bool = True):
+        pre = self.pre_acts(x)
+        theta = jnp.exp(self.log_threshold[...])
+        z = jumprelu(pre, theta, self.bandwidth)
+        x_hat = self.decode(z)
+        mse = _sq_err(x, x_hat)
+        sparsity = jnp.mean(jnp.sum(step_fn(pre, theta, self.bandwidth), axis=-1))
+        loss = mse + self.l0_coeff * sparsity
+        return loss, self._metrics(loss, x, x_hat, z, mse, jnp.zeros(()), sparsity)
+
+
+_CLASSES = {"relu": SAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE,
+            "jumprelu": JumpReLUSAE, "matryoshka": MatryoshkaSAE}
+
+
+# --------------------------------------------------------------------------------------
+# Construction from a config
+# --------------------------------------------------------------------------------------
+
+
+def resolve_config(cfg, d: int) -> dict:
+    """Defaults + cfg, with m resolved and every constraint checked (clear ValueErrors)."""
+    c = dict(DEFAULTS)
+    if cfg is not None:
+        c.update(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg))
+    arch = c["architecture"]
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"sae.architecture={arch!r} is unknown; allowed: {', '.join(ARCHITECTURES)}")
+    if int(d) <= 0:
+        raise ValueError(f"input width d={d} must be positive")
+    m = c["m"] if c["m"] is not None else int(c["expansion"] * d)
+    if int(m) != m or m <= 0:
+        raise ValueError(f"sae.m={m!r} (number of latents, or expansion*d) must be a positive integer")
+    c["m"] = m = int(m)
+    if arch in ("topk", "batchtopk", "matryoshka"):
+        k = c["k"]
+        if not (1 <= int(k) < m):
+            raise ValueError(f"sae.k={k} must satisfy 1 <= k < m={m}")
+        if c["k_aux"] is not None and int(c["k_aux"]) < 1:
+            raise ValueError(f"sae.k_aux={c['k_aux']} must be >= 1 (or None for d/2)")
+    if arch == "matryoshka":
+        p = list(c["matryoshka_prefixes"] or [m])
+        if p[0] < 1 or any(b <= a for a, b in zip(p, p[1:])) or p[-1] != m:
+            raise ValueError(f"sae.matryoshka_prefixes={p} must be strictly increasing "
+                             f"positive ints ending at m={m}")
+        c["matryoshka_prefixes"] = p
+    if arch == "jumprelu":
+        for f in ("jumprelu_bandwidth", "jumprelu_init_threshold"):
+            if not c[f] > 0:
+                raise ValueError(f"sae.{f}={c[f]} must be > 0")
+    return c
+
+
+def make_sae(cfg, d: int, rngs: nnx.Rngs) -> SAE:
+    """Build the SAE named by ``cfg.architecture`` for inputs of width d."""
+    c = resolve_config(cfg, d)
+    cls = _CLASSES[c.pop("architecture")]
+    m = c.pop("m")
+    c.pop("expansion")
+    return cls(int(d), m, rngs=rngs, **c)

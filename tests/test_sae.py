@@ -1,0 +1,338 @@
+"""SAE family against independent numpy references, plus recipe, sharding and toy recovery.
+
+Tolerances: forward values and losses are computed in float32 by JAX and float64 by
+numpy; we compare with rtol=1e-5, atol=1e-5 (a few float32 ulps on O(1)-O(10) values).
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from musicsae_jax import sae, synthetic
+
+D, M, K, B = 8, 32, 4, 16
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def _model(arch, **extra):
+    cfg = dict(architecture=arch, m=M, k=K, matryoshka_prefixes=[8, 20, M], **extra)
+    model = sae.make_sae(cfg, d=D, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(1)
+    # non-trivial biases so the reference must get every term right
+    model.b_enc[...] = jnp.asarray(rng.normal(0, 0.3, M), jnp.float32)
+    model.b_dec[...] = jnp.asarray(rng.normal(0, 0.3, D), jnp.float32)
+    model.W_enc[...] = jnp.asarray(rng.normal(0, 0.5, (D, M)), jnp.float32)
+    return model
+
+
+def _np(model):
+    return {k: np.asarray(getattr(model, k)[...], np.float64)
+            for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
+
+
+def _x(seed=2, n=B):
+    return np.random.default_rng(seed).normal(size=(n, D)).astype(np.float32)
+
+
+def _ref_pre(p, x):
+    return (x.astype(np.float64) - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+
+
+def _ref_topk_rows(a, k):
+    """Dense z keeping the k largest entries of each row (ReLU'd)."""
+    z = np.zeros_like(a)
+    idx = np.argsort(-a, axis=1)[:, :k]
+    np.put_along_axis(z, idx, np.maximum(np.take_along_axis(a, idx, 1), 0), 1)
+    return z
+
+
+def _ref_mse(x, x_hat):
+    return np.mean(np.sum((x - x_hat) ** 2, axis=1))
+
+
+def _ref_aux(p, pre, x, x_hat, dead, k_aux):
+    e = x - x_hat
+    z_aux = _ref_topk_rows(np.where(dead[None], np.maximum(pre, 0), 0), k_aux)
+    e_hat = z_aux @ p["W_dec"]
+    return _ref_mse(e, e_hat) / _ref_mse(e, e.mean(0, keepdims=True))
+
+
+DEAD = np.arange(M) % 3 == 0
+
+
+def test_relu_against_numpy():
+    model, x = _model("relu", l1_coeff=0.7), _x()
+    model.W_dec[...] = model.W_dec[...] * jnp.linspace(0.5, 2, M)[:, None]  # norms matter
+    p = _np(model)
+    z = np.maximum(_ref_pre(p, x), 0)
+    x_hat = z @ p["W_dec"] + p["b_dec"]
+    spars = np.mean(z @ np.linalg.norm(p["W_dec"], axis=1))
+    loss, met = model.loss(jnp.asarray(x))
+    np.testing.assert_allclose(model.encode(x), z, **TOL)
+    np.testing.assert_allclose(model(x)[0], x_hat, **TOL)
+    np.testing.assert_allclose(met["sparsity_loss"], spars, **TOL)
+    np.testing.assert_allclose(loss, _ref_mse(x, x_hat) + 0.7 * spars, **TOL)
+
+
+def test_topk_against_numpy_with_auxk():
+    model, x = _model("topk", aux_coeff=0.25, k_aux=3), _x()
+    p = _np(model)
+    pre = _ref_pre(p, x)
+    z = _ref_topk_rows(pre, K)
+    x_hat = z @ p["W_dec"] + p["b_dec"]
+    aux = _ref_aux(p, pre, x, x_hat, DEAD, 3)
+    loss, met = model.loss(jnp.asarray(x), dead_mask=jnp.asarray(DEAD))
+    np.testing.assert_allclose(model.encode(x), z, **TOL)
+    np.testing.assert_allclose(met["z"], z, **TOL)
+    np.testing.assert_allclose(model.decode(jnp.asarray(z, jnp.float32)), x_hat, **TOL)
+    np.testing.assert_allclose(met["mse"], _ref_mse(x, x_hat), **TOL)
+    np.testing.assert_allclose(met["aux_loss"], aux, **TOL)
+    assert aux > 0.01
+    np.testing.assert_allclose(loss, _ref_mse(x, x_hat) + 0.25 * aux, **TOL)
+    assert float(met["l0"]) == K
+    # no dead mask -> no aux term
+    np.testing.assert_allclose(model.loss(jnp.asarray(x))[1]["aux_loss"], 0.0)
+
+
+def test_batchtopk_train_eval_and_threshold():
+    model, x = _model("batchtopk", k_aux=5), _x()
+    p = _np(model)
+    pre = _ref_pre(p, x)
+    flat = np.maximum(pre, 0).ravel()
+    keep = np.argsort(-flat)[: B * K]
+    z = np.zeros_like(flat)
+    z[keep] = flat[keep]
+    z = z.reshape(B, M)
+    x_hat = z @ p["W_dec"] + p["b_dec"]
+    loss, met = model.loss(jnp.asarray(x), dead_mask=jnp.asarray(DEAD))
+    assert int(np.sum(np.asarray(met["z"]) != 0)) == B * K  # exactly B·k during training
+    assert len(set(np.sum(z != 0, axis=1))) > 1  # variable per token: not per-row top-k
+    np.testing.assert_allclose(met["z"], z, **TOL)
+    np.testing.assert_allclose(met["mse"], _ref_mse(x, x_hat), **TOL)
+    aux = _ref_aux(p, pre, x, x_hat, DEAD, 5)
+    np.testing.assert_allclose(loss, _ref_mse(x, x_hat) + aux / 32, **TOL)
+
+    # threshold: first update copies the smallest selected activation, then EMA
+    assert float(model.threshold[...]) == 0.0
+    model.update_stats(met["z"])
+    t1 = z[z > 0].min()
+    np.testing.assert_allclose(model.threshold[...], t1, **TOL)
+    z2 = np.asarray(met["z"]) * 0 + np.where(z > 0, z + 1.0, 0)
+    model.update_stats(jnp.asarray(z2, jnp.float32))
+    np.testing.assert_allclose(model.threshold[...], 0.99 * t1 + 0.01 * (t1 + 1.0), **TOL)
+    assert isinstance(model.threshold, sae.Stat) and not isinstance(model.threshold, nnx.Param)
+
+    # encode / eval loss use the threshold
+    thr = float(model.threshold[...])
+    z_eval = pre * (pre > thr)
+    np.testing.assert_allclose(model.encode(x), z_eval, **TOL)
+    _, met_eval = model.loss(jnp.asarray(x), train=False)
+    np.testing.assert_allclose(met_eval["mse"], _ref_mse(x, z_eval @ p["W_dec"] + p["b_dec"]),
+                               **TOL)
+
+
+def test_matryoshka_prefix_losses():
+    model, x = _model("matryoshka"), _x()
+    p = _np(model)
+    pre = _ref_pre(p, x)
+    flat = np.maximum(pre, 0).ravel()
+    keep = np.argsort(-flat)[: B * K]
+    z = np.zeros_like(flat)
+    z[keep] = flat[keep]
+    z = z.reshape(B, M)
+    mses = [_ref_mse(x, z[:, :q] @ p["W_dec"][:q] + p["b_dec"]) for q in (8, 20, M)]
+    loss, met = model.loss(jnp.asarray(x), dead_mask=jnp.asarray(DEAD))
+    for q, v in zip((8, 20, M), mses):
+        np.testing.assert_allclose(met[f"mse_prefix_{q}"], v, **TOL)
+    x_hat = z @ p["W_dec"] + p["b_dec"]
+    aux = _ref_aux(p, pre, x, x_hat, DEAD, D // 2)
+    np.testing.assert_allclose(loss, np.mean(mses) + aux / 32, **TOL)
+    # eval path (threshold, dense per-group decode) gives the same prefix numbers
+    model.threshold[...] = jnp.float32(0.3)
+    z_eval = pre * (pre > 0.3)
+    _, met_eval = model.loss(jnp.asarray(x), train=False)
+    np.testing.assert_allclose(met_eval["mse_prefix_20"],
+                               _ref_mse(x, z_eval[:, :20] @ p["W_dec"][:20] + p["b_dec"]), **TOL)
+
+
+def test_jumprelu_forward_and_ste_gradient():
+    eps, l0c = 0.5, 0.3
+    model, x = _model("jumprelu", l0_coeff=l0c, jumprelu_bandwidth=eps), _x()
+    rng = np.random.default_rng(5)
+    theta = rng.uniform(0.1, 0.8, M)
+    model.log_threshold[...] = jnp.asarray(np.log(theta), jnp.float32)
+    p = _np(model)
+    theta = np.exp(np.asarray(model.log_threshold[...], np.float64))
+    pre = _ref_pre(p, x)
+    z = pre * (pre > theta)
+    x_hat = z @ p["W_dec"] + p["b_dec"]
+    l0 = np.mean(np.sum(pre > theta, axis=1))
+    loss, met = model.loss(jnp.asarray(x))
+    np.testing.assert_allclose(model.encode(x), z, **TOL)
+    np.testing.assert_allclose(loss, _ref_mse(x, x_hat) + l0c * l0, **TOL)
+
+    # STE: dL/dθ_i = sum_b dMSE/dz_bi * (-(θ_i/ε) K) + l0c * mean_b(-(1/ε) K),
+    # K = rectangle((pre - θ)/ε); then chain rule through θ = exp(log_threshold).
+    kern = (np.abs((pre - theta) / eps) < 0.5).astype(np.float64)
+    dmse_dz = 2.0 / B * (x_hat - x) @ p["W_dec"].T
+    d_theta = np.sum(dmse_dz * -(theta / eps) * kern, 0) + l0c * np.mean(-kern / eps, 0)
+    expected = d_theta * theta
+    assert np.count_nonzero(kern) > 10  # the kernel is actually hit
+
+    g, params, rest = nnx.split(model, nnx.Param, ...)
+    grads = jax.grad(lambda q: nnx.merge(g, q, rest).loss(jnp.asarray(x))[0])(params)
+    np.testing.assert_allclose(grads["log_threshold"][...], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_decoder_norm_and_parallel_grad():
+    model = _model("topk")
+    w0 = np.asarray(model.W_dec[...])
+    np.testing.assert_allclose(np.linalg.norm(w0, axis=1), 1.0, rtol=1e-6)  # unit at init
+    fresh = sae.make_sae(dict(architecture="relu", m=M), d=D, rngs=nnx.Rngs(3))
+    np.testing.assert_array_equal(fresh.W_enc[...], np.asarray(fresh.W_dec[...]).T)
+
+    model.W_dec[...] = model.W_dec[...] * jnp.linspace(0.1, 3, M)[:, None]
+    sae.normalize_decoder(model)
+    np.testing.assert_allclose(np.linalg.norm(model.W_dec[...], axis=1), 1.0, rtol=1e-6)
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(M, D)).astype(np.float32)
+    gw = rng.normal(size=(M, D)).astype(np.float32)
+    out = np.asarray(sae.remove_parallel_grad(jnp.asarray(w), jnp.asarray(gw)), np.float64)
+    np.testing.assert_allclose(np.sum(out * w, axis=1), 0.0, atol=1e-5)
+    # only the parallel part is removed: the remainder is a multiple of each row
+    par = gw - out
+    cos = np.sum(par * w, 1) / (np.linalg.norm(par, axis=1) * np.linalg.norm(w, axis=1))
+    np.testing.assert_allclose(np.abs(cos), 1.0, rtol=1e-4)
+
+
+def test_init_b_dec_mean_and_geometric_median():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, D)).astype(np.float32)
+    x[:10] += 50.0  # outliers pull the mean, not the median
+    model = _model("relu")
+    sae.init_b_dec(model, x, "mean")
+    np.testing.assert_allclose(model.b_dec[...], x.mean(0), rtol=1e-5, atol=1e-5)
+    sae.init_b_dec(model, x, "median")
+    med = np.asarray(model.b_dec[...], np.float64)
+
+    def cost(y):
+        return np.linalg.norm(x - y, axis=1).sum()
+
+    for delta in rng.normal(scale=0.05, size=(20, D)):
+        assert cost(med) <= cost(med + delta) + 1e-3
+    assert cost(med) < cost(x.mean(0))
+    with pytest.raises(ValueError, match="method"):
+        sae.init_b_dec(model, x, "mode")
+
+
+@pytest.mark.parametrize("cfg, match", [
+    (dict(architecture="gated"), "architecture"),
+    (dict(architecture="topk", m=16, k=16), "sae.k"),
+    (dict(architecture="batchtopk", m=16, k=0), "sae.k"),
+    (dict(architecture="relu", m=0), "sae.m"),
+    (dict(architecture="relu", m=None, expansion=0), "sae.m"),
+    (dict(architecture="matryoshka", m=16, k=2, matryoshka_prefixes=[8, 4, 16]), "prefixes"),
+    (dict(architecture="matryoshka", m=16, k=2, matryoshka_prefixes=[4, 8]), "prefixes"),
+])
+def test_bad_config_raises(cfg, match):
+    with pytest.raises(ValueError, match=match):
+        sae.make_sae(cfg, d=D, rngs=nnx.Rngs(0))
+
+
+def test_config_dict_and_expansion():
+    import ml_collections
+    cfg = ml_collections.ConfigDict(dict(architecture="topk", expansion=4, k=2))
+    model = sae.make_sae(cfg, d=D, rngs=nnx.Rngs(0))
+    assert model.m == 4 * D and model.k_aux == D // 2
+    assert sae.make_sae(dict(architecture="topk", m=3, k=1, k_aux=10), d=D,
+                        rngs=nnx.Rngs(0)).k_aux == 3  # clipped to m
+
+
+def test_topk_exact_with_latent_axis_sharded():
+    assert jax.device_count() == 8, "tests/conftest.py sets 8 simulated CPU devices"
+    m = 64
+    model = sae.make_sae(dict(architecture="topk", m=m, k=5), d=D, rngs=nnx.Rngs(0))
+    model.b_enc[...] = jnp.asarray(np.random.default_rng(0).normal(size=m), jnp.float32)
+    x = jnp.asarray(_x(n=32))
+    g, state = nnx.split(model)
+
+    @jax.jit
+    def enc(state, x):
+        mdl = nnx.merge(g, state)
+        return mdl.encode(x), mdl.loss(x, dead_mask=jnp.arange(m) % 2 == 0)[0]
+
+    z_ref, l_ref = enc(state, x)
+    mesh = jax.make_mesh((1, 8), ("data", "model"),
+                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    specs = {"W_enc": P(None, "model"), "W_dec": P("model", None), "b_enc": P("model"),
+             "b_dec": P()}
+    sharded = jax.tree.map(lambda v: v, state)
+    for name, spec in specs.items():
+        sharded[name][...] = jax.device_put(state[name][...], NamedSharding(mesh, spec))
+    assert len(sharded["W_enc"][...].sharding.device_set) == 8
+    xs = jax.device_put(x, NamedSharding(mesh, P("data", None)))
+    z_sh, l_sh = enc(sharded, xs)
+    np.testing.assert_array_equal(np.asarray(z_sh), np.asarray(z_ref))
+    np.testing.assert_allclose(l_sh, l_ref, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------
+# Toy recovery: each architecture finds >= 90% of ground-truth features
+# ----------------------------------------------------------------------------------------
+
+TOY = dict(d=32, m_true=48, m=96, k=3)
+RECOVERY_CFGS = {
+    "relu": dict(l1_coeff=0.3),
+    "topk": dict(),
+    "batchtopk": dict(),
+    "jumprelu": dict(l0_coeff=0.1, jumprelu_bandwidth=0.1, jumprelu_init_threshold=0.1),
+    "matryoshka": dict(matryoshka_prefixes=[64, 96]),
+}
+
+
+def _train_toy(cfg, steps=1500, batch=256, lr=3e-3, dead_after=2000):
+    """A minimal local loop (the real one is musicsae_jax.train): Adam, parallel-grad
+    removal, decoder renorm, threshold stats, AuxK with a dead mask."""
+    x_all, dirs, _ = synthetic.make_toy(TOY["d"], TOY["m_true"], 16384, avg_active=3.0, seed=0)
+    model = sae.make_sae(dict(cfg, m=TOY["m"], k=TOY["k"]), d=TOY["d"], rngs=nnx.Rngs(0))
+    sae.init_b_dec(model, x_all[:2048], "median")
+    g, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = optax.adam(lr)
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, rest, opt, x, dead):
+        def f(q):
+            return nnx.merge(g, q, rest).loss(x, dead)
+
+        (loss, met), grads = jax.value_and_grad(f, has_aux=True)(params)
+        grads["W_dec"][...] = sae.remove_parallel_grad(params["W_dec"][...], grads["W_dec"][...])
+        upd, opt = tx.update(grads, opt, params)
+        mdl = nnx.merge(g, optax.apply_updates(params, upd), rest)
+        sae.normalize_decoder(mdl)
+        mdl.update_stats(met["z"])
+        _, params, rest = nnx.split(mdl, nnx.Param, ...)
+        return params, rest, opt, (met["z"] > 0).any(0)
+
+    rng = np.random.default_rng(1)
+    since = np.zeros(TOY["m"])
+    for _ in range(steps):
+        xb = x_all[rng.integers(0, len(x_all), batch)]
+        params, rest, opt, fired = step(params, rest, opt, xb, jnp.asarray(since >= dead_after))
+        since = np.where(np.asarray(fired), 0, since + batch)
+    return nnx.merge(g, params, rest), dirs, x_all
+
+
+@pytest.mark.parametrize("arch", list(RECOVERY_CFGS))
+def test_toy_recovery(arch):
+    model, dirs, x = _train_toy(dict(RECOVERY_CFGS[arch], architecture=arch))
+    rec = synthetic.recovery(np.asarray(model.W_dec[...]), dirs)
+    assert rec["frac_recovered"] >= 0.9, rec
+    np.testing.assert_allclose(np.linalg.norm(model.W_dec[...], axis=1), 1.0, rtol=1e-5)
+    x_hat, z = model(jnp.asarray(x[:2048]))
+    # sparse at inference too (true L0 is 3; ReLU+L1 keeps some small shrunk activations)
+    assert float(jnp.mean(jnp.sum(z > 0, axis=1))) < (12 if arch == "relu" else 6)
