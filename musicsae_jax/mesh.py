@@ -43,7 +43,8 @@ def make_mesh(data: int = -1, model: int = 1,
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
   if data == -1 and model == -1:
-    raise MeshError("mesh: at most one of train.mesh_data / train.mesh_model may be -1")
+    raise MeshError(f"mesh: at most one of train.mesh_data / train.mesh_model may be -1 "
+                    f"(the share of the {n} devices left to that axis)")
   if model == -1:
     if data <= 0 or n % data:
       raise MeshError(f"mesh: data={data} does not divide {n} devices")

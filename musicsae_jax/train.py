@@ -221,7 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     since = jnp.where(fired.any(0), 0,
                       jnp.minimum(state["since_fired"] + x.shape[0], _COUNTER_CAP))
     metrics = {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["dead_frac"] = jnp.mean(since >= dead_tokens)
     metrics["dense_frac"] = jnp.mean(fired.mean(0) > dense_thr)
     new = {"params": params, "stats": stats, "opt": opt, "since_fired": since,

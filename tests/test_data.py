@@ -1,0 +1,104 @@
+"""Input pipeline: split by prompt, determinism, process split, normalisation, sharding."""
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from musicsae_jax import data as data_lib
+from musicsae_jax import mesh as mesh_lib
+
+
+def _source(n=4000, d=8, rows_per_prompt=37, chunk_rows=256, seed=0):
+  """Column 0 carries the row id and column 1 the prompt id, so batches can be traced."""
+  rng = np.random.default_rng(seed)
+  acts = rng.normal(size=(n, d)).astype(np.float32) * 3.0
+  rows = np.arange(n)
+  acts[:, 0], acts[:, 1] = rows, rows // rows_per_prompt
+  index = np.stack([rows // rows_per_prompt, rows % rows_per_prompt], 1)
+  return data_lib.ArraySource(acts, index, chunk_rows)
+
+
+def _pipe(src, mesh=None, **kw):
+  kw = {"batch_size": 64, "seed": 3, "eval_prompts": [], "scale": 1.0,
+        "shuffle_blocks": 3, **kw}
+  return data_lib.Pipeline(src, mesh=mesh or mesh_lib.make_mesh(), **kw)
+
+
+def test_eval_split_is_by_prompt():
+  src = _source()
+  ev = data_lib.split_prompts(src.read_index()[:, 0], 0.2, seed=1)
+  n_prompts = len(np.unique(src.index[:, 0]))
+  assert len(ev) == round(0.2 * n_prompts)
+  pipe = _pipe(src, eval_prompts=ev)
+  seen = np.concatenate([pipe.local_batch_np(i)[:, 1]
+                         for i in range(pipe.batches_in_epoch(0))])
+  assert not np.isin(seen, ev).any()                         # no eval prompt in training
+  x_eval = data_lib.load_eval(src, ev, None, 0, 1.0)
+  assert np.isin(x_eval[:, 1], ev).all()                     # eval only from eval prompts
+  assert len(x_eval) + pipe.num_train_rows == src.num_rows   # every row on one side
+  assert set(np.unique(x_eval[:, 1])) == set(ev)
+  # same seed, same split; another seed, another split
+  np.testing.assert_array_equal(ev, data_lib.split_prompts(src.index[:, 0], 0.2, 1))
+  assert not np.array_equal(ev, data_lib.split_prompts(src.index[:, 0], 0.2, 2))
+
+
+def test_split_errors():
+  with pytest.raises(data_lib.DataError, match="eval_fraction"):
+    data_lib.split_prompts([0, 1, 2], 1.0, 0)
+  with pytest.raises(data_lib.DataError, match="prompt"):
+    data_lib.split_prompts([5, 5, 5], 0.1, 0)
+  with pytest.raises(data_lib.DataError, match="batch_size"):
+    _pipe(_source(n=100), batch_size=128)
+
+
+def test_epoch_is_a_permutation_and_batches_are_pure_functions_of_step():
+  src = _source()
+  pipe = _pipe(src)
+  nb = pipe.batches_in_epoch(0)
+  rows = np.concatenate([pipe.local_batch_np(i)[:, 0] for i in range(nb)])
+  assert len(np.unique(rows)) == len(rows) == nb * 64        # no row twice in an epoch
+  assert not np.array_equal(rows[:64], np.sort(rows[:64]))   # shuffled
+  fresh = _pipe(src)                                          # a "resumed" pipeline
+  for i in (nb + 5, 3, 0, nb - 1):                            # any order, any epoch
+    np.testing.assert_array_equal(fresh.local_batch_np(i), pipe.local_batch_np(i))
+  assert not np.array_equal(pipe.local_batch_np(nb)[:, 0], pipe.local_batch_np(0)[:, 0])
+  it = pipe.iterate(start=7)                                  # prefetch thread, from step 7
+  for i in range(7, 10):
+    b = next(it)
+    assert b.shape == (64, 8) and b.sharding.spec == P("data", None)
+    np.testing.assert_array_equal(np.asarray(b), pipe.local_batch_np(i))
+  it.close()
+
+
+def test_each_process_reads_its_own_blocks():
+  src = _source()
+  mesh = mesh_lib.make_mesh()
+  pipes = [_pipe(src, mesh, process_index=p, process_count=2) for p in range(2)]
+  assert pipes[0].local_batch == 32
+  blocks = [set(np.concatenate([g for g in pp._groups(0, pp.pi)]).tolist()) for pp in pipes]
+  assert not blocks[0] & blocks[1] and len(blocks[0] | blocks[1]) == src.num_blocks
+  for pp, mine in zip(pipes, blocks):
+    rows = pp.local_batch_np(2)[:, 0].astype(int)
+    assert set((rows // src.chunk_rows).tolist()) <= mine
+
+
+def test_normalisation_gives_mean_sq_norm_d():
+  rng = np.random.default_rng(0)
+  acts = (rng.normal(size=(4000, 16)) * rng.uniform(0.5, 4, 16) + 2).astype(np.float32)
+  index = np.stack([np.arange(4000) // 40, np.arange(4000) % 40], 1)
+  src = data_lib.ArraySource(acts, index, 256)
+  sample = data_lib.sample_rows(src, [], 2000, seed=0)
+  stats = data_lib.estimate_scale(sample)
+  x = np.asarray(src.acts, np.float64) * stats["scale"]
+  np.testing.assert_allclose(np.mean(np.sum(x * x, 1)), 16, rtol=0.05)
+  np.testing.assert_allclose(np.mean(np.sum((sample * stats["scale"]) ** 2, 1)), 16, rtol=1e-5)
+  with pytest.raises(data_lib.DataError):
+    data_lib.estimate_scale(np.zeros((4, 3)))
+
+
+def test_eval_batches_pad_and_shard():
+  x = np.arange(50 * 4, dtype=np.float32).reshape(50, 4)
+  got = list(data_lib.eval_batches(x, 16, mesh_lib.make_mesh()))
+  assert [n for _, n in got] == [16, 16, 16, 2]
+  assert all(b.shape == (16, 4) and b.sharding.spec == P("data", None) for b, _ in got)
+  np.testing.assert_array_equal(np.asarray(got[-1][0])[:2], x[48:])
