@@ -16,16 +16,62 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = "tiny"                # "tiny" | "facebook/musicgen-small" | a local dir
   c.model.device = "cpu"
-  c.model.seed = 0
+  c.model.dtype = ""                   # "" = audiocraft's choice (fp16 LM on CUDA)
+  c.model.seed = 0                     # the tiny model's weights come from this seed
+  c.model.tiny = ml_collections.ConfigDict(dict(   # sizes of the tiny random MusicGen
+      dim=64, num_layers=4, num_heads=4, card=256, n_q=4, t5_dim=32, t5_layers=2,
+      sample_rate=16000, hop=320))     # 50 frames/s
 
   # --- extract (bridge) ---------------------------------------------------------------
   c.extract = ml_collections.ConfigDict()
+  c.extract.prompts = "emotions"       # "emotions" | path to .txt / .jsonl / .csv
+  c.extract.per_label = 32             # first N prompts per label value (0 = all)
+  c.extract.label_key = "emotion"
+  c.extract.max_prompts = 0            # 0 = no cap
+  c.extract.sites = ("lm.layer.1", "lm.layer.3", "t5.hidden", "t5.pooled", "cond.proj",
+                     "audio.descriptors")
+  c.extract.duration = 2.0             # seconds per prompt (100 frames)
+  c.extract.batch_size = 8             # part of the data's identity (see bridge/extract.py)
+  c.extract.seed = 0
+  c.extract.use_sampling = True
+  c.extract.top_k = 50
+  c.extract.top_p = 0.0
+  c.extract.temperature = 1.0
+  c.extract.cfg_coef = 3.0
+  c.extract.two_step_cfg = False
+  c.extract.keep = "cond"              # "cond" | "both" (adds lm.layer.<i>.uncond sites)
+  c.extract.capture = "hooks"          # "hooks" | "teacher_forced"
+  c.extract.dtype = "float32"          # stored dtype of model sites: float32 | bfloat16
+  c.extract.save_audio = True          # activations/<dataset>/audio/<prompt_id>.wav
+  c.extract.flush_seconds = 0.0        # publish every batch (resume loses nothing)
 
   # --- sae (musicsae_jax.sae) ---------------------------------------------------------
   c.sae = ml_collections.ConfigDict()
+  c.sae.architecture = "topk"          # relu | topk | batchtopk | jumprelu | matryoshka
+  c.sae.d = None                       # None: the store site's width (d_model of the model)
+  c.sae.m = None                       # None: expansion * d
+  c.sae.expansion = 8
+  c.sae.k = 16
+  c.sae.aux_coeff = 1 / 32
+  c.sae.k_aux = 32
 
   # --- train (musicsae_jax.train) -----------------------------------------------------
+  # Only what this demo changes; every option and its default: musicsae_jax.train
+  # .default_config() (not imported here: the bridge loads this file without JAX).
   c.train = ml_collections.ConfigDict()
+  c.train.source = "store"
+  c.train.dataset = c.get_ref("dataset")     # follows --config.dataset
+  c.train.site = "lm.layer.3"
+  c.train.steps = 1500
+  c.train.batch_size = 512
+  c.train.lr = 1e-3                    # small dictionaries train faster than the Gao rule
+  c.train.warmup_steps = 50
+  c.train.eval_fraction = 0.15         # of prompts (whole prompts held out)
+  c.train.eval_every = 250
+  c.train.log_every = 50
+  c.train.checkpoint_every = 250
+  c.train.dead_tokens = 50_000
+  c.train.shuffle_blocks = 4
 
   # --- analysis (musicsae_jax.analysis) -----------------------------------------------
   c.analysis = ml_collections.ConfigDict()

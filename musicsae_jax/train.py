@@ -96,9 +96,8 @@ def make_schedule(t) -> tuple[optax.Schedule, float]:
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup]), lr
 
 
-def _source(config, workdir):
+def _source(config, t, workdir):
   """The block source plus extras (synthetic ground truth) named by train.source."""
-  t = config.train
   if t.source == "synthetic":
     from musicsae_jax import synthetic
     s = t.synthetic
@@ -136,9 +135,28 @@ def _trim_metrics(path: str, step: int) -> None:
     f.writelines(rows)
 
 
+def resolve_train_config(train_cfg) -> ml_collections.ConfigDict:
+  """`default_config()` overlaid with the experiment's `c.train`; unknown fields raise.
+
+  Config files list only what they change, so they need not import this (JAX) module:
+  the bridge loads the same config files and must not pull in JAX.
+  """
+  t = default_config()
+  for k, v in (train_cfg or {}).items():
+    if k not in t:
+      raise ValueError(f"train.{k} is not a training option; known: {', '.join(sorted(t))}")
+    if k == "synthetic":
+      t.synthetic.update(dict(v))
+    elif v is not None and t[k] is not None and isinstance(t[k], float) and isinstance(v, int):
+      t[k] = float(v)
+    else:
+      t[k] = v
+  return t
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Train (or resume) the run `<workdir>/runs/<config.run>`; returns the final metrics."""
-  t = config.train
+  t = resolve_train_config(config.get("train"))
   run_dir = os.path.abspath(os.path.join(workdir, "runs", config.run))
   os.makedirs(run_dir, exist_ok=True)
   metrics_path = os.path.join(run_dir, "metrics.jsonl")
@@ -151,7 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info("mesh %s, sharding=%s", dict(mesh.shape), t.sharding)
 
   # --- input -----------------------------------------------------------------------------
-  source, extras = _source(config, workdir)
+  source, extras = _source(config, t, workdir)
   d = source.d
   eval_prompts = data_lib.split_prompts(source.read_index()[:, 0], t.eval_fraction,
                                         t.data_seed)
@@ -192,8 +210,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = jax.device_put(state, state_sh)
   batch_sh = mesh_lib.batch_sharding(mesh)
   if is_main:
+    resolved = {**json.loads(config.to_json_best_effort()),
+                "train": json.loads(t.to_json_best_effort())}
     with open(os.path.join(run_dir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+      json.dump(resolved, f, indent=2)
 
   # --- step ------------------------------------------------------------------------------
   dead_tokens, dense_thr = int(t.dead_tokens), float(t.dense_threshold)
