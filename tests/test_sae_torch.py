@@ -1,0 +1,49 @@
+"""TorchSAE on raw activations == the JAX module on normalised ones (then / scale)."""
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+torch = pytest.importorskip("torch")
+
+from bridge.sae_torch import TorchSAE  # noqa: E402
+from musicsae_jax import export as ex  # noqa: E402
+from tests.test_export import ARCHS, D, K, M, random_sae  # noqa: E402
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_parity_with_jax(tmp_path, arch):
+  model, cfg = random_sae(arch, seed=7)
+  scale = 0.21                                   # raw activations ~5x the training scale
+  ex.export_sae(ex.sae_params(model), cfg, site="lm.layer.1", layer=1, d=D, m=M, k=K,
+                architecture=arch, scale=scale, out_dir=str(tmp_path))
+  sae = TorchSAE.from_export(str(tmp_path))
+  assert sae.architecture == arch and (sae.d, sae.m) == (D, M)
+
+  x = np.random.default_rng(0).normal(0, 1.0 / scale, (128, D)).astype(np.float32)
+  xs = jax.numpy.asarray(x * np.float32(scale))
+  z_j = np.asarray(model.encode(xs)) / scale
+  xhat_j = np.asarray(model.decode(model.encode(xs))) / scale
+
+  with torch.no_grad():
+    xhat_t, z_t = sae(torch.from_numpy(x))
+    dec_t = sae.decode(torch.from_numpy(z_j.astype(np.float32)))
+  np.testing.assert_allclose(z_t.numpy(), z_j, atol=1e-5, rtol=1e-5)
+  np.testing.assert_array_equal(z_t.numpy() > 0, z_j > 0)            # same support
+  np.testing.assert_allclose(xhat_t.numpy(), xhat_j, atol=1e-5 / scale, rtol=1e-5)
+  np.testing.assert_allclose(dec_t.numpy(), xhat_j, atol=1e-5 / scale, rtol=1e-5)
+  l0 = (z_j > 0).sum(-1)
+  assert l0.mean() > 0 and (z_j == 0).any()                          # the test is not vacuous
+  if arch == "topk":
+    assert (l0 <= K).all()
+
+
+def test_batched_shapes_and_direction(tmp_path):
+  model, cfg = random_sae("topk")
+  ex.export_sae(ex.sae_params(model), cfg, site="lm.layer.1", layer=1, d=D, m=M, k=K,
+                architecture="topk", scale=1.0, out_dir=str(tmp_path))
+  sae = TorchSAE.from_export(str(tmp_path))
+  x = torch.randn(2, 5, D)
+  assert sae.encode(x).shape == (2, 5, M) and sae(x)[0].shape == (2, 5, D)
+  assert torch.allclose(sae.direction(3).norm(), torch.tensor(1.0))
+  with pytest.raises(FileNotFoundError):
+    TorchSAE.from_export(str(tmp_path / "nope"))
