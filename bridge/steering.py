@@ -1,0 +1,248 @@
+"""Steering hooks for MusicGen generation: add directions, clamp SAE features, steer text.
+
+Every steerer is a context manager that registers torch forward hooks on entry and removes
+them on exit (also on error); several can be active at once and compose (each sees the
+output of the previous one, in entry order)::
+
+    d, man = load_directions("exports/tiny")           # unit rows + manifest
+    with add_direction(model, 3, d[0], alpha=4.0, relative_to=man["mean_norm"]):
+        wav = model.generate(["calm piano"])
+
+LM layer hooks sit on `model.lm.transformer.layers[i]` (audiocraft
+`StreamingTransformerLayer`, output `[B', S, D]`). With classifier-free guidance the
+batch is `[cond; uncond]` (rows `[:B'/2]` are conditional); with `two_step_cfg` each
+step makes a conditional call then an unconditional one. A step is the position of the
+frame being decoded: the transformer's streaming offset plus the row's position in S, so
+`steps=(start, stop)` means decoding passes start..stop-1 (delay pattern: pass i predicts
+codebook 0 of frame i) and also applies position-wise to a teacher-forced forward.
+Vectors are cast to the activation's dtype/device (fp16 on CUDA). No jax imports here.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+HALVES = ("cond", "uncond", "both")
+
+
+def load_directions(path: str) -> tuple[torch.Tensor, dict]:
+  """(`directions [n, d]` float32, manifest) from `directions.safetensors` + `.json`."""
+  from safetensors.torch import load_file
+  p = os.path.join(path, "directions.safetensors")
+  if not os.path.exists(p):
+    raise FileNotFoundError(f"{p} not found (export directions with launch/export.py "
+                            f"--features=...)")
+  with open(os.path.join(path, "directions.json")) as f:
+    return load_file(p)["directions"], json.load(f)
+
+
+def _lm(model):
+  return model.lm if hasattr(model, "lm") else model
+
+
+def _two_step(model) -> bool:
+  gp = getattr(model, "generation_params", None) or {}
+  return bool(gp.get("two_step_cfg") or getattr(_lm(model), "two_step_cfg", False))
+
+
+def _as_vector(v, d: int) -> torch.Tensor:
+  t = torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v).float()
+  if t.shape != (d,):
+    raise ValueError(f"steering vector has shape {tuple(t.shape)}; the site has width {d}")
+  return t
+
+
+class _Steerer(contextlib.AbstractContextManager):
+  """Base: a forward hook that edits the chosen rows (half) and positions (steps).
+
+  Subclasses implement `edit(x) -> x'` on a `[n, D]` slice of the output.
+  """
+
+  def __init__(self, module: torch.nn.Module, *, half: str = "cond",
+               steps: tuple[int | None, int | None] | None = None,
+               offset_fn: Callable[[], int] | None = None, two_step: bool = False):
+    if half not in HALVES:
+      raise ValueError(f"half={half!r}; allowed: {', '.join(HALVES)}")
+    self.module, self.half, self.two_step = module, half, two_step
+    start, stop = steps if steps is not None else (None, None)
+    self.start, self.stop = (0 if start is None else int(start)), stop
+    self.offset_fn = offset_fn or (lambda: 0)
+    self.calls = 0            # hook calls seen (tests, debugging)
+    self._handle = None
+    self._seen: dict[int, int] = {}
+
+  # -- which rows and positions --------------------------------------------------------
+  def _rows(self, n: int, offset: int) -> slice | None:
+    if self.two_step:        # one half per call: cond first, then uncond, at each offset
+      k = self._seen.get(offset, 0)
+      if offset == 0 and k >= 2:          # a new generation restarts at offset 0
+        self._seen.clear()
+        k = 0
+      self._seen[offset] = k + 1
+      is_cond = k % 2 == 0
+      want = self.half == "both" or (self.half == "cond") == is_cond
+      return slice(0, n) if want else None
+    if self.half == "both":
+      return slice(0, n)
+    if n % 2:
+      raise RuntimeError(f"half={self.half!r} needs a [cond; uncond] batch; got {n} rows "
+                         f"(odd). Use half='both' without classifier-free guidance.")
+    return slice(0, n // 2) if self.half == "cond" else slice(n // 2, n)
+
+  def _positions(self, S: int, offset: int) -> torch.Tensor:
+    pos = torch.arange(offset, offset + S)
+    keep = pos >= self.start
+    if self.stop is not None:
+      keep &= pos < int(self.stop)
+    return keep
+
+  def edit(self, x: torch.Tensor) -> torch.Tensor:
+    raise NotImplementedError
+
+  def _hook(self, module, args, output):
+    self.calls += 1
+    out = output[0] if isinstance(output, tuple) else output
+    squeeze = out.dim() == 2
+    o = out.unsqueeze(1) if squeeze else out
+    offset = int(self.offset_fn())
+    rows = self._rows(o.shape[0], offset)
+    keep = self._positions(o.shape[1], offset).to(o.device)
+    if rows is None or not bool(keep.any()):
+      return None
+    new = o.clone()
+    blk = new[rows]                                   # view [r, S, D]
+    sel = blk[:, keep]                                # copy [r, s, D]
+    blk[:, keep] = self.edit(sel).to(o.dtype)
+    new = new.squeeze(1) if squeeze else new
+    return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
+
+  def __enter__(self):
+    if self._handle is not None:
+      raise RuntimeError("steering hook already active (contexts are not re-entrant)")
+    self._seen.clear()
+    self._handle = self.module.register_forward_hook(self._hook)
+    return self
+
+  def __exit__(self, *exc):
+    if self._handle is not None:
+      self._handle.remove()
+      self._handle = None
+    return False
+
+
+def _layer_kwargs(model, layer: int, half, steps) -> dict:
+  lm = _lm(model)
+  layers = lm.transformer.layers
+  if not 0 <= int(layer) < len(layers):
+    raise ValueError(f"layer={layer} out of range: the LM has {len(layers)} layers")
+  state = lm.transformer._streaming_state
+
+  def offset():
+    o = state.get("offsets") if isinstance(state, dict) else None
+    return int(o.reshape(-1)[0]) if o is not None else 0
+  return dict(module=layers[int(layer)], half=half, steps=steps, offset_fn=offset,
+              two_step=_two_step(model))
+
+
+class add_direction(_Steerer):
+  """Add `alpha · v` (× `relative_to`, e.g. the site's mean norm) at `lm.layer.<layer>`."""
+
+  def __init__(self, model, layer: int, direction, alpha: float, relative_to: float | None = None,
+               half: str = "cond", steps: tuple[int | None, int | None] | None = None):
+    kw = _layer_kwargs(model, layer, half, steps)
+    super().__init__(**kw)
+    d = int(_lm(model).dim)
+    self.alpha = float(alpha) * (1.0 if relative_to is None else float(relative_to))
+    self.vector = self.alpha * _as_vector(direction, d)
+    self._cast: torch.Tensor | None = None
+
+  def edit(self, x):
+    if self._cast is None or self._cast.dtype != x.dtype or self._cast.device != x.device:
+      self._cast = self.vector.to(device=x.device, dtype=x.dtype)
+    return x + self._cast
+
+
+FeatureSpec = Mapping[int, "float | tuple[str, float]"]
+
+
+def _clamp_delta(sae, x: torch.Tensor, features: FeatureSpec) -> torch.Tensor:
+  """Σ_j (z'_j - z_j) W_dec[j] in f32: decode(z') + (x - decode(z)) - x, without the
+  round-off of decoding all other latents twice, so nothing else moves."""
+  ids = torch.tensor(sorted(int(j) for j in features), device=x.device)
+  z = sae.encode(x.float())[..., ids]
+  target = []
+  for col, j in enumerate(ids.tolist()):
+    spec = features[j]
+    if isinstance(spec, (tuple, list)):
+      if spec[0] != "scale":
+        raise ValueError(f"feature {j}: spec {spec!r}; use a value or ('scale', s)")
+      target.append(z[..., col] * float(spec[1]))
+    else:
+      target.append(torch.full_like(z[..., col], float(spec)))
+  dz = torch.stack(target, -1) - z
+  return dz @ sae.W_dec[ids].to(device=x.device, dtype=torch.float32)
+
+
+class clamp_features(_Steerer):
+  """Set (`{id: value}`) or scale (`{id: ('scale', s)}`) SAE latents at `lm.layer.<layer>`.
+
+  x' = decode(z') + (x - decode(z)): the SAE's reconstruction error is added back, so the
+  activation changes only along the chosen features' decoder rows. Values are in the
+  export's latent units (raw activation units).
+  """
+
+  def __init__(self, model, layer: int, sae, features: FeatureSpec, half: str = "cond",
+               steps: tuple[int | None, int | None] | None = None):
+    super().__init__(**_layer_kwargs(model, layer, half, steps))
+    if not features:
+      raise ValueError("clamp_features: no features given")
+    bad = [j for j in features if not 0 <= int(j) < sae.m]
+    if bad:
+      raise ValueError(f"features {bad} out of range [0, {sae.m})")
+    if sae.layer is not None and int(sae.layer) != int(layer):
+      raise ValueError(f"the SAE was trained on layer {sae.layer}, not {layer}")
+    self.sae, self.features = sae, dict(features)
+
+  def edit(self, x):
+    if self.sae.W_dec.device != x.device:
+      self.sae.to(x.device)
+    return (x.float() + _clamp_delta(self.sae, x, self.features)).to(x.dtype)
+
+
+class add_text_direction(_Steerer):
+  """Add `alpha · v` to the text conditioning: `site='cond.proj'` (after audiocraft's
+  projection into the LM width; padded tokens are re-zeroed by audiocraft's mask) or
+  `'t5.hidden'` (the T5 last hidden state, 768-d for T5-base). Every token of the chosen
+  half's prompts is shifted; `steps` does not apply (conditioning is computed once)."""
+
+  def __init__(self, model, direction, alpha: float, relative_to: float | None = None,
+               site: str = "cond.proj", half: str = "cond"):
+    from bridge import models
+    cond = models.text_conditioner(model)
+    if site == "cond.proj":
+      module, d = cond.output_proj, cond.output_proj.out_features
+    elif site == "t5.hidden":
+      module, d = cond.t5, cond.dim
+    else:
+      raise ValueError(f"site={site!r}; allowed: 'cond.proj', 't5.hidden'")
+    super().__init__(module, half=half)
+    self.site = site
+    self.vector = float(alpha) * (1.0 if relative_to is None else float(relative_to)) * \
+        _as_vector(direction, d)
+
+  def edit(self, x):
+    return x + self.vector.to(device=x.device, dtype=x.dtype)
+
+  def _hook(self, module, args, output):
+    if self.site == "t5.hidden":         # a ModelOutput: edit last_hidden_state in place
+      h = output.last_hidden_state
+      new = super()._hook(module, args, h)
+      if new is not None:
+        output.last_hidden_state = new
+      return output
+    return super()._hook(module, args, output)

@@ -1,0 +1,172 @@
+"""Steering hooks on the tiny random MusicGen: exact edits, windows, alpha=0, clamping."""
+import numpy as np
+import pytest
+import torch
+
+from bridge import capture, models, steering
+from bridge.sae_torch import TorchSAE
+
+LAYER, B, T = 1, 2, 10            # 10 frames -> 13 decoding passes (delay pattern)
+TEXTS = ["happy upbeat pop", "sad slow piano"]
+
+
+@pytest.fixture(scope="module")
+def model():
+  torch.set_num_threads(1)
+  m = models.build_tiny_musicgen(seed=0)
+  m.set_generation_params(duration=T / 50, use_sampling=True, top_k=50, cfg_coef=3.0)
+  return m
+
+
+def gen(model, seed=0):
+  return capture.generate_tokens(model, TEXTS, seed=seed)
+
+
+class Probe:
+  """Forward hook recording what it sees (registered before/after a steerer)."""
+
+  def __init__(self, module):
+    self.outs = []
+    self.h = module.register_forward_hook(lambda m, a, o: self.outs.append(o.detach().clone()))
+
+  def remove(self):
+    self.h.remove()
+
+
+def layer(model):
+  return model.lm.transformer.layers[LAYER]
+
+
+def probed(model, make_steerer, seed=0):
+  """Outputs of the layer before and after the steering hook, per call."""
+  before = Probe(layer(model))
+  with make_steerer():
+    after = Probe(layer(model))
+    tokens = gen(model, seed)
+    after.remove()
+  before.remove()
+  return before.outs, after.outs, tokens
+
+
+def test_adds_exactly_alpha_v_on_chosen_rows_and_steps(model):
+  v = torch.randn(model.lm.dim)
+  v /= v.norm()
+  alpha, rel, (start, stop) = 0.5, 3.0, (3, 7)
+  before, after, _ = probed(model, lambda: steering.add_direction(
+      model, LAYER, v, alpha, relative_to=rel, half="cond", steps=(start, stop)))
+  assert len(before) == T + 3
+  for i, (b, a) in enumerate(zip(before, after)):
+    assert b.shape == (2 * B, 1, model.lm.dim)
+    if start <= i < stop:
+      assert torch.equal(a[:B], b[:B] + alpha * rel * v)
+      assert not torch.equal(a[:B], b[:B])
+    else:
+      assert torch.equal(a[:B], b[:B])
+    assert torch.equal(a[B:], b[B:])                       # unconditional half untouched
+
+
+def test_uncond_half_and_both(model):
+  v = torch.ones(model.lm.dim)
+  before, after, _ = probed(model, lambda: steering.add_direction(model, LAYER, v, 2.0, half="uncond"))
+  for b, a in zip(before, after):
+    assert torch.equal(a[:B], b[:B]) and torch.equal(a[B:], b[B:] + 2.0 * v)
+  before, after, _ = probed(model, lambda: steering.add_direction(model, LAYER, v, 2.0, half="both",
+                                                                  steps=(None, 1)))
+  assert torch.equal(after[0], before[0] + 2.0 * v)
+  assert all(torch.equal(a, b) for a, b in zip(after[1:], before[1:]))
+
+
+def test_alpha_zero_bit_identical_and_hooks_removed(model):
+  n_hooks = len(layer(model)._forward_hooks)
+  base = gen(model)
+  v = torch.randn(model.lm.dim)
+  with steering.add_direction(model, LAYER, v, 0.0, half="both") as s, \
+       steering.add_text_direction(model, torch.randn(model.lm.dim), 0.0, half="both"):
+    assert len(layer(model)._forward_hooks) == n_hooks + 1
+    same = gen(model)
+  assert s.calls == T + 3
+  assert torch.equal(same, base)
+  assert len(layer(model)._forward_hooks) == n_hooks
+  assert not models.text_conditioner(model).output_proj._forward_hooks
+  with steering.add_direction(model, LAYER, v, 50.0, half="both"):
+    steered = gen(model)
+  assert not torch.equal(steered, base)                    # the hook does act
+  assert torch.equal(gen(model), base)                     # and is gone afterwards
+
+
+def test_hooks_compose(model):
+  v, w = torch.randn(model.lm.dim), torch.randn(model.lm.dim)
+  before = Probe(layer(model))
+  with steering.add_direction(model, LAYER, v, 1.0), steering.add_direction(model, LAYER, w, 2.0):
+    after = Probe(layer(model))
+    gen(model)
+    after.remove()
+  before.remove()
+  for b, a in zip(before.outs, after.outs):
+    assert torch.equal(a[:B], (b[:B] + v) + 2.0 * w) and torch.equal(a[B:], b[B:])
+
+
+def orthonormal_sae(d, m=8, seed=0):
+  """ReLU SAE with orthonormal decoder rows, W_enc = W_dec.T, features 0 and 1 always on:
+  re-encoding is then exact enough to check that only the chosen latents move."""
+  g = torch.Generator().manual_seed(seed)
+  q, _ = torch.linalg.qr(torch.randn(d, m, generator=g))
+  b_enc = torch.zeros(m)
+  b_enc[:2] = 50.0
+  tensors = {"W_enc": q.contiguous(), "W_dec": q.T.contiguous(), "b_enc": b_enc,
+             "b_dec": 0.1 * torch.randn(d, generator=g)}
+  return TorchSAE(tensors, {"musicsae": {"architecture": "relu", "layer": LAYER}})
+
+
+def test_clamp_changes_only_chosen_latents(model):
+  sae = orthonormal_sae(model.lm.dim)
+  feats = {0: 3.0, 1: ("scale", 0.0)}
+  before, after, _ = probed(model, lambda: steering.clamp_features(
+      model, LAYER, sae, feats, half="cond", steps=(2, 9)))
+  Wd = sae.W_dec[[0, 1]]
+  for i, (b, a) in enumerate(zip(before, after)):
+    assert torch.equal(a[B:], b[B:])
+    if not 2 <= i < 9:
+      assert torch.equal(a[:B], b[:B])
+      continue
+    diff = (a[:B] - b[:B]).reshape(-1, model.lm.dim)
+    resid = diff - (diff @ Wd.T) @ Wd                      # outside span(chosen rows)
+    assert resid.abs().max() < 1e-4
+    zb, za = sae.encode(b[:B]), sae.encode(a[:B])
+    assert torch.allclose(za[..., 0], torch.full_like(za[..., 0], 3.0), atol=1e-4)
+    assert torch.allclose(za[..., 1], torch.zeros_like(za[..., 1]), atol=1e-4)
+    assert torch.allclose(za[..., 2:], zb[..., 2:], atol=1e-4)
+    assert (zb[..., 0] - 3.0).abs().max() > 1e-2           # the clamp did something
+
+
+def test_clamp_noop_is_identity_up_to_roundoff(model):
+  sae = orthonormal_sae(model.lm.dim)
+  before, after, _ = probed(model, lambda: steering.clamp_features(model, LAYER, sae,
+                                                                   {0: ("scale", 1.0)}))
+  for b, a in zip(before, after):
+    assert torch.equal(a, b)
+
+
+def test_text_direction_edits_cond_rows(model):
+  proj = models.text_conditioner(model).output_proj
+  v = torch.randn(proj.out_features)
+  before = Probe(proj)
+  with steering.add_text_direction(model, v, 1.5, half="cond"):
+    after = Probe(proj)
+    gen(model)
+    after.remove()
+  before.remove()
+  (b,), (a,) = before.outs, after.outs
+  n = b.shape[0] // 2
+  assert torch.equal(a[:n], b[:n] + 1.5 * v) and torch.equal(a[n:], b[n:])
+
+
+def test_bad_args(model):
+  with pytest.raises(ValueError, match="half"):
+    steering.add_direction(model, LAYER, torch.zeros(model.lm.dim), 1.0, half="x")
+  with pytest.raises(ValueError, match="width"):
+    steering.add_direction(model, LAYER, torch.zeros(3), 1.0)
+  with pytest.raises(ValueError, match="layer"):
+    steering.add_direction(model, 99, torch.zeros(model.lm.dim), 1.0)
+  with pytest.raises(ValueError, match="trained on layer"):
+    steering.clamp_features(model, 0, orthonormal_sae(model.lm.dim), {0: 1.0})
