@@ -170,3 +170,28 @@ def test_bad_args(model):
     steering.add_direction(model, 99, torch.zeros(model.lm.dim), 1.0)
   with pytest.raises(ValueError, match="trained on layer"):
     steering.clamp_features(model, 0, orthonormal_sae(model.lm.dim), {0: 1.0})
+
+
+def test_two_step_cfg_edits_conditional_calls_only(model):
+  v = torch.randn(model.lm.dim)
+  model.set_generation_params(duration=T / 50, use_sampling=True, top_k=50, cfg_coef=3.0,
+                              two_step_cfg=True)
+  try:
+    before, after, _ = probed(model, lambda: steering.add_direction(model, LAYER, v, 1.0,
+                                                                    half="cond", steps=(2, 5)))
+  finally:
+    model.set_generation_params(duration=T / 50, use_sampling=True, top_k=50, cfg_coef=3.0)
+  assert len(before) == 2 * (T + 3) and before[0].shape[0] == B
+  for c, (b, a) in enumerate(zip(before, after)):
+    step, is_cond = c // 2, c % 2 == 0
+    if is_cond and 2 <= step < 5:
+      assert torch.equal(a, b + v)
+    else:
+      assert torch.equal(a, b)
+
+
+def test_vector_cast_to_activation_dtype(model):
+  s = steering.add_direction(model, LAYER, torch.ones(model.lm.dim), 0.25, half="both")
+  x = torch.zeros(4, 1, model.lm.dim, dtype=torch.float16)
+  y = s._hook(None, (), x)
+  assert y.dtype == torch.float16 and torch.equal(y, x + 0.25)
