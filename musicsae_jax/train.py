@@ -121,6 +121,53 @@ def _source(config, t, workdir):
   raise ValueError(f"train.source={t.source!r}; allowed: 'synthetic', 'store'")
 
 
+def make_train_step(graphdef, tx: optax.GradientTransformation, dead_tokens: int,
+                    dense_threshold: float = 0.1):
+  """The pure train step (state, x) -> (state, scalar metrics); jit it with shardings.
+
+  state = {'params', 'stats' (nnx split), 'opt', 'since_fired' [m] int32, 'step'}.
+  """
+  dense_thr = float(dense_threshold)
+
+  def train_step(state, x):
+    dead = state["since_fired"] >= dead_tokens
+
+    def loss_fn(p):
+      loss, metrics = nnx.merge(graphdef, p, state["stats"]).loss(x, dead_mask=dead,
+                                                                  train=True)
+      return loss, metrics
+
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    grads = jax.tree_util.tree_map_with_path(
+        lambda path, g, w: (sae_lib.remove_parallel_grad(w, g)
+                            if mesh_lib._leaf_name(path) == "W_dec" else g),
+        grads, state["params"])
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    model = nnx.merge(graphdef, optax.apply_updates(state["params"], updates), state["stats"])
+    sae_lib.normalize_decoder(model)
+    z = metrics.pop("z")
+    model.update_stats(z)
+    _, params, stats = nnx.split(model, nnx.Param, ...)
+    fired = z > 0
+    since = jnp.where(fired.any(0), 0,
+                      jnp.minimum(state["since_fired"] + x.shape[0], _COUNTER_CAP))
+    metrics = {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["dead_frac"] = jnp.mean(since >= dead_tokens)
+    metrics["dense_frac"] = jnp.mean(fired.mean(0) > dense_thr)
+    new = {"params": params, "stats": stats, "opt": opt, "since_fired": since,
+           "step": state["step"] + 1}
+    return new, metrics
+
+  return train_step
+
+
+def init_state(params, stats, tx: optax.GradientTransformation, m: int) -> dict:
+  """The train-state pytree `make_train_step` works on (fresh: no latent has fired)."""
+  return {"params": params, "stats": stats, "opt": tx.init(params),
+          "since_fired": jnp.zeros((m,), jnp.int32), "step": jnp.zeros((), jnp.int32)}
+
+
 def _sae_cfg(config) -> dict:
   return {k: v for k, v in config.sae.to_dict().items() if k not in _NOT_SAE_FIELDS}
 
@@ -204,8 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   schedule, _ = make_schedule(t)
   tx = optax.chain(optax.clip_by_global_norm(t.grad_clip),
                    optax.adam(schedule, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps))
-  state = {"params": params, "stats": stats, "opt": tx.init(params),
-           "since_fired": jnp.zeros((m,), jnp.int32), "step": jnp.zeros((), jnp.int32)}
+  state = init_state(params, stats, tx, m)
   state_sh = mesh_lib.state_shardings(state, mesh, t.sharding, m)
   state = jax.device_put(state, state_sh)
   batch_sh = mesh_lib.batch_sharding(mesh)
@@ -216,37 +262,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       json.dump(resolved, f, indent=2)
 
   # --- step ------------------------------------------------------------------------------
-  dead_tokens, dense_thr = int(t.dead_tokens), float(t.dense_threshold)
-
-  def train_step(state, x):
-    dead = state["since_fired"] >= dead_tokens
-
-    def loss_fn(p):
-      loss, metrics = nnx.merge(graphdef, p, state["stats"]).loss(x, dead_mask=dead,
-                                                                  train=True)
-      return loss, metrics
-
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    grads = jax.tree_util.tree_map_with_path(
-        lambda path, g, w: (sae_lib.remove_parallel_grad(w, g)
-                            if mesh_lib._leaf_name(path) == "W_dec" else g),
-        grads, state["params"])
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    model = nnx.merge(graphdef, optax.apply_updates(state["params"], updates), state["stats"])
-    sae_lib.normalize_decoder(model)
-    z = metrics.pop("z")
-    model.update_stats(z)
-    _, params, stats = nnx.split(model, nnx.Param, ...)
-    fired = z > 0
-    since = jnp.where(fired.any(0), 0,
-                      jnp.minimum(state["since_fired"] + x.shape[0], _COUNTER_CAP))
-    metrics = {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
-    metrics["grad_norm"] = optax.tree.norm(grads)
-    metrics["dead_frac"] = jnp.mean(since >= dead_tokens)
-    metrics["dense_frac"] = jnp.mean(fired.mean(0) > dense_thr)
-    new = {"params": params, "stats": stats, "opt": opt, "since_fired": since,
-           "step": state["step"] + 1}
-    return new, metrics
+  dense_thr = float(t.dense_threshold)
+  train_step = make_train_step(graphdef, tx, int(t.dead_tokens), dense_thr)
 
   p_train_step = jax.jit(train_step, in_shardings=(state_sh, batch_sh),
                          out_shardings=(state_sh, None), donate_argnums=(0,))

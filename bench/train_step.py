@@ -1,0 +1,199 @@
+"""Train-step throughput: the JAX step (musicsae_jax.train.make_train_step) vs a plain
+PyTorch step of the same architecture on the same CPU, and the measured f32 matmul peak.
+
+    python bench/train_step.py                 # quick: d=256, m=4096, k=32, batch 1024
+    python bench/train_step.py --preset=full   # d=1024, m=16384, k=32, batch 4096
+
+Prints one JSON object per architecture. Effective GFLOP/s uses the dense convention of
+10·B·d·m FLOPs per step (forward 4, backward 6), so sparse implementations can exceed
+the matmul peak. The torch step is the straightforward one (dense latents, dense decode,
+Adam, clipping, parallel-gradient removal, decoder renormalisation, AuxK).
+"""
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+from flax import nnx
+
+from musicsae_jax import sae as sae_lib
+from musicsae_jax import train as train_lib
+
+PRESETS = {"quick": dict(d=256, m=4096, k=32, batch=1024, iters=10),
+           "full": dict(d=1024, m=16384, k=32, batch=4096, iters=3)}
+ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
+
+
+def _time(fn, iters, warmup=2):
+  for _ in range(warmup):
+    fn()
+  t0 = time.perf_counter()
+  for _ in range(iters):
+    fn()
+  return (time.perf_counter() - t0) / iters
+
+
+# --- JAX ----------------------------------------------------------------------------------
+
+
+def jax_step_time(arch, d, m, k, batch, iters, x_np):
+  cfg = dict(architecture=arch, m=m, k=k, k_aux=d // 2,
+             matryoshka_prefixes=[m // 8, m // 4, m // 2, m])
+  graphdef, params, stats = nnx.split(sae_lib.make_sae(cfg, d=d, rngs=nnx.Rngs(0)),
+                                      nnx.Param, ...)
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-4))
+  step = jax.jit(train_lib.make_train_step(graphdef, tx, dead_tokens=10**7),
+                 donate_argnums=(0,))
+  box = [train_lib.init_state(params, stats, tx, m)]
+  x = jnp.asarray(x_np)
+
+  def run():
+    box[0], met = step(box[0], x)
+    jax.block_until_ready(met["loss"])
+
+  return _time(run, iters)
+
+
+def jax_matmul_peak(d, m, batch, iters):
+  a = jnp.asarray(np.random.default_rng(0).normal(size=(batch, d)), jnp.float32)
+  b = jnp.asarray(np.random.default_rng(1).normal(size=(d, m)), jnp.float32)
+  mm = jax.jit(jnp.dot)
+  t = _time(lambda: mm(a, b).block_until_ready(), iters)
+  return 2 * batch * d * m / t / 1e9
+
+
+# --- PyTorch reference ----------------------------------------------------------------------
+
+
+class TorchSAE(torch.nn.Module):
+  def __init__(self, arch, d, m, k, k_aux, prefixes):
+    super().__init__()
+    w = torch.randn(m, d)
+    w = w / w.norm(dim=1, keepdim=True)
+    self.W_dec = torch.nn.Parameter(w)
+    self.W_enc = torch.nn.Parameter(w.T.clone())
+    self.b_enc = torch.nn.Parameter(torch.zeros(m))
+    self.b_dec = torch.nn.Parameter(torch.zeros(d))
+    if arch == "jumprelu":
+      self.log_threshold = torch.nn.Parameter(torch.full((m,), float(np.log(1e-3))))
+    self.arch, self.m, self.k, self.k_aux, self.prefixes = arch, m, k, k_aux, prefixes
+
+  def loss(self, x, dead):
+    pre = (x - self.b_dec) @ self.W_enc + self.b_enc
+    a = self.arch
+    if a == "relu":
+      z = torch.relu(pre)
+      x_hat = z @ self.W_dec + self.b_dec
+      return ((x - x_hat) ** 2).sum(-1).mean() + 5.0 * (z @ self.W_dec.norm(dim=1)).mean()
+    if a == "jumprelu":
+      theta = self.log_threshold.exp()
+      z = _JumpReLU.apply(pre, theta)
+      x_hat = z @ self.W_dec + self.b_dec
+      return ((x - x_hat) ** 2).sum(-1).mean() + 1e-3 * _Step.apply(pre, theta).sum(-1).mean()
+    if a == "topk":
+      v, i = pre.topk(self.k, dim=-1)
+      z = torch.zeros_like(pre).scatter(-1, i, torch.relu(v))
+    else:                                          # batchtopk, matryoshka
+      v, i = torch.relu(pre).flatten().topk(x.shape[0] * self.k)
+      z = torch.zeros_like(pre).flatten().scatter(0, i, v).view_as(pre)
+    if a == "matryoshka":
+      mses = [((x - (z[:, :p] @ self.W_dec[:p] + self.b_dec)) ** 2).sum(-1).mean()
+              for p in self.prefixes]
+      x_hat = z @ self.W_dec + self.b_dec
+      main = torch.stack(mses).mean()
+    else:
+      x_hat = z @ self.W_dec + self.b_dec
+      main = ((x - x_hat) ** 2).sum(-1).mean()
+    res = (x - x_hat).detach()                       # AuxK on dead latents
+    av, ai = torch.where(dead, torch.relu(pre), 0.0).topk(self.k_aux, dim=-1)
+    e_hat = torch.zeros_like(pre).scatter(-1, ai, av) @ self.W_dec
+    den = ((res - res.mean(0)) ** 2).sum(-1).mean()
+    aux = ((res - e_hat) ** 2).sum(-1).mean() / den.clamp_min(1e-12)
+    return main + aux / 32
+
+
+class _JumpReLU(torch.autograd.Function):
+  @staticmethod
+  def forward(ctx, pre, theta):
+    ctx.save_for_backward(pre, theta)
+    return pre * (pre > theta)
+
+  @staticmethod
+  def backward(ctx, g):
+    pre, theta = ctx.saved_tensors
+    rect = (((pre - theta) / 1e-3).abs() < 0.5).to(g.dtype)
+    return g * (pre > theta), (-(theta / 1e-3) * rect * g).sum(0)
+
+
+class _Step(torch.autograd.Function):
+  @staticmethod
+  def forward(ctx, pre, theta):
+    ctx.save_for_backward(pre, theta)
+    return (pre > theta).to(pre.dtype)
+
+  @staticmethod
+  def backward(ctx, g):
+    pre, theta = ctx.saved_tensors
+    rect = (((pre - theta) / 1e-3).abs() < 0.5).to(g.dtype)
+    return torch.zeros_like(pre), (-(1 / 1e-3) * rect * g).sum(0)
+
+
+def torch_step_time(arch, d, m, k, batch, iters, x_np):
+  torch.manual_seed(0)
+  model = TorchSAE(arch, d, m, k, d // 2, [m // 8, m // 4, m // 2, m])
+  opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+  x = torch.from_numpy(x_np)
+  dead = torch.zeros(m, dtype=torch.bool)
+
+  def run():
+    opt.zero_grad(set_to_none=True)
+    model.loss(x, dead).backward()
+    with torch.no_grad():
+      w, g = model.W_dec, model.W_dec.grad
+      g -= (g * w).sum(-1, keepdim=True) * w
+      torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+      opt.step()
+      w /= w.norm(dim=-1, keepdim=True)
+
+  return _time(run, iters)
+
+
+def torch_matmul_peak(d, m, batch, iters):
+  a, b = torch.randn(batch, d), torch.randn(d, m)
+  return 2 * batch * d * m / _time(lambda: a @ b, iters) / 1e9
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+  ap.add_argument("--archs", default=",".join(ARCHS))
+  ap.add_argument("--iters", type=int, default=0, help="timed steps (0: preset default)")
+  args = ap.parse_args()
+  p = PRESETS[args.preset]
+  d, m, k, batch = p["d"], p["m"], p["k"], p["batch"]
+  iters = args.iters or p["iters"]
+  x = np.random.default_rng(0).normal(size=(batch, d)).astype(np.float32)
+  peak = jax_matmul_peak(d, m, batch, max(iters, 5))
+  tpeak = torch_matmul_peak(d, m, batch, max(iters, 5))
+  flops = 10 * batch * d * m
+  for arch in args.archs.split(","):
+    tj = jax_step_time(arch, d, m, k, batch, iters, x)
+    tt = torch_step_time(arch, d, m, k, batch, iters, x)
+    print(json.dumps({
+        "arch": arch, "preset": args.preset, "d": d, "m": m, "k": k, "batch": batch,
+        "device": str(jax.devices()[0].platform), "torch_threads": torch.get_num_threads(),
+        "jax_step_ms": round(tj * 1e3, 2), "jax_acts_per_s": round(batch / tj),
+        "jax_eff_gflops": round(flops / tj / 1e9, 1),
+        "torch_step_ms": round(tt * 1e3, 2), "torch_acts_per_s": round(batch / tt),
+        "torch_eff_gflops": round(flops / tt / 1e9, 1),
+        "speedup_vs_torch": round(tt / tj, 2),
+        "matmul_peak_gflops": round(peak, 1), "torch_matmul_peak_gflops": round(tpeak, 1),
+        "frac_of_matmul_peak": round(flops / tj / 1e9 / peak, 3)}), flush=True)
+
+
+if __name__ == "__main__":
+  main()
