@@ -172,25 +172,30 @@ def _text_sites(sites):
 # --------------------------------------------------------------------------------------
 # Path 1: hooks during generation
 # --------------------------------------------------------------------------------------
+def generate_tokens(model, texts, seed: int | None = None) -> torch.Tensor:
+  """Sample codes [B, K, T] for `texts` (one batch), seeding torch's RNG first if given."""
+  if model.duration > model.max_duration:
+    raise ValueError(f"duration {model.duration}s exceeds the model's window "
+                     f"{model.max_duration}s; extended generation re-encodes context and "
+                     f"cannot be captured one row per frame")
+  if seed is not None:
+    torch.manual_seed(seed)
+  attributes, _ = model._prepare_tokens_and_attributes(list(texts), None)
+  return model._generate_tokens(attributes, None, progress=False)
+
+
 def generate_with_capture(model, texts, sites, *, keep: str = "cond", seed: int | None = None,
                           return_audio: bool = False) -> Capture:
   """Generate `texts` as one batch with `model`'s generation params, recording `sites`."""
   if keep not in ("cond", "both"):
     raise ValueError(f"keep must be 'cond' or 'both', got {keep!r}")
-  if model.duration > model.max_duration:
-    raise ValueError(f"duration {model.duration}s exceeds the model's window "
-                     f"{model.max_duration}s; extended generation re-encodes context and "
-                     f"cannot be captured one row per frame")
   info = models.model_info(model)
   sites = parse_sites(sites, info.num_layers)
   layers, B = _layers(sites), len(texts)
   two_step = model.generation_params.get("two_step_cfg") or model.lm.two_step_cfg
-  if seed is not None:
-    torch.manual_seed(seed)
   with LayerRecorder(model.lm, layers) as lrec, \
        TextRecorder(models.text_conditioner(model)) as trec:
-    attributes, _ = model._prepare_tokens_and_attributes(list(texts), None)
-    tokens = model._generate_tokens(attributes, None, progress=False)
+    tokens = generate_tokens(model, texts, seed)
   T = tokens.shape[-1]
   acts: dict[str, list[np.ndarray]] = {}
   for i in layers:

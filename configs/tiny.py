@@ -44,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.extract.dtype = "float32"          # stored dtype of model sites: float32 | bfloat16
   c.extract.save_audio = True          # activations/<dataset>/audio/<prompt_id>.wav
   c.extract.flush_seconds = 0.0        # publish every batch (resume loses nothing)
+  c.extract.torch_threads = 1          # 0 = torch default; tiny ops only lose from threads
 
   # --- sae (musicsae_jax.sae) ---------------------------------------------------------
   c.sae = ml_collections.ConfigDict()

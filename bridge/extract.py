@@ -1,0 +1,220 @@
+"""Prompts -> MusicGen generation with capture -> the activation store (batched, resumable).
+
+Determinism: prompts are cut into fixed batches (`prompt_id // batch_size`) and batch b is
+sampled with seed `extract.seed * 1_000_003 + b` (recorded as each prompt's `seed`).
+A batch, not a prompt, is the unit because audiocraft samples a batch from one RNG and
+its cross-attention attends over padded T5 positions, so a prompt's rows depend on its
+batch mates. Fixed batches make a resumed run, and N workers (batch b goes to worker
+b % N), write exactly the rows of one uninterrupted run.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bridge import audio_features, capture, models, prompts as prompts_lib
+from musicsae_jax import store
+
+AUDIO_SITE = "audio.descriptors"
+
+
+class ExtractError(ValueError):
+  """A bad extraction config or a dataset that does not match it."""
+
+
+def dataset_path(config, workdir) -> str:
+  return os.path.join(workdir, "activations", config.dataset)
+
+
+def build_model(mcfg):
+  """The model named by `config.model`: 'tiny' (random, offline) or a real MusicGen."""
+  if mcfg.name == "tiny":
+    sizes = dict(mcfg.get("tiny", {}) or {})
+    return models.build_tiny_musicgen(seed=int(mcfg.get("seed", 0)), device=mcfg.device, **sizes)
+  dtype = mcfg.get("dtype", None)
+  return models.load_musicgen(mcfg.name, device=mcfg.device,
+                              dtype=getattr(torch, dtype) if dtype else None)
+
+
+def _prompt_list(ecfg) -> list[dict]:
+  ps = prompts_lib.load_prompts(ecfg.prompts)
+  ps = prompts_lib.subsample(ps, ecfg.get("per_label", None), ecfg.get("label_key", "emotion"))
+  if ecfg.get("max_prompts", 0):
+    ps = ps[:ecfg.max_prompts]
+  return ps
+
+
+def _sites(ecfg, info) -> list[str]:
+  sites = list(ecfg.sites)
+  want_audio = AUDIO_SITE in sites
+  model_sites = capture.parse_sites([s for s in sites if s != AUDIO_SITE], info.num_layers)
+  if ecfg.get("keep", "cond") == "both":
+    model_sites += [s + capture.UNCOND_SUFFIX for s in model_sites
+                    if s.startswith(capture.LAYER_PREFIX)]
+  return model_sites + ([AUDIO_SITE] if want_audio else [])
+
+
+def _site_dim(site, info) -> int:
+  if site == AUDIO_SITE:
+    return len(audio_features.FRAME_DESCRIPTORS)
+  return capture.site_dim(site.removesuffix(capture.UNCOND_SUFFIX), info)
+
+
+def _set_generation(model, ecfg, info) -> dict:
+  top_k = int(ecfg.get("top_k", 250))
+  if top_k > info.card:
+    raise ExtractError(f"extract.top_k={top_k} exceeds the codebook size {info.card}")
+  if ecfg.duration <= 0 or ecfg.duration > model.max_duration:
+    raise ExtractError(f"extract.duration={ecfg.duration} must be in (0, {model.max_duration}]")
+  params = dict(use_sampling=bool(ecfg.get("use_sampling", True)), top_k=top_k,
+                top_p=float(ecfg.get("top_p", 0.0)), temperature=float(ecfg.get("temperature", 1.0)),
+                duration=float(ecfg.duration), cfg_coef=float(ecfg.get("cfg_coef", 3.0)),
+                two_step_cfg=bool(ecfg.get("two_step_cfg", False)))
+  model.set_generation_params(**params)
+  return params
+
+
+def _open_or_create(path, sites, prompt_rows, model_meta, generation, num_workers, overwrite):
+  """Create the dataset once (atomically, so concurrent workers race safely) or reopen it."""
+  if overwrite and os.path.exists(path):
+    import shutil
+    shutil.rmtree(path)
+  if not store.exists(path):
+    tmp = f"{path}.creating-{os.getpid()}"
+    store.create(tmp, sites, prompts=prompt_rows, model=model_meta, generation=generation,
+                 num_workers=num_workers, overwrite=True)
+    try:
+      os.rename(tmp, path)  # atomic; fails if another worker got there first
+    except OSError:
+      import shutil
+      shutil.rmtree(tmp, ignore_errors=True)
+  ds = store.open_dataset(path)
+  m = ds.manifest
+  want_sites = {n: s.d for n, s in sites.items()}
+  have_sites = {n: s.d for n, s in ds.sites.items()}
+  problems = []
+  if have_sites != want_sites:
+    problems.append(f"sites {have_sites} != {want_sites}")
+  if m.get("num_workers") != num_workers:
+    problems.append(f"num_workers {m.get('num_workers')} != {num_workers}")
+  if m.get("generation") != generation:
+    problems.append("generation params differ")
+  if m.get("model", {}).get("source") != model_meta["source"]:
+    problems.append(f"model {m.get('model', {}).get('source')!r} != {model_meta['source']!r}")
+  if [(p["text"], p["seed"]) for p in ds.prompts] != [(p["text"], p["seed"]) for p in prompt_rows]:
+    problems.append("prompt table differs")
+  if problems:
+    raise ExtractError(f"{path} exists but was made by a different config ({'; '.join(problems)}); "
+                       f"rerun with --overwrite to replace it or set another config.dataset")
+  return ds
+
+
+def extract(config, workdir, worker_index: int = 0, num_workers: int = 1,
+            overwrite: bool = False, on_batch=None, log=None) -> store.Dataset:
+  """Run extraction for `config` into `<workdir>/activations/<config.dataset>/`.
+
+  Skips batches whose prompts are already committed (resume). `on_batch(b)` is called after
+  each committed batch (tests use it to interrupt).
+  """
+  log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+  if not 0 <= worker_index < num_workers:
+    raise ExtractError(f"--worker_index={worker_index} must be in [0, --num_workers={num_workers})")
+  ecfg = config.extract
+  prompt_list = _prompt_list(ecfg)
+  bs = int(ecfg.batch_size)
+  if bs < 1:
+    raise ExtractError(f"extract.batch_size must be >= 1, got {bs}")
+  keep = ecfg.get("keep", "cond")
+  path_mode = ecfg.get("capture", "hooks")
+  if path_mode not in ("hooks", "teacher_forced"):
+    raise ExtractError(f"extract.capture must be 'hooks' or 'teacher_forced', got {path_mode!r}")
+
+  t0 = time.time()
+  if ecfg.get("torch_threads", 0):  # small models on shared cores: 1 thread is far faster
+    torch.set_num_threads(int(ecfg.torch_threads))
+  model = build_model(config.model)
+  info = models.model_info(model)
+  site_names = _sites(ecfg, info)
+  gen = _set_generation(model, ecfg, info)
+  frames = int(gen["duration"] * info.frame_rate)
+  dtype = ecfg.get("dtype", "float32")
+  sites = {s: store.SiteSpec(d=_site_dim(s, info), dtype=dtype if s != AUDIO_SITE else "float32")
+           for s in site_names}
+  seed0 = int(ecfg.get("seed", 0))
+  prompt_rows = [dict(p, seed=seed0 * 1_000_003 + i // bs) for i, p in enumerate(prompt_list)]
+  generation = dict(gen, frames_per_prompt=frames, batch_size=bs, seed=seed0,
+                    seed_rule="batch b = prompt_id // batch_size uses seed*1000003 + b",
+                    keep=keep, capture=path_mode,
+                    alignment=(f"lm.layer rows: one per frame; decoding step i -> frame i, last "
+                               f"{info.max_delay} delay-pattern steps dropped; conditional half "
+                               f"of the CFG batch" + (" (+ .uncond sites)" if keep == "both" else "")),
+                    audio_descriptors=list(audio_features.FRAME_DESCRIPTORS)
+                    if AUDIO_SITE in sites else [])
+  model_meta = dict(info.to_dict(), source=config.model.name)
+  path = dataset_path(config, workdir)
+  ds = _open_or_create(path, sites, prompt_rows, model_meta, generation, num_workers, overwrite)
+
+  n_batches = math.ceil(len(prompt_rows) / bs)
+  mine = [b for b in range(n_batches) if b % num_workers == worker_index]
+  done = ds.completed_prompts()
+  todo = [b for b in mine if not set(range(b * bs, min((b + 1) * bs, len(prompt_rows)))) <= done]
+  log(f"extract: {len(prompt_rows)} prompts, {n_batches} batches of {bs}; worker "
+      f"{worker_index}/{num_workers} has {len(todo)} of {len(mine)} batches left; model "
+      f"{config.model.name} (d={info.d_model}, {info.num_layers} layers) ready in "
+      f"{time.time() - t0:.1f}s")
+  audio_dir = Path(path) / "audio"
+  need_audio = AUDIO_SITE in sites or ecfg.get("save_audio", False)
+  model_sites = [s for s in site_names if s != AUDIO_SITE and not s.endswith(capture.UNCOND_SUFFIX)]
+
+  t_start, n_frames, done_now = time.time(), 0, set(done)
+  with ds.writer(worker_index, flush_seconds=float(ecfg.get("flush_seconds", 0.0))) as w:
+    for k, b in enumerate(todo):
+      ids = list(range(b * bs, min((b + 1) * bs, len(prompt_rows))))
+      texts = [prompt_rows[i]["text"] for i in ids]
+      seed = prompt_rows[ids[0]]["seed"]
+      if path_mode == "hooks":
+        cap = capture.generate_with_capture(model, texts, model_sites, keep=keep, seed=seed,
+                                            return_audio=need_audio)
+      else:
+        tokens = capture.generate_tokens(model, texts, seed)
+        cap = capture.teacher_forced_capture(model, texts, tokens, model_sites, keep=keep)
+        cap.audio = model.generate_audio(tokens) if need_audio else None
+      if need_audio:
+        cap.acts.update(_audio_outputs(cap.audio, ids, info, frames, audio_dir,
+                                       AUDIO_SITE in sites, ecfg.get("save_audio", False)))
+      for s in site_names:
+        w.append(s, np.concatenate(cap.acts[s]), cap.index(s, ids))
+      w.commit(ids)
+      n_frames += len(ids) * frames
+      done_now.update(ids)
+      if on_batch is not None:
+        on_batch(b)
+      el = time.time() - t_start
+      rate = n_frames / el if el > 0 else float("inf")
+      eta = el / (k + 1) * (len(todo) - k - 1)
+      log(f"extract [worker {worker_index}/{num_workers}] batch {k + 1}/{len(todo)}, prompts "
+          f"{len(done_now)}/{len(prompt_rows)} done, {rate:.0f} frames/s, ETA {eta:.0f}s")
+  ds = store.open_dataset(path)
+  log(f"extract: done, {len(ds.completed_prompts())}/{len(prompt_rows)} prompts complete in "
+      f"{path} ({time.time() - t0:.1f}s)")
+  return ds
+
+
+def _audio_outputs(audio, ids, info, frames, audio_dir, descriptors: bool, save: bool):
+  out = {}
+  wavs = audio.float().cpu().numpy()
+  if save:
+    import soundfile as sf
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    for i, wav in zip(ids, wavs):
+      sf.write(str(audio_dir / f"{i:06d}.wav"), wav.T, info.sample_rate)
+  if descriptors:
+    out[AUDIO_SITE] = [audio_features.frame_descriptors(wav, info.sample_rate, info.frame_rate,
+                                                        frames) for wav in wavs]
+  return out
