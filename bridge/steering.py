@@ -246,3 +246,106 @@ class add_text_direction(_Steerer):
         output.last_hidden_state = new
       return output
     return super()._hook(module, args, output)
+
+
+# --------------------------------------------------------------------------------------
+# The steering experiment (launch/steer.py): prompts × strengths, baseline vs steered
+# --------------------------------------------------------------------------------------
+
+STEER_DEFAULTS = dict(prompts=None, num_prompts=4, strengths=(0.0, 2.0, 4.0, 8.0),
+                      relative=True, features=None, half="cond", steps=None, duration=2.0,
+                      seed=0, control=True, save_audio=True)
+
+
+class _FeatureProbe(contextlib.AbstractContextManager):
+  """Mean SAE activation of chosen features on the conditional rows after all steering."""
+
+  def __init__(self, module, sae, ids):
+    self.module, self.sae, self.ids, self.acts = module, sae, list(ids), []
+
+  def __enter__(self):
+    def hook(mod, args, out):
+      out = out[0] if isinstance(out, tuple) else out
+      self.acts.append(self.sae.encode(out[: out.shape[0] // 2].float())[..., self.ids]
+                       .reshape(-1, len(self.ids)))
+    self.h = self.module.register_forward_hook(hook)
+    return self
+
+  def __exit__(self, *exc):
+    self.h.remove()
+    return False
+
+  def mean(self) -> list[float]:
+    return torch.cat(self.acts).mean(0).tolist() if self.acts else []
+
+
+def run_steering(config, workdir: str) -> dict:
+  """Baseline vs steered audio for every exported direction × strength (+ a matched-norm
+  random control), same seeds; acoustic changes per strength to `reports/<run>/steer.json`."""
+  from bridge import audio_features, extract, prompts as prompts_lib
+  from bridge.sae_torch import TorchSAE
+  sc = dict(STEER_DEFAULTS)
+  sc.update({k: v for k, v in (config.get("steer") or {}).items() if v is not None})
+  exp_dir = os.path.join(workdir, "exports", config.run)
+  dirs, man = load_directions(exp_dir)
+  sae = TorchSAE.from_export(exp_dir) if os.path.exists(os.path.join(exp_dir, "sae.safetensors")) else None
+  layer = man["layer"]
+  if layer is None:
+    raise ValueError(f"{exp_dir}/directions.json: site {man['site']!r} is not an LM layer")
+  texts = list(sc["prompts"] or [p["text"] for p in prompts_lib.emotion_prompts(1)][: sc["num_prompts"]])
+  model = extract.build_model(config.model)
+  model.set_generation_params(duration=float(sc["duration"]), use_sampling=True,
+                              top_k=int(config.get("extract", {}).get("top_k", 50)))
+  rel = man["mean_norm"] if sc["relative"] else None
+  out_dir = os.path.join(workdir, "reports", config.run)
+  audio_dir = os.path.join(out_dir, "audio")
+  os.makedirs(audio_dir, exist_ok=True)
+  g = torch.Generator().manual_seed(int(sc["seed"]))
+  sel = list(range(len(dirs))) if sc["features"] is None else [int(i) for i in sc["features"]]
+  from bridge import capture
+  import soundfile as sf
+
+  def one(name, direction, alpha):
+    steer = (add_direction(model, layer, direction, alpha, relative_to=rel, half=sc["half"],
+                           steps=sc["steps"]) if direction is not None else contextlib.nullcontext())
+    probe = (_FeatureProbe(_lm(model).transformer.layers[layer], sae, [fid])
+             if sae is not None and fid is not None else contextlib.nullcontext())
+    with steer, probe as p:
+      tokens = capture.generate_tokens(model, texts, seed=int(sc["seed"]))
+    wav = model.generate_audio(tokens).float().cpu().numpy()
+    meas = []
+    for b, w in enumerate(wav):
+      if sc["save_audio"]:
+        sf.write(os.path.join(audio_dir, f"{name}_p{b}.wav"), w.T, model.sample_rate)
+      meas.append(audio_features.clip_descriptors(w, model.sample_rate))
+    res = {k: float(np.mean([m[k] for m in meas])) for k in ("tempo_bpm", "loudness_db", "brightness_hz")}
+    res["major_frac"] = float(np.mean([m["mode"] == "major" for m in meas]))
+    if isinstance(p, _FeatureProbe):
+      res["feature_act"] = p.mean()[0]
+    return res
+
+  results = {"run": config.run, "site": man["site"], "layer": layer, "prompts": texts,
+             "mean_norm": man["mean_norm"], "relative": bool(sc["relative"]),
+             "strengths": list(sc["strengths"]), "features": []}
+  for i in sel:
+    fid = man["feature_ids"][i]
+    base = one(f"f{fid}_baseline", None, 0.0)
+    rnd = torch.randn(dirs.shape[1], generator=g)
+    rnd = rnd / rnd.norm() * dirs[i].norm()                   # matched norm control
+    entry = {"feature": fid, "label": man["labels"][i], "baseline": base, "steered": [],
+             "control": []}
+    for a in sc["strengths"]:
+      for kind, vec in (("steered", dirs[i]), ("control", rnd if sc["control"] else None)):
+        if vec is None:
+          continue
+        r = one(f"f{fid}_{kind}_a{a:g}", vec, float(a))
+        r["delta"] = {k: r[k] - base[k] for k in r if k in base}
+        entry[kind].append({"alpha": float(a), **r})
+        print(f"feature {fid} ({man['labels'][i]}) {kind:8s} alpha={a:g}: " +
+              ", ".join(f"Δ{k}={v:+.3g}" for k, v in r["delta"].items()), flush=True)
+    results["features"].append(entry)
+  path = os.path.join(out_dir, "steer.json")
+  with open(path, "w") as f:
+    json.dump(results, f, indent=2)
+  results["path"] = path
+  return results
