@@ -1,0 +1,64 @@
+"""bridge.models: the import shim, the tiny random MusicGen, clear errors for real models."""
+import sys
+
+import pytest
+import torch
+
+from bridge import models
+
+torch.set_num_threads(1)  # tiny ops on shared cores: threads only add contention
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return models.build_tiny_musicgen(seed=0)
+
+
+def test_shim_placeholders_have_a_spec():
+  models.import_audiocraft()
+  ta = sys.modules["torchaudio"]
+  assert ta.__spec__ is not None and ta.__spec__.name == "torchaudio"
+
+
+def test_tiny_model_facts(tiny):
+  info = models.model_info(tiny)
+  assert (info.d_model, info.num_layers, info.n_q, info.card) == (64, 4, 4, 256)
+  assert (info.frame_rate, info.sample_rate, info.t5_dim, info.max_delay) == (50.0, 16000, 32, 3)
+
+
+def test_tiny_model_is_deterministic_and_generates_audio(tiny):
+  again = models.build_tiny_musicgen(seed=0)
+  other = models.build_tiny_musicgen(seed=1)
+  a, b, c = tiny.lm.state_dict(), again.lm.state_dict(), other.lm.state_dict()
+  assert all(torch.equal(a[k], b[k]) for k in a)
+  assert not all(torch.equal(a[k], c[k]) for k in a)
+  t5a, t5b = models.text_conditioner(tiny).t5, models.text_conditioner(again).t5
+  assert all(torch.equal(x, y) for x, y in zip(t5a.state_dict().values(), t5b.state_dict().values()))
+  for m in (tiny, again):
+    m.set_generation_params(duration=0.2, top_k=50)
+  torch.manual_seed(3)
+  wav, tok = tiny.generate(["happy piano"], return_tokens=True)
+  torch.manual_seed(3)
+  wav2, tok2 = again.generate(["happy piano"], return_tokens=True)
+  assert tok.shape == (1, 4, 10) and wav.shape == (1, 1, 10 * 320)
+  assert torch.equal(tok, tok2) and torch.isfinite(wav).all() and wav.abs().max() > 0
+
+
+def test_unknown_model_name_is_a_clear_error():
+  with pytest.raises(models.ModelLoadError, match="unknown MusicGen model 'facebook/musicgen-huge'"):
+    models.load_musicgen("facebook/musicgen-huge")
+
+
+def test_local_dir_missing_files_is_a_clear_error(tmp_path):
+  (tmp_path / "state_dict.bin").write_bytes(b"")
+  with pytest.raises(models.ModelLoadError, match="lacks compression_state_dict.bin"):
+    models.load_musicgen(str(tmp_path))
+
+
+def test_known_name_offline_without_cache_says_what_to_do(tmp_path, monkeypatch):
+  import huggingface_hub.constants as hc
+  monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setenv("AUDIOCRAFT_CACHE_DIR", str(tmp_path))
+  with pytest.raises(models.ModelLoadError, match="pass that directory"):
+    models.load_musicgen("facebook/musicgen-small")
