@@ -96,6 +96,36 @@ def make_schedule(t) -> tuple[optax.Schedule, float]:
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup]), lr
 
 
+def make_optimizer(t) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Global-norm clipping then Adam on the warmup/decay schedule (t.lr must be set)."""
+  schedule, _ = make_schedule(t)
+  tx = optax.chain(optax.clip_by_global_norm(t.grad_clip),
+                   optax.adam(schedule, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps))
+  return tx, schedule
+
+
+def load_run(run_dir: str, step: int | None = None, best: bool = False):
+  """(model, info) from a run directory: the SAE at `step` (latest; best eval FVU if
+  `best`), on the default device. info: step, scale (inputs were multiplied by it; fold
+  it back at export), config (the resolved one from config.json).
+  """
+  with open(os.path.join(run_dir, "config.json")) as f:
+    cfg = json.load(f)
+  norm = data_lib.load_normalization(os.path.join(run_dir, "normalization.json"))
+  t = resolve_train_config(ml_collections.ConfigDict(cfg["train"]))
+  sae_cfg = {k: v for k, v in cfg["sae"].items() if k not in _NOT_SAE_FIELDS}
+  model = sae_lib.make_sae(sae_cfg, d=int(norm["d"]), rngs=nnx.Rngs(0))
+  graphdef, params, stats = nnx.split(model, nnx.Param, ...)
+  ck = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"))
+  try:
+    step = ck.best_step() if best and step is None else step
+    state = ck.restore(step, init_state(params, stats, make_optimizer(t)[0], model.m))
+  finally:
+    ck.close()
+  return nnx.merge(graphdef, state["params"], state["stats"]), {
+      "step": int(state["step"]), "scale": float(norm["scale"]), "config": cfg}
+
+
 def _source(config, t, workdir):
   """The block source plus extras (synthetic ground truth) named by train.source."""
   if t.source == "synthetic":
@@ -148,7 +178,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, dead_tokens: int
     z = metrics.pop("z")
     model.update_stats(z)
     _, params, stats = nnx.split(model, nnx.Param, ...)
-    fired = z > 0
+    fired = z != 0
     since = jnp.where(fired.any(0), 0,
                       jnp.minimum(state["since_fired"] + x.shape[0], _COUNTER_CAP))
     metrics = {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
@@ -248,9 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # --- optimizer -------------------------------------------------------------------------
   t.lr = default_lr(m) if t.lr is None else t.lr      # recorded in config.json
-  schedule, _ = make_schedule(t)
-  tx = optax.chain(optax.clip_by_global_norm(t.grad_clip),
-                   optax.adam(schedule, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps))
+  tx, schedule = make_optimizer(t)
   state = init_state(params, stats, tx, m)
   state_sh = mesh_lib.state_shardings(state, mesh, t.sharding, m)
   state = jax.device_put(state, state_sh)
@@ -272,7 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Pooled sums for one padded eval batch: FVU needs them over the whole split."""
     x_hat, z = nnx.merge(graphdef, state["params"], state["stats"])(x)
     valid = (jnp.arange(x.shape[0]) < n_valid).astype(jnp.float32)
-    fired = (z > 0).astype(jnp.float32) * valid[:, None]
+    fired = (z != 0).astype(jnp.float32) * valid[:, None]
     return {"sse": jnp.sum(valid * jnp.sum((x - x_hat) ** 2, -1)),
             "sum_x": jnp.sum(x * valid[:, None], 0),
             "sum_x2": jnp.sum(valid * jnp.sum(x * x, -1)),

@@ -165,3 +165,29 @@ def test_launch_script_trains_and_resumes(tmp_path):
   assert "synthetic_frac_recovered" in final
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
   assert out.returncode == 0 and "already done" in out.stderr
+
+
+def test_eval_metrics_match_numpy_on_the_held_out_split(one_device):
+  """Rebuild the eval split and final model from disk; metrics.py must agree with the log."""
+  from musicsae_jax import data as data_lib, metrics
+  wd, final = one_device
+  c = _cfg(num_devices=1)
+  t = train.resolve_train_config(c.train)
+  source, _ = train._source(c, t, wd)
+  run = os.path.join(wd, "runs", "synthetic_tiny")
+  scale = json.load(open(os.path.join(run, "normalization.json")))["scale"]
+  ev = data_lib.split_prompts(source.read_index()[:, 0], t.eval_fraction, t.data_seed)
+  x = data_lib.load_eval(source, ev, t.eval_max_rows, t.data_seed, scale)
+  model, info = train.load_run(run)                     # what export/analysis use
+  assert info["step"] == 6 and info["scale"] == scale
+  x_hat, z = model(x)
+  pooled = metrics.PooledFVU()
+  for lo in range(0, len(x), 100):                       # any batching, same pooled answer
+    pooled.update(x[lo:lo + 100], x_hat[lo:lo + 100])
+  np.testing.assert_allclose(final["eval_fvu"], pooled.fvu(), rtol=1e-5)
+  np.testing.assert_allclose(final["eval_fvu"], metrics.fvu(x, x_hat), rtol=1e-5)
+  np.testing.assert_allclose(final["eval_l0"], metrics.l0(z), rtol=1e-6)
+  density = metrics.feature_density(metrics.firing_counts(z), len(x))
+  assert final["eval_dead_frac"] == metrics.dead_fraction(metrics.firing_counts(z))
+  assert final["eval_dense_frac"] == metrics.dense_fraction(density, t.dense_threshold)
+  assert final["eval_eval_rows"] == len(x) > 0
