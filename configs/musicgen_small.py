@@ -1,0 +1,50 @@
+"""Extraction from the real MusicGen-small (facebook/musicgen-small, 24 layers) on the emotion set.
+
+Needs the weights: cached by a previous download, or a local directory holding
+state_dict.bin + compression_state_dict.bin (set --config.model.name=/path/to/dir).
+Fill the sae/train/analysis/steer blocks (or use configs/sae_musicgen_*.py) for training.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.dataset = "emotions-musicgen-small"
+  c.run = "musicgen-small"
+
+  # --- model (bridge) -----------------------------------------------------------------
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "facebook/musicgen-small"   # or a local checkpoint directory
+  c.model.device = "cuda"
+  c.model.dtype = ""                   # "" = audiocraft's choice (fp16 LM on CUDA)
+  c.model.seed = 0
+
+  # --- extract (bridge) ---------------------------------------------------------------
+  c.extract = ml_collections.ConfigDict()
+  c.extract.prompts = "emotions"       # "emotions" | path to .txt / .jsonl / .csv
+  c.extract.per_label = 0              # 0 = every prompt (4 x 120)
+  c.extract.label_key = "emotion"
+  c.extract.max_prompts = 0
+  c.extract.sites = ("lm.layer.6", "lm.layer.12", "lm.layer.18", "t5.hidden", "t5.pooled",
+                     "cond.proj", "audio.descriptors")
+  c.extract.duration = 10.0            # 500 frames per prompt
+  c.extract.batch_size = 16
+  c.extract.seed = 0
+  c.extract.use_sampling = True
+  c.extract.top_k = 250
+  c.extract.top_p = 0.0
+  c.extract.temperature = 1.0
+  c.extract.cfg_coef = 3.0
+  c.extract.two_step_cfg = False
+  c.extract.keep = "cond"
+  c.extract.capture = "hooks"          # "teacher_forced" re-forwards once; faster for many layers
+  c.extract.dtype = "bfloat16"
+  c.extract.save_audio = True
+  c.extract.flush_seconds = 60.0
+  c.extract.torch_threads = 0
+
+  c.sae = ml_collections.ConfigDict()
+  c.train = ml_collections.ConfigDict()
+  c.analysis = ml_collections.ConfigDict()
+  c.steer = ml_collections.ConfigDict()
+  return c
