@@ -43,8 +43,35 @@ def get_config() -> ml_collections.ConfigDict:
   c.extract.flush_seconds = 60.0
   c.extract.torch_threads = 0
 
-  c.sae = ml_collections.ConfigDict()
+  c.sae = ml_collections.ConfigDict()     # one middle layer, 16x expansion
+  c.sae.architecture = "batchtopk"
+  c.sae.d = 1024                        # checked against the store site's width
+  c.sae.m = None
+  c.sae.expansion = 16                 # m = 16384
+  c.sae.k = 32
+  c.sae.aux_coeff = 1 / 32
+  c.sae.k_aux = 512
+
+  # Only what differs from musicsae_jax.train.default_config() (not imported: no JAX here).
   c.train = ml_collections.ConfigDict()
+  c.train.source = "store"
+  c.train.dataset = c.get_ref("dataset")
+  c.train.site = "lm.layer.12"
+  c.train.steps = 30_000
+  c.train.batch_size = 4096
+  c.train.lr = None                    # 2e-4 / sqrt(m / 2^14)
+  c.train.warmup_steps = 1000
+  c.train.decay = "linear"
+  c.train.final_lr_frac = 0.0
+  c.train.eval_fraction = 0.05
+  c.train.eval_every = 2000
+  c.train.log_every = 100
+  c.train.checkpoint_every = 2000
+  c.train.dead_tokens = 10_000_000
+  c.train.shuffle_blocks = 32
+  c.train.prefetch = 4
+  # Wide dictionaries on a pod: --config.train.mesh_model=N --config.train.sharding=latent;
+  # multi-host: --config.train.distributed=True on every host.
   c.analysis = ml_collections.ConfigDict()
   c.steer = ml_collections.ConfigDict()
   return c
