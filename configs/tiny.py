@@ -76,6 +76,20 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- analysis (musicsae_jax.analysis) -----------------------------------------------
   c.analysis = ml_collections.ConfigDict()
+  c.analysis.site = None               # None: the run's train.site
+  c.analysis.label_keys = ("emotion",) # prompt label keys for selectivity / probes / cosine
+  c.analysis.probe_sites = ()          # () = every store site except audio.descriptors
+  c.analysis.rate_band = (1e-4, 0.25)  # firing-rate band for feature discovery
+  c.analysis.rank_by = "max"           # max | mean | rate | mean_active
+  c.analysis.max_features = 50
+  c.analysis.top_prompts = 5
+  c.analysis.top_frames = 5
+  c.analysis.top_per_label = 5         # selectivity.json: feature ids per label value
+  c.analysis.probe_folds = 5           # needs >= 5 prompts per label value
+  c.analysis.probe_l2 = 1e-3
+  c.analysis.probe_steps = 100         # L-BFGS iterations
+  c.analysis.probe_shuffles = 3        # shuffled-label controls
+  c.analysis.cosine_permutations = 1000
 
   # --- steer (bridge.steering) --------------------------------------------------------
   c.steer = ml_collections.ConfigDict()

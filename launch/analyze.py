@@ -1,0 +1,39 @@
+"""Analyse a trained SAE: `python -m launch.analyze --config=configs/tiny.py --workdir=DIR`.
+
+Writes reports/<run>/{features,selectivity,probes}.json and report.html (see WORKSPACE.md).
+Override fields: `--config.analysis.label_keys=emotion,genre --config.analysis.probe_folds=4`.
+"""
+import logging as pylogging
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from musicsae_jax import analysis
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workspace root (reports/<run>/ goes here).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietOrbax(pylogging.Filter):
+  """Orbax logs every restore step at INFO; keep its warnings, drop the chatter."""
+
+  def filter(self, record):
+    return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietOrbax())
+  try:
+    paths = analysis.analyze(_CONFIG.value, _WORKDIR.value, log=logging.info)
+  except analysis.AnalysisError as e:
+    raise app.UsageError(str(e)) from e
+  for name, path in paths.items():
+    print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,11 @@
+"""Which SAE features track which musical concepts: streamed feature statistics, feature
+discovery, label selectivity, linear probes, cosine similarity, acoustic grounding and the
+HTML report. Modules: `stats` (streaming), `labels` (selectivity, cosine, discovery),
+`probes` (k-fold logistic regression), `report` (HTML), `pipeline` (`analyze`).
+"""
+from musicsae_jax.analysis.stats import AnalysisError, Encoder, FeatureStats, feature_stats, \
+    prompt_means, sae_from_params
+from musicsae_jax.analysis.labels import auroc, discover, label_cosine, label_vector, \
+    selectivity, top_features_per_label, word_label
+from musicsae_jax.analysis.probes import cross_validate, stratified_folds
+from musicsae_jax.analysis.pipeline import analyze, selected_features

@@ -1,0 +1,311 @@
+"""`analyze(config, workdir)`: one trained run + its store -> reports/<run>/.
+
+Writes `features.json` (discovery), `selectivity.json` (top features per label value,
+ready for `export.export_directions`), `probes.json` (probes + cosine similarity) and
+`report.html`. Every input is checked before the long work starts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Callable
+
+import numpy as np
+
+from musicsae_jax import store as store_lib
+from musicsae_jax.analysis import labels as lab, probes, report, stats
+from musicsae_jax.analysis.stats import AnalysisError
+
+AUDIO_SITE = "audio.descriptors"
+FORMAT_VERSION = 1
+
+DEFAULTS = dict(
+    run=None, dataset=None, site=None, step=None,
+    label_keys=("emotion",), probe_sites=(), rate_band=(1e-4, 0.25), rank_by="max",
+    max_features=50, top_prompts=5, top_frames=5, top_per_label=5, probe_folds=5,
+    probe_l2=1e-3, probe_steps=100, probe_shuffles=3, cosine_permutations=1000,
+    cosine_max_prompts=2000, grounding_top=3, batch_rows=4096, seed=0)
+
+
+def resolve(config) -> dict:
+  """Defaults + `config.analysis`, with run/dataset following the top-level config."""
+  a = dict(DEFAULTS)
+  blk = config.get("analysis") if hasattr(config, "get") else None
+  if blk is not None:
+    a.update(blk.to_dict() if hasattr(blk, "to_dict") else dict(blk))
+  unknown = sorted(set(a) - set(DEFAULTS))
+  if unknown:
+    raise AnalysisError(f"unknown config.analysis fields {unknown}; known: {sorted(DEFAULTS)}")
+  a["run"] = a["run"] or config.get("run")
+  a["dataset"] = a["dataset"] or config.get("dataset")
+  if isinstance(a["label_keys"], str):
+    a["label_keys"] = (a["label_keys"],)
+  lo, hi = a["rate_band"]
+  if not 0 <= lo < hi <= 1:
+    raise AnalysisError(f"analysis.rate_band={tuple(a['rate_band'])} must satisfy 0 <= lo < hi <= 1")
+  return a
+
+
+def _layer_key(site: str):
+  order = {"t5.pooled": 0, "t5.hidden": 1, "cond.proj": 2}
+  if site.startswith("lm.layer.") and site.rsplit(".", 1)[1].isdigit():
+    return (3, int(site.rsplit(".", 1)[1]), site)
+  return (order.get(site, 9), 0, site)
+
+
+def _progress(log, what):
+  t0 = time.time()
+
+  def cb(i, n, rows_per_s=None):
+    if i == n or time.time() - cb.last > 5:
+      cb.last = time.time()
+      eta = (time.time() - t0) / i * (n - i)
+      rate = f", {rows_per_s:.3g} rows/s" if rows_per_s else ""
+      log(f"{what}: block {i}/{n}{rate}, ETA {eta:.0f}s")
+  cb.last = 0.0
+  return cb
+
+
+def load_run(workdir: str, run: str, step=None):
+  """(run config.json dict, normalisation dict, params, step) of runs/<run>."""
+  from musicsae_jax import export
+  run_dir = os.path.join(workdir, "runs", run)
+  cfg_path = os.path.join(run_dir, "config.json")
+  if not os.path.exists(cfg_path):
+    raise AnalysisError(f"{cfg_path} not found: no trained run {run!r} in {workdir} "
+                        f"(run launch.train first, or set config.run)")
+  with open(cfg_path) as f:
+    run_cfg = json.load(f)
+  norm_path = os.path.join(run_dir, "normalization.json")
+  norm = json.load(open(norm_path)) if os.path.exists(norm_path) else {"scale": 1.0}
+  params, step = export.restore_params(run_dir, step)
+  return run_cfg, norm, params, step
+
+
+def analyze(config, workdir: str, log: Callable[[str], None] = print) -> dict:
+  """Run every analysis for config.run on config.dataset; returns the written paths."""
+  a = resolve(config)
+  run_cfg, norm, params, step = load_run(workdir, a["run"], a["step"])
+  ds_path = os.path.join(workdir, "activations", a["dataset"])
+  if not store_lib.exists(ds_path):
+    raise AnalysisError(f"{ds_path}: no activation dataset {a['dataset']!r} (run launch.extract)")
+  ds = store_lib.open_dataset(ds_path)
+  site_name = a["site"] or run_cfg.get("train", {}).get("site")
+  if not site_name:
+    raise AnalysisError(f"run {a['run']!r} was not trained on a store site; set analysis.site")
+  if site_name not in ds.sites:
+    raise AnalysisError(f"site {site_name!r} (the run's train.site) is not in {ds_path}; "
+                        f"store sites: {sorted(ds.sites)}")
+  site = ds.site(site_name)
+  d_run, m = np.asarray(params["W_enc"]).shape
+  if site.d != d_run:
+    raise AnalysisError(f"run {a['run']!r} has an SAE of width d={d_run} but store site "
+                        f"{site_name!r} in {ds_path} has d={site.d}: different run or dataset?")
+  prompts = ds.prompts
+  P = len(prompts)
+  probe_sites = list(a["probe_sites"]) or [s for s in ds.sites if s != AUDIO_SITE and
+                                           not s.endswith(".uncond")]
+  for s in probe_sites:
+    if s not in ds.sites:
+      raise AnalysisError(f"analysis.probe_sites names {s!r}; store sites: {sorted(ds.sites)}")
+  probe_sites.sort(key=_layer_key)
+  label_info = {}
+  for key in a["label_keys"]:
+    values, y = lab.label_vector(prompts, key)
+    probes.stratified_folds(y[y >= 0], int(a["probe_folds"]), 0, values)  # fail early
+    label_info[key] = (values, y)
+
+  # --- streamed feature statistics -----------------------------------------------------
+  model = stats.sae_from_params(params, run_cfg.get("sae"))
+  enc = stats.Encoder(model, float(norm.get("scale", 1.0)), int(a["batch_rows"]))
+  desc, desc_names = None, None
+  if (site_name.startswith("lm.layer.") and AUDIO_SITE in ds.sites
+      and ds.site(AUDIO_SITE).num_rows == site.num_rows):
+    desc = ds.site(AUDIO_SITE)
+    desc_names = (ds.manifest.get("extra", {}).get("audio_descriptors")
+                  or ds.manifest.get("generation", {}).get("audio_descriptors")
+                  or [f"descriptor_{j}" for j in range(desc.d)])
+  log(f"analyze: run {a['run']} (step {step}, d={d_run}, m={m}) on {site_name}: "
+      f"{site.num_rows} rows, {P} prompts")
+  st = stats.feature_stats(site, enc, P, top_n=max(int(a["top_frames"]), 1), descriptors=desc,
+                           progress=_progress(log, f"features {site_name}"))
+
+  # --- discovery, selectivity ------------------------------------------------------------
+  disc = lab.discover(st, prompts, rate_band=a["rate_band"], max_features=int(a["max_features"]),
+                      top_prompts=int(a["top_prompts"]), top_frames=int(a["top_frames"]),
+                      rank_by=a["rank_by"], descriptor_names=desc_names,
+                      grounding_top=int(a["grounding_top"]))
+  has_rows = st.prompt_count > 0
+  pm = st.prompt_mean
+  sel_out, top_out, heat = {}, {}, {}
+  audio_src = os.path.join(ds_path, "audio")
+  out_dir = os.path.join(workdir, "reports", a["run"])
+  os.makedirs(out_dir, exist_ok=True)
+  for key, (values, y) in label_info.items():
+    yk = np.where(has_rows, y, -1)
+    sel = lab.selectivity(pm, yk, values)
+    tops = lab.top_features_per_label(sel, int(a["top_per_label"]))
+    per_value = {}
+    for k, v in enumerate(values):
+      feats = []
+      for f in tops[v]:
+        order = np.argsort(-pm[:, f], kind="stable")[: int(a["top_prompts"])]
+        texts = [prompts[p]["text"] for p in order]
+        corpus = lab.Counter(w for p in prompts for w in lab.words(p.get("text", "")))
+        feats.append({"id": f, "auroc": float(sel["auroc"][k, f]),
+                      "selectivity": float(sel["selectivity"][k, f]),
+                      "mean_in": float(sel["mean_in"][k, f]), "mean_out": float(sel["mean_out"][k, f]),
+                      "heuristic_label": lab.word_label(texts, corpus, P)[0],
+                      "top_prompts": [_prompt_entry(prompts[p], float(pm[p, f]), audio_src, out_dir)
+                                      for p in order if pm[p, f] > 0]})
+      per_value[v] = feats
+    sel_out[key] = {"values": values, "counts": sel["counts"], "top_features": tops,
+                    "features": {v: [{k2: f[k2] for k2 in ("id", "auroc", "selectivity", "mean_in",
+                                                          "mean_out")} for f in fs]
+                                 for v, fs in per_value.items()}}
+    top_out[key] = per_value
+    rows = sorted({f for v in values for f in tops[v]})
+    heat[key] = report.heatmap_png(sel["auroc"][:, rows].T, [f"f{f}" for f in rows], values,
+                                   f"{key}: AUROC per feature")
+
+  # --- probes and cosine similarity ------------------------------------------------------
+  inputs = []
+  for s in probe_sites:
+    src = ds.site(s)
+    x, cnt = stats.prompt_means(src, P, _progress(log, f"pooling {s}"))
+    inputs.append((s, x, cnt > 0))
+  inputs.append((f"sae:{site_name}", pm, has_rows))
+  probe_out, sim_out, probe_pngs = {}, {}, {}
+  rng = np.random.default_rng(a["seed"])
+  for key, (values, y) in label_info.items():
+    res, sims = [], []
+    for name, x, ok in inputs:
+      yk = np.where(ok, y, -1)
+      t0 = time.time()
+      r = probes.cross_validate(x, yk, values, folds=int(a["probe_folds"]), l2=float(a["probe_l2"]),
+                                steps=int(a["probe_steps"]), shuffles=int(a["probe_shuffles"]),
+                                seed=int(a["seed"]))
+      r["name"] = name
+      res.append(r)
+      log(f"probe {key} on {name}: {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} "
+          f"(shuffled {r.get('shuffled_accuracy', float('nan')):.3f}, chance {r['chance']:.3f}) "
+          f"[{time.time() - t0:.1f}s]")
+      idx = np.nonzero(yk >= 0)[0]
+      if len(idx) > int(a["cosine_max_prompts"]):
+        idx = np.sort(rng.choice(idx, int(a["cosine_max_prompts"]), replace=False))
+      for center in (False, True):
+        c = lab.label_cosine(x[idx], yk[idx], values, permutations=int(a["cosine_permutations"]),
+                             seed=int(a["seed"]), center=center)
+        sims.append({"site": name, **c})
+    probe_out[key], sim_out[key] = res, sims
+    probe_pngs[key] = report.probe_png(res, key)
+
+  # --- write -------------------------------------------------------------------------------
+  head = {"format_version": FORMAT_VERSION, "run": a["run"], "step": step,
+          "dataset": a["dataset"], "site": site_name, "d": int(d_run), "m": int(m)}
+  corr = st.correlations()
+  grounding = None
+  if corr is not None:
+    ids = [f["id"] for f in disc["features"]] or list(np.argsort(-st.rate)[:20])
+    grounding = [{"id": int(f), "heuristic_label": next((e["heuristic_label"] for e in
+                                                          disc["features"] if e["id"] == f), ""),
+                  "acoustic": lab.strongest_correlations(corr[f], desc_names, int(a["grounding_top"]))}
+                 for f in ids]
+  features = {**head, "num_rows": st.num_rows, "num_prompts": P,
+              "density": {"dead": int((st.fired == 0).sum()),
+                          "firing_rate_quantiles": {q: float(np.quantile(st.rate, float(q)))
+                                                    for q in ("0.1", "0.5", "0.9")}},
+              "descriptors": desc_names, **disc}
+  selectivity_json = {**head, "labels": sel_out, "export": _export_lists(sel_out)}
+  probes_json = {**head, "probes": probe_out, "similarity": sim_out,
+                 "settings": {k: a[k] for k in ("probe_folds", "probe_l2", "probe_steps",
+                                                "probe_shuffles", "cosine_permutations")}}
+  paths = {}
+  for name, obj in (("features", features), ("selectivity", selectivity_json), ("probes", probes_json)):
+    paths[name] = os.path.join(out_dir, f"{name}.json")
+    with open(paths[name], "w") as f:
+      json.dump(obj, f, indent=2, default=_jsonable)
+  tr_png = os.path.join(workdir, "runs", a["run"], "training_curves.png")
+  training = report.png_file(tr_png) if os.path.exists(tr_png) else _training_from_metrics(
+      os.path.join(workdir, "runs", a["run"], "metrics.jsonl"))
+  html_text = report.render({
+      "summary": {"run": a["run"], "checkpoint step": step, "dataset": a["dataset"],
+                  "site": site_name, "SAE": f"{run_cfg.get('sae', {}).get('architecture')} d={d_run} m={m}",
+                  "rows": st.num_rows, "prompts": P, "labels": ", ".join(label_info),
+                  "dead features": features["density"]["dead"]},
+      "training_png": training, "density_png": report.density_png(st.rate),
+      "rate_band": list(a["rate_band"]), "heatmaps": heat, "probes": probe_out,
+      "probe_pngs": probe_pngs, "similarity": sim_out, "top_features": top_out,
+      "discovery": disc, "grounding": grounding})
+  paths["report"] = os.path.join(out_dir, "report.html")
+  with open(paths["report"], "w") as f:
+    f.write(html_text)
+  return paths
+
+
+def _prompt_entry(p: dict, value: float, audio_src: str, out_dir: str) -> dict:
+  """A prompt for the report; copies its wav (if extracted) to reports/<run>/audio/."""
+  e = {"prompt_id": p["prompt_id"], "text": p.get("text", ""), "labels": p.get("labels") or {},
+       "mean": value}
+  name = f"{int(p['prompt_id']):06d}.wav"
+  src = os.path.join(audio_src, name)
+  if os.path.exists(src):
+    os.makedirs(os.path.join(out_dir, "audio"), exist_ok=True)
+    dst = os.path.join(out_dir, "audio", name)
+    if not os.path.exists(dst):
+      shutil.copyfile(src, dst)
+    e["audio"] = f"audio/{name}"
+  return e
+
+
+def _export_lists(sel_out: dict) -> dict:
+  """Per label key: flat (feature_ids, labels) of each value's best feature, for export."""
+  out = {}
+  for key, s in sel_out.items():
+    ids, names = [], []
+    for v, fs in s["top_features"].items():
+      if fs:
+        ids.append(fs[0])
+        names.append(f"{key}={v}")
+    out[key] = {"feature_ids": ids, "labels": names}
+  return out
+
+
+def _training_from_metrics(path: str) -> str | None:
+  if not os.path.exists(path):
+    return None
+  import tempfile
+  from musicsae_jax import plots
+  with tempfile.TemporaryDirectory() as tmp:
+    p = os.path.join(tmp, "t.png")
+    plots.plot_training(plots.read_metrics(path), p)
+    return report.png_file(p)
+
+
+def _jsonable(o):
+  if isinstance(o, (np.integer,)):
+    return int(o)
+  if isinstance(o, (np.floating,)):
+    return float(o)
+  if isinstance(o, np.ndarray):
+    return o.tolist()
+  raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def selected_features(selectivity_path: str, label_key: str, per_value: int = 1):
+  """(feature_ids, labels) from selectivity.json: the best `per_value` features per value.
+
+  Feed them to `export.export_run(workdir, run, feature_ids=ids, labels=labels)`.
+  """
+  with open(selectivity_path) as f:
+    sel = json.load(f)
+  if label_key not in sel["labels"]:
+    raise AnalysisError(f"{selectivity_path} has no label {label_key!r}; has {sorted(sel['labels'])}")
+  ids, names = [], []
+  for v, fs in sel["labels"][label_key]["top_features"].items():
+    for f in fs[:per_value]:
+      ids.append(int(f))
+      names.append(f"{label_key}={v}")
+  return ids, names

@@ -1,0 +1,195 @@
+"""The self-contained HTML report: matplotlib figures embedded as base64 PNGs.
+
+`render(data)` takes the plain dicts the pipeline also writes as JSON (plus a few arrays)
+and returns one HTML string; every section has a stable id (`SECTIONS`) so tests and
+readers can find it. Audio players point at `audio/<prompt_id>.wav` next to the report.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import numpy as np
+
+SECTIONS = ("summary", "training", "density", "selectivity", "probes", "similarity",
+            "top-features", "discovery", "grounding")
+
+
+def _plt():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _png(fig) -> str:
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=90)
+  _plt().close(fig)
+  return base64.b64encode(buf.getvalue()).decode()
+
+
+def img(b64: str, alt: str) -> str:
+  return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def png_file(path: str) -> str:
+  with open(path, "rb") as f:
+    return base64.b64encode(f.read()).decode()
+
+
+def density_png(rate: np.ndarray) -> str:
+  plt = _plt()
+  alive = rate[rate > 0]
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  if len(alive):
+    ax.hist(np.log10(alive), bins=50)
+  ax.set_xlabel("log10 firing rate (all rows of the site)")
+  ax.set_ylabel("features")
+  ax.set_title(f"{len(rate) - len(alive)} of {len(rate)} features never fire")
+  fig.tight_layout()
+  return _png(fig)
+
+
+def heatmap_png(matrix: np.ndarray, rows: list[str], cols: list[str], title: str) -> str:
+  """Features (rows) x label values (columns), AUROC colour scale centred at 0.5."""
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 1.0 + 0.28 * len(rows)))
+  im = ax.imshow(matrix, cmap="RdBu_r", vmin=0.0, vmax=1.0, aspect="auto")
+  ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
+  ax.set_yticks(range(len(rows)), rows, fontsize=7)
+  ax.set_title(title)
+  fig.colorbar(im, ax=ax, label="AUROC")
+  fig.tight_layout()
+  return _png(fig)
+
+
+def probe_png(results: list[dict], label_key: str) -> str:
+  """Accuracy ± std per site (layers in order), shuffled control, chance line."""
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(results)), 3.8))
+  xs = np.arange(len(results))
+  acc = [r["accuracy"] for r in results]
+  std = [r["accuracy_std"] for r in results]
+  ax.errorbar(xs, acc, yerr=std, fmt="o-", capsize=3, label="probe (k-fold)")
+  if all("shuffled_accuracy" in r for r in results):
+    ax.errorbar(xs, [r["shuffled_accuracy"] for r in results],
+                yerr=[r["shuffled_std"] for r in results], fmt="s--", capsize=3,
+                color="gray", label="shuffled labels")
+  if results:
+    ax.axhline(results[0]["chance"], color="k", lw=0.8, ls=":", label="chance 1/K")
+  ax.set_xticks(xs, [r["name"] for r in results], rotation=30, ha="right", fontsize=8)
+  ax.set_ylim(0, 1.05)
+  ax.set_ylabel(f"{label_key} accuracy")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  return _png(fig)
+
+
+def _table(header: list[str], rows: list[list], cls: str = "") -> str:
+  h = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
+  body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+  return f'<table class="{cls}"><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _f(x, nd=3) -> str:
+  return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{nd}f}"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;
+padding:3px 6px;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}
+.note{color:#555;font-size:13px}audio{height:28px}"""
+
+
+def _section(sid: str, title: str, note: str, body: str) -> str:
+  return (f'<section id="{sid}"><h2>{html.escape(title)}</h2><p class="note">{note}</p>'
+          f"{body}</section>")
+
+
+def render(d: dict) -> str:
+  """One HTML page from the pipeline's results dict (see pipeline.analyze)."""
+  parts = []
+  s = d["summary"]
+  parts.append(_section("summary", "Summary", "What was analysed.", _table(
+      ["field", "value"], [[html.escape(k), html.escape(str(v))] for k, v in s.items()])))
+  tr = d.get("training_png")
+  parts.append(_section("training", "Training curves",
+                        "Loss, MSE, L0, FVU (train batches and pooled eval), dead fraction and "
+                        "learning rate vs step, from runs/&lt;run&gt;/metrics.jsonl.",
+                        img(tr, "training curves") if tr else "<p>no metrics.jsonl found</p>"))
+  parts.append(_section("density", "Feature density",
+                        "log10 firing rate of every feature over all rows of the site. A healthy "
+                        "dictionary is a broad hump well below 1 with few dead features; the "
+                        f"firing-rate band used for discovery is {d['rate_band']}.",
+                        img(d["density_png"], "feature density")))
+  sel_body = "".join(img(b, f"heatmap {k}") for k, b in d["heatmaps"].items())
+  parts.append(_section("selectivity", "Feature × label selectivity",
+                        "AUROC of each feature's per-prompt mean activation for one label value "
+                        "vs the rest (1 = fires only for that label, 0.5 = unrelated). Rows are "
+                        "the union of the top features per label.", sel_body))
+  pr_body = ""
+  for key, res in d["probes"].items():
+    pr_body += f"<h3>{html.escape(key)}</h3>" + img(d["probe_pngs"][key], f"probes {key}")
+    pr_body += _table(["input", "accuracy", "± std", "shuffled", "chance", "n", "d"],
+                      [[html.escape(r["name"]), _f(r["accuracy"]), _f(r["accuracy_std"]),
+                        _f(r.get("shuffled_accuracy")), _f(r["chance"]), r["n"], r["d"]]
+                       for r in res])
+  parts.append(_section("probes", "Linear probes",
+                        "k-fold cross-validated multinomial logistic regression on per-prompt "
+                        "mean-pooled raw activations per site, and on SAE latents. The shuffled "
+                        "control must sit at chance; the gap between probe and control is the "
+                        "evidence.", pr_body))
+  sim_rows = [[html.escape(f"{k} / {r['site']}" + (" (centred)" if r["centered"] else "")),
+               _f(r["within"]), _f(r["between"]), _f(r["difference"], 4), _f(r["p_value"], 4)]
+              for k, rs in d["similarity"].items() for r in rs]
+  parts.append(_section("similarity", "Within- vs between-label cosine similarity",
+                        "Mean cosine similarity of prompt pairs sharing a label vs pairs with "
+                        "different labels; p from a label-permutation test. Raw activations share "
+                        "a large common direction; the centred rows remove it.",
+                        _table(["label / input", "within", "between", "difference", "p"],
+                               sim_rows)))
+  tf_body = ""
+  for key, per in d["top_features"].items():
+    tf_body += f"<h3>{html.escape(key)}</h3>"
+    for value, feats in per.items():
+      rows = []
+      for f in feats:
+        prompts = "<br>".join(
+            f"{html.escape(p['text'])} <i>({_f(p['mean'])})</i>"
+            + (f' <audio controls preload="none" src="{html.escape(p["audio"])}"></audio>'
+               if p.get("audio") else "") for p in f["top_prompts"])
+        rows.append([f["id"], _f(f["auroc"]), _f(f["selectivity"], 2), _f(f["mean_in"]),
+                     html.escape(f.get("heuristic_label", "")), prompts])
+      tf_body += f"<h4>{html.escape(key)} = {html.escape(value)}</h4>" + _table(
+          ["feature", "AUROC", "selectivity", "mean in label", "words", "top prompts (mean)"],
+          rows)
+  parts.append(_section("top-features", "Top features per label",
+                        "Ranked by AUROC (ties: larger mean difference). Selectivity = mean in "
+                        "label / mean elsewhere. Top prompts by the feature's per-prompt mean.",
+                        tf_body))
+  disc_rows = [[f["id"], _f(f["firing_rate"], 4), _f(f["max"]), html.escape(f["heuristic_label"]),
+                html.escape(", ".join(f"{k}×{v}" for k, v in f["top_label_values"].items())),
+                html.escape(" | ".join(p["text"] for p in f["top_prompts"][:3]))]
+               for f in d["discovery"]["features"]]
+  parts.append(_section("discovery", "Feature discovery",
+                        f"Features with firing rate in {d['rate_band']} ranked by "
+                        f"{d['discovery']['rank_by']}; words over-represented in their top prompts "
+                        "vs the corpus give a heuristic label.",
+                        _table(["feature", "rate", "max", "words", "top labels", "top prompts"],
+                               disc_rows)))
+  g = d.get("grounding")
+  if g:
+    g_rows = [[r["id"], html.escape(r.get("heuristic_label", "")),
+               ", ".join(f"{html.escape(c['descriptor'])} ({c['r']:+.2f})" for c in r["acoustic"])]
+              for r in g]
+    g_body = _table(["feature", "words", "strongest descriptor correlations (Pearson r)"], g_rows)
+  else:
+    g_body = "<p>no audio.descriptors site aligned with this site</p>"
+  parts.append(_section("grounding", "Acoustic grounding",
+                        "Pearson correlation over frames between each feature and the acoustic "
+                        "descriptors measured on the generated audio (same rows).", g_body))
+  title = html.escape(f"musicsae report: {s.get('run', '')}")
+  return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
+          f"<style>{_CSS}</style></head><body><h1>{title}</h1>{''.join(parts)}</body></html>")
