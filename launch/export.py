@@ -1,8 +1,12 @@
 """Export a trained SAE for torch: `python -m launch.export --config=configs/tiny.py --workdir=DIR`.
 
 Writes `<workdir>/exports/<run>/sae.safetensors` + `cfg.json` (normalisation folded in),
-and `directions.safetensors` + `directions.json` for `--features=1,2,3`.
+and `directions.safetensors` + `directions.json` for `--features=1,2,3`, or for the best
+`--from_selectivity=N` features per label value found by `launch.analyze`
+(`reports/<run>/selectivity.json`, label key `--label_key`, default emotion).
 """
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -13,6 +17,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workspace root (runs/<run>/ is read).")
 _FEATURES = flags.DEFINE_list("features", [], "Feature ids whose decoder directions to export.")
 _LABELS = flags.DEFINE_list("labels", [], "Optional labels, one per feature id.")
+_FROM_SEL = flags.DEFINE_integer(
+    "from_selectivity", 0, "Export the best N features per label value from "
+    "reports/<run>/selectivity.json (written by launch.analyze) as directions.")
+_LABEL_KEY = flags.DEFINE_string("label_key", "emotion", "Label key for --from_selectivity.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: best, else latest).")
 _OUT = flags.DEFINE_string("out", None, "Output dir (default: <workdir>/exports/<run>).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -25,8 +33,18 @@ def main(argv):
     ids = [int(f) for f in _FEATURES.value]
   except ValueError as e:
     raise app.UsageError(f"--features must be comma-separated ints: {e}") from e
+  labels = _LABELS.value or None
+  if _FROM_SEL.value:
+    if ids:
+      raise app.UsageError("give --features or --from_selectivity, not both")
+    from musicsae_jax.analysis import pipeline
+    sel = os.path.join(_WORKDIR.value, "reports", _CONFIG.value.run, "selectivity.json")
+    if not os.path.exists(sel):
+      raise app.UsageError(f"--from_selectivity: {sel} does not exist; run launch.analyze first")
+    ids, labels = pipeline.selected_features(sel, _LABEL_KEY.value, _FROM_SEL.value)
+    logging.info("directions from %s: %s", sel, list(zip(ids, labels)))
   out = export.export_run(_WORKDIR.value, _CONFIG.value.run, _OUT.value, step=_STEP.value,
-                          feature_ids=ids, labels=_LABELS.value or None)
+                          feature_ids=ids, labels=labels)
   logging.info("exported run %s to %s", _CONFIG.value.run, out)
   print(out)
 

@@ -1,0 +1,73 @@
+"""The offline end-to-end demo: extract -> train -> analyze -> export -> steer.
+
+    python -m launch.demo --workdir=/tmp/musicsae-demo [--config=configs/tiny.py]
+        [--stages=extract,train,analyze,export,steer] [--config.train.steps=300 ...]
+
+Each stage is its own launch script run in a fresh process with the same config file,
+workdir and `--config.*` overrides, so the torch side and the JAX side never share a
+process (the layering on disk is the contract) and every stage can be rerun alone with
+the command this script prints. Every stage resumes: rerunning the demo after a crash
+continues where it stopped.
+"""
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+STAGES = ("extract", "train", "analyze", "export", "steer")
+
+_CONFIG = flags.DEFINE_string("config", "configs/tiny.py", "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/musicsae-demo", "Workspace root.")
+_STAGES = flags.DEFINE_list("stages", list(STAGES), f"Stages to run, in order, from {STAGES}.")
+_FEATURES_PER_LABEL = flags.DEFINE_integer(
+    "features_per_label", 1, "Top features per label value exported as steering directions.")
+
+
+def stage_command(stage: str, config: str, workdir: str, overrides: list[str]) -> list[str]:
+  cmd = [sys.executable, "-m", f"launch.{stage}", f"--config={config}", f"--workdir={workdir}"]
+  if stage == "export":
+    cmd.append(f"--from_selectivity={_FEATURES_PER_LABEL.value}")
+  return cmd + overrides
+
+
+def main(argv):
+  # absl has parsed the flags it knows; `--config.x=y` overrides pass through to the stages.
+  overrides = [a for a in argv[1:] if a.startswith("--config.")]
+  extra = [a for a in argv[1:] if not a.startswith("--config.")]
+  if extra:
+    raise app.UsageError(f"unexpected arguments: {extra}")
+  unknown = [s for s in _STAGES.value if s not in STAGES]
+  if unknown:
+    raise app.UsageError(f"--stages: unknown {unknown}; choose from {STAGES}")
+  if not os.path.exists(_CONFIG.value):
+    raise app.UsageError(f"--config: no such file {_CONFIG.value!r}")
+  workdir = os.path.abspath(_WORKDIR.value)
+  os.makedirs(workdir, exist_ok=True)
+  t0 = time.time()
+  for i, stage in enumerate(_STAGES.value, 1):
+    cmd = stage_command(stage, _CONFIG.value, workdir, overrides)
+    print(f"\n=== [{i}/{len(_STAGES.value)}] {stage}: {shlex.join(cmd[1:])}", flush=True)
+    t = time.time()
+    r = subprocess.run(cmd)
+    if r.returncode:
+      print(f"=== {stage} failed (exit {r.returncode}); fix and rerun the demo: finished stages "
+            f"resume or are skipped", file=sys.stderr)
+      sys.exit(r.returncode)
+    print(f"=== {stage} done in {time.time() - t:.0f} s", flush=True)
+  print(f"\nDemo finished in {time.time() - t0:.0f} s. Workspace: {workdir}")
+  for name in ("activations", "runs", "exports", "reports"):
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path):
+      print(f"  {name + '/':13s} {', '.join(sorted(os.listdir(path)))}")
+  report = os.path.join(workdir, "reports")
+  for root, _, files in os.walk(report):
+    for f in files:
+      if f == "report.html":
+        print(f"  open the report: {os.path.join(root, f)}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=lambda argv: flags.FLAGS(argv, known_only=True))
