@@ -177,7 +177,7 @@ def discover(st: FeatureStats, prompts: list[dict], *, rate_band=(1e-4, 0.25), m
         "id": f, "firing_rate": float(rate[f]), "mean": float(st.mean[f]),
         "mean_active": float(st.mean_active[f]), "max": float(st.max[f]),
         "heuristic_label": label, "label_words": lifts,
-        "top_label_values": dict(label_counts.most_common()),
+        "top_label_values": dict(label_counts.most_common(5)),
         "top_prompts": [{"prompt_id": p, "text": prompts[p].get("text", ""),
                          "labels": prompts[p].get("labels") or {},
                          "max": float(pmax[p, f]), "mean": float(st.prompt_mean[p, f])}
