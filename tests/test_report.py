@@ -1,0 +1,158 @@
+"""End to end: a synthetic store + a hand-built run -> reports/<run>/ (JSON files and an
+HTML report checked by parsing it), export fed from selectivity.json, and clear errors."""
+import base64
+import json
+import os
+import wave
+from html.parser import HTMLParser
+
+import ml_collections
+import numpy as np
+import pytest
+
+from musicsae_jax import checkpoint as ckpt_lib, export, store
+from musicsae_jax.analysis import AnalysisError, analyze, selected_features
+from musicsae_jax.analysis.report import SECTIONS
+
+EMOTIONS = ["calm", "energetic", "happy", "sad"]
+P, FRAMES, D, M = 24, 10, 8, 16
+
+
+def _workspace(root):
+  """Feature 0 of a hand-built ReLU SAE reads x[:, 0], which is > 0 only for sad prompts."""
+  rng = np.random.default_rng(0)
+  prompts = [{"text": f"{'gloomy' if i % 4 == 3 else 'bright'} {EMOTIONS[i % 4]} song {i}",
+              "labels": {"emotion": EMOTIONS[i % 4]}} for i in range(P)]
+  ds_path = os.path.join(root, "activations", "ds")
+  ds = store.create(ds_path, prompts=prompts, sites={
+      "lm.layer.0": store.SiteSpec(d=D, chunk_rows=64), "t5.pooled": store.SiteSpec(d=6),
+      "audio.descriptors": store.SiteSpec(d=3)})
+  pid = np.repeat(np.arange(P), FRAMES)
+  index = np.stack([pid, np.tile(np.arange(FRAMES), P)], 1).astype(np.int32)
+  x = rng.normal(size=(len(pid), D)).astype(np.float32)
+  sad = np.array([p % 4 == 3 for p in pid])
+  x[:, 0] = np.where(sad, 2.0 + np.abs(x[:, 0]), -1.0)
+  a = np.stack([x[:, 0] + 0.1 * rng.normal(size=len(x)), rng.normal(size=len(x)),
+                rng.normal(size=len(x))], 1).astype(np.float32)
+  t5 = rng.normal(size=(P, 6)).astype(np.float32) + np.eye(4, 6)[np.arange(P) % 4] * 3
+  with ds.writer() as w:
+    w.append("lm.layer.0", x, index)
+    w.append("audio.descriptors", a, index)
+    w.append("t5.pooled", t5, np.stack([np.arange(P), np.zeros(P)], 1).astype(np.int32))
+    w.commit(range(P))
+  os.makedirs(os.path.join(ds_path, "audio"))
+  with wave.open(os.path.join(ds_path, "audio", "000003.wav"), "wb") as f:
+    f.setnchannels(1), f.setsampwidth(2), f.setframerate(8000)
+    f.writeframes(np.zeros(800, np.int16).tobytes())
+  run_dir = os.path.join(root, "runs", "r")
+  W_enc = np.concatenate([np.eye(D), rng.normal(size=(D, M - D)) * 0.3], 1).astype(np.float32)
+  params = {"W_enc": W_enc, "b_enc": np.zeros(M, np.float32), "W_dec": W_enc.T.copy(),
+            "b_dec": np.zeros(D, np.float32)}
+  ck = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), async_save=False)
+  ck.save(10, {"params": params, "stats": {}}, None)
+  ck.close()
+  with open(os.path.join(run_dir, "config.json"), "w") as f:
+    json.dump({"run": "r", "train": {"site": "lm.layer.0"}, "sae": {"architecture": "relu", "m": M}}, f)
+  with open(os.path.join(run_dir, "normalization.json"), "w") as f:
+    json.dump({"scale": 1.0, "d": D}, f)
+  with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+    for s in (5, 10):
+      f.write(json.dumps({"kind": "train", "step": s, "loss": 1.0 / s, "mse": 1.0 / s, "l0": 4,
+                          "fvu": 0.5, "dead_frac": 0.0, "lr": 1e-3}) + "\n")
+  return params
+
+
+def _config(**analysis):
+  c = ml_collections.ConfigDict({"run": "r", "dataset": "ds"})
+  a = dict(label_keys=("emotion",), probe_folds=3, probe_steps=30, probe_shuffles=2,
+           cosine_permutations=100, rate_band=(1e-3, 0.5))
+  c.analysis = ml_collections.ConfigDict({**a, **analysis})
+  return c
+
+
+class _Collect(HTMLParser):
+  def __init__(self):
+    super().__init__()
+    self.sections, self.imgs, self.audio, self.stack = [], [], [], []
+
+  def handle_starttag(self, tag, attrs):
+    a = dict(attrs)
+    if tag == "section":
+      self.sections.append(a["id"])
+    if tag == "img":
+      self.imgs.append((self.sections[-1], a["src"]))
+    if tag == "audio":
+      self.audio.append(a["src"])
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("ws"))
+  params = _workspace(root)
+  logs = []
+  paths = analyze(_config(), root, log=logs.append)
+  return root, params, paths, logs
+
+
+def test_writes_json_with_planted_feature_first(result):
+  root, params, paths, logs = result
+  assert set(paths) == {"features", "selectivity", "probes", "report"}
+  assert all(p.startswith(os.path.join(root, "reports", "r")) for p in paths.values())
+  assert any("block" in m and "rows/s" in m for m in logs)            # progress output
+  sel = json.load(open(paths["selectivity"]))
+  em = sel["labels"]["emotion"]
+  assert em["values"] == EMOTIONS and em["counts"] == [6, 6, 6, 6]
+  assert em["top_features"]["sad"][0] == 0
+  assert em["features"]["sad"][0]["auroc"] == 1.0
+  feats = json.load(open(paths["features"]))
+  f0 = next(f for f in feats["features"] if f["id"] == 0)
+  assert f0["firing_rate"] == pytest.approx(0.25)
+  assert all(p["labels"]["emotion"] == "sad" for p in f0["top_prompts"])
+  assert f0["heuristic_label"].startswith("gloomy")
+  assert f0["acoustic"][0]["descriptor"] == "descriptor_0" and f0["acoustic"][0]["r"] > 0.9
+  pr = json.load(open(paths["probes"]))
+  names = [r["name"] for r in pr["probes"]["emotion"]]
+  assert names == ["t5.pooled", "lm.layer.0", "sae:lm.layer.0"]
+  t5 = pr["probes"]["emotion"][0]
+  assert t5["accuracy"] > 0.8 and t5["n"] == P                        # planted one-hot offsets
+  assert {s["centered"] for s in pr["similarity"]["emotion"]} == {True, False}
+  # selectivity.json feeds the export of steering directions.
+  ids, labels = selected_features(paths["selectivity"], "emotion")
+  assert ids[3] == 0 and labels[3] == "emotion=sad"
+  assert sel["export"]["emotion"] == {"feature_ids": ids, "labels": labels}
+  out = export.export_directions(params, ids, labels, "lm.layer.0", 0, None,
+                                 os.path.join(root, "exports", "r"))
+  dirs, man = export.load_directions(out)
+  assert dirs.shape == (4, D) and man["labels"] == labels
+
+
+def test_report_has_every_section_and_image(result):
+  root, _, paths, _ = result
+  p = _Collect()
+  p.feed(open(paths["report"]).read())
+  assert p.sections == list(SECTIONS)
+  with_img = {s for s, _ in p.imgs}
+  assert {"training", "density", "selectivity", "probes"} <= with_img
+  for _, src in p.imgs:
+    assert src.startswith("data:image/png;base64,")
+    assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+  assert p.audio and all(os.path.exists(os.path.join(root, "reports", "r", s)) for s in p.audio)
+  assert "audio/000003.wav" in p.audio
+
+
+@pytest.mark.parametrize("override,match", [
+    (dict(label_keys=("genre",)), "no prompt has label 'genre'"),
+    (dict(probe_folds=7), r"too few prompts per label for 7-fold"),
+    (dict(site="lm.layer.5"), r"'lm.layer.5'.*not in .*store sites"),
+    (dict(site="t5.pooled"), r"width d=8 but store site 't5.pooled'.*d=6"),
+    (dict(rate_band=(0.5, 0.1)), "rate_band"),
+])
+def test_bad_input_errors(result, override, match):
+  root = result[0]
+  with pytest.raises(AnalysisError, match=match):
+    analyze(_config(**override), root, log=lambda m: None)
+
+
+def test_missing_run_error(tmp_path):
+  with pytest.raises(AnalysisError, match="no trained run 'r'"):
+    analyze(_config(), str(tmp_path))
