@@ -46,5 +46,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.sae = ml_collections.ConfigDict()
   c.train = ml_collections.ConfigDict()
   c.analysis = ml_collections.ConfigDict()
+  c.analysis.site = None               # None: the run's train.site
+  c.analysis.label_keys = ("emotion",) # prompt label keys for selectivity / probes / cosine
+  c.analysis.probe_sites = ()          # () = every store site except audio.descriptors
+  c.analysis.rate_band = (1e-4, 0.25)  # firing-rate band for feature discovery
+  c.analysis.rank_by = "max"           # max | mean | rate | mean_active
+  c.analysis.max_features = 200
+  c.analysis.top_prompts = 8
+  c.analysis.top_frames = 8
+  c.analysis.top_per_label = 10        # selectivity.json: feature ids per label value
+  c.analysis.probe_folds = 5
+  c.analysis.probe_l2 = 1e-3
+  c.analysis.probe_steps = 100         # L-BFGS iterations
+  c.analysis.probe_shuffles = 3        # shuffled-label controls
+  c.analysis.cosine_permutations = 1000
+  c.analysis.cosine_max_prompts = 2000 # the cosine matrix is prompts x prompts
+  c.analysis.batch_rows = 4096         # rows per jitted encode call
   c.steer = ml_collections.ConfigDict()
   return c
