@@ -2,17 +2,30 @@
 
 Re-running with the same workdir resumes the run (or reports that it is done).
 Override any field: `--config.train.steps=100 --config.sae.architecture=batchtopk`.
+
+Multi-host (docs/MULTIHOST.md): run the same command on every host. `--multihost` joins
+the job with `jax.distributed.initialize` before anything touches devices; who-is-who
+comes from `--coordinator_address/--num_processes/--process_id`, or the environment
+(JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID, torchrun's
+MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE, SLURM, a TPU VM pod slice), which is also
+detected without the flag; `--nomultihost` forces a single-process run. Only process 0
+logs progress and writes metrics, plots and config.json; all processes checkpoint.
 """
 import logging as pylogging
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from musicsae_jax import train
+from musicsae_jax import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workspace root (runs/<run>/ goes here).")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", None, "Join a multi-process job (default: when the environment shows one).")
+_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PID = flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,9 +40,23 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietOrbax())
+  spec = None
+  if _MULTIHOST.value is not False:
+    spec = distributed.detect(coordinator_address=_COORD.value, num_processes=_NPROC.value,
+                              process_id=_PID.value, force=bool(_MULTIHOST.value))
+  if distributed.initialize(spec):          # before anything touches devices
+    import jax
+    logging.info("multi-host (%s): process %d of %d, %d local / %d global devices",
+                 spec.source if spec else "preset", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())
+    if jax.process_index() != 0:            # one voice: process 0 reports progress
+      logging.set_verbosity(logging.WARNING)
+  from musicsae_jax import train
   final = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   logging.info("final metrics: %s", final)
-  print(final)
+  import jax
+  if jax.process_index() == 0:
+    print(final)
 
 
 if __name__ == "__main__":

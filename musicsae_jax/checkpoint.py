@@ -5,6 +5,11 @@ as one flat {name: array} dict so any pytree (nnx State, optax namedtuples) roun
 without Orbax needing to know its node types. Restoring takes an abstract target with
 shardings (`abstract_like`), so a checkpoint written on 8 devices restores onto 1 and
 vice versa: Orbax reads each shard the target asks for.
+
+Multi-host: every process calls save/restore (collectively); each writes the shards it
+owns and process 0 commits the step, so the directory must be shared by all hosts (a
+network filesystem or a gs:// bucket). A run saved by P processes restores on any other
+process/device count because the target shardings, not the saved layout, decide.
 """
 from __future__ import annotations
 
@@ -61,8 +66,10 @@ class Checkpointer:
                  keep_checkpoints_without_metrics=False),
     ])
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy, enable_async_checkpointing=async_save, create=True)
-    self.directory = os.path.abspath(directory)
+        preservation_policy=policy, enable_async_checkpointing=async_save, create=True,
+        cleanup_tmp_directories=True)         # a save cut short by a kill leaves a tmp dir
+    # Local paths must be on a disk every host sees (NFS, Filestore); URLs (gs://) pass as is.
+    self.directory = directory if "://" in directory else os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state",))
 

@@ -5,11 +5,14 @@ A *block source* is anything with `d`, `num_rows`, `num_blocks`, `block_rows(i) 
 site (`musicsae_jax.store`) or an in-memory `ArraySource` (synthetic data), so both share
 one code path. Reads are whole blocks (stored chunks), shuffled in memory.
 
-Determinism: global batch i is a pure function of (seed, i). Epoch e shuffles the block
-order with rng(seed, e); each process takes every P-th block; consecutive `shuffle_blocks`
-blocks form a group whose train rows are permuted with rng(seed, e, group, process); the
-process's batches are consecutive slices of the concatenated groups. A resumed run starts
-at its step and sees exactly the batches an uninterrupted run would.
+Determinism: global batch i is a pure function of (seed, i, S), S = the number of data
+streams (default: the process count). Epoch e shuffles the block order with rng(seed, e);
+stream s takes every S-th block; consecutive `shuffle_blocks` blocks form a group whose
+train rows are permuted with rng(seed, e, group, s); the stream's slices of the batches
+are consecutive slices of the concatenated groups; the global batch is the streams'
+slices in order. Each process computes the streams covering its devices' rows, so with
+S fixed the batches are the same on 1 process or many. A resumed run starts at its step
+and sees exactly the batches an uninterrupted run would.
 
 The evaluation split is held out by prompt (index column 0), never by row, so frames of
 one prompt never sit on both sides. Inputs are scaled so E||x||^2 = d; the scale is
@@ -124,19 +127,45 @@ def load_normalization(path: str) -> dict:
 
 
 class Pipeline:
-  """Deterministic batches for global steps i = start, start+1, ... (see module doc)."""
+  """Deterministic batches for global steps i = start, start+1, ... (see module doc).
+
+  The global batch is the concatenation of `streams` equal slices; stream s reads every
+  S-th block of the epoch's block order and shuffles its own groups, so batch i depends
+  on (seed, i, streams) only, never on how many processes share the work. A process
+  computes just the streams covering the batch rows its devices hold (from the batch
+  sharding): with 'data' split over processes that is a disjoint share of the store's
+  blocks; a process whose devices span the whole 'data' axis computes every stream.
+  `streams` defaults to the process count (one stream per process); a run keeps its
+  value across restarts (train.data_streams in config.json) so it can resume on a
+  different number of processes with the same batches.
+  """
 
   def __init__(self, source, *, batch_size: int, seed: int, eval_prompts, scale: float,
                mesh, shuffle_blocks: int = 8, prefetch: int = 2,
-               process_index: int | None = None, process_count: int | None = None):
+               process_index: int | None = None, process_count: int | None = None,
+               streams: int | None = None):
     self.source, self.seed, self.scale = source, int(seed), np.float32(scale)
     self.mesh, self.shuffle_blocks, self.prefetch = mesh, max(1, shuffle_blocks), prefetch
+    simulated = process_index is not None or process_count is not None
     self.pi = jax.process_index() if process_index is None else process_index
     self.pc = jax.process_count() if process_count is None else process_count
-    if batch_size % self.pc or batch_size % mesh.shape["data"]:
+    self.streams = int(streams or self.pc)
+    if batch_size % self.streams or batch_size % mesh.shape["data"]:
       raise DataError(f"train.batch_size={batch_size} must divide evenly over "
-                      f"{self.pc} processes and the 'data' axis ({mesh.shape['data']})")
-    self.global_batch, self.local_batch = batch_size, batch_size // self.pc
+                      f"{self.streams} data streams (train.data_streams, default: the "
+                      f"process count) and the 'data' axis ({mesh.shape['data']})")
+    self.global_batch = batch_size
+    self.stream_batch = batch_size // self.streams
+    if simulated:                       # tests: pretend to be process pi of pc
+      if batch_size % self.pc:
+        raise DataError(f"train.batch_size={batch_size} must divide over {self.pc} processes")
+      self.row_lo = self.pi * batch_size // self.pc
+      self.row_hi = (self.pi + 1) * batch_size // self.pc
+    else:
+      self.row_lo, self.row_hi = _process_rows(mesh, batch_size, source.d)
+    self.local_batch = self.row_hi - self.row_lo
+    self.my_streams = list(range(self.row_lo // self.stream_batch,
+                                 -(-self.row_hi // self.stream_batch)))
     self.eval_prompts = np.asarray(eval_prompts)
     index = source.read_index()
     train = ~np.isin(index[:, 0], self.eval_prompts)
@@ -145,23 +174,23 @@ class Pipeline:
                       np.int64).reshape(-1, 2)
     self.block_counts = csum[bounds[:, 1]] - csum[bounds[:, 0]]
     self.num_train_rows = int(train.sum())
-    if self.num_train_rows // self.pc < self.local_batch:
+    if self.num_train_rows // self.streams < self.stream_batch:
       raise DataError(f"only {self.num_train_rows} training rows for a batch of "
                       f"{batch_size}; lower train.batch_size or add data")
     self._epoch_batches: list[int] = []       # batches per epoch, computed lazily
     self._cache: dict = {}
 
-  def _groups(self, epoch: int, process: int) -> list[np.ndarray]:
+  def _groups(self, epoch: int, stream: int) -> list[np.ndarray]:
     order = np.random.default_rng([self.seed, epoch]).permutation(self.source.num_blocks)
-    mine = order[process::self.pc]
+    mine = order[stream::self.streams]
     return [mine[i:i + self.shuffle_blocks] for i in range(0, len(mine), self.shuffle_blocks)]
 
   def batches_in_epoch(self, epoch: int) -> int:
     while len(self._epoch_batches) <= epoch:
       e = len(self._epoch_batches)
-      rows = [sum(int(self.block_counts[g].sum()) for g in self._groups(e, p))
-              for p in range(self.pc)]
-      self._epoch_batches.append(max(1, min(rows) // self.local_batch))
+      rows = [sum(int(self.block_counts[g].sum()) for g in self._groups(e, s))
+              for s in range(self.streams)]
+      self._epoch_batches.append(max(1, min(rows) // self.stream_batch))
     return self._epoch_batches[epoch]
 
   def _locate(self, step: int) -> tuple[int, int]:
@@ -171,34 +200,40 @@ class Pipeline:
       epoch += 1
     return epoch, step
 
-  def _group_rows(self, epoch: int, g: int, blocks: np.ndarray) -> np.ndarray:
-    key = (epoch, g)
+  def _group_rows(self, stream: int, epoch: int, g: int, blocks: np.ndarray) -> np.ndarray:
+    key = (stream, epoch, g)
     if key not in self._cache:
       parts = []
       for b in blocks:
         acts, index = self.source.read_block(int(b))
         parts.append(np.asarray(acts[~np.isin(index[:, 0], self.eval_prompts)], np.float32))
       x = np.concatenate(parts) if parts else np.zeros((0, self.source.d), np.float32)
-      perm = np.random.default_rng([self.seed, epoch, g, self.pi, 0x6B]).permutation(len(x))
-      if len(self._cache) >= 2:               # a batch spans at most two groups
+      perm = np.random.default_rng([self.seed, epoch, g, stream, 0x6B]).permutation(len(x))
+      if len(self._cache) >= 2 * len(self.my_streams):   # a batch spans <= 2 groups/stream
         self._cache.pop(next(iter(self._cache)))
       self._cache[key] = x[perm] * self.scale
     return self._cache[key]
 
-  def local_batch_np(self, step: int) -> np.ndarray:
-    """This process's rows of global batch `step`, float32 [local_batch, d], scaled."""
+  def stream_batch_np(self, stream: int, step: int) -> np.ndarray:
+    """Stream `stream`'s slice of global batch `step`, float32 [stream_batch, d]."""
     epoch, j = self._locate(step)
-    lo, hi = j * self.local_batch, (j + 1) * self.local_batch
+    lo, hi = j * self.stream_batch, (j + 1) * self.stream_batch
     out, offset = [], 0
-    for g, blocks in enumerate(self._groups(epoch, self.pi)):
+    for g, blocks in enumerate(self._groups(epoch, stream)):
       n = int(self.block_counts[blocks].sum())
       if offset + n > lo and offset < hi:
-        rows = self._group_rows(epoch, g, blocks)
+        rows = self._group_rows(stream, epoch, g, blocks)
         out.append(rows[max(lo - offset, 0):hi - offset])
       offset += n
       if offset >= hi:
         break
     return np.concatenate(out)
+
+  def local_batch_np(self, step: int) -> np.ndarray:
+    """This process's rows [row_lo, row_hi) of global batch `step`, float32, scaled."""
+    x = np.concatenate([self.stream_batch_np(s, step) for s in self.my_streams])
+    off = self.my_streams[0] * self.stream_batch
+    return x[self.row_lo - off:self.row_hi - off]
 
   def global_batch_at(self, step: int) -> jax.Array:
     local = self.local_batch_np(step)
@@ -235,6 +270,21 @@ class Pipeline:
         yield item
     finally:
       stop.set()
+
+
+def _process_rows(mesh, batch_size: int, d: int) -> tuple[int, int]:
+  """The contiguous rows [lo, hi) of a global batch that this process's devices hold."""
+  idx = mesh_lib.batch_sharding(mesh).addressable_devices_indices_map((batch_size, d))
+  spans = sorted({(sl[0].start or 0, batch_size if sl[0].stop is None else sl[0].stop)
+                  for sl in idx.values()})
+  lo, hi = spans[0][0], spans[-1][1]
+  covered = 0
+  for a, b in spans:
+    if a > lo + covered:
+      raise DataError(f"this process's devices hold non-contiguous batch rows {spans}; "
+                      "order the mesh so each process owns a contiguous 'data' range")
+    covered = max(covered, b - lo)
+  return lo, hi
 
 
 # --- evaluation data --------------------------------------------------------------------

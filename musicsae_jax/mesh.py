@@ -115,16 +115,17 @@ def shard_state(tree: Any, mesh: Mesh, mode: str, m: int) -> Any:
 
 
 def maybe_initialize_distributed(config) -> bool:
-  """Multi-host start-up seam: call `jax.distributed.initialize` when the config asks.
+  """Multi-host start-up seam: join the multi-process job when the config asks.
 
-  `config.train.distributed` (bool) turns it on; optional `coordinator_address`,
-  `num_processes`, `process_id` are passed through (None lets JAX auto-detect on TPU VMs
-  and SLURM). Must run before anything touches devices. Returns whether it initialised.
+  `config.train.distributed` (bool) turns it on; who-is-who comes from the launcher's
+  environment (`musicsae_jax.distributed.detect`: JAX_* / torchrun / SLURM / TPU VM, else
+  JAX's own auto-detection). A no-op when `launch/train.py --multihost` already did it.
+  Must run before anything touches devices. Returns whether this is a multi-process job.
   """
+  from musicsae_jax import distributed
   train = config.get("train", config)
+  if distributed.is_initialized():
+    return True
   if not train.get("distributed", False):
     return False
-  kwargs = {k: train.get(k) for k in ("coordinator_address", "num_processes", "process_id")
-            if train.get(k) is not None}
-  jax.distributed.initialize(**kwargs)
-  return True
+  return distributed.initialize(distributed.detect(force=True))

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from absl import logging
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from musicsae_jax import checkpoint as ckpt_lib
 from musicsae_jax import data as data_lib
@@ -69,7 +70,10 @@ def default_config() -> ml_collections.ConfigDict:
   t.mesh_model = 1
   t.sharding = "data"             # 'data' (replicated params) | 'latent' (m over 'model')
   t.num_devices = 0               # 0: all devices; n: the first n (tests, debugging)
-  t.distributed = False           # call jax.distributed.initialize (multi-host)
+  t.distributed = False           # join a multi-process job (see musicsae_jax.distributed)
+  t.data_streams = 0              # batch = S stream slices; 0: the process count at the
+                                  # run's first start (kept on resume, any process count)
+  t.checkpoint_dir = ""           # '': <run>/checkpoints; or e.g. gs://bucket/run/ckpt
   t.plots = True
   t.stop_after = 0                # >0: stop early at this step (simulates a crash)
   return t
@@ -203,11 +207,19 @@ def _sae_cfg(config) -> dict:
 
 
 def _trim_metrics(path: str, step: int) -> None:
-  """Drop rows logged after `step` by a run that crashed before its next checkpoint."""
+  """Drop rows logged after `step` by a run that crashed before its next checkpoint
+  (and a last line cut short by a kill)."""
   if not os.path.exists(path):
     return
+
+  def keep(line):
+    try:
+      return json.loads(line)["step"] <= step
+    except (ValueError, KeyError):
+      return False
+
   with open(path) as f:
-    rows = [ln for ln in f if ln.strip() and json.loads(ln)["step"] <= step]
+    rows = [ln if ln.endswith("\n") else ln + "\n" for ln in f if ln.strip() and keep(ln)]
   with open(path, "w") as f:
     f.writelines(rows)
 
@@ -231,19 +243,41 @@ def resolve_train_config(train_cfg) -> ml_collections.ConfigDict:
   return t
 
 
+def _previous_streams(run_dir: str) -> int:
+  """The data-stream count a run recorded at its first start (0 when new)."""
+  try:
+    with open(os.path.join(run_dir, "config.json")) as f:
+      return int(json.load(f)["train"].get("data_streams") or 0)
+  except (OSError, ValueError, KeyError):
+    return 0
+
+
+def _from_process_0(scale: float, streams: int) -> tuple[float, int]:
+  """Process 0's values on every process (identical inputs on one process)."""
+  if jax.process_count() == 1:
+    return scale, streams
+  from jax.experimental import multihost_utils
+  raw = np.frombuffer(np.array([scale], np.float64).tobytes(), np.uint8)   # exact f64
+  out = multihost_utils.broadcast_one_to_all({"scale": raw, "streams": np.int32(streams)})
+  return float(np.frombuffer(np.asarray(out["scale"], np.uint8).tobytes(), np.float64)[0]), \
+      int(out["streams"])
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Train (or resume) the run `<workdir>/runs/<config.run>`; returns the final metrics."""
   t = resolve_train_config(config.get("train"))
   run_dir = os.path.abspath(os.path.join(workdir, "runs", config.run))
   os.makedirs(run_dir, exist_ok=True)
   metrics_path = os.path.join(run_dir, "metrics.jsonl")
-  is_main = jax.process_index() == 0
 
   # --- mesh ------------------------------------------------------------------------------
-  mesh_lib.maybe_initialize_distributed(config)
+  mesh_lib.maybe_initialize_distributed(config)     # before anything touches devices
+  is_main = jax.process_index() == 0                # only process 0 writes files
   devices = jax.devices()[: t.num_devices] if t.get("num_devices") else None
   mesh = mesh_lib.make_mesh(t.mesh_data, t.mesh_model, devices=devices)
-  logging.info("mesh %s, sharding=%s", dict(mesh.shape), t.sharding)
+  replicated = NamedSharding(mesh, P())
+  logging.info("mesh %s, sharding=%s, process %d of %d (%d local devices)", dict(mesh.shape),
+               t.sharding, jax.process_index(), jax.process_count(), jax.local_device_count())
 
   # --- input -----------------------------------------------------------------------------
   source, extras = _source(config, t, workdir)
@@ -256,12 +290,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     norm = data_lib.load_normalization(norm_path)
   else:
     norm = data_lib.estimate_scale(sample) if t.normalize else {"scale": 1.0, "d": d}
-    if is_main:
-      data_lib.save_normalization(norm_path, norm)
-  scale = float(norm["scale"])
+  # Process 0's run files decide for everyone (hosts need not share a disk).
+  t.data_streams = int(t.data_streams) or _previous_streams(run_dir) or jax.process_count()
+  scale, t.data_streams = _from_process_0(float(norm["scale"]), t.data_streams)
+  norm["scale"] = scale
+  if is_main and not os.path.exists(norm_path):
+    data_lib.save_normalization(norm_path, norm)
   pipeline = data_lib.Pipeline(
       source, batch_size=t.batch_size, seed=t.data_seed, eval_prompts=eval_prompts,
-      scale=scale, mesh=mesh, shuffle_blocks=t.shuffle_blocks, prefetch=t.prefetch)
+      scale=scale, mesh=mesh, shuffle_blocks=t.shuffle_blocks, prefetch=t.prefetch,
+      streams=t.data_streams)
   x_eval = data_lib.load_eval(source, eval_prompts, t.eval_max_rows, t.data_seed, scale)
   eval_bs = max(mesh.shape["data"], t.eval_batch_size // mesh.shape["data"] * mesh.shape["data"])
   logging.info("data: d=%d, %d train rows, %d eval rows (%d held-out prompts), scale=%.4g",
@@ -294,7 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_step = make_train_step(graphdef, tx, int(t.dead_tokens), dense_thr)
 
   p_train_step = jax.jit(train_step, in_shardings=(state_sh, batch_sh),
-                         out_shardings=(state_sh, None), donate_argnums=(0,))
+                         out_shardings=(state_sh, replicated), donate_argnums=(0,))
 
   def eval_sums(state, x, n_valid):
     """Pooled sums for one padded eval batch: FVU needs them over the whole split."""
@@ -306,7 +344,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "sum_x2": jnp.sum(valid * jnp.sum(x * x, -1)),
             "fired": jnp.sum(fired, 0), "active": jnp.sum(fired)}
 
-  p_eval_sums = jax.jit(eval_sums, in_shardings=(state_sh, batch_sh, None))
+  p_eval_sums = jax.jit(eval_sums, in_shardings=(state_sh, batch_sh, None),
+                        out_shardings=replicated)     # every process can read the sums
 
   def evaluate(state) -> tuple[dict, np.ndarray]:
     tot, n = None, 0
@@ -325,8 +364,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "dense_frac": float(np.mean(density > dense_thr)), "eval_rows": n}, density
 
   # --- checkpoint ------------------------------------------------------------------------
-  ckpt = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), keep_best=t.keep_best,
-                               async_save=t.async_checkpoint)
+  ckpt = ckpt_lib.Checkpointer(t.checkpoint_dir or os.path.join(run_dir, "checkpoints"),
+                               keep_best=t.keep_best, async_save=t.async_checkpoint)
   start = 0
   if ckpt.latest_step() is not None:
     state = ckpt.restore(None, ckpt_lib.abstract_like(state, state_sh))
@@ -392,7 +431,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                           last_eval.items()}}
   if "true_dirs" in extras:
     from musicsae_jax import synthetic
-    w_dec = np.asarray(jax.device_get(state["params"]["W_dec"][...]))
+    w_dec = np.asarray(jax.device_get(                # gathered: may span processes
+        jax.jit(lambda w: w, out_shardings=replicated)(state["params"]["W_dec"][...])))
     rec = synthetic.recovery(w_dec, extras["true_dirs"])
     rec = rec if isinstance(rec, dict) else {"recovery": rec}
     final.update({f"synthetic_{k}": float(v) for k, v in rec.items()})
