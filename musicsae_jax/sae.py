@@ -109,9 +109,11 @@ def sparse_decode(W_dec: jax.Array, vals: jax.Array, idx: jax.Array) -> jax.Arra
     """sum_j vals[b, j] * W_dec[idx[b, j]] without b_dec: O(B·k·d), not O(B·m·d).
 
     The gather's backward is a scatter-add into k rows per token, so the decoder
-    gradient is sparse as well.
+    gradient is sparse as well. Written as multiply + sum (not einsum): XLA fuses the
+    gather into the reduction instead of running B tiny [1,k]x[k,d] matmuls (2x faster
+    on CPU at d=1024, m=16384, B=4096, k=32).
     """
-    return jnp.einsum("bk,bkd->bd", vals, jnp.take(W_dec, idx, axis=0))
+    return jnp.sum(vals[..., None] * jnp.take(W_dec, idx, axis=0), axis=-2)
 
 
 def _sq_err(x: jax.Array, x_hat: jax.Array) -> jax.Array:
@@ -126,14 +128,21 @@ def auxk_loss(pre: jax.Array, residual: jax.Array, W_dec: jax.Array, dead_mask: 
     Gives dead latents a gradient towards what the live ones miss. The squared error is
     divided by the residual's variance (about its batch mean) so the coefficient does not
     depend on how good the main reconstruction already is; 0 if the residual is constant.
+    Skipped (``lax.cond``, still jit-friendly) when no latent is dead, the common case.
+    The aux decode is dense: with k_aux ~ d/2 a gather of [B, k_aux, d] rows and its
+    scatter-add backward cost far more than one matmul.
     """
     residual = jax.lax.stop_gradient(residual)
-    masked = jnp.where(dead_mask[None, :], jax.nn.relu(pre), 0.0)
-    vals, idx = jax.lax.top_k(masked, k_aux)
-    e_hat = sparse_decode(W_dec, vals, idx)
-    num = _sq_err(residual, e_hat)
-    den = _sq_err(residual, residual.mean(0, keepdims=True))
-    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+
+    def compute(_):
+        masked = jnp.where(dead_mask[None, :], jax.nn.relu(pre), 0.0)
+        vals, idx = jax.lax.top_k(masked, k_aux)
+        e_hat = _scatter_rows(vals, idx, pre.shape[-1]) @ W_dec
+        num = _sq_err(residual, e_hat)
+        den = _sq_err(residual, residual.mean(0, keepdims=True))
+        return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0).astype(pre.dtype)
+
+    return jax.lax.cond(jnp.any(dead_mask), compute, lambda _: jnp.zeros((), pre.dtype), None)
 
 
 def _scatter_rows(vals: jax.Array, idx: jax.Array, m: int) -> jax.Array:
