@@ -143,6 +143,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print) -> dict:
   audio_src = os.path.join(ds_path, "audio")
   out_dir = os.path.join(workdir, "reports", a["run"])
   os.makedirs(out_dir, exist_ok=True)
+  corpus = lab.Counter(w for p in prompts for w in lab.words(p.get("text", "")))
   for key, (values, y) in label_info.items():
     yk = np.where(has_rows, y, -1)
     sel = lab.selectivity(pm, yk, values)
@@ -153,7 +154,6 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print) -> dict:
       for f in tops[v]:
         order = np.argsort(-pm[:, f], kind="stable")[: int(a["top_prompts"])]
         texts = [prompts[p]["text"] for p in order]
-        corpus = lab.Counter(w for p in prompts for w in lab.words(p.get("text", "")))
         feats.append({"id": f, "auroc": float(sel["auroc"][k, f]),
                       "selectivity": float(sel["selectivity"][k, f]),
                       "mean_in": float(sel["mean_in"][k, f]), "mean_out": float(sel["mean_out"][k, f]),
