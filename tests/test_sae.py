@@ -336,3 +336,29 @@ def test_toy_recovery(arch):
     x_hat, z = model(jnp.asarray(x[:2048]))
     # sparse at inference too (true L0 is 3; ReLU+L1 keeps some small shrunk activations)
     assert float(jnp.mean(jnp.sum(z > 0, axis=1))) < (12 if arch == "relu" else 6)
+
+
+def test_sparse_decode_gradients_match_dense_and_aux_skip():
+    """The sparse (gather) decode used in topk/batchtopk training has the same gradients
+    as the dense z @ W_dec decode; an all-False dead mask gives exactly zero AuxK."""
+    model, x = _model("topk"), jnp.asarray(_x())
+    g, params, rest = nnx.split(model, nnx.Param, ...)
+    dead = jnp.asarray(DEAD)
+
+    def sparse(q):
+        return nnx.merge(g, q, rest).loss(x, dead)[0]
+
+    def dense(q):
+        mdl = nnx.merge(g, q, rest)
+        pre = mdl.pre_acts(x)
+        vals, idx = mdl.select(pre)
+        x_hat = mdl.decode(sae._scatter_rows(vals, idx, M))
+        return sae._sq_err(x, x_hat) + mdl.aux_coeff * sae.auxk_loss(
+            pre, x - x_hat, q["W_dec"][...], dead, mdl.k_aux)
+
+    gs, gd = jax.grad(sparse)(params), jax.grad(dense)(params)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        np.testing.assert_allclose(gs[name][...], gd[name][...], rtol=1e-5, atol=1e-6)
+    assert float(jnp.abs(gs["W_dec"][...]).sum()) > 0
+    _, met = model.loss(x, dead_mask=jnp.zeros(M, bool))
+    assert float(met["aux_loss"]) == 0.0
