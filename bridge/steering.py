@@ -293,6 +293,9 @@ def run_steering(config, workdir: str) -> dict:
   if layer is None:
     raise ValueError(f"{exp_dir}/directions.json: site {man['site']!r} is not an LM layer")
   texts = list(sc["prompts"] or [p["text"] for p in prompts_lib.emotion_prompts(1)][: sc["num_prompts"]])
+  threads = int(config.get("extract", {}).get("torch_threads", 0))
+  if threads:
+    torch.set_num_threads(threads)
   model = extract.build_model(config.model)
   model.set_generation_params(duration=float(sc["duration"]), use_sampling=True,
                               top_k=int(config.get("extract", {}).get("top_k", 50)))

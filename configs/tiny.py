@@ -93,4 +93,13 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- steer (bridge.steering) --------------------------------------------------------
   c.steer = ml_collections.ConfigDict()
+  c.steer.num_prompts = 4              # first N built-in emotion prompts (or c.steer.prompts)
+  c.steer.prompts = ()                 # explicit prompt texts; empty = built-in
+  c.steer.strengths = (0.0, 4.0, 8.0)  # alpha; x the site's mean norm when relative
+  c.steer.relative = True
+  c.steer.half = "cond"                # cond | uncond | both halves of the CFG batch
+  c.steer.duration = 2.0
+  c.steer.seed = 0
+  c.steer.control = True               # a matched-norm random direction per strength
+  c.steer.save_audio = True
   return c
