@@ -1,0 +1,44 @@
+"""The README's main job, end to end at CI size: extract -> train -> analyze -> export -> steer."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = [
+    "--config.extract.per_label=5", "--config.extract.duration=1.0",
+    "--config.extract.sites=('lm.layer.3','t5.pooled','audio.descriptors')",
+    "--config.train.steps=60", "--config.train.eval_every=30", "--config.train.log_every=30",
+    "--config.train.checkpoint_every=30", "--config.train.batch_size=128",
+    "--config.analysis.probe_folds=2", "--config.analysis.probe_steps=20",
+    "--config.analysis.cosine_permutations=50", "--config.analysis.max_features=5",
+    "--config.steer.num_prompts=1", "--config.steer.strengths=(0.0,8.0)",
+    "--config.steer.duration=1.0",
+]
+
+
+def test_demo_end_to_end(tmp_path):
+  env = dict(os.environ)
+  env.pop("JAX_NUM_CPU_DEVICES", None)        # the demo runs as a user would: one CPU device
+  r = subprocess.run([sys.executable, "-m", "launch.demo", f"--workdir={tmp_path}", *TINY],
+                     cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+  assert "Demo finished" in r.stdout and "report.html" in r.stdout
+  ds = json.load(open(tmp_path / "activations" / "emotions-tiny" / "manifest.json"))
+  assert ds["num_prompts"] == 20
+  final = json.load(open(tmp_path / "runs" / "tiny" / "final_metrics.json"))
+  assert final["step"] == 60 and 0 < final["eval_fvu"] < 1
+  sel = json.load(open(tmp_path / "reports" / "tiny" / "selectivity.json"))
+  assert set(sel["labels"]["emotion"]["top_features"]) == {"happy", "sad", "calm", "energetic"}
+  exported = json.load(open(tmp_path / "exports" / "tiny" / "directions.json"))
+  assert sorted(exported["labels"]) == ["emotion=calm", "emotion=energetic", "emotion=happy",
+                                        "emotion=sad"]
+  steer = json.load(open(tmp_path / "reports" / "tiny" / "steer.json"))
+  for f in steer["features"]:
+    zero = [s for s in f["steered"] if s["alpha"] == 0.0][0]
+    assert all(v == 0 for v in zero["delta"].values())          # alpha = 0 changes nothing
+    strong = [s for s in f["steered"] if s["alpha"] == 8.0][0]
+    assert strong["delta"]["feature_act"] > 0                   # steering moves its feature
+  html = open(tmp_path / "reports" / "tiny" / "report.html").read()
+  assert html.count("data:image/png;base64,") >= 3
