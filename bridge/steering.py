@@ -350,5 +350,36 @@ def run_steering(config, workdir: str) -> dict:
   path = os.path.join(out_dir, "steer.json")
   with open(path, "w") as f:
     json.dump(results, f, indent=2)
+  results["plot"] = plot_steering(results, os.path.join(out_dir, "steer.png"))
   results["path"] = path
   return results
+
+
+STEER_MEASURES = ("feature_act", "tempo_bpm", "loudness_db", "brightness_hz", "major_frac")
+
+
+def plot_steering(results: dict, path: str) -> str:
+  """Change of each measure vs strength, steered direction (solid) vs random control (dashed)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  measures = [m for m in STEER_MEASURES
+              if any(m in s["delta"] for f in results["features"] for s in f["steered"])]
+  fig, axes = plt.subplots(1, len(measures), figsize=(3.6 * len(measures), 3.2), squeeze=False)
+  for ax, m in zip(axes[0], measures):
+    for i, f in enumerate(results["features"]):
+      color = f"C{i % 10}"
+      for kind, style in (("steered", "-o"), ("control", "--x")):
+        pts = [(s["alpha"], s["delta"][m]) for s in f[kind] if m in s["delta"]]
+        if pts:
+          a, v = zip(*pts)
+          ax.plot(a, v, style, color=color, ms=4,
+                  label=f"{f['feature']} {f['label'] or ''}" if kind == "steered" else None)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_title(f"Δ {m}")
+    ax.set_xlabel("alpha" + (" (x mean norm)" if results.get("relative") else ""))
+  axes[0][0].legend(fontsize=7, title="solid: steered, dashed: control", title_fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path

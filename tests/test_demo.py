@@ -42,3 +42,4 @@ def test_demo_end_to_end(tmp_path):
     assert strong["delta"]["feature_act"] > 0                   # steering moves its feature
   html = open(tmp_path / "reports" / "tiny" / "report.html").read()
   assert html.count("data:image/png;base64,") >= 3
+  assert (tmp_path / "reports" / "tiny" / "steer.png").exists()
