@@ -116,13 +116,47 @@ def sparse_decode(W_dec: jax.Array, vals: jax.Array, idx: jax.Array) -> jax.Arra
     return jnp.sum(vals[..., None] * jnp.take(W_dec, idx, axis=0), axis=-2)
 
 
+@jax.custom_vjp
+def sparse_pre_acts(x: jax.Array, b_dec: jax.Array, W_enc: jax.Array, b_enc: jax.Array,
+                    pre: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
+    """pre[rows, cols] for pre = (x - b_dec) @ W_enc + b_enc, with a sparse backward.
+
+    ``pre`` is the already computed (stop-gradient) dense pre-activation used to pick
+    the latents; its value is read, never differentiated. The backward only touches the
+    n = len(rows) selected (token, latent) pairs: dW_enc gets n rank-1 column updates
+    (one scatter-add, O(n·d)), db_enc a segment sum, and db_dec = -W_enc @ db_enc (a
+    matvec) instead of the dense O(B·d·m) matmuls of differentiating a dense encoder.
+    """
+    return pre[rows, cols]
+
+
+def _sparse_pre_fwd(x, b_dec, W_enc, b_enc, pre, rows, cols):
+    return pre[rows, cols], (x, b_dec, W_enc, rows, cols)
+
+
+def _sparse_pre_bwd(res, g):
+    x, b_dec, W_enc, rows, cols = res
+    m = W_enc.shape[-1]
+    g_b_enc = jnp.zeros((m,), g.dtype).at[cols].add(g)
+    upd = g[:, None] * (x - b_dec)[rows]                        # [n, d]
+    g_W_enc = jnp.zeros((m, x.shape[-1]), g.dtype).at[cols].add(upd).T
+    g_b_dec = -(W_enc @ g_b_enc)
+    # only used if x itself is differentiated (never in training): DCE'd otherwise
+    g_x = jnp.zeros(x.shape, g.dtype).at[rows].add(g[:, None] * W_enc.T[cols])
+    return (g_x, g_b_dec.astype(b_dec.dtype), g_W_enc.astype(W_enc.dtype),
+            g_b_enc.astype(W_enc.dtype), None, None, None)
+
+
+sparse_pre_acts.defvjp(_sparse_pre_fwd, _sparse_pre_bwd)
+
+
 def _sq_err(x: jax.Array, x_hat: jax.Array) -> jax.Array:
     """Per-token squared error summed over d, averaged over the batch."""
     return jnp.mean(jnp.sum((x - x_hat) ** 2, axis=-1))
 
 
 def auxk_loss(pre: jax.Array, residual: jax.Array, W_dec: jax.Array, dead_mask: jax.Array,
-              k_aux: int) -> jax.Array:
+              k_aux: int, pre_fn=None) -> jax.Array:
     """AuxK (Gao et al. 2024): the top-k_aux *dead* latents reconstruct the residual.
 
     Gives dead latents a gradient towards what the live ones miss. The squared error is
@@ -131,13 +165,18 @@ def auxk_loss(pre: jax.Array, residual: jax.Array, W_dec: jax.Array, dead_mask: 
     Skipped (``lax.cond``, still jit-friendly) when no latent is dead, the common case.
     The aux decode is dense: with k_aux ~ d/2 a gather of [B, k_aux, d] rows and its
     scatter-add backward cost far more than one matmul.
+
+    ``pre_fn`` (optional) recomputes the differentiable dense pre-activation inside the
+    taken branch, for callers whose ``pre`` is stop-gradient (the sparse TopK paths):
+    then the dense encoder backward is only paid when some latent is dead.
     """
     residual = jax.lax.stop_gradient(residual)
 
     def compute(_):
-        masked = jnp.where(dead_mask[None, :], jax.nn.relu(pre), 0.0)
+        pre_ = pre_fn() if pre_fn is not None else pre
+        masked = jnp.where(dead_mask[None, :], jax.nn.relu(pre_), 0.0)
         vals, idx = jax.lax.top_k(masked, k_aux)
-        e_hat = _scatter_rows(vals, idx, pre.shape[-1]) @ W_dec
+        e_hat = _scatter_rows(vals, idx, pre_.shape[-1]) @ W_dec
         num = _sq_err(residual, e_hat)
         den = _sq_err(residual, residual.mean(0, keepdims=True))
         return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0).astype(pre.dtype)
@@ -284,19 +323,32 @@ class TopKSAE(SAE):
         vals, idx = self.select(self.pre_acts(x))
         return _scatter_rows(vals, idx, self.m)
 
-    def _aux(self, pre, residual, dead_mask):
+    def _aux(self, pre, residual, dead_mask, x=None):
+        """AuxK; with ``x`` the differentiable pre is recomputed only if a latent is dead."""
         if dead_mask is None:
             return jnp.zeros(())
+        pre_fn = None if x is None else (lambda: self.pre_acts(x))
         return auxk_loss(pre, residual, self.W_dec[...], jnp.asarray(dead_mask, bool),
-                         self.k_aux)
+                         self.k_aux, pre_fn=pre_fn)
+
+    def _sparse_pre(self, x, pre_sg, rows, cols):
+        """Differentiable pre[rows, cols] (flat) with the sparse encoder backward."""
+        return sparse_pre_acts(x, self.b_dec[...], self.W_enc[...], self.b_enc[...], pre_sg,
+                               rows, cols)
 
     def loss(self, x, dead_mask=None, train: bool = True):
-        """MSE + aux_coeff * AuxK, decoding sparsely from the k selected rows."""
-        pre = self.pre_acts(x)
-        vals, idx = self.select(pre)
+        """MSE + aux_coeff * AuxK. Only the encoder forward is dense: the k latents are
+        picked on a stop-gradient pre, their values get a sparse encoder backward
+        (:func:`sparse_pre_acts`) and the decode is a k-row gather (:func:`sparse_decode`)."""
+        pre = jax.lax.stop_gradient(self.pre_acts(x))
+        b = x.shape[0]
+        _, idx = jax.lax.top_k(pre, self.k)
+        rows = jnp.broadcast_to(jnp.arange(b)[:, None], idx.shape)
+        vals = jax.nn.relu(self._sparse_pre(x, pre, rows.reshape(-1), idx.reshape(-1))
+                           ).reshape(idx.shape)
         x_hat = sparse_decode(self.W_dec[...], vals, idx) + self.b_dec[...]
         mse = _sq_err(x, x_hat)
-        aux = self._aux(pre, x - x_hat, dead_mask)
+        aux = self._aux(pre, x - x_hat, dead_mask, x)
         loss = mse + self.aux_coeff * aux
         z = _scatter_rows(vals, idx, self.m)
         return loss, self._metrics(loss, x, x_hat, z, mse, aux, jnp.zeros(()))
@@ -323,6 +375,24 @@ class BatchTopKSAE(TopKSAE):
         vals, flat = jax.lax.top_k(jax.nn.relu(pre).reshape(-1), b * self.k)
         return vals, flat // self.m, flat % self.m
 
+    def select_batch_fast(self, pre: jax.Array, per_row: int | None = None):
+        """Same selection as :meth:`select_batch` (ties aside), computed from each row's
+        top ``per_row`` (default 4k) candidates: top-k over [B, m] with a small k and one
+        top-B·k over B·per_row values is much cheaper than a top-B·k over all B·m. Exact:
+        when some row's last candidate reaches the batch threshold (that row might hold
+        more winners), ``lax.cond`` falls back to :meth:`select_batch`.
+        """
+        b, n = pre.shape[0], pre.shape[0] * self.k
+        kr = min(self.m, per_row or 4 * self.k)
+        if kr == self.m:
+            return self.select_batch(pre)
+        a = jax.nn.relu(pre)
+        cv, ci = jax.lax.top_k(a, kr)                                  # [B, kr]
+        vals, pos = jax.lax.top_k(cv.reshape(-1), n)
+        fast = (vals, pos // kr, ci.reshape(-1)[pos])
+        ok = jnp.all(cv[:, -1] < vals[-1])
+        return jax.lax.cond(ok, lambda: fast, lambda: self.select_batch(pre))
+
     def encode(self, x):
         pre = self.pre_acts(x)
         return pre * (pre > self.threshold[...])
@@ -330,22 +400,29 @@ class BatchTopKSAE(TopKSAE):
     def _dense_z(self, vals, rows, cols, b):
         return jnp.zeros((b, self.m), vals.dtype).at[rows, cols].set(vals)
 
+    def _train_select(self, x, pre_sg):
+        """Batch top-B·k on the stop-gradient pre; values with the sparse backward."""
+        _, rows, cols = self.select_batch(pre_sg)
+        return jax.nn.relu(self._sparse_pre(x, pre_sg, rows, cols)), rows, cols
+
     def _train_recon(self, x, pre):
-        vals, rows, cols = self.select_batch(pre)
+        vals, rows, cols = self._train_select(x, pre)
         contrib = vals[:, None] * jnp.take(self.W_dec[...], cols, axis=0)
         x_hat = jax.ops.segment_sum(contrib, rows, num_segments=x.shape[0]) + self.b_dec[...]
         return x_hat, self._dense_z(vals, rows, cols, x.shape[0])
 
     def loss(self, x, dead_mask=None, train: bool = True):
-        """Train: batch top-B·k with sparse decode. Eval: threshold encode, dense decode."""
+        """Train: batch top-B·k with sparse encoder backward and sparse decode.
+        Eval: threshold encode, dense decode."""
         pre = self.pre_acts(x)
         if train:
+            pre = jax.lax.stop_gradient(pre)
             x_hat, z = self._train_recon(x, pre)
         else:
             z = pre * (pre > self.threshold[...])
             x_hat = self.decode(z)
         mse = _sq_err(x, x_hat)
-        aux = self._aux(pre, x - x_hat, dead_mask)
+        aux = self._aux(pre, x - x_hat, dead_mask, x if train else None)
         loss = mse + self.aux_coeff * aux
         return loss, self._metrics(loss, x, x_hat, z, mse, aux, jnp.zeros(()))
 
@@ -382,7 +459,7 @@ class MatryoshkaSAE(BatchTopKSAE):
         b, g = x.shape[0], len(self.prefixes)
         W = self.W_dec[...]
         if train:
-            vals, rows, cols = self.select_batch(pre)
+            vals, rows, cols = self._train_select(x, pre)
             contrib = vals[:, None] * jnp.take(W, cols, axis=0)
             parts = jax.ops.segment_sum(contrib, rows * g + self._groups(cols),
                                         num_segments=b * g).reshape(b, g, -1)
@@ -395,10 +472,12 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     def loss(self, x, dead_mask=None, train: bool = True):
         pre = self.pre_acts(x)
+        if train:
+            pre = jax.lax.stop_gradient(pre)
         recons, z = self._prefix_recons(x, pre, train)
         prefix_mse = jnp.mean(jnp.sum((x[:, None, :] - recons) ** 2, axis=-1), axis=0)
         x_hat = recons[:, -1]
-        aux = self._aux(pre, x - x_hat, dead_mask)
+        aux = self._aux(pre, x - x_hat, dead_mask, x if train else None)
         loss = jnp.mean(prefix_mse) + self.aux_coeff * aux
         metrics = self._metrics(loss, x, x_hat, z, prefix_mse[-1], aux, jnp.zeros(()))
         metrics.update({f"mse_prefix_{p}": prefix_mse[i] for i, p in enumerate(self.prefixes)})
