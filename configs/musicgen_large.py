@@ -2,7 +2,7 @@
 
 Needs the weights: cached by a previous download, or a local directory holding
 state_dict.bin + compression_state_dict.bin (set --config.model.name=/path/to/dir).
-Fill the sae/train/analysis/steer blocks (or use configs/sae_musicgen_*.py) for training.
+Every stage reads this one file: launch.extract, train, analyze, export, steer, demo.
 """
 import ml_collections
 
@@ -43,8 +43,35 @@ def get_config() -> ml_collections.ConfigDict:
   c.extract.flush_seconds = 60.0
   c.extract.torch_threads = 0
 
-  c.sae = ml_collections.ConfigDict()
+  c.sae = ml_collections.ConfigDict()     # one middle layer, 16x expansion
+  c.sae.architecture = "batchtopk"
+  c.sae.d = 2048                        # checked against the store site's width
+  c.sae.m = None
+  c.sae.expansion = 16                 # m = 32768
+  c.sae.k = 32
+  c.sae.aux_coeff = 1 / 32
+  c.sae.k_aux = 1024
+
+  # Only what differs from musicsae_jax.train.default_config() (not imported: no JAX here).
   c.train = ml_collections.ConfigDict()
+  c.train.source = "store"
+  c.train.dataset = c.get_ref("dataset")
+  c.train.site = "lm.layer.24"
+  c.train.steps = 30_000
+  c.train.batch_size = 4096
+  c.train.lr = None                    # 2e-4 / sqrt(m / 2^14)
+  c.train.warmup_steps = 1000
+  c.train.decay = "linear"
+  c.train.final_lr_frac = 0.0
+  c.train.eval_fraction = 0.05
+  c.train.eval_every = 2000
+  c.train.log_every = 100
+  c.train.checkpoint_every = 2000
+  c.train.dead_tokens = 10_000_000
+  c.train.shuffle_blocks = 32
+  c.train.prefetch = 4
+  # Wide dictionaries on a pod: --config.train.mesh_model=N --config.train.sharding=latent;
+  # multi-host: --config.train.distributed=True on every host.
   c.analysis = ml_collections.ConfigDict()
   c.analysis.site = None               # None: the run's train.site
   c.analysis.label_keys = ("emotion",) # prompt label keys for selectivity / probes / cosine
@@ -63,4 +90,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.analysis.cosine_max_prompts = 2000 # the cosine matrix is prompts x prompts
   c.analysis.batch_rows = 4096         # rows per jitted encode call
   c.steer = ml_collections.ConfigDict()
+  c.steer.num_prompts = 8
+  c.steer.prompts = ()
+  c.steer.strengths = (0.0, 2.0, 4.0, 8.0)   # x the site's mean norm
+  c.steer.relative = True
+  c.steer.half = "cond"
+  c.steer.duration = 10.0
+  c.steer.seed = 0
+  c.steer.control = True
+  c.steer.save_audio = True
   return c

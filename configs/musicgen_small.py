@@ -2,7 +2,7 @@
 
 Needs the weights: cached by a previous download, or a local directory holding
 state_dict.bin + compression_state_dict.bin (set --config.model.name=/path/to/dir).
-Fill the sae/train/analysis/steer blocks (or use configs/sae_musicgen_*.py) for training.
+Every stage reads this one file: launch.extract, train, analyze, export, steer, demo.
 """
 import ml_collections
 
@@ -90,4 +90,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.analysis.cosine_max_prompts = 2000 # the cosine matrix is prompts x prompts
   c.analysis.batch_rows = 4096         # rows per jitted encode call
   c.steer = ml_collections.ConfigDict()
+  c.steer.num_prompts = 8
+  c.steer.prompts = ()
+  c.steer.strengths = (0.0, 2.0, 4.0, 8.0)   # x the site's mean norm
+  c.steer.relative = True
+  c.steer.half = "cond"
+  c.steer.duration = 10.0
+  c.steer.seed = 0
+  c.steer.control = True
+  c.steer.save_audio = True
   return c
