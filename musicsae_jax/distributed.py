@@ -8,8 +8,9 @@ three numbers (and calls initialize once, before anything touches devices).
 Precedence, first match wins:
   1. explicit values (flags `--coordinator_address/--num_processes/--process_id`);
   2. `JAX_COORDINATOR_ADDRESS` + `JAX_NUM_PROCESSES` + `JAX_PROCESS_ID` (our own names);
-  3. torchrun-style `MASTER_ADDR` + `MASTER_PORT` + `RANK` + `WORLD_SIZE`
-     (`LOCAL_RANK` pins one GPU per process when `LOCAL_WORLD_SIZE` > 1);
+  3. torchrun-style `MASTER_ADDR` + `RANK` + `WORLD_SIZE`; the coordinator listens on
+     `JAX_COORDINATOR_PORT`, else `MASTER_PORT + 1` (torchrun's agent owns MASTER_PORT);
+     `LOCAL_RANK` pins one GPU per process when `LOCAL_WORLD_SIZE` > 1;
   4. SLURM (`SLURM_PROCID`, `SLURM_NTASKS` > 1): JAX's own SLURM detection derives the
      coordinator from the node list and the local GPUs from `SLURM_LOCALID`;
   5. a Cloud TPU VM pod slice (`TPU_WORKER_HOSTNAMES` with more than one host, or
@@ -82,7 +83,10 @@ def detect(env: Mapping[str, str] | None = None, *, coordinator_address: str | N
   if "RANK" in env and "WORLD_SIZE" in env and "MASTER_ADDR" in env:
     n = _int(env, "WORLD_SIZE")
     if n > 1 or force:
-      port = env.get("MASTER_PORT", "29500")
+      # torchrun's agent already listens on MASTER_PORT (its rendezvous store): the JAX
+      # coordinator takes JAX_COORDINATOR_PORT, else the next port.
+      port = env.get("JAX_COORDINATOR_PORT") or str(_int(env, "MASTER_PORT") + 1
+                                                    if "MASTER_PORT" in env else 29501)
       local = None
       if "LOCAL_RANK" in env and int(env.get("LOCAL_WORLD_SIZE", "1")) > 1:
         local = (_int(env, "LOCAL_RANK"),)          # one process per GPU

@@ -60,7 +60,8 @@ def _start(workdir, overrides, n=2, devices=4):
   procs = []
   for rank in range(n):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices),
-           "MASTER_ADDR": "localhost", "MASTER_PORT": str(port), "RANK": str(rank),
+           "MASTER_ADDR": "localhost", "MASTER_PORT": "1", "JAX_COORDINATOR_PORT": str(port),
+           "RANK": str(rank),
            "WORLD_SIZE": str(n)}
     log = open(os.path.join(workdir, f"proc{rank}.log"), "w")
     procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=log,
@@ -177,8 +178,11 @@ def test_detect_from_environment():
   assert d({"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "h"}) is None     # single
   s = d({"RANK": "3", "WORLD_SIZE": "4", "MASTER_ADDR": "h0", "MASTER_PORT": "1234",
          "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
-  assert s.kwargs() == {"coordinator_address": "h0:1234", "num_processes": 4,
+  assert s.kwargs() == {"coordinator_address": "h0:1235", "num_processes": 4,   # port+1
                         "process_id": 3, "local_device_ids": [1]}
+  s = d({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "h0", "MASTER_PORT": "1234",
+         "JAX_COORDINATOR_PORT": "777"})
+  assert s.coordinator_address == "h0:777"
   s = d({"JAX_COORDINATOR_ADDRESS": "c:9", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1",
          "RANK": "0", "WORLD_SIZE": "8", "MASTER_ADDR": "x"})
   assert (s.source, s.coordinator_address, s.process_id) == ("jax-env", "c:9", 1)
