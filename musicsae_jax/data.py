@@ -20,6 +20,7 @@ estimated on train rows, saved with the run (normalization.json) and applied her
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import queue
@@ -143,7 +144,8 @@ class Pipeline:
   def __init__(self, source, *, batch_size: int, seed: int, eval_prompts, scale: float,
                mesh, shuffle_blocks: int = 8, prefetch: int = 2,
                process_index: int | None = None, process_count: int | None = None,
-               streams: int | None = None):
+               streams: int | None = None, read_threads: int = 1):
+    """`read_threads` > 1 reads the blocks of a shuffle group in parallel."""
     self.source, self.seed, self.scale = source, int(seed), np.float32(scale)
     self.mesh, self.shuffle_blocks, self.prefetch = mesh, max(1, shuffle_blocks), prefetch
     simulated = process_index is not None or process_count is not None
@@ -179,6 +181,12 @@ class Pipeline:
                       f"{batch_size}; lower train.batch_size or add data")
     self._epoch_batches: list[int] = []       # batches per epoch, computed lazily
     self._cache: dict = {}
+    self._pool = (concurrent.futures.ThreadPoolExecutor(read_threads, "musicsae-read")
+                  if read_threads > 1 else None)
+
+  def _read_train_rows(self, b) -> np.ndarray:
+    acts, index = self.source.read_block(int(b))
+    return np.asarray(acts[~np.isin(index[:, 0], self.eval_prompts)], np.float32)
 
   def _groups(self, epoch: int, stream: int) -> list[np.ndarray]:
     order = np.random.default_rng([self.seed, epoch]).permutation(self.source.num_blocks)
@@ -203,15 +211,17 @@ class Pipeline:
   def _group_rows(self, stream: int, epoch: int, g: int, blocks: np.ndarray) -> np.ndarray:
     key = (stream, epoch, g)
     if key not in self._cache:
-      parts = []
-      for b in blocks:
-        acts, index = self.source.read_block(int(b))
-        parts.append(np.asarray(acts[~np.isin(index[:, 0], self.eval_prompts)], np.float32))
+      # Blocks of a group are read in parallel (TensorStore decodes outside the GIL);
+      # concatenated in block order, so the result does not depend on the thread count.
+      reader = self._pool.map if self._pool else map
+      parts = list(reader(self._read_train_rows, blocks))
       x = np.concatenate(parts) if parts else np.zeros((0, self.source.d), np.float32)
       perm = np.random.default_rng([self.seed, epoch, g, stream, 0x6B]).permutation(len(x))
       if len(self._cache) >= 2 * len(self.my_streams):   # a batch spans <= 2 groups/stream
         self._cache.pop(next(iter(self._cache)))
-      self._cache[key] = x[perm] * self.scale
+      x = x[perm]
+      x *= self.scale                         # in place: one copy, not two
+      self._cache[key] = x
     return self._cache[key]
 
   def stream_batch_np(self, stream: int, step: int) -> np.ndarray:

@@ -56,6 +56,8 @@ def default_config() -> ml_collections.ConfigDict:
   t.b_dec_init = "mean"           # 'mean' | 'median' | '' (zeros)
   t.shuffle_blocks = 8            # blocks shuffled together in memory
   t.prefetch = 2                  # batches prepared ahead by the background thread
+  t.read_threads = 0              # parallel block reads per process; 0: cpu_count // 2
+                                  # (1..8; 1 on a 2-core box, 8 on a TPU/GPU host)
   t.eval_fraction = 0.1           # of prompts held out for evaluation
   t.eval_max_rows = 65_536
   t.eval_batch_size = 4096
@@ -299,7 +301,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   pipeline = data_lib.Pipeline(
       source, batch_size=t.batch_size, seed=t.data_seed, eval_prompts=eval_prompts,
       scale=scale, mesh=mesh, shuffle_blocks=t.shuffle_blocks, prefetch=t.prefetch,
-      streams=t.data_streams)
+      streams=t.data_streams,
+      read_threads=t.read_threads or min(8, max(1, (os.cpu_count() or 1) // 2)))
   x_eval = data_lib.load_eval(source, eval_prompts, t.eval_max_rows, t.data_seed, scale)
   eval_bs = max(mesh.shape["data"], t.eval_batch_size // mesh.shape["data"] * mesh.shape["data"])
   logging.info("data: d=%d, %d train rows, %d eval rows (%d held-out prompts), scale=%.4g",

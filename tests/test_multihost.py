@@ -209,3 +209,27 @@ def test_worker_from_environment():
   assert w({"TPU_WORKER_ID": "3", "TPU_WORKER_HOSTNAMES": "a,b,c,d"}) == (3, 4)
   with pytest.raises(distributed.DistributedError, match="not in"):
     w({"RANK": "4", "WORLD_SIZE": "4"})
+
+
+def test_global_batch_does_not_depend_on_process_count_or_threads():
+  """With data_streams fixed, each simulated process's rows are its slice of the batch
+  one process computes alone, whatever the reader thread count."""
+  from musicsae_jax import data as data_lib, mesh as mesh_lib
+  rng = np.random.default_rng(0)
+  acts = rng.normal(size=(4000, 8)).astype(np.float32)
+  acts[:, 0] = np.arange(4000)
+  index = np.stack([np.arange(4000) // 37, np.arange(4000) % 37], 1)
+  src = data_lib.ArraySource(acts, index, 256)
+  mesh = mesh_lib.make_mesh()
+  kw = dict(batch_size=64, seed=3, eval_prompts=[], scale=1.0, shuffle_blocks=3, mesh=mesh,
+            streams=4)
+  one = data_lib.Pipeline(src, **kw)
+  assert (one.row_lo, one.row_hi, one.my_streams) == (0, 64, [0, 1, 2, 3])
+  two = [data_lib.Pipeline(src, process_index=p, process_count=2, read_threads=3, **kw)
+         for p in range(2)]
+  assert [t.my_streams for t in two] == [[0, 1], [2, 3]]
+  for step in (0, 5, one.batches_in_epoch(0) + 1):
+    np.testing.assert_array_equal(
+        np.concatenate([t.local_batch_np(step) for t in two]), one.local_batch_np(step))
+  with pytest.raises(data_lib.DataError, match="data streams"):
+    data_lib.Pipeline(src, **{**kw, "streams": 3})
