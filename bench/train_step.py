@@ -7,7 +7,8 @@ PyTorch step of the same architecture on the same CPU, and the measured f32 matm
 Prints one JSON object per architecture. Effective GFLOP/s uses the dense convention of
 10·B·d·m FLOPs per step (forward 4, backward 6), so sparse implementations can exceed
 the matmul peak. The torch step is the straightforward one (dense latents, dense decode,
-Adam, clipping, parallel-gradient removal, decoder renormalisation, AuxK).
+Adam, clipping, parallel-gradient removal, decoder renormalisation, AuxK when a latent is
+dead: like the JAX step it skips AuxK when none is, as throughout this benchmark).
 """
 import argparse
 import json
@@ -101,13 +102,14 @@ class TorchSAE(torch.nn.Module):
       v, i = torch.relu(pre).flatten().topk(x.shape[0] * self.k)
       z = torch.zeros_like(pre).flatten().scatter(0, i, v).view_as(pre)
     if a == "matryoshka":
-      mses = [((x - (z[:, :p] @ self.W_dec[:p] + self.b_dec)) ** 2).sum(-1).mean()
-              for p in self.prefixes]
-      x_hat = z @ self.W_dec + self.b_dec
-      main = torch.stack(mses).mean()
+      recons = [z[:, :p] @ self.W_dec[:p] + self.b_dec for p in self.prefixes]
+      x_hat = recons[-1]                             # the last prefix is all of m
+      main = torch.stack([((x - r) ** 2).sum(-1).mean() for r in recons]).mean()
     else:
       x_hat = z @ self.W_dec + self.b_dec
       main = ((x - x_hat) ** 2).sum(-1).mean()
+    if not bool(dead.any()):                         # AuxK only when a latent is dead
+      return main
     res = (x - x_hat).detach()                       # AuxK on dead latents
     av, ai = torch.where(dead, torch.relu(pre), 0.0).topk(self.k_aux, dim=-1)
     e_hat = torch.zeros_like(pre).scatter(-1, ai, av) @ self.W_dec

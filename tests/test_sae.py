@@ -362,3 +362,61 @@ def test_sparse_decode_gradients_match_dense_and_aux_skip():
     assert float(jnp.abs(gs["W_dec"][...]).sum()) > 0
     _, met = model.loss(x, dead_mask=jnp.zeros(M, bool))
     assert float(met["aux_loss"]) == 0.0
+
+
+def test_custom_encoder_vjps_match_plain_autodiff():
+    """dense_pre_acts (db_dec as a matvec) and sparse_pre_acts (scatter-add backward on
+    the selected pairs) give the plain autodiff gradients, x's included; and the
+    batchtopk/matryoshka train losses (sparse path, dead latents so AuxK runs) have the
+    gradients of the dense formulation."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(B, D)), jnp.float32)
+    bd, be = (jnp.asarray(rng.normal(size=n), jnp.float32) for n in (D, M))
+    W = jnp.asarray(rng.normal(size=(D, M)), jnp.float32)
+    c = jnp.asarray(rng.normal(size=(B, M)), jnp.float32)
+    rows = jnp.asarray(rng.integers(0, B, 40))
+    cols = jnp.asarray(rng.integers(0, M, 40))     # repeats included
+
+    def plain(*a):
+        return (a[0] - a[1]) @ a[2] + a[3]
+
+    def dense(*a):
+        return jnp.sum(c * sae.dense_pre_acts(*a) ** 2)
+
+    def sparse(*a):
+        pre = jax.lax.stop_gradient(plain(*a))
+        return jnp.sum(c[rows, cols] * sae.sparse_pre_acts(*a, pre, rows, cols) ** 2)
+
+    args = (x, bd, W, be)
+    want_d = jax.grad(lambda *a: jnp.sum(c * plain(*a) ** 2), argnums=(0, 1, 2, 3))(*args)
+    want_s = jax.grad(lambda *a: jnp.sum(c[rows, cols] * plain(*a)[rows, cols] ** 2),
+                      argnums=(0, 1, 2, 3))(*args)
+    for got, want in ((jax.grad(dense, argnums=(0, 1, 2, 3))(*args), want_d),
+                      (jax.grad(sparse, argnums=(0, 1, 2, 3))(*args), want_s)):
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+    for arch in ("batchtopk", "matryoshka"):
+        model, xx = _model(arch), jnp.asarray(_x())
+        g, params, rest = nnx.split(model, nnx.Param, ...)
+        dead = jnp.asarray(DEAD)
+
+        def train_loss(q):
+            return nnx.merge(g, q, rest).loss(xx, dead)[0]
+
+        def dense_loss(q):
+            mdl = nnx.merge(g, q, rest)
+            pre = (xx - q["b_dec"][...]) @ q["W_enc"][...] + q["b_enc"][...]
+            vals, rows_, cols_ = mdl.select_batch(pre)
+            z = jnp.zeros((B, M)).at[rows_, cols_].set(vals)
+            bounds = mdl.prefixes if arch == "matryoshka" else (M,)
+            mses = [sae._sq_err(xx, z[:, :p] @ q["W_dec"][...][:p] + q["b_dec"][...])
+                    for p in bounds]
+            x_hat = z @ q["W_dec"][...] + q["b_dec"][...]
+            aux = sae.auxk_loss(pre, xx - x_hat, q["W_dec"][...], dead, mdl.k_aux)
+            return jnp.mean(jnp.stack(mses)) + mdl.aux_coeff * aux
+
+        np.testing.assert_allclose(train_loss(params), dense_loss(params), rtol=1e-5)
+        gs, gd = jax.grad(train_loss)(params), jax.grad(dense_loss)(params)
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            np.testing.assert_allclose(gs[name][...], gd[name][...], rtol=1e-5, atol=1e-5)
