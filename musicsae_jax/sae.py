@@ -20,6 +20,7 @@ GSPMD inserts the collectives.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -105,17 +106,6 @@ def init_b_dec(model: "SAE", x_sample, method: str = "mean") -> jax.Array:
     return b
 
 
-def sparse_decode(W_dec: jax.Array, vals: jax.Array, idx: jax.Array) -> jax.Array:
-    """sum_j vals[b, j] * W_dec[idx[b, j]] without b_dec: O(B·k·d), not O(B·m·d).
-
-    The gather's backward is a scatter-add into k rows per token, so the decoder
-    gradient is sparse as well. Written as multiply + sum (not einsum): XLA fuses the
-    gather into the reduction instead of running B tiny [1,k]x[k,d] matmuls (2x faster
-    on CPU at d=1024, m=16384, B=4096, k=32).
-    """
-    return jnp.sum(vals[..., None] * jnp.take(W_dec, idx, axis=0), axis=-2)
-
-
 @jax.custom_vjp
 def dense_pre_acts(x: jax.Array, b_dec: jax.Array, W_enc: jax.Array,
                    b_enc: jax.Array) -> jax.Array:
@@ -143,33 +133,123 @@ def _dense_pre_bwd(res, g):
 dense_pre_acts.defvjp(_dense_pre_fwd, _dense_pre_bwd)
 
 
+# Sparse (token, latent) pairs. XLA:CPU runs one big gather/scatter over n = B·k pairs
+# badly: the [n, d] operand is materialised and the scatter is a slow serial loop. The
+# pairs are therefore kept as [c, s] chunks (c = k chunks of s = B pairs) and processed
+# by a fori_loop whose body gathers or scatter-adds one [s, d] slab in a single fused
+# loop: 4-10x faster at d=256 and no [n, d] buffer (537 MB at B=4096, k=32, d=1024).
+# rows=None means chunk row i is token i (per-token top-k): no row gather, no scatter.
+
+
+def _chunks(a: jax.Array) -> jax.Array:
+    return a if a.ndim == 2 else a.reshape(1, -1)
+
+
+def _rows_of(rows, j):
+    return slice(None) if rows is None else rows[j]
+
+
+def _decode_pairs(W_dec, vals, rows, cols, n_out):
+    """out[n_out, d] = sum over pairs of vals * W_dec[cols] added at rows."""
+    c = cols.shape[0]
+    if rows is None and c <= 64:                # unrolled: one fused loop, no scatter
+        out = vals[0][:, None] * W_dec[cols[0]]
+        for j in range(1, c):
+            out = out + vals[j][:, None] * W_dec[cols[j]]
+        return out
+
+    def body(j, acc):
+        upd = vals[j][:, None] * W_dec[cols[j]]
+        return acc + upd if rows is None else acc.at[rows[j]].add(upd)
+
+    return jax.lax.fori_loop(0, c, body, jnp.zeros((n_out, W_dec.shape[-1]), W_dec.dtype))
+
+
+def _gather_dot(g, W, rows, cols):
+    """[c, s]: sum_d g[rows] * W[cols] per pair."""
+    def body(j, acc):
+        return acc.at[j].set(jnp.sum(g[_rows_of(rows, j)] * W[cols[j]], axis=-1))
+    return jax.lax.fori_loop(0, cols.shape[0], body, jnp.zeros(cols.shape, g.dtype))
+
+
+def _scatter_outer(coef, src, rows, cols, m):
+    """[m, d]: sum over pairs of coef * src[rows] added at cols (rank-1 updates)."""
+    def body(j, acc):
+        return acc.at[cols[j]].add(coef[j][:, None] * src[_rows_of(rows, j)])
+    return jax.lax.fori_loop(0, cols.shape[0], body, jnp.zeros((m, src.shape[-1]), src.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def pair_decode(W_dec: jax.Array, vals: jax.Array, rows, cols: jax.Array,
+                n_out: int) -> jax.Array:
+    """Sparse decode of (token, latent) pairs without b_dec: O(n·d), not O(B·m·d).
+
+    ``vals``/``cols`` (and ``rows``, or None for row i = token i) are [c, s] chunks.
+    The backward is sparse too: dvals by gathered dot products, dW_dec by rank-1
+    scatter-adds into the touched rows only.
+    """
+    return _decode_pairs(W_dec, vals, rows, cols, n_out)
+
+
+def _pair_decode_fwd(W_dec, vals, rows, cols, n_out):
+    return _decode_pairs(W_dec, vals, rows, cols, n_out), (W_dec, vals, rows, cols)
+
+
+def _pair_decode_bwd(n_out, res, g):
+    W_dec, vals, rows, cols = res
+    g_vals = _gather_dot(g, W_dec, rows, cols)
+    g_W = _scatter_outer(vals, g, rows, cols, W_dec.shape[0])
+    return g_W, g_vals, None, None
+
+
+pair_decode.defvjp(_pair_decode_fwd, _pair_decode_bwd)
+
+
+def sparse_decode(W_dec: jax.Array, vals: jax.Array, idx: jax.Array) -> jax.Array:
+    """sum_j vals[b, j] * W_dec[idx[b, j]] without b_dec, for per-token ``[B, k]``
+    selections: O(B·k·d), not O(B·m·d), with a sparse backward (:func:`pair_decode`)."""
+    lead = vals.shape[:-1]
+    v, i = vals.reshape(-1, vals.shape[-1]), idx.reshape(-1, idx.shape[-1])
+    out = pair_decode(W_dec, v.T, None, i.T, v.shape[0])
+    return out.reshape(lead + (W_dec.shape[-1],))
+
+
 @jax.custom_vjp
 def sparse_pre_acts(x: jax.Array, b_dec: jax.Array, W_enc: jax.Array, b_enc: jax.Array,
-                    pre: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
+                    pre: jax.Array, rows, cols: jax.Array) -> jax.Array:
     """pre[rows, cols] for pre = (x - b_dec) @ W_enc + b_enc, with a sparse backward.
 
     ``pre`` is the already computed (stop-gradient) dense pre-activation used to pick
-    the latents; its value is read, never differentiated. The backward only touches the
-    n = len(rows) selected (token, latent) pairs: dW_enc gets n rank-1 column updates
-    (one scatter-add, O(n·d)), db_enc a segment sum, and db_dec = -W_enc @ db_enc (a
-    matvec) instead of the dense O(B·d·m) matmuls of differentiating a dense encoder.
+    the latents; its value is read, never differentiated. ``rows``/``cols`` are [c, s]
+    chunks (1-D: one chunk; rows=None: chunk row i is token i). The backward only
+    touches the selected pairs: dW_enc gets rank-1 column updates (scatter-adds into
+    W_enc.T, O(n·d)), db_enc a segment sum, and db_dec = -W_enc @ db_enc (a matvec)
+    instead of the dense O(B·d·m) matmuls of differentiating a dense encoder.
     """
+    return _pre_gather(pre, rows, cols)
+
+
+def _pre_gather(pre, rows, cols):
+    if rows is None:
+        c = _chunks(cols)
+        return jnp.take_along_axis(pre, c.T, axis=1).T.reshape(cols.shape)
     return pre[rows, cols]
 
 
 def _sparse_pre_fwd(x, b_dec, W_enc, b_enc, pre, rows, cols):
-    return pre[rows, cols], (x, b_dec, W_enc, rows, cols)
+    return _pre_gather(pre, rows, cols), (x, b_dec, W_enc, rows, cols)
 
 
 def _sparse_pre_bwd(res, g):
     x, b_dec, W_enc, rows, cols = res
+    g2, cols2 = _chunks(g), _chunks(cols)
+    rows2 = None if rows is None else _chunks(rows)
     m = W_enc.shape[-1]
-    g_b_enc = jnp.zeros((m,), g.dtype).at[cols].add(g)
-    upd = g[:, None] * (x - b_dec)[rows]                        # [n, d]
-    g_W_enc = jnp.zeros((m, x.shape[-1]), g.dtype).at[cols].add(upd).T
+    g_b_enc = jnp.zeros((m,), g.dtype).at[cols.reshape(-1)].add(g.reshape(-1))
+    g_W_enc = _scatter_outer(g2, x - b_dec, rows2, cols2, m).T
     g_b_dec = -(W_enc @ g_b_enc)
     # only used if x itself is differentiated (never in training): DCE'd otherwise
-    g_x = jnp.zeros(x.shape, g.dtype).at[rows].add(g[:, None] * W_enc.T[cols])
+    g_x = _decode_pairs(W_enc.T, g2, rows2, cols2, x.shape[0])
     return (g_x, g_b_dec.astype(b_dec.dtype), g_W_enc.astype(W_enc.dtype),
             g_b_enc.astype(W_enc.dtype), None, None, None)
 
@@ -370,10 +450,10 @@ class TopKSAE(SAE):
         pre = jax.lax.stop_gradient(self.pre_acts(x))
         b = x.shape[0]
         _, idx = jax.lax.top_k(pre, self.k)
-        rows = jnp.broadcast_to(jnp.arange(b)[:, None], idx.shape)
-        vals = jax.nn.relu(self._sparse_pre(x, pre, rows.reshape(-1), idx.reshape(-1))
-                           ).reshape(idx.shape)
-        x_hat = sparse_decode(self.W_dec[...], vals, idx) + self.b_dec[...]
+        cols = idx.T                                             # [k, B] chunks
+        vals_t = jax.nn.relu(self._sparse_pre(x, pre, None, cols))
+        x_hat = pair_decode(self.W_dec[...], vals_t, None, cols, b) + self.b_dec[...]
+        vals = vals_t.T
         mse = _sq_err(x, x_hat)
         aux = self._aux(pre, x - x_hat, dead_mask, x)
         loss = mse + self.aux_coeff * aux
@@ -428,15 +508,17 @@ class BatchTopKSAE(TopKSAE):
         return jnp.zeros((b, self.m), vals.dtype).at[rows, cols].set(vals)
 
     def _train_select(self, x, pre_sg):
-        """Batch top-B·k on the stop-gradient pre; values with the sparse backward."""
+        """Batch top-B·k on the stop-gradient pre, as [k, B] chunks of pairs; values
+        with the sparse encoder backward."""
         _, rows, cols = self.select_batch(pre_sg)
+        rows, cols = rows.reshape(self.k, -1), cols.reshape(self.k, -1)
         return jax.nn.relu(self._sparse_pre(x, pre_sg, rows, cols)), rows, cols
 
     def _train_recon(self, x, pre):
         vals, rows, cols = self._train_select(x, pre)
-        contrib = vals[:, None] * jnp.take(self.W_dec[...], cols, axis=0)
-        x_hat = jax.ops.segment_sum(contrib, rows, num_segments=x.shape[0]) + self.b_dec[...]
-        return x_hat, self._dense_z(vals, rows, cols, x.shape[0])
+        b = x.shape[0]
+        x_hat = pair_decode(self.W_dec[...], vals, rows, cols, b) + self.b_dec[...]
+        return x_hat, self._dense_z(vals.reshape(-1), rows.reshape(-1), cols.reshape(-1), b)
 
     def loss(self, x, dead_mask=None, train: bool = True):
         """Train: batch top-B·k with sparse encoder backward and sparse decode.
@@ -487,10 +569,9 @@ class MatryoshkaSAE(BatchTopKSAE):
         W = self.W_dec[...]
         if train:
             vals, rows, cols = self._train_select(x, pre)
-            contrib = vals[:, None] * jnp.take(W, cols, axis=0)
-            parts = jax.ops.segment_sum(contrib, rows * g + self._groups(cols),
-                                        num_segments=b * g).reshape(b, g, -1)
-            z = self._dense_z(vals, rows, cols, b)
+            parts = pair_decode(W, vals, rows * g + self._groups(cols), cols,
+                                b * g).reshape(b, g, -1)
+            z = self._dense_z(vals.reshape(-1), rows.reshape(-1), cols.reshape(-1), b)
         else:
             z = pre * (pre > self.threshold[...])
             bounds = (0,) + self.prefixes
