@@ -385,17 +385,35 @@ class SAE(nnx.Module):
         return self.decode(z), z
 
     def update_stats(self, z: jax.Array) -> None:
-        """No running statistics for this architecture."""
+        """No running statistics for this architecture (z, or metrics["active_vals"])."""
 
-    def _metrics(self, loss, x, x_hat, z, mse, aux, sparsity) -> dict[str, Any]:
+    def _metrics(self, loss, x, x_hat, z, mse, aux, sparsity, pairs=None) -> dict[str, Any]:
+        """Scalars plus ``z`` (dense [B, m]) and its cheap sparse summaries:
+        ``fired_count`` [m] (tokens of the batch on which each latent fired) and, for
+        the sparse architectures (``pairs`` = selected values and latent ids),
+        ``active_vals`` (the selected values; ``update_stats`` accepts them in place of
+        z). A train step that uses these instead of z lets XLA drop the dense z."""
+        if pairs is None:
+            fired = z > 0
+            count = jnp.sum(fired, axis=0).astype(jnp.float32)
+            l0 = jnp.mean(jnp.sum(fired, axis=-1).astype(jnp.float32))
+            extra = {}
+        else:
+            vals, cols = (jax.lax.stop_gradient(a).reshape(-1) for a in pairs)
+            on = (vals > 0).astype(jnp.float32)
+            count = jnp.zeros((self.m,), jnp.float32).at[cols].add(on)
+            l0 = jnp.sum(on) / x.shape[0]
+            extra = {"active_vals": vals}
         return {
             "loss": loss,
             "mse": mse,
             "fvu_batch": mse / jnp.maximum(_sq_err(x, x.mean(0, keepdims=True)), 1e-12),
-            "l0": jnp.mean(jnp.sum(z > 0, axis=-1).astype(jnp.float32)),
+            "l0": l0,
             "aux_loss": aux,
             "sparsity_loss": sparsity,
             "z": jax.lax.stop_gradient(z),
+            "fired_count": count,
+            **extra,
         }
 
     # -- ReLU + L1 -----------------------------------------------------------------------
@@ -458,7 +476,7 @@ class TopKSAE(SAE):
         aux = self._aux(pre, x - x_hat, dead_mask, x)
         loss = mse + self.aux_coeff * aux
         z = _scatter_rows(vals, idx, self.m)
-        return loss, self._metrics(loss, x, x_hat, z, mse, aux, jnp.zeros(()))
+        return loss, self._metrics(loss, x, x_hat, z, mse, aux, jnp.zeros(()), (vals, idx))
 
 
 class BatchTopKSAE(TopKSAE):
@@ -518,25 +536,30 @@ class BatchTopKSAE(TopKSAE):
         vals, rows, cols = self._train_select(x, pre)
         b = x.shape[0]
         x_hat = pair_decode(self.W_dec[...], vals, rows, cols, b) + self.b_dec[...]
-        return x_hat, self._dense_z(vals.reshape(-1), rows.reshape(-1), cols.reshape(-1), b)
+        z = self._dense_z(vals.reshape(-1), rows.reshape(-1), cols.reshape(-1), b)
+        return x_hat, z, (vals, cols)
 
     def loss(self, x, dead_mask=None, train: bool = True):
         """Train: batch top-B·k with sparse encoder backward and sparse decode.
         Eval: threshold encode, dense decode."""
         pre = self.pre_acts(x)
+        pairs = None
         if train:
             pre = jax.lax.stop_gradient(pre)
-            x_hat, z = self._train_recon(x, pre)
+            x_hat, z, pairs = self._train_recon(x, pre)
         else:
             z = pre * (pre > self.threshold[...])
             x_hat = self.decode(z)
         mse = _sq_err(x, x_hat)
         aux = self._aux(pre, x - x_hat, dead_mask, x if train else None)
         loss = mse + self.aux_coeff * aux
-        return loss, self._metrics(loss, x, x_hat, z, mse, aux, jnp.zeros(()))
+        return loss, self._metrics(loss, x, x_hat, z, mse, aux, jnp.zeros(()), pairs)
 
     def update_stats(self, z: jax.Array) -> None:
-        """threshold <- EMA of the smallest positive selected activation (first: copy)."""
+        """threshold <- EMA of the smallest positive selected activation (first: copy).
+
+        ``z`` may be the dense latents or just the selected values
+        (``metrics["active_vals"]``): only its positive entries matter."""
         z = jax.lax.stop_gradient(z)
         has = jnp.any(z > 0)
         min_pos = jnp.min(jnp.where(z > 0, z, jnp.inf))
@@ -572,22 +595,24 @@ class MatryoshkaSAE(BatchTopKSAE):
             parts = pair_decode(W, vals, rows * g + self._groups(cols), cols,
                                 b * g).reshape(b, g, -1)
             z = self._dense_z(vals.reshape(-1), rows.reshape(-1), cols.reshape(-1), b)
+            pairs = (vals, cols)
         else:
+            pairs = None
             z = pre * (pre > self.threshold[...])
             bounds = (0,) + self.prefixes
             parts = jnp.stack([z[:, lo:hi] @ W[lo:hi] for lo, hi in zip(bounds, bounds[1:])], 1)
-        return jnp.cumsum(parts, axis=1) + self.b_dec[...], z
+        return jnp.cumsum(parts, axis=1) + self.b_dec[...], z, pairs
 
     def loss(self, x, dead_mask=None, train: bool = True):
         pre = self.pre_acts(x)
         if train:
             pre = jax.lax.stop_gradient(pre)
-        recons, z = self._prefix_recons(x, pre, train)
+        recons, z, pairs = self._prefix_recons(x, pre, train)
         prefix_mse = jnp.mean(jnp.sum((x[:, None, :] - recons) ** 2, axis=-1), axis=0)
         x_hat = recons[:, -1]
         aux = self._aux(pre, x - x_hat, dead_mask, x if train else None)
         loss = jnp.mean(prefix_mse) + self.aux_coeff * aux
-        metrics = self._metrics(loss, x, x_hat, z, prefix_mse[-1], aux, jnp.zeros(()))
+        metrics = self._metrics(loss, x, x_hat, z, prefix_mse[-1], aux, jnp.zeros(()), pairs)
         metrics.update({f"mse_prefix_{p}": prefix_mse[i] for i, p in enumerate(self.prefixes)})
         return loss, metrics
 

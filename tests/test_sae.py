@@ -420,3 +420,17 @@ def test_custom_encoder_vjps_match_plain_autodiff():
         gs, gd = jax.grad(train_loss)(params), jax.grad(dense_loss)(params)
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
             np.testing.assert_allclose(gs[name][...], gd[name][...], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", sae.ARCHITECTURES)
+def test_sparse_metric_summaries_match_dense_z(arch):
+    """fired_count / l0 (and active_vals for update_stats) agree with the dense z, so a
+    train step can use them instead of materialising z."""
+    model, x = _model(arch), jnp.asarray(_x())
+    _, met = model.loss(x, dead_mask=jnp.asarray(DEAD))
+    z = np.asarray(met["z"])
+    np.testing.assert_allclose(met["fired_count"], (z > 0).sum(0))
+    np.testing.assert_allclose(met["l0"], (z > 0).sum(1).mean(), rtol=1e-6)
+    if "active_vals" in met:
+        v = np.asarray(met["active_vals"])
+        assert v[v > 0].min() == z[z > 0].min() and np.isclose(v.sum(), z.sum(), rtol=1e-5)
