@@ -3,10 +3,10 @@
 Writes reports/<run>/{features,selectivity,probes}.json and report.html (see WORKSPACE.md).
 Override fields: `--config.analysis.label_keys=emotion,genre --config.analysis.probe_folds=4`.
 """
-import logging as pylogging
-
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from launch import logs
 
 from musicsae_jax import analysis
 
@@ -16,17 +16,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Workspace root (reports/<run>/ 
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietOrbax(pylogging.Filter):
-  """Orbax logs every restore step at INFO; keep its warnings, drop the chatter."""
-
-  def filter(self, record):
-    return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
-
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_QuietOrbax())
+  logs.quiet_library_logs()
   try:
     paths = analysis.analyze(_CONFIG.value, _WORKDIR.value, log=logging.info)
   except analysis.AnalysisError as e:

@@ -10,6 +10,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from launch import logs
+
 from musicsae_jax import export
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -29,6 +31,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logs.quiet_library_logs()
   try:
     ids = [int(f) for f in _FEATURES.value]
   except ValueError as e:

@@ -11,10 +11,10 @@ MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE, SLURM, a TPU VM pod slice), which is al
 detected without the flag; `--nomultihost` forces a single-process run. Only process 0
 logs progress and writes metrics, plots and config.json; all processes checkpoint.
 """
-import logging as pylogging
-
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from launch import logs
 
 from musicsae_jax import distributed
 
@@ -29,17 +29,11 @@ _PID = flags.DEFINE_integer("process_id", None, "This process's id in [0, num_pr
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietOrbax(pylogging.Filter):
-  """Orbax logs every save step at INFO; keep its warnings, drop the chatter."""
-
-  def filter(self, record):
-    return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
-
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_QuietOrbax())
+  logs.quiet_library_logs()
   spec = None
   if _MULTIHOST.value is not False:
     spec = distributed.detect(coordinator_address=_COORD.value, num_processes=_NPROC.value,

@@ -364,7 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     density = tot["fired"] / n
     return {"fvu": fvu, "ev": 1.0 - fvu, "mse": float(tot["sse"] / n),
             "l0": float(tot["active"] / n), "dead_frac": float(np.mean(density == 0)),
-            "dense_frac": float(np.mean(density > dense_thr)), "eval_rows": n}, density
+            "dense_frac": float(np.mean(density > dense_thr)), "rows": n}, density
 
   # --- checkpoint ------------------------------------------------------------------------
   ckpt = ckpt_lib.Checkpointer(t.checkpoint_dir or os.path.join(run_dir, "checkpoints"),

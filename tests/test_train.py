@@ -121,7 +121,7 @@ def _store_cfg(**kw):
 def test_trains_on_a_store_site(tmp_path):
   _tiny_store(str(tmp_path / "activations" / "toy"))
   final = train.train_and_evaluate(_store_cfg(), str(tmp_path))
-  assert final["step"] == 4 and final["eval_eval_rows"] == 3 * 40   # 3 of 12 prompts held out
+  assert final["step"] == 4 and final["eval_rows"] == 3 * 40   # 3 of 12 prompts held out
   norm = json.load(open(tmp_path / "runs" / "synthetic_tiny" / "normalization.json"))
   assert norm["d"] == 16 and norm["scale"] > 0
 
@@ -190,4 +190,4 @@ def test_eval_metrics_match_numpy_on_the_held_out_split(one_device):
   density = metrics.feature_density(metrics.firing_counts(z), len(x))
   assert final["eval_dead_frac"] == metrics.dead_fraction(metrics.firing_counts(z))
   assert final["eval_dense_frac"] == metrics.dense_fraction(density, t.dense_threshold)
-  assert final["eval_eval_rows"] == len(x) > 0
+  assert final["eval_rows"] == len(x) > 0
