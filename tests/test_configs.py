@@ -10,7 +10,7 @@ from musicsae_jax import sae, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
-                     if not p.endswith("__init__.py"))
+                     if not os.path.basename(p).startswith("_"))
 LAYERS = {"facebook/musicgen-small": (24, 1024), "facebook/musicgen-medium": (48, 1536),
           "facebook/musicgen-large": (48, 2048)}
 
