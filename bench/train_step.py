@@ -12,6 +12,7 @@ dead: like the JAX step it skips AuxK when none is, as throughout this benchmark
 """
 import argparse
 import json
+import os
 import time
 
 import jax
@@ -29,19 +30,26 @@ PRESETS = {"quick": dict(d=256, m=4096, k=32, batch=1024, iters=10),
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
 
 
-def _time(fn, iters, warmup=2):
-  for _ in range(warmup):
-    fn()
-  t0 = time.perf_counter()
+def _time_interleaved(fns, iters, warmup=2):
+  """{name: (min, median) seconds}: the callables run round-robin, one call each per
+  round, so a load change on a shared machine hits them all alike; the min is the
+  least disturbed call."""
+  for fn in fns.values():
+    for _ in range(warmup):
+      fn()
+  ts = {n: [] for n in fns}
   for _ in range(iters):
-    fn()
-  return (time.perf_counter() - t0) / iters
+    for n, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      ts[n].append(time.perf_counter() - t0)
+  return {n: (min(v), float(np.median(v))) for n, v in ts.items()}
 
 
 # --- JAX ----------------------------------------------------------------------------------
 
 
-def jax_step_time(arch, d, m, k, batch, iters, x_np):
+def jax_step_fn(arch, d, m, k, batch, x_np):
   cfg = dict(architecture=arch, m=m, k=k, k_aux=d // 2,
              matryoshka_prefixes=[m // 8, m // 4, m // 2, m])
   graphdef, params, stats = nnx.split(sae_lib.make_sae(cfg, d=d, rngs=nnx.Rngs(0)),
@@ -56,15 +64,14 @@ def jax_step_time(arch, d, m, k, batch, iters, x_np):
     box[0], met = step(box[0], x)
     jax.block_until_ready(met["loss"])
 
-  return _time(run, iters)
+  return run
 
 
-def jax_matmul_peak(d, m, batch, iters):
+def jax_matmul_fn(d, m, batch):
   a = jnp.asarray(np.random.default_rng(0).normal(size=(batch, d)), jnp.float32)
   b = jnp.asarray(np.random.default_rng(1).normal(size=(d, m)), jnp.float32)
   mm = jax.jit(jnp.dot)
-  t = _time(lambda: mm(a, b).block_until_ready(), iters)
-  return 2 * batch * d * m / t / 1e9
+  return lambda: mm(a, b).block_until_ready()
 
 
 # --- PyTorch reference ----------------------------------------------------------------------
@@ -144,7 +151,7 @@ class _Step(torch.autograd.Function):
     return torch.zeros_like(pre), (-(1 / 1e-3) * rect * g).sum(0)
 
 
-def torch_step_time(arch, d, m, k, batch, iters, x_np):
+def torch_step_fn(arch, d, m, k, batch, x_np):
   torch.manual_seed(0)
   model = TorchSAE(arch, d, m, k, d // 2, [m // 8, m // 4, m // 2, m])
   opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -161,12 +168,12 @@ def torch_step_time(arch, d, m, k, batch, iters, x_np):
       opt.step()
       w /= w.norm(dim=-1, keepdim=True)
 
-  return _time(run, iters)
+  return run
 
 
-def torch_matmul_peak(d, m, batch, iters):
+def torch_matmul_fn(d, m, batch):
   a, b = torch.randn(batch, d), torch.randn(d, m)
-  return 2 * batch * d * m / _time(lambda: a @ b, iters) / 1e9
+  return lambda: a @ b
 
 
 def main():
@@ -179,22 +186,32 @@ def main():
   d, m, k, batch = p["d"], p["m"], p["k"], p["batch"]
   iters = args.iters or p["iters"]
   x = np.random.default_rng(0).normal(size=(batch, d)).astype(np.float32)
-  peak = jax_matmul_peak(d, m, batch, max(iters, 5))
-  tpeak = torch_matmul_peak(d, m, batch, max(iters, 5))
   flops = 10 * batch * d * m
+  mm_flops = 2 * batch * d * m
   for arch in args.archs.split(","):
-    tj = jax_step_time(arch, d, m, k, batch, iters, x)
-    tt = torch_step_time(arch, d, m, k, batch, iters, x)
+    # JAX step, torch step and both matmuls timed round-robin in this process
+    t = _time_interleaved({"jax": jax_step_fn(arch, d, m, k, batch, x),
+                           "torch": torch_step_fn(arch, d, m, k, batch, x),
+                           "jmm": jax_matmul_fn(d, m, batch),
+                           "tmm": torch_matmul_fn(d, m, batch)}, iters)
+    tj, tt = t["jax"][0], t["torch"][0]
+    peak, tpeak = mm_flops / t["jmm"][0] / 1e9, mm_flops / t["tmm"][0] / 1e9
     print(json.dumps({
         "arch": arch, "preset": args.preset, "d": d, "m": m, "k": k, "batch": batch,
         "device": str(jax.devices()[0].platform), "torch_threads": torch.get_num_threads(),
-        "jax_step_ms": round(tj * 1e3, 2), "jax_acts_per_s": round(batch / tj),
+        "iters": iters, "timing": "min over round-robin iters",
+        "jax_step_ms": round(tj * 1e3, 2), "jax_step_ms_median": round(t["jax"][1] * 1e3, 2),
+        "jax_acts_per_s": round(batch / tj),
         "jax_eff_gflops": round(flops / tj / 1e9, 1),
-        "torch_step_ms": round(tt * 1e3, 2), "torch_acts_per_s": round(batch / tt),
+        "torch_step_ms": round(tt * 1e3, 2),
+        "torch_step_ms_median": round(t["torch"][1] * 1e3, 2),
+        "torch_acts_per_s": round(batch / tt),
         "torch_eff_gflops": round(flops / tt / 1e9, 1),
         "speedup_vs_torch": round(tt / tj, 2),
+        "speedup_vs_torch_median": round(t["torch"][1] / t["jax"][1], 2),
         "matmul_peak_gflops": round(peak, 1), "torch_matmul_peak_gflops": round(tpeak, 1),
-        "frac_of_matmul_peak": round(flops / tj / 1e9 / peak, 3)}), flush=True)
+        "frac_of_matmul_peak": round(flops / tj / 1e9 / peak, 3),
+        "loadavg_1m": round(os.getloadavg()[0], 2)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -126,11 +126,37 @@ def _dense_pre_fwd(x, b_dec, W_enc, b_enc):
 def _dense_pre_bwd(res, g):
     x, b_dec, W_enc = res
     g_b_enc = g.sum(0)
-    g_W_enc = (x - b_dec).T @ g
+    # XLA:CPU runs a dot contracting both operands' dim 0 about 2x slower than the same
+    # dot on an explicitly transposed [d, B] copy; the barrier keeps the copy.
+    g_W_enc = jax.lax.optimization_barrier((x - b_dec).T) @ g
     return (g @ W_enc.T, -(W_enc @ g_b_enc), g_W_enc, g_b_enc)
 
 
 dense_pre_acts.defvjp(_dense_pre_fwd, _dense_pre_bwd)
+
+
+@jax.custom_vjp
+def latent_matmul(z: jax.Array, W_dec: jax.Array) -> jax.Array:
+    """z @ W_dec ([B, m] x [m, d]) whose W_dec gradient runs as (g.T @ z).T.
+
+    Autodiff's z.T @ g contracts both operands over the batch axis, which XLA:CPU runs
+    ~1.4x slower than g.T @ z on an explicit [d, B] copy followed by one [d, m]
+    transpose (both kept by optimization barriers).
+    """
+    return z @ W_dec
+
+
+def _latent_matmul_fwd(z, W_dec):
+    return z @ W_dec, (z, W_dec)
+
+
+def _latent_matmul_bwd(res, g):
+    z, W_dec = res
+    bar = jax.lax.optimization_barrier
+    return g @ W_dec.T, bar(bar(g.T) @ z).T
+
+
+latent_matmul.defvjp(_latent_matmul_fwd, _latent_matmul_bwd)
 
 
 # Sparse (token, latent) pairs. XLA:CPU runs one big gather/scatter over n = B·k pairs
@@ -283,7 +309,7 @@ def auxk_loss(pre: jax.Array, residual: jax.Array, W_dec: jax.Array, dead_mask: 
         pre_ = pre_fn() if pre_fn is not None else pre
         masked = jnp.where(dead_mask[None, :], jax.nn.relu(pre_), 0.0)
         vals, idx = jax.lax.top_k(masked, k_aux)
-        e_hat = _scatter_rows(vals, idx, pre_.shape[-1]) @ W_dec
+        e_hat = latent_matmul(_scatter_rows(vals, idx, pre_.shape[-1]), W_dec)
         num = _sq_err(residual, e_hat)
         den = _sq_err(residual, residual.mean(0, keepdims=True))
         return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0).astype(pre.dtype)
@@ -375,7 +401,7 @@ class SAE(nnx.Module):
         return dense_pre_acts(x, self.b_dec[...], self.W_enc[...], self.b_enc[...])
 
     def decode(self, z: jax.Array) -> jax.Array:
-        return z @ self.W_dec[...] + self.b_dec[...]
+        return latent_matmul(z, self.W_dec[...]) + self.b_dec[...]
 
     def encode(self, x: jax.Array) -> jax.Array:
         return jax.nn.relu(self.pre_acts(x))
