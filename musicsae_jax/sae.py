@@ -288,8 +288,17 @@ def _sq_err(x: jax.Array, x_hat: jax.Array) -> jax.Array:
     return jnp.mean(jnp.sum((x - x_hat) ** 2, axis=-1))
 
 
+def _auxk_value(pre, residual, W_dec, dead_mask, k_aux):
+    masked = jnp.where(dead_mask[None, :], jax.nn.relu(pre), 0.0)
+    vals, idx = jax.lax.top_k(masked, k_aux)
+    e_hat = latent_matmul(_scatter_rows(vals, idx, pre.shape[-1]), W_dec)
+    num = _sq_err(residual, e_hat)
+    den = _sq_err(residual, residual.mean(0, keepdims=True))
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0).astype(pre.dtype)
+
+
 def auxk_loss(pre: jax.Array, residual: jax.Array, W_dec: jax.Array, dead_mask: jax.Array,
-              k_aux: int, pre_fn=None) -> jax.Array:
+              k_aux: int) -> jax.Array:
     """AuxK (Gao et al. 2024): the top-k_aux *dead* latents reconstruct the residual.
 
     Gives dead latents a gradient towards what the live ones miss. The squared error is
@@ -298,29 +307,59 @@ def auxk_loss(pre: jax.Array, residual: jax.Array, W_dec: jax.Array, dead_mask: 
     Skipped (``lax.cond``, still jit-friendly) when no latent is dead, the common case.
     The aux decode is dense: with k_aux ~ d/2 a gather of [B, k_aux, d] rows and its
     scatter-add backward cost far more than one matmul.
-
-    ``pre_fn`` (optional) recomputes the differentiable dense pre-activation inside the
-    taken branch, for callers whose ``pre`` is stop-gradient (the sparse TopK paths):
-    then the dense encoder backward is only paid when some latent is dead.
     """
     residual = jax.lax.stop_gradient(residual)
+    return jax.lax.cond(jnp.any(dead_mask),
+                        lambda _: _auxk_value(pre, residual, W_dec, dead_mask, k_aux),
+                        lambda _: jnp.zeros((), pre.dtype), None)
 
-    def compute(_):
-        pre_ = pre_fn() if pre_fn is not None else pre
-        masked = jnp.where(dead_mask[None, :], jax.nn.relu(pre_), 0.0)
-        vals, idx = jax.lax.top_k(masked, k_aux)
-        e_hat = latent_matmul(_scatter_rows(vals, idx, pre_.shape[-1]), W_dec)
-        num = _sq_err(residual, e_hat)
-        den = _sq_err(residual, residual.mean(0, keepdims=True))
-        return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0).astype(pre.dtype)
 
-    return jax.lax.cond(jnp.any(dead_mask), compute, lambda _: jnp.zeros((), pre.dtype), None)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def auxk_loss_from_params(x, b_dec, W_enc, b_enc, W_dec, residual, dead_mask, k_aux):
+    """:func:`auxk_loss` with the dense pre recomputed from the encoder parameters, for
+    the sparse TopK paths (whose own pre is stop-gradient). Forward and backward each
+    sit in their own ``lax.cond``, so with no dead latent nothing of size [B, m] is
+    computed or kept for the backward (a differentiated ``lax.cond`` would keep its
+    residuals, as zeros, even when the branch is skipped)."""
+    return _auxk_gated(x, b_dec, W_enc, b_enc, W_dec, residual, dead_mask, k_aux)
+
+
+def _auxk_from_params(x, b_dec, W_enc, b_enc, W_dec, residual, dead_mask, k_aux):
+    pre = dense_pre_acts(x, b_dec, W_enc, b_enc)
+    return _auxk_value(pre, jax.lax.stop_gradient(residual), W_dec, dead_mask, k_aux)
+
+
+def _auxk_gated(x, b_dec, W_enc, b_enc, W_dec, residual, dead_mask, k_aux):
+    args = (x, b_dec, W_enc, b_enc, W_dec, residual)
+    return jax.lax.cond(jnp.any(dead_mask),
+                        lambda a: _auxk_from_params(*a, dead_mask, k_aux),
+                        lambda a: jnp.zeros((), W_enc.dtype), args)
+
+
+def _auxk_p_fwd(x, b_dec, W_enc, b_enc, W_dec, residual, dead_mask, k_aux):
+    out = _auxk_gated(x, b_dec, W_enc, b_enc, W_dec, residual, dead_mask, k_aux)
+    return out, (x, b_dec, W_enc, b_enc, W_dec, residual, dead_mask)
+
+
+def _auxk_p_bwd(k_aux, res, g):
+    *args, dead_mask = res
+
+    def taken(a):
+        _, vjp = jax.vjp(lambda *t: _auxk_from_params(*t, dead_mask, k_aux), *a)
+        return vjp(g)
+
+    grads = jax.lax.cond(jnp.any(dead_mask), taken,
+                         lambda a: tuple(jnp.zeros_like(t) for t in a), tuple(args))
+    return (*grads, None)
+
+
+auxk_loss_from_params.defvjp(_auxk_p_fwd, _auxk_p_bwd)
 
 
 def _scatter_rows(vals: jax.Array, idx: jax.Array, m: int) -> jax.Array:
-    """Dense [B, m] latents from per-row (vals, idx)."""
-    return jnp.put_along_axis(jnp.zeros(vals.shape[:-1] + (m,), vals.dtype), idx, vals,
-                              axis=-1, inplace=False)
+    """Dense [B, m] latents from per-row (vals, idx) (idx distinct within a row)."""
+    rows = jnp.arange(vals.shape[0])[:, None]
+    return jnp.zeros(vals.shape[:-1] + (m,), vals.dtype).at[rows, idx].set(vals)
 
 
 # --------------------------------------------------------------------------------------
@@ -475,12 +514,15 @@ class TopKSAE(SAE):
         return _scatter_rows(vals, idx, self.m)
 
     def _aux(self, pre, residual, dead_mask, x=None):
-        """AuxK; with ``x`` the differentiable pre is recomputed only if a latent is dead."""
+        """AuxK; with ``x`` (sparse paths, pre is stop-gradient) the differentiable pre
+        is recomputed from the parameters, only if a latent is dead."""
         if dead_mask is None:
             return jnp.zeros(())
-        pre_fn = None if x is None else (lambda: self.pre_acts(x))
-        return auxk_loss(pre, residual, self.W_dec[...], jnp.asarray(dead_mask, bool),
-                         self.k_aux, pre_fn=pre_fn)
+        dead_mask = jnp.asarray(dead_mask, bool)
+        if x is None:
+            return auxk_loss(pre, residual, self.W_dec[...], dead_mask, self.k_aux)
+        return auxk_loss_from_params(x, self.b_dec[...], self.W_enc[...], self.b_enc[...],
+                                     self.W_dec[...], residual, dead_mask, self.k_aux)
 
     def _sparse_pre(self, x, pre_sg, rows, cols):
         """Differentiable pre[rows, cols] (flat) with the sparse encoder backward."""
@@ -501,7 +543,7 @@ class TopKSAE(SAE):
         mse = _sq_err(x, x_hat)
         aux = self._aux(pre, x - x_hat, dead_mask, x)
         loss = mse + self.aux_coeff * aux
-        z = _scatter_rows(vals, idx, self.m)
+        z = _scatter_rows(jax.lax.stop_gradient(vals), idx, self.m)
         return loss, self._metrics(loss, x, x_hat, z, mse, aux, jnp.zeros(()), (vals, idx))
 
 
@@ -549,6 +591,7 @@ class BatchTopKSAE(TopKSAE):
         return pre * (pre > self.threshold[...])
 
     def _dense_z(self, vals, rows, cols, b):
+        vals = jax.lax.stop_gradient(vals)
         return jnp.zeros((b, self.m), vals.dtype).at[rows, cols].set(vals)
 
     def _train_select(self, x, pre_sg):
