@@ -9,6 +9,12 @@ Prints one JSON object per architecture. Effective GFLOP/s uses the dense conven
 the matmul peak. The torch step is the straightforward one (dense latents, dense decode,
 Adam, clipping, parallel-gradient removal, decoder renormalisation, AuxK when a latent is
 dead: like the JAX step it skips AuxK when none is, as throughout this benchmark).
+
+Timing: per architecture the JAX step, the torch step and both matmuls run round-robin
+(one call each per round, after warm-up) in this one process, so load from other jobs on
+a shared machine hits them alike; step times are the min over rounds (medians are
+printed too), the matmul peak is measured in the same rounds, and loadavg_1m is the
+1-minute load average when the row was printed.
 """
 import argparse
 import json
