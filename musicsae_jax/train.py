@@ -181,16 +181,18 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, dead_tokens: int
     updates, opt = tx.update(grads, state["opt"], state["params"])
     model = nnx.merge(graphdef, optax.apply_updates(state["params"], updates), state["stats"])
     sae_lib.normalize_decoder(model)
+    # Firing counts [m] (and the selected values for thresholds) instead of the dense
+    # latents: with z unused, XLA never materialises it.
+    count = metrics.pop("fired_count")
     z = metrics.pop("z")
-    model.update_stats(z)
+    model.update_stats(metrics.pop("active_vals", z))
     _, params, stats = nnx.split(model, nnx.Param, ...)
-    fired = z != 0
-    since = jnp.where(fired.any(0), 0,
+    since = jnp.where(count > 0, 0,
                       jnp.minimum(state["since_fired"] + x.shape[0], _COUNTER_CAP))
     metrics = {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["dead_frac"] = jnp.mean(since >= dead_tokens)
-    metrics["dense_frac"] = jnp.mean(fired.mean(0) > dense_thr)
+    metrics["dense_frac"] = jnp.mean(count / x.shape[0] > dense_thr)
     new = {"params": params, "stats": stats, "opt": opt, "since_fired": since,
            "step": state["step"] + 1}
     return new, metrics
