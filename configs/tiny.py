@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.extract.keep = "cond"              # "cond" | "both" (adds lm.layer.<i>.uncond sites)
   c.extract.capture = "hooks"          # "hooks" | "teacher_forced"
   c.extract.dtype = "float32"          # stored dtype of model sites: float32 | bfloat16
+  c.extract.codec = "zstd"             # zstd | blosc | none (none: faster reads, more disk)
   c.extract.save_audio = True          # activations/<dataset>/audio/<prompt_id>.wav
   c.extract.flush_seconds = 0.0        # publish every batch (resume loses nothing)
   c.extract.torch_threads = 1          # 0 = torch default; tiny ops only lose from threads

@@ -554,6 +554,7 @@ class Writer:
       return
     new_rows = dict(self._commit["rows"])
     txn = ts.Transaction()      # coalesces the appended pieces into whole-shard writes
+    pending = []
     for name, chunks in self._pending.items():
       if not chunks:
         continue
@@ -563,11 +564,14 @@ class Writer:
       arr = arr.resize(exclusive_max=[stop, None], expand_only=True).result()
       idx = idx.resize(exclusive_max=[stop, None], expand_only=True).result()
       self._arrays[name] = (arr, idx)
+      tarr, tidx = arr.with_transaction(txn), idx.with_transaction(txn)
       for a, i in chunks:
-        arr.with_transaction(txn)[start:start + len(a)].write(a).result()
-        idx.with_transaction(txn)[start:start + len(a)].write(i).result()
+        pending.append(tarr[start:start + len(a)].write(a))
+        pending.append(tidx[start:start + len(a)].write(i))
         start += len(a)
       new_rows[name] = stop
+    for f in pending:
+      f.result()
     txn.commit_async().result()
     done = sorted(set(self._commit["completed_prompts"]) | set(self._pending_prompts))
     record = {"worker": self.worker, "rows": new_rows, "completed_prompts": done,
