@@ -279,6 +279,23 @@ class _FeatureProbe(contextlib.AbstractContextManager):
     return torch.cat(self.acts).mean(0).tolist() if self.acts else []
 
 
+def _replayed_feature(model, texts, tokens, layer: int, sae, fid) -> float | None:
+  """The feature's mean activation when the generated tokens are re-read WITHOUT steering.
+
+  `feature_act` (the probe during steered generation) includes the added vector itself;
+  this one does not: a teacher-forced, unhooked forward over the steered tokens measures
+  whether the music the model wrote now carries the feature (the downstream effect).
+  """
+  if sae is None or fid is None:
+    return None
+  from bridge import capture
+  site = f"lm.layer.{layer}"
+  cap = capture.teacher_forced_capture(model, texts, tokens, [site])
+  rows = torch.from_numpy(np.concatenate(cap.acts[site])).float()
+  with torch.no_grad():
+    return float(sae.encode(rows)[:, fid].mean())
+
+
 def run_steering(config, workdir: str) -> dict:
   """Baseline vs steered audio for every exported direction × strength (+ a matched-norm
   random control), same seeds; acoustic changes per strength to `reports/<run>/steer.json`."""
@@ -315,6 +332,7 @@ def run_steering(config, workdir: str) -> dict:
              if sae is not None and fid is not None else contextlib.nullcontext())
     with steer, probe as p:
       tokens = capture.generate_tokens(model, texts, seed=int(sc["seed"]))
+    replay = _replayed_feature(model, texts, tokens, layer, sae, fid)
     wav = model.generate_audio(tokens).float().cpu().numpy()
     meas = []
     for b, w in enumerate(wav):
@@ -325,6 +343,8 @@ def run_steering(config, workdir: str) -> dict:
     res["major_frac"] = float(np.mean([m["mode"] == "major" for m in meas]))
     if isinstance(p, _FeatureProbe):
       res["feature_act"] = p.mean()[0]
+    if replay is not None:
+      res["feature_act_replay"] = replay
     return res
 
   results = {"run": config.run, "site": man["site"], "layer": layer, "prompts": texts,
@@ -355,7 +375,7 @@ def run_steering(config, workdir: str) -> dict:
   return results
 
 
-STEER_MEASURES = ("feature_act", "tempo_bpm", "loudness_db", "brightness_hz", "major_frac")
+STEER_MEASURES = ("feature_act", "feature_act_replay", "tempo_bpm", "loudness_db", "brightness_hz", "major_frac")
 
 
 def plot_steering(results: dict, path: str) -> str:

@@ -40,6 +40,7 @@ def test_demo_end_to_end(tmp_path):
     assert all(v == 0 for v in zero["delta"].values())          # alpha = 0 changes nothing
     strong = [s for s in f["steered"] if s["alpha"] == 8.0][0]
     assert strong["delta"]["feature_act"] > 0                   # steering moves its feature
+    assert "feature_act_replay" in strong["delta"]              # re-read without the hook
   html = open(tmp_path / "reports" / "tiny" / "report.html").read()
   assert html.count("data:image/png;base64,") >= 3
   assert (tmp_path / "reports" / "tiny" / "steer.png").exists()
