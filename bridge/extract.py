@@ -144,7 +144,7 @@ def extract(config, workdir, worker_index: int = 0, num_workers: int = 1,
   gen = _set_generation(model, ecfg, info)
   frames = int(gen["duration"] * info.frame_rate)
   dtype = ecfg.get("dtype", "float32")
-  codec = ecfg.get("codec", "zstd")     # "none": ~2x faster reads, ~25% more disk (bench/store.py)
+  codec = ecfg.get("codec", "zstd")     # "none": ~5x faster reads, ~25% more disk (bench/store.py)
   sites = {s: store.SiteSpec(d=_site_dim(s, info), dtype=dtype if s != AUDIO_SITE else "float32",
                              codec=codec)
            for s in site_names}

@@ -166,7 +166,8 @@ def load_export(out_dir: str) -> tuple[dict[str, np.ndarray], dict]:
 
 def export_directions(params: dict[str, Any], feature_ids: Sequence[int],
                       labels: Sequence[str] | None, site: str, layer: int | None,
-                      mean_norm: float | None, out_dir: str, *, run: str = "") -> str:
+                      mean_norm: float | None, out_dir: str, *, run: str = "",
+                      step: int | None = None) -> str:
   """`directions.safetensors` (`directions [n, d]`, unit rows of W_dec) + `directions.json`.
 
   The manifest carries the site's mean activation norm (raw units) so steering strengths
@@ -191,7 +192,7 @@ def export_directions(params: dict[str, Any], feature_ids: Sequence[int],
   os.makedirs(out_dir, exist_ok=True)
   save_file({"directions": np.ascontiguousarray(rows / norms, np.float32)},
             os.path.join(out_dir, DIR_FILE))
-  manifest = {"format_version": FORMAT_VERSION, "run": run, "site": site,
+  manifest = {"format_version": FORMAT_VERSION, "run": run, "step": step, "site": site,
               "layer": layer if layer is not None else _layer_of(site),
               "feature_ids": ids, "labels": labels,
               "mean_norm": None if mean_norm is None else float(mean_norm),
@@ -272,12 +273,20 @@ def export_run(workdir: str, run: str, out: str | None = None, *, step: int | No
   if not site:
     site = "synthetic" if config.get("train", {}).get("source") == "synthetic" else "unknown"
   out = out or os.path.join(workdir, "exports", run)
+  ids = [int(i) for i in (feature_ids or [])]
+  bad = [i for i in ids if not 0 <= i < m]
+  if bad:          # checked before anything is written: a failed export leaves the old one
+    raise ExportError(f"feature ids {bad} out of range [0, {m}) for run {run!r}")
   model_name = config.get("model", {}).get("name", "") if isinstance(config.get("model"), dict) else ""
-  export_sae(params, sae_cfg, site=site, layer=_layer_of(site), d=d, m=m,
+  export_sae(params, resolved, site=site, layer=_layer_of(site), d=d, m=m,
              k=resolved.get("k"), architecture=arch, scale=float(norm.get("scale", 1.0)),
              out_dir=out, normalization=norm, model_name=model_name,
              extra={"run": run, "step": step})
-  ids = list(feature_ids or [])
   if ids:
-    export_directions(params, ids, labels, site, _layer_of(site), _mean_norm(norm), out, run=run)
+    export_directions(params, ids, labels, site, _layer_of(site), _mean_norm(norm), out,
+                      run=run, step=step)
+  else:            # directions from an older checkpoint would no longer match sae.*
+    for name in (DIR_FILE, DIR_MANIFEST):
+      if os.path.exists(os.path.join(out, name)):
+        os.remove(os.path.join(out, name))
   return out

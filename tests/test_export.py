@@ -124,3 +124,12 @@ def test_export_run_from_checkpoint(tmp_path):
   dirs, man = ex.load_directions(out)
   assert dirs.shape == (2, 32)
   np.testing.assert_allclose(man["mean_norm"], np.sqrt(norm["mean_sq_norm"]))
+  assert man["step"] == cfg["musicsae"]["step"] and cfg["musicsae"]["sae_config"]["m"] == 128
+  # a bad id fails before anything is written: the previous export stays whole
+  before = {f: open(os.path.join(out, f), "rb").read() for f in os.listdir(out)}
+  with pytest.raises(ex.ExportError, match=r"feature ids \[999\] out of range \[0, 128\)"):
+    ex.export_run(str(tmp_path), c.run, feature_ids=[999])
+  assert before == {f: open(os.path.join(out, f), "rb").read() for f in os.listdir(out)}
+  # an export without features drops directions that belonged to the previous one
+  ex.export_run(str(tmp_path), c.run)
+  assert sorted(os.listdir(out)) == ["cfg.json", "sae.safetensors"]
