@@ -49,7 +49,9 @@ def parse_sites(sites, num_layers: int) -> list[str]:
                                f"{num_layers} layers (lm.layer.0 .. lm.layer.{num_layers - 1})")
     elif s not in TEXT_SITES:
       raise UnknownSiteError(f"unknown site {s!r}: expected lm.layer.<i> (0 <= i < "
-                             f"{num_layers}) or one of {', '.join(TEXT_SITES)}")
+                             f"{num_layers}) or one of {', '.join(TEXT_SITES)} (and, for "
+                             f"extraction, audio.descriptors; extract.keep='both' adds "
+                             f"lm.layer.<i>.uncond by itself)")
     if s not in out:
       out.append(s)
   if not out:

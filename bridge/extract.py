@@ -104,7 +104,10 @@ def _open_or_create(path, sites, prompt_rows, model_meta, generation, num_worker
   if m.get("num_workers") != num_workers:
     problems.append(f"num_workers {m.get('num_workers')} != {num_workers}")
   if m.get("generation") != generation:
-    problems.append("generation params differ")
+    have, want = m.get("generation") or {}, generation
+    diff = [f"{k}: {have.get(k)!r} != {want.get(k)!r}" for k in sorted(set(have) | set(want))
+            if have.get(k) != want.get(k)]
+    problems.append("generation params differ (" + ", ".join(diff) + ")")
   if m.get("model", {}).get("source") != model_meta["source"]:
     problems.append(f"model {m.get('model', {}).get('source')!r} != {model_meta['source']!r}")
   if [(p["text"], p["seed"]) for p in ds.prompts] != [(p["text"], p["seed"]) for p in prompt_rows]:

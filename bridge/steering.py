@@ -35,8 +35,9 @@ def load_directions(path: str) -> tuple[torch.Tensor, dict]:
   from safetensors.torch import load_file
   p = os.path.join(path, "directions.safetensors")
   if not os.path.exists(p):
-    raise FileNotFoundError(f"{p} not found (export directions with launch/export.py "
-                            f"--features=...)")
+    raise FileNotFoundError(f"{p} not found: export directions first, e.g. `python -m "
+                            f"launch.export --config=... --workdir=... --from_selectivity=1` "
+                            f"(after launch.analyze) or `--features=3,17`")
   with open(os.path.join(path, "directions.json")) as f:
     return load_file(p)["directions"], json.load(f)
 

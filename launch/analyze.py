@@ -1,12 +1,12 @@
 """Analyse a trained SAE: `python -m launch.analyze --config=configs/tiny.py --workdir=DIR`.
 
 Writes reports/<run>/{features,selectivity,probes}.json and report.html (see WORKSPACE.md).
-Override fields: `--config.analysis.label_keys=emotion,genre --config.analysis.probe_folds=4`.
+Override fields: `--config.analysis.label_keys="('emotion','genre')" --config.analysis.probe_folds=4`.
 """
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from launch import logs
+from launch import common
 
 from musicsae_jax import analysis
 
@@ -20,11 +20,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logs.quiet_library_logs()
-  try:
+  common.quiet_library_logs()
+  with common.user_errors():
     paths = analysis.analyze(_CONFIG.value, _WORKDIR.value, log=logging.info)
-  except analysis.AnalysisError as e:
-    raise app.UsageError(str(e)) from e
   for name, path in paths.items():
     print(f"{name}: {path}")
 

@@ -49,7 +49,7 @@ def main(argv):
   t0 = time.time()
   for i, stage in enumerate(_STAGES.value, 1):
     cmd = stage_command(stage, _CONFIG.value, workdir, overrides)
-    print(f"\n=== [{i}/{len(_STAGES.value)}] {stage}: {shlex.join(cmd[1:])}", flush=True)
+    print(f"\n=== [{i}/{len(_STAGES.value)}] {stage}: python {shlex.join(cmd[1:])}", flush=True)
     t = time.time()
     r = subprocess.run(cmd)
     if r.returncode:

@@ -10,7 +10,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from launch import logs
+from launch import common
 
 from musicsae_jax import export
 
@@ -31,7 +31,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logs.quiet_library_logs()
+  common.quiet_library_logs()
   try:
     ids = [int(f) for f in _FEATURES.value]
   except ValueError as e:
@@ -44,10 +44,12 @@ def main(argv):
     sel = os.path.join(_WORKDIR.value, "reports", _CONFIG.value.run, "selectivity.json")
     if not os.path.exists(sel):
       raise app.UsageError(f"--from_selectivity: {sel} does not exist; run launch.analyze first")
-    ids, labels = pipeline.selected_features(sel, _LABEL_KEY.value, _FROM_SEL.value)
+    with common.user_errors():
+      ids, labels = pipeline.selected_features(sel, _LABEL_KEY.value, _FROM_SEL.value)
     logging.info("directions from %s: %s", sel, list(zip(ids, labels)))
-  out = export.export_run(_WORKDIR.value, _CONFIG.value.run, _OUT.value, step=_STEP.value,
-                          feature_ids=ids, labels=labels)
+  with common.user_errors():
+    out = export.export_run(_WORKDIR.value, _CONFIG.value.run, _OUT.value, step=_STEP.value,
+                            feature_ids=ids, labels=labels)
   logging.info("exported run %s to %s", _CONFIG.value.run, out)
   print(out)
 

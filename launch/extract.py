@@ -14,6 +14,8 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+from launch import common
+
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 flags.DEFINE_string("workdir", None, "Workspace directory.")
 flags.DEFINE_integer("worker_index", None, "This worker's index in [0, num_workers) "
@@ -31,8 +33,10 @@ def main(argv):
   index, num = worker_split(FLAGS.worker_index, FLAGS.num_workers)
   pin_local_gpu()
   from bridge.extract import extract
-  extract(FLAGS.config, FLAGS.workdir, worker_index=index, num_workers=num,
-          overwrite=FLAGS.overwrite)
+  from bridge.models import ModelLoadError
+  with common.user_errors(ModelLoadError):
+    extract(FLAGS.config, FLAGS.workdir, worker_index=index, num_workers=num,
+            overwrite=FLAGS.overwrite)
 
 
 def worker_split(worker_index, num_workers, env=None):

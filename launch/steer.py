@@ -11,6 +11,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from bridge import steering
+from launch import common
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workspace root (exports/<run>/ is read).")
@@ -20,7 +21,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  res = steering.run_steering(_CONFIG.value, _WORKDIR.value)
+  with common.user_errors():
+    res = steering.run_steering(_CONFIG.value, _WORKDIR.value)
   print(res["path"])
 
 

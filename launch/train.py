@@ -14,7 +14,7 @@ logs progress and writes metrics, plots and config.json; all processes checkpoin
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from launch import logs
+from launch import common
 
 from musicsae_jax import distributed
 
@@ -33,7 +33,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logs.quiet_library_logs()
+  common.quiet_library_logs()
   spec = None
   if _MULTIHOST.value is not False:
     spec = distributed.detect(coordinator_address=_COORD.value, num_processes=_NPROC.value,
@@ -46,8 +46,8 @@ def main(argv):
     if jax.process_index() != 0:            # one voice: process 0 reports progress
       logging.set_verbosity(logging.WARNING)
   from musicsae_jax import train
-  final = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  logging.info("final metrics: %s", final)
+  with common.user_errors():
+    final = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   import jax
   if jax.process_index() == 0:
     print(final)

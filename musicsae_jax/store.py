@@ -271,7 +271,8 @@ class Dataset:
   def __init__(self, path: str):
     self.path = path
     if not os.path.isdir(path):
-      raise ManifestError(f"{path}: no such dataset directory")
+      raise ManifestError(f"{path}: no such dataset directory (write one with `python -m "
+                          f"launch.extract` or musicsae_jax.store.create)")
     m = _read_json(os.path.join(path, "manifest.json"), "manifest.json")
     if m.get("format") != "musicsae-activations" or not isinstance(m.get("sites"), dict):
       raise ManifestError(f"{path}/manifest.json: not an activation-store manifest "

@@ -271,7 +271,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Train (or resume) the run `<workdir>/runs/<config.run>`; returns the final metrics."""
   t = resolve_train_config(config.get("train"))
   run_dir = os.path.abspath(os.path.join(workdir, "runs", config.run))
-  os.makedirs(run_dir, exist_ok=True)
   metrics_path = os.path.join(run_dir, "metrics.jsonl")
 
   # --- mesh ------------------------------------------------------------------------------
@@ -286,6 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # --- input -----------------------------------------------------------------------------
   source, extras = _source(config, t, workdir)
   d = source.d
+  os.makedirs(run_dir, exist_ok=True)               # only once the data is there
   eval_prompts = data_lib.split_prompts(source.read_index()[:, 0], t.eval_fraction,
                                         t.data_seed)
   norm_path = os.path.join(run_dir, "normalization.json")
