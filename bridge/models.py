@@ -6,6 +6,7 @@ needed on the MusicGen text-to-music path and neither loads next to CPU torch 2.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.machinery
 import logging
@@ -151,7 +152,8 @@ def load_musicgen(name_or_dir: str, device: str = "cpu", dtype: torch.dtype | No
   import_audiocraft()
   from audiocraft.models import MusicGen
   try:
-    model = MusicGen.get_pretrained(str(local) if local.is_dir() else name, device=device)
+    with _local_t5_conditioners(local if local.is_dir() else None):
+      model = MusicGen.get_pretrained(str(local) if local.is_dir() else name, device=device)
   except Exception as e:  # noqa: BLE001 - hub/network errors come in many types
     if local.is_dir():
       raise
@@ -164,6 +166,93 @@ def load_musicgen(name_or_dir: str, device: str = "cpu", dtype: torch.dtype | No
   if dtype is not None:
     model.lm.to(dtype)
   return model
+
+
+def _resolve_local_t5(name: str, base_dir: Path | None) -> str | None:
+  """A local T5 directory (`save_pretrained` layout) for cfg name `name`, or None.
+
+  Relative names are tried against the MusicGen directory first (so an exported directory
+  can be moved), then as given.
+  """
+  p = Path(name).expanduser()
+  cands = [p] if p.is_absolute() else ([base_dir / p] if base_dir is not None else []) + [p]
+  for c in cands:
+    if (c / "config.json").is_file():
+      return str(c.resolve())
+  return None
+
+
+@contextlib.contextmanager
+def _local_t5_conditioners(base_dir: Path | None = None):
+  """While active, audiocraft's builders accept a local T5 directory as a T5 `name`.
+
+  `builders.get_lm_model` hard-codes `T5Conditioner`, whose `__init__` asserts the name is
+  one of its hub `MODELS`. Hub names go to the real class unchanged; any other name must
+  be a local T5 directory, for which a subclass listing just that directory is built.
+  """
+  import_audiocraft()
+  from audiocraft.models import builders
+  real = builders.T5Conditioner
+
+  def make(name, output_dim, **kwargs):
+    if name in real.MODELS:
+      return real(name=name, output_dim=output_dim, **kwargs)
+    path = _resolve_local_t5(name, base_dir)
+    if path is None:
+      raise ModelLoadError(
+          f"the MusicGen cfg names T5 {name!r}, which is neither one of audiocraft's T5 names "
+          f"({', '.join(real.MODELS)}) nor a local directory saved with save_pretrained "
+          f"(looked in {base_dir or '.'}).")
+    from transformers import T5Config
+    cls = type("LocalT5Conditioner", (real,),
+               {"MODELS": [path], "MODELS_DIMS": {path: int(T5Config.from_pretrained(path).d_model)}})
+    return cls(name=path, output_dim=output_dim, **kwargs)
+
+  builders.T5Conditioner = make
+  try:
+    yield
+  finally:
+    builders.T5Conditioner = real
+
+
+def save_musicgen(model, out_dir) -> Path:
+  """Write `model` as a local MusicGen directory that `load_musicgen(out_dir)` loads.
+
+  Same layout and format as the hub checkpoints `MusicGen.get_pretrained` reads
+  (`state_dict.bin`, `compression_state_dict.bin`: torch-saved dicts with a yaml `xp.cfg`
+  and `best_state`). The T5 of each T5 conditioner (not part of the LM state when frozen)
+  is saved with its tokenizer under `out_dir/t5` (`t5_<name>` for conditioners other than
+  'description') and the cfg points at it by relative path, so the directory is
+  self-contained and needs no network. Needs the build cfgs on `model.lm.cfg` and
+  `model.compression_model.cfg` (the tiny model has both; `get_pretrained` keeps only the LM's).
+  """
+  import_audiocraft()
+  import audiocraft
+  import omegaconf
+  lm_cfg = getattr(model.lm, "cfg", None)
+  comp_cfg = getattr(model.compression_model, "cfg", None)
+  if lm_cfg is None or comp_cfg is None:
+    raise ValueError("save_musicgen needs the build cfgs on model.lm.cfg and "
+                     "model.compression_model.cfg; this model lacks "
+                     f"{'model.lm.cfg' if lm_cfg is None else 'model.compression_model.cfg'}")
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  lm_cfg = omegaconf.OmegaConf.create(omegaconf.OmegaConf.to_container(lm_cfg, resolve=True))
+  conds = model.lm.condition_provider.conditioners
+  for cname, ccfg in (lm_cfg.get("conditioners") or {}).items():
+    if ccfg.get("model") != "t5":
+      continue
+    sub = "t5" if cname == "description" else f"t5_{cname}"
+    cond = conds[cname]
+    cond.t5.save_pretrained(str(out / sub))
+    cond.t5_tokenizer.save_pretrained(str(out / sub))
+    ccfg.t5.name = sub
+  meta = {"version": audiocraft.__version__, "exported": True}
+  torch.save({"xp.cfg": omegaconf.OmegaConf.to_yaml(lm_cfg),
+              "best_state": model.lm.state_dict(), **meta}, out / _CKPT_FILES[0])
+  torch.save({"xp.cfg": omegaconf.OmegaConf.to_yaml(comp_cfg),
+              "best_state": model.compression_model.state_dict(), **meta}, out / _CKPT_FILES[1])
+  return out
 
 
 # --------------------------------------------------------------------------------------
@@ -206,7 +295,6 @@ def build_tiny_musicgen(seed: int = 0, dim: int = 64, num_layers: int = 4, num_h
   import_audiocraft()
   import omegaconf
   from audiocraft.models import MusicGen, builders
-  from audiocraft.modules import conditioners as C
   from transformers import T5Config, T5EncoderModel
   from transformers.utils import logging as hf_logging
   hf_logging.disable_progress_bar()
@@ -218,10 +306,6 @@ def build_tiny_musicgen(seed: int = 0, dim: int = 64, num_layers: int = 4, num_h
                                num_layers=t5_layers, num_heads=4, dropout_rate=0.0,
                                relative_attention_num_buckets=8)).eval()
   t5.save_pretrained(tok_dir)
-
-  class TinyT5Conditioner(C.T5Conditioner):
-    MODELS = [tok_dir]
-    MODELS_DIMS = {tok_dir: t5_dim}
 
   cfg = omegaconf.OmegaConf.create({
       "device": device, "dtype": "float32", "lm_model": "transformer_lm",
@@ -259,16 +343,15 @@ def build_tiny_musicgen(seed: int = 0, dim: int = 64, num_layers: int = 4, num_h
               "kmeans_iters": 1, "threshold_ema_dead_code": 2, "orthogonal_reg_weight": 0.0,
               "orthogonal_reg_active_codes_only": False, "q_dropout": False},
   })
-  real_t5 = builders.T5Conditioner
-  builders.T5Conditioner = TinyT5Conditioner  # get_lm_model hard-codes T5Conditioner
   try:
-    torch.manual_seed(seed)
-    lm = builders.get_lm_model(cfg)
+    with _local_t5_conditioners():  # get_lm_model hard-codes T5Conditioner
+      torch.manual_seed(seed)
+      lm = builders.get_lm_model(cfg)
     torch.manual_seed(seed + 1)
     compression = builders.get_compression_model(cfg)
   finally:
-    builders.T5Conditioner = real_t5
     shutil.rmtree(tmp, ignore_errors=True)  # T5 and tokenizer are loaded by now
+  lm.cfg = compression.cfg = cfg  # as load_lm_model does; save_musicgen reads them
   # get_lm_model loaded T5 from tok_dir (the weights saved above): same seed, same T5.
   model = MusicGen("tiny", compression.eval(), lm.eval(), max_duration=max_duration)
   model.set_generation_params(duration=1.0, top_k=min(250, card))

@@ -1,4 +1,5 @@
 """bridge.models: the import shim, the tiny random MusicGen, clear errors for real models."""
+import shutil
 import sys
 
 import pytest
@@ -62,3 +63,33 @@ def test_known_name_offline_without_cache_says_what_to_do(tmp_path, monkeypatch)
   monkeypatch.setenv("AUDIOCRAFT_CACHE_DIR", str(tmp_path))
   with pytest.raises(models.ModelLoadError, match="pass that directory"):
     models.load_musicgen("facebook/musicgen-small")
+
+
+def test_save_and_load_local_dir_round_trip(tiny, tmp_path):
+  """save_musicgen writes what MusicGen.get_pretrained reads; load_musicgen(dir) gets it back."""
+  from bridge.capture import generate_tokens
+  out = models.save_musicgen(tiny, tmp_path / "mg")
+  assert {p.name for p in out.iterdir()} >= {"state_dict.bin", "compression_state_dict.bin", "t5"}
+  pkg = torch.load(out / "state_dict.bin", weights_only=True)  # plain yaml + tensors
+  assert "name: t5\n" in pkg["xp.cfg"] and set(pkg["best_state"]) == set(tiny.lm.state_dict())
+  moved = tmp_path / "moved"
+  out.rename(moved)  # the cfg names the T5 relative to the directory
+  loaded = models.load_musicgen(str(moved))
+  assert models.model_info(loaded).to_dict() | {"name": "tiny"} == models.model_info(tiny).to_dict()
+  for a, b in ((tiny.lm, loaded.lm), (tiny.compression_model, loaded.compression_model),
+               (models.text_conditioner(tiny).t5, models.text_conditioner(loaded).t5)):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+  tk, lk = models.text_conditioner(tiny).t5_tokenizer, models.text_conditioner(loaded).t5_tokenizer
+  assert tk("happy piano at night").input_ids == lk("happy piano at night").input_ids
+  for m in (tiny, loaded):
+    m.set_generation_params(duration=0.2, top_k=50)
+  texts = ["happy piano", "sad cello in the rain"]
+  assert torch.equal(generate_tokens(tiny, texts, seed=5), generate_tokens(loaded, texts, seed=5))
+
+
+def test_local_dir_with_unknown_t5_is_a_clear_error(tiny, tmp_path):
+  out = models.save_musicgen(tiny, tmp_path / "mg")
+  shutil.rmtree(out / "t5")
+  with pytest.raises(models.ModelLoadError, match="names T5 't5', which is neither"):
+    models.load_musicgen(str(out))
