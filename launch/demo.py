@@ -6,8 +6,8 @@
 Each stage is its own launch script run in a fresh process with the same config file,
 workdir and `--config.*` overrides, so the torch side and the JAX side never share a
 process (the layering on disk is the contract) and every stage can be rerun alone with
-the command this script prints. Every stage resumes: rerunning the demo after a crash
-continues where it stopped.
+the command this script prints. Rerunning the demo after a crash continues where it
+stopped: extraction skips completed prompts, training resumes from its checkpoint.
 """
 import os
 import shlex
