@@ -6,7 +6,8 @@ import json
 import numpy as np
 
 
-def _plt():
+def pyplot():
+  """matplotlib.pyplot on the Agg backend (files only, no display), imported on first use."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -20,7 +21,7 @@ def read_metrics(path: str) -> list[dict]:
 
 def plot_training(rows: list[dict], path: str) -> None:
   """Loss, MSE, L0, FVU (train batch and pooled eval), dead fraction and lr vs step."""
-  plt = _plt()
+  plt = pyplot()
   train = [r for r in rows if r.get("kind") == "train"]
   evals = [r for r in rows if r.get("kind") == "eval"]
   panels = [("loss", "loss", True), ("mse", "mse", True), ("l0", "L0", False),
@@ -43,17 +44,21 @@ def plot_training(rows: list[dict], path: str) -> None:
   plt.close(fig)
 
 
-def plot_density(density: np.ndarray, path: str, title: str = "feature density") -> None:
-  """Histogram of log10(firing frequency); dead latents are counted in the title."""
-  plt = _plt()
+def density_figure(density: np.ndarray, xlabel: str, title: str, figsize=(6, 4)):
+  """Histogram of log10(firing frequency); latents that never fire are counted in the title."""
   density = np.asarray(density, np.float64)
   alive = density[density > 0]
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = pyplot().subplots(figsize=figsize)
   if len(alive):
     ax.hist(np.log10(alive), bins=50)
-  ax.set_xlabel("log10 firing frequency (eval tokens)")
+  ax.set_xlabel(xlabel)
   ax.set_ylabel("latents")
-  ax.set_title(f"{title}: {len(density) - len(alive)} of {len(density)} dead")
+  ax.set_title(f"{title}: {len(density) - len(alive)} of {len(density)} never fire")
   fig.tight_layout()
+  return fig
+
+
+def plot_density(density: np.ndarray, path: str, title: str = "feature density") -> None:
+  fig = density_figure(density, "log10 firing frequency (eval tokens)", title)
   fig.savefig(path, dpi=100)
-  plt.close(fig)
+  pyplot().close(fig)

@@ -12,21 +12,16 @@ import io
 
 import numpy as np
 
+from musicsae_jax import plots
+
 SECTIONS = ("summary", "training", "density", "selectivity", "probes", "similarity",
             "top-features", "discovery", "grounding")
-
-
-def _plt():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
 
 
 def _png(fig) -> str:
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=90)
-  _plt().close(fig)
+  plots.pyplot().close(fig)
   return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -40,21 +35,13 @@ def png_file(path: str) -> str:
 
 
 def density_png(rate: np.ndarray) -> str:
-  plt = _plt()
-  alive = rate[rate > 0]
-  fig, ax = plt.subplots(figsize=(6, 3.5))
-  if len(alive):
-    ax.hist(np.log10(alive), bins=50)
-  ax.set_xlabel("log10 firing rate (all rows of the site)")
-  ax.set_ylabel("features")
-  ax.set_title(f"{len(rate) - len(alive)} of {len(rate)} features never fire")
-  fig.tight_layout()
-  return _png(fig)
+  return _png(plots.density_figure(rate, "log10 firing rate (all rows of the site)",
+                                   "features", figsize=(6, 3.5)))
 
 
 def heatmap_png(matrix: np.ndarray, rows: list[str], cols: list[str], title: str) -> str:
   """Features (rows) x label values (columns), AUROC colour scale centred at 0.5."""
-  plt = _plt()
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 1.0 + 0.28 * len(rows)))
   im = ax.imshow(matrix, cmap="RdBu_r", vmin=0.0, vmax=1.0, aspect="auto")
   ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
@@ -67,7 +54,7 @@ def heatmap_png(matrix: np.ndarray, rows: list[str], cols: list[str], title: str
 
 def probe_png(results: list[dict], label_key: str) -> str:
   """Accuracy ± std per site (layers in order), shuffled control, chance line."""
-  plt = _plt()
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(results)), 3.8))
   xs = np.arange(len(results))
   acc = [r["accuracy"] for r in results]
