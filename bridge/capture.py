@@ -89,7 +89,18 @@ class Capture:
 # --------------------------------------------------------------------------------------
 # Hooks (context managers that remove themselves)
 # --------------------------------------------------------------------------------------
-class LayerRecorder(contextlib.AbstractContextManager):
+class _Hooks(contextlib.AbstractContextManager):
+  """Forward hooks registered on enter (`_handles`) and always removed on exit."""
+  _handles: list
+
+  def __exit__(self, *exc):
+    for h in self._handles:
+      h.remove()
+    self._handles.clear()
+    return False
+
+
+class LayerRecorder(_Hooks):
   """Appends the last position of every forward of the chosen LM layers (never overwrites)."""
 
   def __init__(self, lm, layers, last_only: bool = True):
@@ -108,14 +119,9 @@ class LayerRecorder(contextlib.AbstractContextManager):
       self._handles.append(self.lm.transformer.layers[i].register_forward_hook(self._hook(i)))
     return self
 
-  def __exit__(self, *exc):
-    for h in self._handles:
-      h.remove()
-    self._handles.clear()
-    return False
 
 
-class TextRecorder(contextlib.AbstractContextManager):
+class TextRecorder(_Hooks):
   """Records T5 last hidden states, attention masks and `output_proj` outputs per call.
 
   T5 lives in the conditioner's `__dict__` (not a submodule), so it is hooked directly.
@@ -138,11 +144,6 @@ class TextRecorder(contextlib.AbstractContextManager):
                      self.cond.output_proj.register_forward_hook(self._proj_hook)]
     return self
 
-  def __exit__(self, *exc):
-    for h in self._handles:
-      h.remove()
-    self._handles.clear()
-    return False
 
   def rows(self, site: str, B: int) -> list[np.ndarray]:
     """Per-prompt rows of the first (conditional) call; padded tokens dropped."""
