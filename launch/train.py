@@ -1,6 +1,7 @@
 """Train an SAE: `python -m launch.train --config=configs/synthetic_tiny.py --workdir=DIR`.
 
-Re-running with the same workdir resumes the run (or reports that it is done).
+Re-running with the same workdir resumes the run (or reports that it is done); a
+changed experiment is refused with a diff (`--overwrite` starts the run over).
 Override any field: `--config.train.steps=100 --config.sae.architecture=batchtopk`.
 
 Multi-host (docs/MULTIHOST.md): run the same command on every host. `--multihost` joins
@@ -26,6 +27,8 @@ _MULTIHOST = flags.DEFINE_bool(
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NPROC = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PID = flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes).")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Delete runs/<run>/ (and its checkpoints) first and start over.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -47,7 +50,7 @@ def main(argv):
       logging.set_verbosity(logging.WARNING)
   from musicsae_jax import train
   with common.user_errors():
-    final = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    final = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
   import jax
   if jax.process_index() == 0:
     print(final)
