@@ -48,8 +48,8 @@ def main(argv):
                  jax.process_count(), jax.local_device_count(), jax.device_count())
     if jax.process_index() != 0:            # one voice: process 0 reports progress
       logging.set_verbosity(logging.WARNING)
-  from musicsae_jax import train
-  with common.user_errors():
+  from musicsae_jax import checkpoint, train
+  with common.user_errors(checkpoint.CheckpointSaveError):
     final = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
   import jax
   if jax.process_index() == 0:

@@ -419,6 +419,7 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
     with jax.set_mesh(mesh):
       for step in range(start + 1, steps + 1):
         state, met = p_train_step(state, next(batches))
+        ckpt.check()                                  # a failed async save stops here
         pending.append(met)
         if step % t.log_every == 0 or step == steps:
           met = jax.tree.map(lambda *v: float(np.mean(v)), *jax.device_get(pending))

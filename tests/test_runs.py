@@ -96,3 +96,23 @@ def test_a_second_trainer_fails_at_once_with_one_line(tmp_path):
   assert "RunLockedError" in last and f"pid {os.getpid()}" in last, out.stderr[-2000:]
   assert "Traceback" not in out.stderr
   assert os.listdir(run_dir) == [runs.LOCK_FILE]   # the holder's run is untouched
+
+
+def test_a_failed_async_save_stops_training_soon_with_one_line(tmp_path, monkeypatch):
+  """Disk full while Orbax commits step 100 in the background: training stops before the
+  next save (step 200) with one error naming the step, not at the next save."""
+  import errno
+  from orbax.checkpoint._src.path import atomicity
+  from musicsae_jax import checkpoint as ckpt_lib
+
+  async def disk_full(self, *a, **k):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", disk_full)
+  c = _cfg(num_devices=1, steps=200, checkpoint_every=100, eval_every=100, log_every=1)
+  with pytest.raises(ckpt_lib.CheckpointSaveError,
+                     match=r"checkpoints: saving the checkpoint of step 100 failed: OSError: "
+                           r"\[Errno 28\] No space left on device$"):
+    train.train_and_evaluate(c, str(tmp_path))
+  steps = [json.loads(l)["step"] for l in open(tmp_path / "runs" / RUN / "metrics.jsonl")]
+  assert 100 <= max(steps) < 200
