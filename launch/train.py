@@ -11,6 +11,8 @@ comes from `--coordinator_address/--num_processes/--process_id`, or the environm
 MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE, SLURM, a TPU VM pod slice), which is also
 detected without the flag; `--nomultihost` forces a single-process run. Only process 0
 logs progress and writes metrics, plots and config.json; all processes checkpoint.
+SIGTERM (preemption, a time limit) saves a checkpoint at a step all processes agree on
+and exits with status 143; rerun the same command to resume.
 """
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -54,6 +56,9 @@ def main(argv):
   import jax
   if jax.process_index() == 0:
     print(final)
+  if final.get("preempted"):       # checkpointed on SIGTERM: not done, rerun to resume
+    from musicsae_jax import preemption
+    raise SystemExit(preemption.EXIT_STATUS)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from musicsae_jax import checkpoint as ckpt_lib
 from musicsae_jax import data as data_lib
 from musicsae_jax import mesh as mesh_lib
 from musicsae_jax import plots
+from musicsae_jax import preemption
 from musicsae_jax import runs
 from musicsae_jax import sae as sae_lib
 
@@ -416,10 +417,11 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
                  config.run, config.sae.architecture, d, m, steps, start, t.lr)
     batches = pipeline.iterate(start)
     pending, t0, t_last, s_last = [], time.time(), time.time(), start
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), preemption.StopOnSigterm() as sigterm:
       for step in range(start + 1, steps + 1):
         state, met = p_train_step(state, next(batches))
         ckpt.check()                                  # a failed async save stops here
+        preempted = sigterm.should_stop(step)         # same step on every process
         pending.append(met)
         if step % t.log_every == 0 or step == steps:
           met = jax.tree.map(lambda *v: float(np.mean(v)), *jax.device_get(pending))
@@ -443,8 +445,14 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
             logging.info("eval step %d: fvu=%.4f ev=%.4f l0=%.1f dead=%.3f dense=%.3f", step,
                          last_eval["fvu"], last_eval["ev"], last_eval["l0"],
                          last_eval["dead_frac"], last_eval["dense_frac"])
-        if step % t.checkpoint_every == 0 or step == steps:
-          ckpt.save(step, state, last_eval.get("fvu"))
+        if step % t.checkpoint_every == 0 or step == steps or preempted:
+          ckpt.save(step, state, None if preempted else last_eval.get("fvu"))
+        if preempted:
+          logging.warning("SIGTERM: saved the checkpoint of step %d and stopped; rerun the "
+                          "same command to resume", step)
+          batches.close()
+          ckpt.close()
+          return {"step": step, "preempted": True}
         if t.get("stop_after") and step >= t.stop_after:   # simulate a crash (tests)
           break
     batches.close()

@@ -116,3 +116,40 @@ def test_a_failed_async_save_stops_training_soon_with_one_line(tmp_path, monkeyp
     train.train_and_evaluate(c, str(tmp_path))
   steps = [json.loads(l)["step"] for l in open(tmp_path / "runs" / RUN / "metrics.jsonl")]
   assert 100 <= max(steps) < 200
+
+
+def _metric_steps(run_dir):
+  path = os.path.join(run_dir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  return [json.loads(l)["step"] for l in open(path) if l.strip().endswith("}")
+          and json.loads(l)["kind"] == "train"]
+
+
+def test_sigterm_checkpoints_and_exits_then_resumes(tmp_path):
+  import signal
+  import time
+  env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1"}
+  cmd = [sys.executable, "-m", "launch.train", "--config=configs/synthetic_tiny.py",
+         f"--workdir={tmp_path}", "--config.train.steps=100000", "--config.train.log_every=1",
+         "--config.train.checkpoint_every=100000", "--config.train.eval_every=100000",
+         "--config.train.plots=False"]
+  run_dir = str(tmp_path / "runs" / RUN)
+  p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
+  deadline = time.time() + 120
+  while time.time() < deadline and len(_metric_steps(run_dir)) < 5:
+    time.sleep(0.1)
+  p.send_signal(signal.SIGTERM)
+  out, err = p.communicate(timeout=60)
+  assert p.returncode == 143, err[-2000:]
+  assert "SIGTERM: saved the checkpoint of step" in err
+  ckpts = sorted(int(n) for n in os.listdir(os.path.join(run_dir, "checkpoints")) if n.isdigit())
+  assert len(ckpts) == 1 and ckpts[0] >= 5
+  stopped = ckpts[0]
+  assert max(_metric_steps(run_dir)) == stopped
+  # the same command with a reachable end resumes from there
+  r = subprocess.run(cmd[:5] + [f"--config.train.steps={stopped + 3}"] + cmd[6:], cwd=ROOT,
+                     env=env, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert _metric_steps(run_dir) == list(range(1, stopped + 4))
