@@ -42,6 +42,13 @@ def build_model(mcfg):
                               dtype=getattr(torch, dtype) if dtype else None)
 
 
+def _model_build(mcfg) -> dict:
+  """The model config fields that change its activations (recorded, compared on resume)."""
+  if mcfg.name == "tiny":
+    return {"seed": int(mcfg.get("seed", 0)), "tiny": dict(mcfg.get("tiny", {}) or {})}
+  return {"dtype": mcfg.get("dtype", None) or ""}
+
+
 def _prompt_list(ecfg) -> list[dict]:
   ps = prompts_lib.load_prompts(ecfg.prompts)
   ps = prompts_lib.subsample(ps, ecfg.get("per_label", None), ecfg.get("label_key", "emotion"))
@@ -80,13 +87,30 @@ def _set_generation(model, ecfg, info) -> dict:
   return params
 
 
+def _diff(have: dict, want: dict, prefix: str = "") -> list[str]:
+  """'field: stored != requested' for every differing key (nested dicts flattened)."""
+  out = []
+  for k in sorted(set(have) | set(want)):
+    a, b = have.get(k), want.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _diff(a, b, f"{prefix}{k}.")
+    elif a != b:
+      out.append(f"{prefix}{k}: {a!r} != {b!r}")
+  return out
+
+
 def _open_or_create(path, sites, prompt_rows, model_meta, generation, num_workers, overwrite):
-  """Create the dataset once (atomically, so concurrent workers race safely) or reopen it."""
+  """Create the dataset once (atomically, so concurrent workers race safely) or reopen it.
+
+  A reopened dataset must have been made by the same experiment: every field that changes
+  its rows (model and its build, sites with dtype, generation, prompts, workers) is compared.
+  """
   if overwrite and os.path.exists(path):
     import shutil
     shutil.rmtree(path)
+  store.remove_stale_creating(path)        # left by a creator that was killed
   if not store.exists(path):
-    tmp = f"{path}.creating-{os.getpid()}"
+    tmp = store.creating_path(path)
     store.create(tmp, sites, prompts=prompt_rows, model=model_meta, generation=generation,
                  num_workers=num_workers, overwrite=True)
     try:
@@ -96,25 +120,23 @@ def _open_or_create(path, sites, prompt_rows, model_meta, generation, num_worker
       shutil.rmtree(tmp, ignore_errors=True)
   ds = store.open_dataset(path)
   m = ds.manifest
-  want_sites = {n: s.d for n, s in sites.items()}
-  have_sites = {n: s.d for n, s in ds.sites.items()}
-  problems = []
-  if have_sites != want_sites:
-    problems.append(f"sites {have_sites} != {want_sites}")
+  site_keys = ("d", "dtype", "codec")
+  problems = _diff({n: {k: getattr(s, k) for k in site_keys} for n, s in ds.sites.items()},
+                   {n: {k: getattr(s, k) for k in site_keys} for n, s in sites.items()}, "sites.")
   if m.get("num_workers") != num_workers:
-    problems.append(f"num_workers {m.get('num_workers')} != {num_workers}")
-  if m.get("generation") != generation:
-    have, want = m.get("generation") or {}, generation
-    diff = [f"{k}: {have.get(k)!r} != {want.get(k)!r}" for k in sorted(set(have) | set(want))
-            if have.get(k) != want.get(k)]
-    problems.append("generation params differ (" + ", ".join(diff) + ")")
-  if m.get("model", {}).get("source") != model_meta["source"]:
-    problems.append(f"model {m.get('model', {}).get('source')!r} != {model_meta['source']!r}")
+    problems.append(f"num_workers: {m.get('num_workers')} != {num_workers}")
+  problems += _diff(m.get("generation") or {}, generation, "generation.")
+  problems += _diff(m.get("model") or {}, model_meta, "model.")
   if [(p["text"], p["seed"]) for p in ds.prompts] != [(p["text"], p["seed"]) for p in prompt_rows]:
     problems.append("prompt table differs")
   if problems:
-    raise ExtractError(f"{path} exists but was made by a different config ({'; '.join(problems)}); "
-                       f"rerun with --overwrite to replace it or set another config.dataset")
+    raise ExtractError(f"{path} exists but was made by a different config (stored != "
+                       f"requested: {'; '.join(problems[:8])}); rerun with --overwrite to "
+                       f"replace it or set another config.dataset")
+  try:
+    ds.check_files()
+  except store.MissingDataError as e:
+    raise ExtractError(f"{e}; rerun with --overwrite to re-extract") from e
   return ds
 
 
@@ -161,7 +183,7 @@ def extract(config, workdir, worker_index: int = 0, num_workers: int = 1,
                                f"of the CFG batch" + (" (+ .uncond sites)" if keep == "both" else "")),
                     audio_descriptors=list(audio_features.FRAME_DESCRIPTORS)
                     if AUDIO_SITE in sites else [])
-  model_meta = dict(info.to_dict(), source=config.model.name)
+  model_meta = dict(info.to_dict(), source=config.model.name, **_model_build(config.model))
   path = dataset_path(config, workdir)
   ds = _open_or_create(path, sites, prompt_rows, model_meta, generation, num_workers, overwrite)
 
@@ -206,6 +228,7 @@ def extract(config, workdir, worker_index: int = 0, num_workers: int = 1,
       log(f"extract [worker {worker_index}/{num_workers}] batch {k + 1}/{len(todo)}, prompts "
           f"{len(done_now)}/{len(prompt_rows)} done, {rate:.0f} frames/s, ETA {eta:.0f}s")
   ds = store.open_dataset(path)
+  ds.check_files()
   log(f"extract: done, {len(ds.completed_prompts())}/{len(prompt_rows)} prompts complete in "
       f"{path} ({time.time() - t0:.1f}s)")
   return ds

@@ -1,6 +1,7 @@
 """Train an SAE: `python -m launch.train --config=configs/synthetic_tiny.py --workdir=DIR`.
 
-Re-running with the same workdir resumes the run (or reports that it is done).
+Re-running with the same workdir resumes the run (or reports that it is done); a
+changed experiment is refused with a diff (`--overwrite` starts the run over).
 Override any field: `--config.train.steps=100 --config.sae.architecture=batchtopk`.
 
 Multi-host (docs/MULTIHOST.md): run the same command on every host. `--multihost` joins
@@ -10,6 +11,8 @@ comes from `--coordinator_address/--num_processes/--process_id`, or the environm
 MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE, SLURM, a TPU VM pod slice), which is also
 detected without the flag; `--nomultihost` forces a single-process run. Only process 0
 logs progress and writes metrics, plots and config.json; all processes checkpoint.
+SIGTERM (preemption, a time limit) saves a checkpoint at a step all processes agree on
+and exits with status 143; rerun the same command to resume.
 """
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -26,6 +29,8 @@ _MULTIHOST = flags.DEFINE_bool(
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NPROC = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PID = flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes).")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Delete runs/<run>/ (and its checkpoints) first and start over.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -45,12 +50,15 @@ def main(argv):
                  jax.process_count(), jax.local_device_count(), jax.device_count())
     if jax.process_index() != 0:            # one voice: process 0 reports progress
       logging.set_verbosity(logging.WARNING)
-  from musicsae_jax import train
-  with common.user_errors():
-    final = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  from musicsae_jax import checkpoint, train
+  with common.user_errors(checkpoint.CheckpointSaveError):
+    final = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
   import jax
   if jax.process_index() == 0:
     print(final)
+  if final.get("preempted"):       # checkpointed on SIGTERM: not done, rerun to resume
+    from musicsae_jax import preemption
+    raise SystemExit(preemption.EXIT_STATUS)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ from orbax.checkpoint import checkpoint_managers as cm
 METRIC = "eval_fvu"
 
 
+class CheckpointSaveError(RuntimeError):
+  """A (background) checkpoint save failed; raised once, at the first step after it."""
+
+
 def _key(path) -> str:
   parts = []
   for k in path:
@@ -67,11 +71,15 @@ class Checkpointer:
     ])
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, enable_async_checkpointing=async_save, create=True,
+        # best_fn makes Orbax write each step's metrics to disk (without it they live in
+        # memory only, and best-N forgets them on resume); preservation_policy decides.
+        best_fn=lambda m: m[METRIC], best_mode="min",
         cleanup_tmp_directories=True)         # a save cut short by a kill leaves a tmp dir
     # Local paths must be on a disk every host sees (NFS, Filestore); URLs (gs://) pass as is.
     self.directory = directory if "://" in directory else os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state",))
+    self._saving: int | None = None
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -81,10 +89,32 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, eval_fvu: float | None) -> bool:
     """Async save; `eval_fvu` ranks it for best-N (inf when no eval has run yet)."""
+    self.check()
     flat, _ = flatten(state)
     fvu = float("inf") if eval_fvu is None else float(eval_fvu)
-    return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(flat)),
-                             metrics={METRIC: fvu}, force=True)
+    prev, self._saving = self._saving, step
+    try:            # waits for the previous save first, so a failure may be that one's
+      return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(flat)),
+                               metrics={METRIC: fvu}, force=True)
+    except Exception as e:
+      raise self._error(step if prev is None else f"{prev} or {step}", e) from e
+
+  def check(self) -> None:
+    """Raise CheckpointSaveError once the last async save has failed. Cheap (no wait):
+    call it every step, so a full disk stops training right away, not at the next save
+    (Orbax keeps a background failure until the next `wait_until_finished`)."""
+    if self._saving is None or self.manager.is_saving_in_progress():
+      return
+    step, self._saving = self._saving, None
+    try:
+      self.manager.wait_until_finished()          # done already: raises a failure
+    except Exception as e:
+      raise self._error(step, e) from e
+
+  def _error(self, step, e: BaseException) -> CheckpointSaveError:
+    reason = (str(e).strip().splitlines() or [""])[0][:300]
+    return CheckpointSaveError(f"{self.directory}: saving the checkpoint of step {step} "
+                               f"failed: {type(e).__name__}: {reason}")
 
   def restore(self, step: int | None, target: Any) -> Any:
     """Restore `step` (latest when None) into the structure/shardings of `target`.
@@ -112,8 +142,14 @@ class Checkpointer:
     return best
 
   def wait_until_finished(self) -> None:
-    self.manager.wait_until_finished()
+    step, self._saving = self._saving, None
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:
+      raise self._error(step, e) from e
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait_until_finished()
+    finally:
+      self.manager.close()

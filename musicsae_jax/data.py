@@ -179,10 +179,16 @@ class Pipeline:
     if self.num_train_rows // self.streams < self.stream_batch:
       raise DataError(f"only {self.num_train_rows} training rows for a batch of "
                       f"{batch_size}; lower train.batch_size or add data")
+    if source.num_blocks < self.streams:      # a stream reads whole blocks: none for some
+      raise DataError(f"the data has {source.num_blocks} block(s) (stored chunks of "
+                      f"{getattr(source, 'chunk_rows', '?')} rows) for {self.streams} data "
+                      f"streams; set train.data_streams <= {source.num_blocks} or store "
+                      f"smaller chunks")
     self._epoch_batches: list[int] = []       # batches per epoch, computed lazily
     self._cache: dict = {}
     self._pool = (concurrent.futures.ThreadPoolExecutor(read_threads, "musicsae-read")
                   if read_threads > 1 else None)
+    self.batches_in_epoch(0)                  # refuse an unservable split now, not mid-run
 
   def _read_train_rows(self, b) -> np.ndarray:
     acts, index = self.source.read_block(int(b))
@@ -198,7 +204,11 @@ class Pipeline:
       e = len(self._epoch_batches)
       rows = [sum(int(self.block_counts[g].sum()) for g in self._groups(e, s))
               for s in range(self.streams)]
-      self._epoch_batches.append(max(1, min(rows) // self.stream_batch))
+      if min(rows) < self.stream_batch:
+        raise DataError(f"epoch {e}: data stream {int(np.argmin(rows))} gets {min(rows)} "
+                        f"training rows, fewer than its {self.stream_batch} per batch; "
+                        f"lower train.batch_size or train.data_streams, or add data")
+      self._epoch_batches.append(min(rows) // self.stream_batch)
     return self._epoch_batches[epoch]
 
   def _locate(self, step: int) -> tuple[int, int]:

@@ -12,16 +12,26 @@ imports only numpy and tensorstore. The on-disk layout is the contract in WORKSP
 Crash safety: rows are written first, then the worker's commit record is replaced
 atomically (write temp file, fsync, rename). Rows past the committed count are invisible
 and are overwritten by the next append, so a batch is either committed or not there.
+
+Integrity: the commit record also holds a CRC-32 of every committed chunk (per site,
+acts and index), so `verify()` (CLI: `python -m musicsae_jax.store verify PATH`) can
+prove the committed rows are the ones written. Every written chunk is stored, zeros
+included, so a shard file missing under committed rows is damage: reads fail naming the
+file instead of returning the zarr fill value.
 """
 from __future__ import annotations
 
 import dataclasses
 import fcntl
+import glob
 import json
 import os
 import re
 import shutil
+import socket
+import sys
 import time
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -65,6 +75,18 @@ class RowRangeError(StoreError, IndexError):
 
 class LockedError(StoreError):
   """Another live process holds this worker's write lock."""
+
+
+class MissingDataError(StoreError):
+  """A shard file that holds committed rows is gone: the dataset is damaged."""
+
+
+class DuplicatePromptError(StoreError, ValueError):
+  """Rows or a completion for a prompt that is already committed."""
+
+
+class NonFiniteError(StoreError, ValueError):
+  """NaN or Inf activations: refused at append, reported by verify()."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +172,62 @@ def _commit_path(root: str, worker: int) -> str:
   return os.path.join(root, "commits", f"worker-{worker}.json")
 
 
+def _shard_file(array_dir: str, shard: int) -> str:
+  """The file of row-shard `shard` of a [rows, width] zarr3 array (default key encoding)."""
+  return os.path.join(array_dir, "c", str(shard), "0")
+
+
+def _crc_extend(crcs: list[int], start: int, rows: np.ndarray, chunk_rows: int) -> None:
+  """Extend per-chunk CRC-32s (of the rows' little-endian bytes) with rows from `start`.
+
+  crcs[c] covers the committed rows of chunk c; CRC-32 continues incrementally, so a
+  partial last chunk is extended without reading it back.
+  """
+  pos, off = start, 0
+  while off < len(rows):
+    c, within = divmod(pos, chunk_rows)
+    take = min(chunk_rows - within, len(rows) - off)
+    piece = np.ascontiguousarray(rows[off:off + take]).view(np.uint8)
+    if within == 0:
+      crcs.append(zlib.crc32(piece))
+    else:
+      crcs[c] = zlib.crc32(piece, crcs[c])
+    pos, off = pos + take, off + take
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def creating_path(path: str) -> str:
+  """Where a dataset is built before its atomic rename to `path` (host and pid named)."""
+  return f"{path}.creating-{socket.gethostname()}-{os.getpid()}"
+
+
+def remove_stale_creating(path: str, max_age_s: float = 3600.0) -> list[str]:
+  """Remove `<path>.creating-*` dirs left by killed creators: on this host when the pid is
+  gone, from other hosts (shared disks) when older than max_age_s. Returns what went."""
+  gone, host = [], socket.gethostname()
+  for d in glob.glob(glob.escape(path) + ".creating-*"):
+    tail = d.rsplit(".creating-", 1)[1]
+    who, _, pid = tail.rpartition("-")
+    try:
+      age = time.time() - os.path.getmtime(d)
+    except OSError:
+      continue
+    local = who in ("", host) and pid.isdigit()
+    if (local and not _pid_alive(int(pid))) or (not local and age > max_age_s):
+      shutil.rmtree(d, ignore_errors=True)
+      gone.append(d)
+  return gone
+
+
 def _codecs(spec: SiteSpec, width: int, itemsize: int) -> list[dict]:
   inner: list[dict] = [{"name": "bytes", "configuration": {"endian": "little"}}]
   if spec.codec == "zstd":
@@ -166,7 +244,10 @@ def _codecs(spec: SiteSpec, width: int, itemsize: int) -> list[dict]:
 
 
 def _array_spec(path: str, width: int, dtype: str, spec: SiteSpec, create: bool) -> dict:
-  s: dict[str, Any] = {"driver": "zarr3", "kvstore": {"driver": "file", "path": path}}
+  # store_data_equal_to_fill_value: an all-zero chunk is written too, so every shard under
+  # committed rows has a file and a missing one means damage, not "zeros".
+  s: dict[str, Any] = {"driver": "zarr3", "kvstore": {"driver": "file", "path": path},
+                       "store_data_equal_to_fill_value": True}
   if create:
     itemsize = 2 if dtype == "bfloat16" else 4
     codecs = _codecs(spec, width, itemsize)
@@ -325,6 +406,14 @@ class Dataset:
     rows = [int(c["rows"].get(name, 0)) for c in self.commits()]
     return SiteReader(self, name, rows)
 
+  def check_files(self) -> None:
+    """Raise MissingDataError naming the first shard file missing under committed rows
+    (a stat per shard; `verify()` also reads and checksums the rows)."""
+    for name in self.sites:
+      site = self.site(name)
+      for p, n in enumerate(site.part_rows):
+        site._check_present(p, 0, n)
+
   def writer(self, worker_index: int = 0, **kw) -> "Writer":
     return Writer(self, worker_index, **kw)
 
@@ -361,9 +450,30 @@ class SiteReader:
     self._blocks = blocks
     self.num_blocks = len(blocks)
     self._arrays: dict[int, tuple[Any, Any]] = {}
+    self._present: set[tuple[int, int]] = set()     # (part, shard) whose files were seen
 
   def __repr__(self) -> str:
     return f"SiteReader({self.name!r}, rows={self.num_rows}, d={self.d}, dtype={self.dtype})"
+
+  def _part_base(self, p: int) -> str:
+    return _part_dir(self.dataset.path, self.name, p, self.dataset.num_workers)
+
+  def _check_present(self, p: int, lo: int, hi: int) -> None:
+    """Fail naming the file when a shard under local rows [lo, hi) of part p is missing
+    (zarr would silently read its rows as the fill value, zeros)."""
+    rows = self.spec.shard_rows
+    for shard in range(lo // rows, (hi - 1) // rows + 1 if hi > lo else lo // rows):
+      if (p, shard) in self._present:
+        continue
+      for arr in ("acts", "index"):
+        f = _shard_file(os.path.join(self._part_base(p), arr), shard)
+        if not os.path.exists(f):
+          raise MissingDataError(
+              f"{f}: missing shard file holding committed rows {shard * rows}.."
+              f"{min((shard + 1) * rows, self.part_rows[p]) - 1} of site {self.name!r} "
+              f"(worker {p}); the dataset is damaged: check it with `python -m "
+              f"musicsae_jax.store verify {self.dataset.path}` and re-extract")
+      self._present.add((p, shard))
 
   def _part(self, p: int):
     if p not in self._arrays:
@@ -385,10 +495,7 @@ class SiteReader:
 
   def read_block(self, i: int) -> tuple[np.ndarray, np.ndarray]:
     """One chunk-aligned block: (acts [n, d] in the stored dtype, index [n, 2] int32)."""
-    p, s = self._block(i)
-    e = min(s + self.chunk_rows, self.part_rows[p])
-    acts, index = self._part(p)
-    fa, fi = acts[s:e].read(), index[s:e].read()
+    fa, fi = self._read_async(i)
     return fa.result(), fi.result()
 
   def iter_blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -405,6 +512,7 @@ class SiteReader:
   def _read_async(self, i: int):
     p, s = self._block(i)
     e = min(s + self.chunk_rows, self.part_rows[p])
+    self._check_present(p, s, e)
     acts, index = self._part(p)
     return acts[s:e].read(), index[s:e].read()
 
@@ -423,6 +531,9 @@ class SiteReader:
     futures = []
     for p in np.unique(part):
       sel = np.nonzero(part == p)[0]
+      for shard in np.unique(local[sel] // self.spec.shard_rows):
+        lo = int(shard) * self.spec.shard_rows
+        self._check_present(int(p), lo, lo + 1)
       order = np.argsort(local[sel], kind="stable")
       arr = self._part(int(p))[which]
       futures.append((sel[order], arr[local[sel][order]].read()))
@@ -437,6 +548,8 @@ class SiteReader:
   def read_index(self, rows=None) -> np.ndarray:
     """(prompt_id, frame) of the given rows (all committed rows when None)."""
     if rows is None:
+      for p, n in enumerate(self.part_rows):
+        self._check_present(p, 0, n)
       parts = [self._part(p)[1][: n].read() for p, n in enumerate(self.part_rows)]
       got = [f.result() for f in parts]
       return np.concatenate(got) if got else np.zeros((0, 2), np.int32)
@@ -476,8 +589,24 @@ class Writer:
       raise LockedError(f"{ds.path}: worker {worker_index} is being written by another live "
                         f"process; use a different --worker_index or wait for it to finish") from None
     p = _commit_path(ds.path, worker_index)
+    for tmp in glob.glob(glob.escape(p) + ".tmp-*"):   # left by a writer killed mid-replace
+      os.remove(tmp)
     self._commit = _read_json(p, "commit record") if os.path.exists(p) else _empty_commit(worker_index)
     self._specs = {n: s.resolved() for n, s in ds.sites.items()}
+    # Prompts committed by any worker at open: their rows must not be appended again.
+    self._done = ds.completed_prompts() | set(self._commit["completed_prompts"])
+    # Per-chunk CRCs continue only where the record covers every committed row.
+    sums = self._commit.get("checksums") or {}
+    self._crcs = {}
+    for n, spec in self._specs.items():
+      have, rows = sums.get(n), self.committed_rows(n)
+      if have is None and rows:
+        continue                    # written before checksums existed: none kept for it
+      have = have or {"acts": [], "index": []}
+      if len(have["acts"]) != -(-rows // spec.chunk_rows):
+        raise ManifestError(f"{p}: checksums of site {n!r} cover {len(have['acts'])} chunks "
+                            f"but {rows} rows were committed")
+      self._crcs[n] = {"acts": list(have["acts"]), "index": list(have["index"])}
     self._arrays: dict[str, tuple[Any, Any]] = {}
     self._pending: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n in ds.sites}
     self._pending_rows = dict.fromkeys(ds.sites, 0)
@@ -539,12 +668,27 @@ class Writer:
       raise ShapeError(f"{self.ds.path}: site {site!r}: prompt_id out of range [0, {n_prompts})")
     if not acts.shape[0]:
       return
+    if not np.isfinite(acts).all():
+      bad = np.nonzero(~np.isfinite(acts).all(1))[0]
+      raise NonFiniteError(f"{self.ds.path}: site {site!r}: {len(bad)} of {len(acts)} rows hold "
+                           f"NaN/Inf (first: prompt {index[bad[0], 0]}, frame {index[bad[0], 1]})")
+    self._check_new(np.unique(index[:, 0]), f"rows of site {site!r}")
     self._pending[site].append((acts.astype(spec.np_dtype, copy=False), index.astype(np.int32)))
     self._pending_rows[site] += acts.shape[0]
 
+  def _check_new(self, prompt_ids, what: str) -> None:
+    """Refuse rows or completions for prompts already committed (or completed, pending)."""
+    dup = sorted(set(int(i) for i in prompt_ids) & (self._done | set(self._pending_prompts)))
+    if dup:
+      raise DuplicatePromptError(
+          f"{self.ds.path}: worker {self.worker}: {what} for prompt(s) {dup[:5]} that are "
+          f"already committed; each prompt is written once (re-extract with --overwrite)")
+
   def commit(self, prompt_ids: Sequence[int] = ()) -> None:
     """Mark prompts complete; they become visible with their rows at the next flush."""
-    self._pending_prompts.extend(int(i) for i in prompt_ids)
+    ids = [int(i) for i in prompt_ids]
+    self._check_new(ids, "a completion")
+    self._pending_prompts.extend(ids)
     full = any(self._pending_rows[n] >= self._specs[n].shard_rows for n in self._specs)
     if full or time.monotonic() - self._last_flush >= self.flush_seconds:
       self.flush()
@@ -554,6 +698,7 @@ class Writer:
     if not any(self._pending_rows.values()) and not self._pending_prompts:
       return
     new_rows = dict(self._commit["rows"])
+    new_crcs = {n: {k: list(v) for k, v in c.items()} for n, c in self._crcs.items()}
     txn = ts.Transaction()      # coalesces the appended pieces into whole-shard writes
     pending = []
     for name, chunks in self._pending.items():
@@ -566,9 +711,13 @@ class Writer:
       idx = idx.resize(exclusive_max=[stop, None], expand_only=True).result()
       self._arrays[name] = (arr, idx)
       tarr, tidx = arr.with_transaction(txn), idx.with_transaction(txn)
+      crcs = new_crcs.get(name)
       for a, i in chunks:
         pending.append(tarr[start:start + len(a)].write(a))
         pending.append(tidx[start:start + len(a)].write(i))
+        if crcs is not None:
+          _crc_extend(crcs["acts"], start, a, self._specs[name].chunk_rows)
+          _crc_extend(crcs["index"], start, i, self._specs[name].chunk_rows)
         start += len(a)
       new_rows[name] = stop
     for f in pending:
@@ -576,10 +725,12 @@ class Writer:
     txn.commit_async().result()
     done = sorted(set(self._commit["completed_prompts"]) | set(self._pending_prompts))
     record = {"worker": self.worker, "rows": new_rows, "completed_prompts": done,
+              "checksums": new_crcs, "checksum": "crc32 per chunk_rows rows (little-endian bytes)",
               "flushes": int(self._commit.get("flushes", 0)) + 1,
               "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _write_json_atomic(_commit_path(self.ds.path, self.worker), record)
-    self._commit = record
+    self._commit, self._crcs = record, new_crcs
+    self._done |= set(self._pending_prompts)
     self._pending = {n: [] for n in self._specs}
     self._pending_rows = dict.fromkeys(self._specs, 0)
     self._pending_prompts = []
@@ -597,3 +748,113 @@ class Writer:
       self._closed = True
       fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
       os.close(self._lock_fd)
+
+
+# --------------------------------------------------------------------------------------
+# verification
+
+
+def verify(path: str) -> dict:
+  """Check a dataset end to end; returns {'problems': [str], 'sites': {name: rows}}.
+
+  Reads every committed row once and checks: shard files present, per-chunk CRC-32s
+  against the commit records, no NaN/Inf, each (prompt, frame) row once, rows only for
+  completed prompts, every completed prompt present in every site, and no prompt
+  completed by two workers. An empty problem list means the dataset is whole.
+  """
+  ds = open_dataset(path)
+  problems: list[str] = []
+  commits = ds.commits()
+  owner: dict[int, int] = {}
+  for c in commits:
+    for pid in c["completed_prompts"]:
+      if int(pid) in owner:
+        problems.append(f"prompt {pid} is marked complete by workers {owner[int(pid)]} and "
+                        f"{c['worker']}")
+      owner.setdefault(int(pid), int(c["worker"]))
+  done = set(owner)
+  rows_of = {}
+  for name in ds.sites:
+    site = ds.site(name)
+    rows_of[name] = site.num_rows
+    keys, nonfinite, damaged = [], 0, False
+    for p, n in enumerate(site.part_rows):
+      if not n:
+        continue
+      where = f"site {name!r} worker {p}"
+      try:
+        site._check_present(p, 0, n)
+      except MissingDataError as e:
+        problems.append(str(e))
+        damaged = True
+        continue
+      sums = (commits[p].get("checksums") or {}).get(name)
+      if sums is None:
+        problems.append(f"{where}: commit record has no checksums (written by an older "
+                        f"version); contents not checked")
+      acts_arr, index_arr = site._part(p)
+      for c, lo in enumerate(range(0, n, site.chunk_rows)):
+        hi = min(lo + site.chunk_rows, n)
+        a, ix = acts_arr[lo:hi].read().result(), index_arr[lo:hi].read().result()
+        if sums is not None:
+          for what, arr in (("acts", a), ("index", ix)):
+            if c >= len(sums[what]) or zlib.crc32(np.ascontiguousarray(arr).view(np.uint8)) != sums[what][c]:
+              problems.append(f"{_shard_file(os.path.join(site._part_base(p), what), lo // site.spec.shard_rows)}: "
+                              f"{what} rows {lo}..{hi - 1} of {where} do not match their "
+                              f"checksum (corrupt or overwritten)")
+        nonfinite += int(np.count_nonzero(~np.isfinite(a).all(1)))
+        keys.append(ix.astype(np.int64))
+    if nonfinite:
+      problems.append(f"site {name!r}: {nonfinite} rows hold NaN/Inf")
+    if not keys:
+      if done:
+        problems.append(f"site {name!r}: no rows, but {len(done)} prompts are marked complete")
+      continue
+    ix = np.concatenate(keys)
+    pair = ix[:, 0] * (1 << 32) + ix[:, 1]
+    uniq, counts = np.unique(pair, return_counts=True)
+    if (counts > 1).any():
+      first = uniq[counts > 1][0]
+      problems.append(f"site {name!r}: {int((counts > 1).sum())} (prompt, frame) pairs stored "
+                      f"more than once (first: prompt {first >> 32}, frame {first & 0xFFFFFFFF})")
+    have = set(np.unique(ix[:, 0]).tolist())
+    if have - done:
+      problems.append(f"site {name!r}: rows for prompts never marked complete: "
+                      f"{sorted(have - done)[:5]}")
+    if done - have and not damaged:      # (a missing shard already explains it)
+      problems.append(f"site {name!r}: prompts marked complete without rows: "
+                      f"{sorted(done - have)[:5]}")
+  return {"path": ds.path, "problems": problems, "sites": rows_of,
+          "completed_prompts": len(done), "prompts": len(ds.prompts)}
+
+
+def _main(argv: Sequence[str]) -> int:
+  """`python -m musicsae_jax.store verify PATH`: exit 0 when whole, 1 listing problems."""
+  import argparse
+  ap = argparse.ArgumentParser(prog="python -m musicsae_jax.store")
+  sub = ap.add_subparsers(dest="cmd", required=True)
+  sub.add_parser("verify", help="check a dataset's files, checksums and rows").add_argument("path")
+  args = ap.parse_args(argv)
+  try:
+    report = verify(args.path)
+  except StoreError as e:
+    print(f"{type(e).__name__}: {e}", file=sys.stderr)
+    return 2
+  return print_report(report)
+
+
+def print_report(report: dict) -> int:
+  """Print a verify() report; 0 when whole, 1 otherwise (an exit status)."""
+  rows = ", ".join(f"{n}: {r}" for n, r in report["sites"].items())
+  if report["problems"]:
+    print(f"{report['path']}: {len(report['problems'])} problem(s)", file=sys.stderr)
+    for p in report["problems"]:
+      print(f"  {p}", file=sys.stderr)
+    return 1
+  print(f"{report['path']}: OK ({report['completed_prompts']}/{report['prompts']} prompts "
+        f"complete; rows {rows}; checksums match)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(_main(sys.argv[1:]))

@@ -26,6 +26,8 @@ from musicsae_jax import checkpoint as ckpt_lib
 from musicsae_jax import data as data_lib
 from musicsae_jax import mesh as mesh_lib
 from musicsae_jax import plots
+from musicsae_jax import preemption
+from musicsae_jax import runs
 from musicsae_jax import sae as sae_lib
 
 _COUNTER_CAP = 2**30          # steps-since-fired saturates here (int32 safe)
@@ -267,14 +269,34 @@ def _from_process_0(scale: float, streams: int) -> tuple[float, int]:
       int(out["streams"])
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Train (or resume) the run `<workdir>/runs/<config.run>`; returns the final metrics."""
+def _resolved_config(config, t) -> dict:
+  """What config.json records: the experiment config with the resolved `train`."""
+  return {**json.loads(config.to_json_best_effort()), "train": json.loads(t.to_json_best_effort())}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       overwrite: bool = False) -> dict[str, Any]:
+  """Train (or resume) the run `<workdir>/runs/<config.run>`; returns the final metrics.
+
+  The config is validated before anything is written; process 0 holds the run's lock
+  (`musicsae_jax.runs`) for the whole run; `overwrite` deletes an earlier run first.
+  """
   t = resolve_train_config(config.get("train"))
+  runs.validate_train_config(t)
   run_dir = os.path.abspath(os.path.join(workdir, "runs", config.run))
+  mesh_lib.maybe_initialize_distributed(config)     # before anything touches devices
+  if jax.process_index() != 0:                      # only process 0 writes run files
+    return _train_and_evaluate(config, workdir, t, run_dir)
+  with runs.RunLock(run_dir):                       # a failed start leaves no empty dir
+    if overwrite:
+      runs.clear_run(run_dir, t.checkpoint_dir)
+    return _train_and_evaluate(config, workdir, t, run_dir)
+
+
+def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]:
   metrics_path = os.path.join(run_dir, "metrics.jsonl")
 
   # --- mesh ------------------------------------------------------------------------------
-  mesh_lib.maybe_initialize_distributed(config)     # before anything touches devices
   is_main = jax.process_index() == 0                # only process 0 writes files
   devices = jax.devices()[: t.num_devices] if t.get("num_devices") else None
   mesh = mesh_lib.make_mesh(t.mesh_data, t.mesh_model, devices=devices)
@@ -285,7 +307,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # --- input -----------------------------------------------------------------------------
   source, extras = _source(config, t, workdir)
   d = source.d
-  os.makedirs(run_dir, exist_ok=True)               # only once the data is there
+  t.lr = default_lr(sae_lib.resolve_config(_sae_cfg(config), d)["m"]) if t.lr is None else t.lr
+  if is_main:                                       # before any run file is written
+    runs.check_resume(run_dir, _resolved_config(config, t), default_config().to_dict())
+  os.makedirs(run_dir, exist_ok=True)
   eval_prompts = data_lib.split_prompts(source.read_index()[:, 0], t.eval_fraction,
                                         t.data_seed)
   norm_path = os.path.join(run_dir, "normalization.json")
@@ -298,8 +323,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   t.data_streams = int(t.data_streams) or _previous_streams(run_dir) or jax.process_count()
   scale, t.data_streams = _from_process_0(float(norm["scale"]), t.data_streams)
   norm["scale"] = scale
-  if is_main and not os.path.exists(norm_path):
-    data_lib.save_normalization(norm_path, norm)
   pipeline = data_lib.Pipeline(
       source, batch_size=t.batch_size, seed=t.data_seed, eval_prompts=eval_prompts,
       scale=scale, mesh=mesh, shuffle_blocks=t.shuffle_blocks, prefetch=t.prefetch,
@@ -320,17 +343,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   del model
 
   # --- optimizer -------------------------------------------------------------------------
-  t.lr = default_lr(m) if t.lr is None else t.lr      # recorded in config.json
   tx, schedule = make_optimizer(t)
   state = init_state(params, stats, tx, m)
   state_sh = mesh_lib.state_shardings(state, mesh, t.sharding, m)
   state = jax.device_put(state, state_sh)
   batch_sh = mesh_lib.batch_sharding(mesh)
-  if is_main:
-    resolved = {**json.loads(config.to_json_best_effort()),
-                "train": json.loads(t.to_json_best_effort())}
+  if is_main:                                        # everything checked: now write
+    if not os.path.exists(norm_path):
+      data_lib.save_normalization(norm_path, norm)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
-      json.dump(resolved, f, indent=2)
+      json.dump(_resolved_config(config, t), f, indent=2)
 
   # --- step ------------------------------------------------------------------------------
   dense_thr = float(t.dense_threshold)
@@ -395,9 +417,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  config.run, config.sae.architecture, d, m, steps, start, t.lr)
     batches = pipeline.iterate(start)
     pending, t0, t_last, s_last = [], time.time(), time.time(), start
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), preemption.StopOnSigterm() as sigterm:
       for step in range(start + 1, steps + 1):
         state, met = p_train_step(state, next(batches))
+        ckpt.check()                                  # a failed async save stops here
+        preempted = sigterm.should_stop(step)         # same step on every process
         pending.append(met)
         if step % t.log_every == 0 or step == steps:
           met = jax.tree.map(lambda *v: float(np.mean(v)), *jax.device_get(pending))
@@ -421,8 +445,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             logging.info("eval step %d: fvu=%.4f ev=%.4f l0=%.1f dead=%.3f dense=%.3f", step,
                          last_eval["fvu"], last_eval["ev"], last_eval["l0"],
                          last_eval["dead_frac"], last_eval["dense_frac"])
-        if step % t.checkpoint_every == 0 or step == steps:
-          ckpt.save(step, state, last_eval.get("fvu"))
+        if step % t.checkpoint_every == 0 or step == steps or preempted:
+          ckpt.save(step, state, None if preempted else last_eval.get("fvu"))
+        if preempted:
+          logging.warning("SIGTERM: saved the checkpoint of step %d and stopped; rerun the "
+                          "same command to resume", step)
+          batches.close()
+          ckpt.close()
+          return {"step": step, "preempted": True}
         if t.get("stop_after") and step >= t.stop_after:   # simulate a crash (tests)
           break
     batches.close()

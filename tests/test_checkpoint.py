@@ -62,3 +62,21 @@ def test_keeps_best_n_by_fvu_plus_latest(tmp_path):
   assert sorted(ck.all_steps()) == [2, 4, 5]     # best two (0.1, 0.2) + the latest
   assert ck.best_step() == 4 and ck.latest_step() == 5
   ck.close()
+
+
+def test_best_survives_reopening_and_resumes_keep_the_best(tmp_path):
+  """The metric is on disk: a reopened manager knows the best step, and saves after a
+  resume (worse FVU) do not delete the earlier best ones."""
+  state, _ = _placed(mesh_lib.make_mesh(), "data")
+  ck = ckpt_lib.Checkpointer(str(tmp_path), keep_best=2)
+  for step, fvu in [(1, 0.9), (2, 0.2), (3, 0.1)]:
+    ck.save(step, state, eval_fvu=fvu)
+  ck.close()
+  ck = ckpt_lib.Checkpointer(str(tmp_path), keep_best=2)      # as load_run / export do
+  assert ck.best_step() == 3 and ck.latest_step() == 3
+  for step, fvu in [(4, 0.8), (5, 0.7)]:                      # the resumed run
+    ck.save(step, state, eval_fvu=fvu)
+  ck.close()
+  ck = ckpt_lib.Checkpointer(str(tmp_path), keep_best=2)
+  assert sorted(ck.all_steps()) == [2, 3, 5] and ck.best_step() == 3
+  ck.close()

@@ -102,3 +102,14 @@ def test_eval_batches_pad_and_shard():
   assert [n for _, n in got] == [16, 16, 16, 2]
   assert all(b.shape == (16, 4) and b.sharding.spec == P("data", None) for b, _ in got)
   np.testing.assert_array_equal(np.asarray(got[-1][0])[:2], x[48:])
+
+
+def test_fewer_blocks_than_data_streams_is_refused_with_one_line():
+  src = _source(n=600, chunk_rows=512)                    # 2 blocks
+  with pytest.raises(data_lib.DataError, match=r"2 block\(s\) \(stored chunks of 512 rows\) "
+                                               r"for 4 data streams; set train.data_streams <= 2"):
+    _pipe(src, streams=4)
+  with pytest.raises(data_lib.DataError, match=r"data stream \d gets 88 training rows, fewer "
+                                               "than its 128 per batch"):
+    _pipe(src, streams=2, batch_size=256)                 # blocks of 512 and 88 rows
+  assert _pipe(src, streams=2, batch_size=128).batches_in_epoch(0) == 88 // 64

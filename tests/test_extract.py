@@ -102,10 +102,49 @@ def test_two_workers_equal_one(full, tmp_path):
   assert_same_store(store.open_dataset(X.dataset_path(c, str(tmp_path))), full)
 
 
-def test_reopening_with_another_config_is_refused(full):
+def _with_model(**change):
+  c = small_config()
+  for k, v in change.items():
+    if k == "tiny":
+      c.model.tiny.update(v)
+    else:
+      c.model[k] = v
+  return c
+
+
+@pytest.mark.parametrize("config,match", [
+    (lambda: small_config(duration=0.2), "generation.duration: 0.3 != 0.2"),
+    (lambda: _with_model(seed=1), "model.seed: 0 != 1"),
+    (lambda: _with_model(tiny=dict(num_heads=2)), "model.tiny.num_heads: 4 != 2"),
+    (lambda: small_config(dtype="bfloat16"), "sites.lm.layer.0.dtype: 'float32' != 'bfloat16'"),
+])
+def test_reopening_with_another_config_is_refused(full, config, match):
   workdir = os.path.dirname(os.path.dirname(full.path))
-  with pytest.raises(X.ExtractError, match="different config.*--overwrite"):
-    X.extract(small_config(duration=0.2), workdir, log=lambda s: None)
+  with pytest.raises(X.ExtractError, match="different config.*" + match.replace(".", r"\.")
+                     + ".*--overwrite"):
+    X.extract(config(), workdir, log=lambda s: None)
+
+
+def test_resume_with_a_missing_shard_is_refused(full, tmp_path):
+  import shutil
+  path = X.dataset_path(small_config(), str(tmp_path))
+  shutil.copytree(full.path, path)
+  shard = os.path.join(path, "sites", "lm.layer.3", "acts", "c", "0", "0")
+  os.remove(shard)
+  with pytest.raises(X.ExtractError, match=f"{shard}: missing shard file.*--overwrite"):
+    X.extract(small_config(), str(tmp_path), log=lambda s: None)
+
+
+def test_leftover_creating_dir_of_a_killed_worker_is_removed(tmp_path):
+  c = small_config(max_prompts=2)
+  path = X.dataset_path(c, str(tmp_path))
+  p = subprocess.Popen([sys.executable, "-c", "pass"])
+  p.wait()
+  stale = f"{path}.creating-{__import__('socket').gethostname()}-{p.pid}"
+  os.makedirs(stale)
+  X.extract(c, str(tmp_path), log=lambda s: None)
+  assert not os.path.exists(stale)
+  assert store.verify(path)["problems"] == []
 
 
 @pytest.mark.parametrize("change,err,match", [

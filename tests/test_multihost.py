@@ -233,3 +233,32 @@ def test_global_batch_does_not_depend_on_process_count_or_threads():
         np.concatenate([t.local_batch_np(step) for t in two]), one.local_batch_np(step))
   with pytest.raises(data_lib.DataError, match="data streams"):
     data_lib.Pipeline(src, **{**kw, "streams": 3})
+
+
+def test_sigterm_stops_both_processes_at_one_checkpointed_step(tmp_path):
+  """A scheduler's SIGTERM to one process (JAX's preemption service tells the other):
+  both save the checkpoint of one agreed step and exit with 143."""
+  over = {**TINY, "train.steps": 100000, "train.eval_every": 100000,
+          "train.checkpoint_every": 100000, "train.mesh_data": -1, "train.mesh_model": 1}
+  wd = tmp_path / "mh"
+  wd.mkdir()
+  procs = _start(str(wd), over)
+  try:
+    deadline = time.time() + TIMEOUT
+    while time.time() < deadline:
+      assert all(p.poll() is None for p in procs), _log(str(wd), 0)
+      if os.path.exists(wd / "runs" / RUN / "metrics.jsonl") and len(_rows(wd)) >= 3:
+        break
+      time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    for p in procs:
+      p.wait(timeout=TIMEOUT)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  assert [p.returncode for p in procs] == [143, 143], _log(str(wd), 0) + _log(str(wd), 1)
+  ckpts = _committed(str(wd / "runs" / RUN / "checkpoints"))
+  assert len(ckpts) == 1 and ckpts[0] >= 3
+  assert f"checkpoint of step {ckpts[0]} and stopped" in _log(str(wd), 0)

@@ -282,3 +282,113 @@ def test_chunking_defaults_target_a_few_mb():
   spec = store.SiteSpec(d=1536, dtype="bfloat16").resolved()
   assert 2 << 20 <= spec.chunk_rows * 1536 * 2 <= 4 << 20
   assert spec.shard_rows == 16 * spec.chunk_rows
+
+
+# ---- integrity: damage is detected, never read as zeros ----------------------------
+
+
+def _two_worker_dataset(tmp_path):
+  ds = make(tmp_path, num_workers=2)
+  for wk in (0, 1):
+    with ds.writer(wk) as w:
+      for b in range(wk, 12, 2):
+        a, i = batch(b)
+        w.append("lm.layer.1", a, i)
+        w.commit([b])
+  return store.open_dataset(ds.path)
+
+
+def test_missing_shard_fails_naming_the_file(tmp_path):
+  ds = _two_worker_dataset(tmp_path)
+  assert store.verify(ds.path)["problems"] == []
+  shard = os.path.join(ds.path, "sites", "lm.layer.1", "part-1", "acts", "c", "0", "0")
+  os.remove(shard)
+  site = store.open_dataset(ds.path).site("lm.layer.1")
+  with pytest.raises(store.MissingDataError, match=f"{shard}: missing shard file"):
+    site.read_all()
+  with pytest.raises(store.MissingDataError, match="part-1"):
+    site.read_rows([int(site.part_start[1])])
+  with pytest.raises(store.MissingDataError):
+    site.read_index()
+  problems = store.verify(ds.path)["problems"]
+  assert len(problems) == 1 and shard in problems[0]
+
+
+def test_all_zero_chunks_are_stored(tmp_path):
+  """A chunk equal to the fill value must still have a file, or it would read as missing."""
+  ds = make(tmp_path)
+  with ds.writer() as w:
+    w.append("lm.layer.1", np.zeros((40, 12), np.float32), np.zeros((40, 2), np.int32))
+  site = store.open_dataset(ds.path).site("lm.layer.1")
+  np.testing.assert_array_equal(site.read_all(), 0)
+
+
+def test_verify_catches_corrupt_rows_and_the_cli_reports_them(tmp_path):
+  ds = _two_worker_dataset(tmp_path)
+  cli = [sys.executable, "-m", "musicsae_jax.store", "verify", ds.path]
+  r = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT, timeout=60)
+  assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+  # overwrite committed rows behind the store's back (same shape, different values)
+  import tensorstore as ts
+  arr = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": os.path.join(
+      ds.path, "sites", "lm.layer.1", "part-0", "acts")}}).result()
+  arr[3:4].write(np.full((1, 12), 7.0, np.float32)).result()
+  r = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT, timeout=60)
+  assert r.returncode == 1
+  assert "acts rows 0..15 of site 'lm.layer.1' worker 0 do not match their checksum" in r.stderr
+
+
+def test_duplicate_prompts_and_non_finite_rows_are_refused(tmp_path):
+  ds = make(tmp_path, num_workers=2)
+  a, i = batch(0)
+  with ds.writer(0) as w:
+    w.append("lm.layer.1", a, i)
+    w.commit([0])
+    with pytest.raises(store.DuplicatePromptError, match=r"prompt\(s\) \[0\]"):
+      w.append("lm.layer.1", a, i)            # completed, not yet flushed
+  with ds.writer(1) as w:                      # committed by another worker
+    with pytest.raises(store.DuplicatePromptError, match="already committed"):
+      w.append("lm.layer.1", a, i)
+    with pytest.raises(store.DuplicatePromptError):
+      w.commit([0])
+    bad = batch(1)[0].copy()
+    bad[2, 3] = np.nan
+    with pytest.raises(store.NonFiniteError, match="1 of .* rows hold NaN/Inf .*prompt 1, frame 2"):
+      w.append("lm.layer.1", bad, batch(1)[1])
+  assert store.verify(ds.path)["problems"] == []
+
+
+def test_verify_flags_non_finite_and_duplicate_rows_written_around_the_checks(tmp_path):
+  ds = make(tmp_path)
+  a, i = batch(0)
+  a = a.copy()
+  a[0, 0] = np.inf
+  with ds.writer() as w:
+    w._check_new = lambda *args: None        # an older writer without the checks
+    with pytest.MonkeyPatch.context() as mp:
+      mp.setattr(np, "isfinite", lambda x: np.ones(np.shape(x), bool))
+      w.append("lm.layer.1", a, i)
+      w.append("lm.layer.1", a, i)
+    w.commit([0])
+  problems = store.verify(ds.path)["problems"]
+  assert any("rows hold NaN/Inf" in p for p in problems), problems
+  assert any("stored more than once" in p for p in problems), problems
+
+
+def test_leftovers_of_killed_writers_and_creators_are_removed(tmp_path):
+  ds = make(tmp_path)
+  tmp = os.path.join(ds.path, "commits", "worker-0.json.tmp-99999999")
+  with open(tmp, "w") as f:
+    f.write("{half")
+  with ds.writer():
+    pass
+  assert not os.path.exists(tmp)
+  path = str(tmp_path / "new")
+  dead = p = subprocess.Popen([sys.executable, "-c", "pass"])
+  p.wait()
+  stale = f"{path}.creating-{__import__('socket').gethostname()}-{dead.pid}"
+  live = store.creating_path(path)              # this process: alive, kept
+  os.makedirs(stale)
+  os.makedirs(live)
+  assert store.remove_stale_creating(path) == [stale]
+  assert os.path.isdir(live) and not os.path.exists(stale)

@@ -1,0 +1,155 @@
+"""Run-directory safety: validation before writing, resume guards, one trainer per run."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from musicsae_jax import runs
+from musicsae_jax import train
+from tests.test_train import ROOT, _cfg
+
+RUN = "synthetic_tiny"
+
+
+def _files(run_dir):
+  return {n: open(os.path.join(run_dir, n), "rb").read()
+          for n in ("config.json", "normalization.json", "metrics.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory):
+  """A 1-device run stopped (as if killed) at its step-3 checkpoint."""
+  wd = str(tmp_path_factory.mktemp("stopped"))
+  train.train_and_evaluate(_cfg(num_devices=1, stop_after=3), wd)
+  return wd
+
+
+@pytest.mark.parametrize("change,diff", [
+    (dict(train=dict(lr=1e-3)), "train.lr: 0.003 -> 0.001"),
+    (dict(train=dict(batch_size=32)), "train.batch_size: 64 -> 32"),
+    (dict(sae=dict(k=8)), "sae.k: 4 -> 8"),
+    (dict(sae=dict(architecture="batchtopk")), "sae.architecture: 'topk' -> 'batchtopk'"),
+    (dict(train=dict(synthetic=dict(seed=1))), "train.synthetic.seed: 0 -> 1"),
+    (dict(train=dict(data_streams=2)), "train.data_streams: 1 -> 2"),
+])
+def test_resume_with_another_experiment_is_refused_and_writes_nothing(stopped, change, diff):
+  run_dir = os.path.join(stopped, "runs", RUN)
+  before = _files(run_dir)
+  c = _cfg(num_devices=1)
+  for section, kv in change.items():
+    for k, v in kv.items():
+      c[section][k].update(v) if isinstance(v, dict) else c[section].__setitem__(k, v)
+  with pytest.raises(runs.RunConfigError, match=rf"recorded -> now: .*{diff}.*--overwrite"):
+    train.train_and_evaluate(c, stopped)
+  assert _files(run_dir) == before          # config.json, scale and metrics untouched
+
+
+def test_result_neutral_changes_resume_and_overwrite_starts_over(tmp_path):
+  wd = str(tmp_path)
+  train.train_and_evaluate(_cfg(num_devices=1, stop_after=3), wd)
+  # extend the run, log and checkpoint at another cadence, on another mesh: allowed
+  final = train.train_and_evaluate(_cfg(steps=9, log_every=3, checkpoint_every=9,
+                                        eval_every=9, num_devices=2), wd)
+  assert final["step"] == 9
+  # another lr is refused, unless the run is started over
+  final = train.train_and_evaluate(_cfg(num_devices=1, lr=1e-3), wd, overwrite=True)
+  cfg = json.load(open(tmp_path / "runs" / RUN / "config.json"))
+  assert final["step"] == 6 and cfg["train"]["lr"] == 1e-3
+  steps = [json.loads(l)["step"] for l in open(tmp_path / "runs" / RUN / "metrics.jsonl")
+           if json.loads(l)["kind"] == "train"]
+  assert steps == list(range(1, 7))          # nothing of the old run left in the log
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(lr=-0.001), r"train.lr=-0.001 must be > 0"),
+    (dict(steps=-5), r"train.steps=-5 must be > 0"),
+    (dict(steps=0), r"train.steps=0 must be > 0"),
+    (dict(log_every=0), r"train.log_every=0 must be > 0"),
+])
+def test_invalid_values_are_refused_before_anything_is_written(tmp_path, kw, match):
+  with pytest.raises(runs.RunConfigError, match=match):
+    train.train_and_evaluate(_cfg(num_devices=1, **kw), str(tmp_path))
+  assert not os.path.exists(tmp_path / "runs")
+
+
+def test_a_config_rejected_later_leaves_no_run_files(tmp_path):
+  c = _cfg(num_devices=1, decay="bogus")      # refused by make_schedule, after the data
+  with pytest.raises(ValueError, match="train.decay"):
+    train.train_and_evaluate(c, str(tmp_path))
+  assert not os.path.exists(tmp_path / "runs" / RUN)
+
+
+def test_a_second_trainer_fails_at_once_with_one_line(tmp_path):
+  run_dir = tmp_path / "runs" / RUN
+  lock = runs.RunLock(str(run_dir))          # a live trainer holds the run
+  try:
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1"}
+    out = subprocess.run([sys.executable, "-m", "launch.train", "--config=configs/synthetic_tiny.py",
+                          f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, env=env)
+  finally:
+    lock.release()
+  assert out.returncode != 0
+  last = [l for l in out.stderr.splitlines() if l.strip()][-1]
+  assert "RunLockedError" in last and f"pid {os.getpid()}" in last, out.stderr[-2000:]
+  assert "Traceback" not in out.stderr
+  assert os.listdir(run_dir) == [runs.LOCK_FILE]   # the holder's run is untouched
+
+
+def test_a_failed_async_save_stops_training_soon_with_one_line(tmp_path, monkeypatch):
+  """Disk full while Orbax commits step 100 in the background: training stops before the
+  next save (step 200) with one error naming the step, not at the next save."""
+  import errno
+  from orbax.checkpoint._src.path import atomicity
+  from musicsae_jax import checkpoint as ckpt_lib
+
+  async def disk_full(self, *a, **k):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", disk_full)
+  c = _cfg(num_devices=1, steps=200, checkpoint_every=100, eval_every=100, log_every=1)
+  with pytest.raises(ckpt_lib.CheckpointSaveError,
+                     match=r"checkpoints: saving the checkpoint of step 100 failed: OSError: "
+                           r"\[Errno 28\] No space left on device$"):
+    train.train_and_evaluate(c, str(tmp_path))
+  steps = [json.loads(l)["step"] for l in open(tmp_path / "runs" / RUN / "metrics.jsonl")]
+  assert 100 <= max(steps) < 200
+
+
+def _metric_steps(run_dir):
+  path = os.path.join(run_dir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  return [json.loads(l)["step"] for l in open(path) if l.strip().endswith("}")
+          and json.loads(l)["kind"] == "train"]
+
+
+def test_sigterm_checkpoints_and_exits_then_resumes(tmp_path):
+  import signal
+  import time
+  env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1"}
+  cmd = [sys.executable, "-m", "launch.train", "--config=configs/synthetic_tiny.py",
+         f"--workdir={tmp_path}", "--config.train.steps=100000", "--config.train.log_every=1",
+         "--config.train.checkpoint_every=100000", "--config.train.eval_every=100000",
+         "--config.train.plots=False"]
+  run_dir = str(tmp_path / "runs" / RUN)
+  p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
+  deadline = time.time() + 120
+  while time.time() < deadline and len(_metric_steps(run_dir)) < 5:
+    time.sleep(0.1)
+  p.send_signal(signal.SIGTERM)
+  out, err = p.communicate(timeout=60)
+  assert p.returncode == 143, err[-2000:]
+  assert "SIGTERM: saved the checkpoint of step" in err
+  ckpts = sorted(int(n) for n in os.listdir(os.path.join(run_dir, "checkpoints")) if n.isdigit())
+  assert len(ckpts) == 1 and ckpts[0] >= 5
+  stopped = ckpts[0]
+  assert max(_metric_steps(run_dir)) == stopped
+  # the same command with a reachable end resumes from there
+  r = subprocess.run(cmd[:5] + [f"--config.train.steps={stopped + 3}"] + cmd[6:], cwd=ROOT,
+                     env=env, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert _metric_steps(run_dir) == list(range(1, stopped + 4))
