@@ -27,6 +27,8 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
+from bridge import defaults
+
 HALVES = ("cond", "uncond", "both")
 
 
@@ -253,9 +255,7 @@ class add_text_direction(_Steerer):
 # The steering experiment (launch/steer.py): prompts × strengths, baseline vs steered
 # --------------------------------------------------------------------------------------
 
-STEER_DEFAULTS = dict(prompts=None, num_prompts=4, strengths=(0.0, 2.0, 4.0, 8.0),
-                      relative=True, features=None, half="cond", steps=None, duration=2.0,
-                      seed=0, control=True, save_audio=True)
+STEER_DEFAULTS = defaults.steer().to_dict()   # every config.steer field and its default
 
 
 class _FeatureProbe(contextlib.AbstractContextManager):
