@@ -306,7 +306,7 @@ def run_steering(config, workdir: str) -> dict:
   sc.update({k: v for k, v in (config.get("steer") or {}).items() if v is not None})
   exp_dir = os.path.join(workdir, "exports", config.run)
   dirs, man = load_directions(exp_dir)
-  sae = TorchSAE.from_export(exp_dir) if os.path.exists(os.path.join(exp_dir, "sae.safetensors")) else None
+  sae = TorchSAE.from_export(exp_dir) if os.path.exists(os.path.join(exp_dir, "cfg.json")) else None
   layer = man["layer"]
   if layer is None:
     raise ValueError(f"{exp_dir}/directions.json: site {man['site']!r} is not an LM layer")
