@@ -11,6 +11,7 @@ line on stderr naming the flag or file and what was expected: no module docstrin
 flag list, no traceback. Set MUSICSAE_TRACEBACK=1 to get the traceback back.
 """
 import difflib
+import errno
 import logging as pylogging
 import os
 import sys
@@ -156,6 +157,8 @@ def user_message(e: BaseException) -> str:
   text = " ".join(str(e).split("\n")[:2]).strip() or repr(e)
   if isinstance(e, (UserError, app.UsageError)):
     return text
+  if isinstance(e, PermissionError) or (isinstance(e, OSError) and e.errno == errno.EROFS):
+    return f"cannot write {e.filename or ''}: {e.strerror or text} (is --workdir writable?)"
   if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
     text = f"{e.filename}: {text}"
   return f"{type(e).__name__}: {text}"
