@@ -1,6 +1,6 @@
 """A torch module for an exported SAE: the same numbers as `musicsae_jax.sae`, raw inputs.
 
-Reads `sae.safetensors` + `cfg.json` written by `musicsae_jax.export` (normalisation
+Reads `sae_weights.safetensors` + `cfg.json` written by `musicsae_jax.export` (normalisation
 already folded in, so it takes raw activations and returns raw reconstructions; latents
 are in raw units). Inference semantics per training architecture:
 
@@ -50,8 +50,11 @@ class TorchSAE(nn.Module):
   @classmethod
   def from_export(cls, path: str, device: str | torch.device = "cpu",
                   dtype: torch.dtype | None = None) -> "TorchSAE":
-    """Load `<path>/sae.safetensors` + `<path>/cfg.json`."""
-    sp, cp = os.path.join(path, "sae.safetensors"), os.path.join(path, "cfg.json")
+    """Load `<path>/sae_weights.safetensors` (or an older export's `sae.safetensors`) +
+    `<path>/cfg.json`."""
+    sp, cp = os.path.join(path, "sae_weights.safetensors"), os.path.join(path, "cfg.json")
+    if not os.path.exists(sp) and os.path.exists(os.path.join(path, "sae.safetensors")):
+      sp = os.path.join(path, "sae.safetensors")
     for p in (sp, cp):
       if not os.path.exists(p):
         raise FileNotFoundError(f"{p} not found: not an SAE export directory "

@@ -27,6 +27,8 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
+from bridge import defaults
+
 HALVES = ("cond", "uncond", "both")
 
 
@@ -253,9 +255,7 @@ class add_text_direction(_Steerer):
 # The steering experiment (launch/steer.py): prompts × strengths, baseline vs steered
 # --------------------------------------------------------------------------------------
 
-STEER_DEFAULTS = dict(prompts=None, num_prompts=4, strengths=(0.0, 2.0, 4.0, 8.0),
-                      relative=True, features=None, half="cond", steps=None, duration=2.0,
-                      seed=0, control=True, save_audio=True)
+STEER_DEFAULTS = defaults.steer().to_dict()   # every config.steer field and its default
 
 
 class _FeatureProbe(contextlib.AbstractContextManager):
@@ -297,6 +297,32 @@ def _replayed_feature(model, texts, tokens, layer: int, sae, fid) -> float | Non
     return float(sae.encode(rows)[:, fid].mean())
 
 
+def _selected(features, man: dict, exp_dir: str) -> list[int]:
+  """Positions in directions.json of the feature ids `steer.features` names (None: all)."""
+  ids = [int(i) for i in man["feature_ids"]]
+  if features is None:
+    return list(range(len(ids)))
+  missing = [int(f) for f in features if int(f) not in ids]
+  if missing:
+    raise ValueError(f"--config.steer.features: feature ids {missing} are not among the "
+                     f"exported directions {ids} ({exp_dir}/directions.json); export them "
+                     f"with launch.export --features=...")
+  return [ids.index(int(f)) for f in features]
+
+
+def _check_fits(model, dirs, layer: int, exp_dir: str, model_name: str) -> None:
+  """The exported directions must match the model they steer (width, layer)."""
+  from bridge import models
+  info = models.model_info(model)
+  if dirs.shape[1] != info.d_model:
+    raise ValueError(f"{exp_dir}/directions.safetensors: directions are {dirs.shape[1]} wide "
+                     f"but model {model_name!r} has d_model={info.d_model}; export from a run "
+                     f"trained on this model's activations")
+  if not 0 <= layer < info.num_layers:
+    raise ValueError(f"{exp_dir}/directions.json: layer {layer} but model {model_name!r} has "
+                     f"{info.num_layers} layers")
+
+
 def run_steering(config, workdir: str) -> dict:
   """Baseline vs steered audio for every exported direction × strength (+ a matched-norm
   random control), same seeds; acoustic changes per strength to `reports/<run>/steer.json`."""
@@ -306,7 +332,8 @@ def run_steering(config, workdir: str) -> dict:
   sc.update({k: v for k, v in (config.get("steer") or {}).items() if v is not None})
   exp_dir = os.path.join(workdir, "exports", config.run)
   dirs, man = load_directions(exp_dir)
-  sae = TorchSAE.from_export(exp_dir) if os.path.exists(os.path.join(exp_dir, "sae.safetensors")) else None
+  sel = _selected(sc["features"], man, exp_dir)         # checked before the model loads
+  sae = TorchSAE.from_export(exp_dir) if os.path.exists(os.path.join(exp_dir, "cfg.json")) else None
   layer = man["layer"]
   if layer is None:
     raise ValueError(f"{exp_dir}/directions.json: site {man['site']!r} is not an LM layer")
@@ -315,6 +342,7 @@ def run_steering(config, workdir: str) -> dict:
   if threads:
     torch.set_num_threads(threads)
   model = extract.build_model(config.model)
+  _check_fits(model, dirs, layer, exp_dir, config.model.name)
   model.set_generation_params(duration=float(sc["duration"]), use_sampling=True,
                               top_k=int(config.get("extract", {}).get("top_k", 50)))
   rel = man["mean_norm"] if sc["relative"] else None
@@ -322,7 +350,6 @@ def run_steering(config, workdir: str) -> dict:
   audio_dir = os.path.join(out_dir, "audio")
   os.makedirs(audio_dir, exist_ok=True)
   g = torch.Generator().manual_seed(int(sc["seed"]))
-  sel = list(range(len(dirs))) if sc["features"] is None else [int(i) for i in sc["features"]]
   from bridge import capture
   import soundfile as sf
 

@@ -6,22 +6,18 @@ The final metrics report how many true features the SAE recovered (cosine > 0.9)
 """
 import ml_collections
 
-from musicsae_jax import train
+from configs import base
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
+  c = base.get_config()                # every field with the library's default
   c.run = "synthetic_tiny"
 
-  c.sae = ml_collections.ConfigDict()
   c.sae.architecture = "topk"
-  c.sae.d = None                  # taken from the data
-  c.sae.m = 128
+  c.sae.m = 128                        # d is taken from the data
   c.sae.k = 4
-  c.sae.aux_coeff = 1 / 32
   c.sae.k_aux = 16
 
-  c.train = train.default_config()
   c.train.source = "synthetic"
   c.train.synthetic.update(d=32, m_true=64, n=32_768, avg_active=3.0, seed=0,
                            rows_per_prompt=64, chunk_rows=1024)

@@ -4,14 +4,12 @@ Writes reports/<run>/{features,selectivity,probes}.json and report.html (see WOR
 Override fields: `--config.analysis.label_keys="('emotion','genre')" --config.analysis.probe_folds=4`.
 """
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from launch import common
 
 from musicsae_jax import analysis
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
+_CONFIG = common.define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workspace root (reports/<run>/ goes here).")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -20,7 +18,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  common.quiet_library_logs()
   with common.user_errors():
     paths = analysis.analyze(_CONFIG.value, _WORKDIR.value, log=logging.info)
   for name, path in paths.items():
@@ -28,4 +25,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

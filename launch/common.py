@@ -1,14 +1,61 @@
-"""What every launch script shares: quiet library logs, and user errors without tracebacks."""
-import contextlib
+"""What every launch script shares: the config flag, quiet logs, and one-line user errors.
+
+    _CONFIG = common.define_config()
+    ...
+    if __name__ == "__main__":
+      common.run(main)
+
+`run` parses flags (a relative `--config=configs/…` also resolves against the repository,
+so it works from any directory), silences library chatter, and ends bad input with one
+line on stderr naming the flag or file and what was expected: no module docstring, no
+flag list, no traceback. Set MUSICSAE_TRACEBACK=1 to get the traceback back.
+"""
+import difflib
+import errno
 import logging as pylogging
 import os
+import sys
+import warnings
 
-from absl import app, logging
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from musicsae_jax import store
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:       # config files import `configs.base` from any cwd
+  sys.path.append(REPO_ROOT)
 
 _NOISY_PATHS = ("/orbax/",)                          # logs every save/restore step at INFO
 _NOISY_MESSAGES = ("Unable to initialize backend",)  # JAX probing for a TPU on CPU/GPU hosts
+_QUIET_LOGGERS = ("audiocraft", "matplotlib", "numba", "urllib3", "httpx", "huggingface_hub",
+                  "filelock", "fsspec", "PIL")
+_QUIET_WARNINGS = (
+    ("Trying to estimate tuning", UserWarning),      # librosa.estimate_tuning on noise
+    ("n_fft=.* is too large for input signal", UserWarning),
+    ("Empty filters detected in mel frequency basis", UserWarning),
+)
+
+
+class UserError(Exception):
+  """Bad input: the message names the flag or file and what was expected."""
+
+
+def traceback_requested() -> bool:
+  return os.environ.get("MUSICSAE_TRACEBACK", "") not in ("", "0")
+
+
+def define_config(help_text: str = "Experiment config file (configs/*.py)."):
+  """The `--config` flag: every field of the file (which starts from configs/base.py)
+  can be overridden, `--config.train.grad_clip=0.5`."""
+  return config_flags.DEFINE_config_file("config", None, help_text, lock_config=True)
+
+
+def resolve_config_path(path: str) -> str:
+  """`path` as given when it exists; else relative to the repository (configs/…)."""
+  file = path.split(":", 1)[0]
+  if not file or os.path.isabs(file) or os.path.exists(file):
+    return path
+  alt = os.path.join(REPO_ROOT, file)
+  return alt + path[len(file):] if os.path.exists(alt) else path
 
 
 class _QuietLibraries(pylogging.Filter):
@@ -22,19 +69,136 @@ class _QuietLibraries(pylogging.Filter):
 
 
 def quiet_library_logs() -> None:
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  """Results, progress and warnings that matter: drop library INFO chatter and the
+  warnings librosa raises on short or silent clips; short absl lines (no thread ids)."""
+  handler = logging.get_absl_handler()
+  handler.addFilter(_QuietLibraries())
+  handler.setFormatter(pylogging.Formatter("%(levelname).1s %(asctime)s %(message)s",
+                                           "%H:%M:%S"))
+  for name in _QUIET_LOGGERS:
+    pylogging.getLogger(name).setLevel(pylogging.WARNING)
+  for message, category in _QUIET_WARNINGS:
+    warnings.filterwarnings("ignore", message=message, category=category)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-@contextlib.contextmanager
-def user_errors(*extra: type[BaseException]):
-  """Bad input (config, files, store) ends the script with its message, not a traceback.
+def _fail(message: str, code: int = 2):
+  prog = os.path.basename(sys.argv[0]).removesuffix(".py")
+  print(f"{prog}: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
 
-  Our errors name the file/flag and what was expected; the traceback would only bury
-  that. Set MUSICSAE_TRACEBACK=1 to see it anyway.
-  """
+
+def _config_arg(argv: list[str]) -> tuple[int, str] | tuple[None, None]:
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      return i, a.split("=", 1)[1]
+    if a == "--config" and i + 1 < len(argv):         # `--config FILE`: make it one token
+      argv[i:i + 2] = ["--config=" + argv[i + 1]]
+      return i, argv[i].split("=", 1)[1]
+  return None, None
+
+
+def _bad_override(argv: list[str], path: str | None) -> str | None:
+  """The first `--config.a.b=v` whose path the config file lacks, explained."""
+  if not path:
+    return None
   try:
-    yield
-  except (store.StoreError, ValueError, FileNotFoundError, *extra) as e:
-    if os.environ.get("MUSICSAE_TRACEBACK"):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_config_file", path.split(":", 1)[0])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config(*path.split(":", 1)[1:])
+  except Exception:  # pylint: disable=broad-except  # the file itself is broken: say that
+    return None
+  for a in argv:
+    if not a.startswith("--config."):
+      continue
+    path = a[len("--config."):].split("=", 1)[0]
+    node, seen = cfg, []
+    for part in path.split("."):
+      keys = list(node.keys()) if hasattr(node, "keys") else []
+      if part not in keys:
+        where = "config" + "".join("." + s for s in seen)
+        near = difflib.get_close_matches(part, keys, n=3)
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        return (f"--config.{path}: {where} has no field {part!r}{hint} "
+                f"(all fields: python -m launch.config --config=…)")
+      node, seen = node[part], seen + [part]
+  return None
+
+
+def _parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
+  argv = list(argv)
+  i, path = _config_arg(argv)
+  if i is not None:
+    argv[i] = "--config=" + resolve_config_path(path)
+    file = argv[i].split("=", 1)[1].split(":", 1)[0]
+    if not os.path.isfile(file):
+      _fail(f"--config={path}: no such file (looked in {os.getcwd()} and {REPO_ROOT})")
+  try:
+    return flags.FLAGS(argv, known_only=known_only)
+  except flags.Error as e:
+    if traceback_requested():
       raise
-    raise app.UsageError(f"{type(e).__name__}: {e}") from e
+    _fail(f"{e}" + ("" if "--help" in str(e) else "  (--helpshort lists the flags)"))
+  except (AttributeError, KeyError, TypeError, ValueError, ImportError) as e:
+    if traceback_requested():
+      raise
+    bad = _bad_override(argv, argv[i].split("=", 1)[1] if i is not None else None)
+    if bad:
+      _fail(bad)
+    first = str(e).strip().splitlines()
+    last = [ln for ln in first if ln.strip()][-1] if first else type(e).__name__
+    _fail(f"--config={path}: {type(e).__name__}: {last.strip()}")
+
+
+def user_message(e: BaseException) -> str:
+  """One line: the exception's type (unless it says nothing) and its first lines."""
+  text = " ".join(str(e).split("\n")[:2]).strip() or repr(e)
+  if isinstance(e, (UserError, app.UsageError)):
+    return text
+  if isinstance(e, PermissionError) or (isinstance(e, OSError) and e.errno == errno.EROFS):
+    return f"cannot write {e.filename or ''}: {e.strerror or text} (is --workdir writable?)"
+  if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
+    text = f"{e.filename}: {text}"
+  return f"{type(e).__name__}: {text}"
+
+
+def _user_error_types(extra=()):
+  from musicsae_jax import store
+  return (UserError, app.UsageError, store.StoreError, ValueError, OSError, *extra)
+
+
+def guard(main, extra=()):
+  """`main` with bad input (config, files, store, permissions) reported in one line."""
+
+  def guarded(argv):
+    quiet_library_logs()
+    try:
+      return main(argv)
+    except _user_error_types(extra) as e:
+      if traceback_requested():
+        raise
+      _fail(user_message(e))
+
+  return guarded
+
+
+def user_errors(*extra: type[BaseException]):
+  """Kept for scripts that name extra error types: `with common.user_errors(X): ...`."""
+  import contextlib
+
+  @contextlib.contextmanager
+  def ctx():
+    try:
+      yield
+    except extra as e:
+      if traceback_requested():
+        raise
+      raise UserError(user_message(e)) from e
+  return ctx()
+
+
+def run(main, *, known_only: bool = False, extra: tuple = ()) -> None:
+  """`app.run(main)` with short flag errors, quiet logs and one-line user errors."""
+  app.run(guard(main, extra), flags_parser=lambda argv: _parse_flags(argv, known_only))

@@ -17,6 +17,8 @@ import time
 
 from absl import app, flags
 
+from launch import common
+
 STAGES = ("extract", "train", "analyze", "export", "steer")
 
 _CONFIG = flags.DEFINE_string("config", "configs/tiny.py", "Experiment config file.")
@@ -42,16 +44,19 @@ def main(argv):
   unknown = [s for s in _STAGES.value if s not in STAGES]
   if unknown:
     raise app.UsageError(f"--stages: unknown {unknown}; choose from {STAGES}")
-  if not os.path.exists(_CONFIG.value):
-    raise app.UsageError(f"--config: no such file {_CONFIG.value!r}")
+  config = common.resolve_config_path(_CONFIG.value)   # configs/… works from any cwd
+  if not os.path.exists(config.split(":", 1)[0]):
+    raise app.UsageError(f"--config={_CONFIG.value}: no such file (looked in {os.getcwd()} "
+                         f"and {common.REPO_ROOT})")
+  config = os.path.abspath(config)
   workdir = os.path.abspath(_WORKDIR.value)
   os.makedirs(workdir, exist_ok=True)
   t0 = time.time()
   for i, stage in enumerate(_STAGES.value, 1):
-    cmd = stage_command(stage, _CONFIG.value, workdir, overrides)
+    cmd = stage_command(stage, config, workdir, overrides)
     print(f"\n=== [{i}/{len(_STAGES.value)}] {stage}: python {shlex.join(cmd[1:])}", flush=True)
     t = time.time()
-    r = subprocess.run(cmd)
+    r = subprocess.run(cmd, cwd=common.REPO_ROOT)
     if r.returncode:
       print(f"=== {stage} failed (exit {r.returncode}); fix and rerun the demo: finished stages "
             f"resume or are skipped", file=sys.stderr)
@@ -70,4 +75,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=lambda argv: flags.FLAGS(argv, known_only=True))
+  common.run(main, known_only=True)

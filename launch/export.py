@@ -8,14 +8,12 @@ and `directions.safetensors` + `directions.json` for `--features=1,2,3`, or for 
 import os
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from launch import common
 
 from musicsae_jax import export
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
+_CONFIG = common.define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workspace root (runs/<run>/ is read).")
 _FEATURES = flags.DEFINE_list("features", [], "Feature ids whose decoder directions to export.")
 _LABELS = flags.DEFINE_list("labels", [], "Optional labels, one per feature id.")
@@ -31,7 +29,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  common.quiet_library_logs()
   try:
     ids = [int(f) for f in _FEATURES.value]
   except ValueError as e:
@@ -55,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

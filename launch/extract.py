@@ -12,11 +12,10 @@ to GPU LOCAL_RANK (CUDA_VISIBLE_DEVICES) unless CUDA_VISIBLE_DEVICES is already 
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from launch import common
 
-config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
+common.define_config()
 flags.DEFINE_string("workdir", None, "Workspace directory.")
 flags.DEFINE_integer("worker_index", None, "This worker's index in [0, num_workers) "
                      "(default: from the launcher environment, else 0).")
@@ -59,4 +58,4 @@ def pin_local_gpu(env=None):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -11,11 +11,12 @@ musicsae_jax/plan.py (and docs/MULTIHOST.md).
 import json
 
 from absl import app, flags
-from ml_collections import config_flags
+
+from launch import common
 
 from musicsae_jax import plan
 
-config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+common.define_config()
 flags.DEFINE_integer("d", None, "Input width (when the config leaves sae.d to the store).")
 flags.DEFINE_integer("m", None, "Latents (overrides sae.m / expansion).")
 flags.DEFINE_integer("k", None, "Active latents per row (TopK family).")
@@ -55,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -8,12 +8,11 @@ Reads `exports/<run>/directions.*` (+ `sae.*` for the feature's own activation),
 for the steered direction and a matched-norm random control.
 """
 from absl import app, flags
-from ml_collections import config_flags
 
 from bridge import steering
 from launch import common
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_CONFIG = common.define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workspace root (exports/<run>/ is read).")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -27,4 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -15,14 +15,12 @@ SIGTERM (preemption, a time limit) saves a checkpoint at a step all processes ag
 and exits with status 143; rerun the same command to resume.
 """
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from launch import common
 
 from musicsae_jax import distributed
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
+_CONFIG = common.define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workspace root (runs/<run>/ goes here).")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", None, "Join a multi-process job (default: when the environment shows one).")
@@ -38,7 +36,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  common.quiet_library_logs()
   spec = None
   if _MULTIHOST.value is not False:
     spec = distributed.detect(coordinator_address=_COORD.value, num_processes=_NPROC.value,
@@ -62,4 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

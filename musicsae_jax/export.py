@@ -3,10 +3,14 @@
 The exported files are the whole contract between the JAX side and the torch bridge, so
 they are self-describing and in the layout SAELens users already load::
 
-    exports/<run>/sae.safetensors     W_enc [d, m], b_enc [m], W_dec [m, d], b_dec [d],
+    exports/<run>/sae_weights.safetensors   W_enc [d, m], b_enc [m], W_dec [m, d], b_dec [d],
                                       threshold [m] (jumprelu, batchtopk, matryoshka)
     exports/<run>/cfg.json            architecture (SAELens inference name), d_in, d_sae,
-                                      k, hook_name, hook_layer, dtype, metadata, musicsae
+                                      k, hook_name (a module path under MusicGen.lm, e.g.
+                                      transformer.layers.12), hook_layer, dtype, metadata,
+                                      musicsae (our site name, e.g. lm.layer.12, and more)
+
+`sae_lens.SAE.load_from_disk(exports/<run>)` loads it (tests/test_saelens.py).
     exports/<run>/directions.safetensors + directions.json   (see export_directions)
 
 Input normalisation is folded in. Training saw x_n = s·x (s > 0); the exported SAE takes
@@ -29,8 +33,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-FORMAT_VERSION = 1
-SAE_FILE, CFG_FILE = "sae.safetensors", "cfg.json"
+FORMAT_VERSION = 2     # 2: sae_weights.safetensors, hook_name a torch module path
+SAE_FILE, CFG_FILE = "sae_weights.safetensors", "cfg.json"   # the names SAELens loads
+LEGACY_SAE_FILE = "sae.safetensors"                            # exports before format 2
 DIR_FILE, DIR_MANIFEST = "directions.safetensors", "directions.json"
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
 # What SAELens calls the same *inference* computation. BatchTopK/Matryoshka infer with a
@@ -42,6 +47,21 @@ _CORE = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 class ExportError(ValueError):
   """Bad export input or a malformed export directory (names the file and the problem)."""
+
+
+def hook_module(site: str) -> str:
+  """The torch module a user hooks to read `site`, as a path relative to `MusicGen.lm`
+  (audiocraft's LMModel): `lm.get_submodule(path)` for the layers and `cond.proj`.
+
+  The T5 sites name the conditioner's `t5` attribute (not a registered submodule: reach it
+  with attribute access); `t5.pooled` is its output mean-pooled over valid tokens.
+  """
+  layer = _layer_of(site.removesuffix(".uncond"))
+  if layer is not None:
+    return f"transformer.layers.{layer}"          # output [2B, T, D]: cond rows, then uncond
+  text = "condition_provider.conditioners.description"
+  return {"cond.proj": f"{text}.output_proj", "t5.hidden": f"{text}.t5",
+          "t5.pooled": f"{text}.t5"}.get(site, site)
 
 
 def _layer_of(site: str) -> int | None:
@@ -91,7 +111,7 @@ def export_sae(params: dict[str, Any], sae_cfg: Any = None, *, site: str, layer:
                d: int, m: int, k: int | None, architecture: str, scale: float, out_dir: str,
                normalization: dict | None = None, model_name: str = "",
                extra: dict | None = None) -> str:
-  """Write `sae.safetensors` + `cfg.json` (normalisation folded in) to out_dir; returns it.
+  """Write `sae_weights.safetensors` + `cfg.json` (normalisation folded in); returns out_dir.
 
   `params` are training-space arrays (`W_enc`, `b_enc`, `W_dec`, `b_dec`, plus
   `log_threshold` for jumprelu or the scalar `threshold` for batchtopk/matryoshka);
@@ -115,12 +135,13 @@ def export_sae(params: dict[str, Any], sae_cfg: Any = None, *, site: str, layer:
       "d_in": int(d), "d_sae": int(m), "dtype": "float32", "device": "cpu",
       "apply_b_dec_to_input": True,
       "normalize_activations": "none",          # folded in: feed raw activations
-      "hook_name": site, "hook_layer": hook_layer, "hook_head_index": None,
+      "hook_name": hook_module(site), "hook_layer": hook_layer, "hook_head_index": None,
       "model_name": model_name,
       "activation_fn_str": {"relu": "relu", "topk": "topk"}.get(SAELENS_ARCH[architecture], "relu"),
       "activation_fn_kwargs": {"k": k_out} if architecture == "topk" else {},
-      "metadata": {"model_name": model_name, "hook_name": site, "hook_layer": hook_layer,
-                   "hook_head_index": None},
+      "metadata": {"model_name": model_name, "hook_name": hook_module(site),
+                   "hook_layer": hook_layer, "hook_head_index": None, "musicsae_site": site,
+                   "hook_module_root": "MusicGen.lm (audiocraft LMModel)"},
       # This project: the training architecture and how to undo the folding.
       "musicsae": {
           "format_version": FORMAT_VERSION, "architecture": architecture, "k": k_out,
@@ -141,6 +162,8 @@ def export_sae(params: dict[str, Any], sae_cfg: Any = None, *, site: str, layer:
 def load_export(out_dir: str) -> tuple[dict[str, np.ndarray], dict]:
   """(tensors, cfg) of an export directory, checked against each other."""
   sp, cp = os.path.join(out_dir, SAE_FILE), os.path.join(out_dir, CFG_FILE)
+  if not os.path.exists(sp) and os.path.exists(os.path.join(out_dir, LEGACY_SAE_FILE)):
+    sp = os.path.join(out_dir, LEGACY_SAE_FILE)
   for p in (sp, cp):
     if not os.path.exists(p):
       raise ExportError(f"{p} not found: not an SAE export directory")
@@ -222,9 +245,12 @@ def restore_params(run_dir: str, step: int | None = None) -> tuple[dict[str, np.
   Restores the saved flat dict without a target (no optimizer template needed) and keeps
   `params.*` and `stats.*` leaves.
   """
+  ck_dir = os.path.join(run_dir, "checkpoints")
+  if not os.path.isdir(ck_dir) or not os.listdir(ck_dir):   # say so before Orbax starts
+    raise ExportError(f"no checkpoint under {ck_dir}: train the run first (launch.train)")
   import orbax.checkpoint as ocp  # heavy; only needed here
   from musicsae_jax import checkpoint as ckpt_lib
-  ck = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), async_save=False)
+  ck = ckpt_lib.Checkpointer(ck_dir, async_save=False)
   try:
     if step is None:
       step = ck.best_step()

@@ -480,6 +480,15 @@ class SiteReader:
       base = _part_dir(self.dataset.path, self.name, p, self.dataset.num_workers)
       self._arrays[p] = (_open_array(os.path.join(base, "acts"), self.d, self.dtype, self.spec),
                          _open_array(os.path.join(base, "index"), 2, "int32", self.spec))
+      width = int(self._arrays[p][0].domain.exclusive_max[1])
+      if width != self.d:
+        raise ManifestError(f"{self.dataset.path}/manifest.json: site {self.name!r} has d={self.d} "
+                            f"but its array {base}/acts is {width} wide: the manifest is wrong")
+      held = min(int(a.domain.exclusive_max[0]) for a in self._arrays[p])
+      if held < self.part_rows[p]:
+        raise ManifestError(f"{_commit_path(self.dataset.path, p)}: records {self.part_rows[p]} "
+                            f"rows of site {self.name!r} but {base} holds {held}: the dataset "
+                            f"is damaged; re-extract it (launch.extract --overwrite)")
     return self._arrays[p]
 
   def block_rows(self, i: int) -> tuple[int, int]:

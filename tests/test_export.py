@@ -52,7 +52,8 @@ def test_roundtrip_exact_and_cfg(tmp_path, arch):
   if arch in ("batchtopk", "matryoshka"):
     assert tensors["threshold"].shape == (M,)
     np.testing.assert_allclose(tensors["threshold"], 0.3 / scale, rtol=1e-6)
-  assert c["d_in"] == D and c["d_sae"] == M and c["hook_name"] == "lm.layer.2"
+  assert c["d_in"] == D and c["d_sae"] == M and c["hook_name"] == "transformer.layers.2"
+  assert c["musicsae"]["site"] == c["metadata"]["musicsae_site"] == "lm.layer.2"
   assert c["hook_layer"] == 2 and c["normalize_activations"] == "none"
   assert c["architecture"] == ex.SAELENS_ARCH[arch]
   assert c["musicsae"]["architecture"] == arch
@@ -132,4 +133,4 @@ def test_export_run_from_checkpoint(tmp_path):
   assert before == {f: open(os.path.join(out, f), "rb").read() for f in os.listdir(out)}
   # an export without features drops directions that belonged to the previous one
   ex.export_run(str(tmp_path), c.run)
-  assert sorted(os.listdir(out)) == ["cfg.json", "sae.safetensors"]
+  assert sorted(os.listdir(out)) == ["cfg.json", "sae_weights.safetensors"]

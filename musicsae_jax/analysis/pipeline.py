@@ -14,19 +14,14 @@ from typing import Callable
 
 import numpy as np
 
-from musicsae_jax import store as store_lib
+from musicsae_jax import defaults, store as store_lib
 from musicsae_jax.analysis import labels as lab, probes, report, stats
 from musicsae_jax.analysis.stats import AnalysisError
 
 AUDIO_SITE = "audio.descriptors"
 FORMAT_VERSION = 1
 
-DEFAULTS = dict(
-    run=None, dataset=None, site=None, step=None,
-    label_keys=("emotion",), probe_sites=(), rate_band=(1e-4, 0.25), rank_by="max",
-    max_features=50, top_prompts=5, top_frames=5, top_per_label=5, probe_folds=5,
-    probe_l2=1e-3, probe_steps=100, probe_shuffles=3, cosine_permutations=1000,
-    cosine_max_prompts=2000, grounding_top=3, batch_rows=4096, seed=0)
+DEFAULTS = defaults.analysis().to_dict()   # every config.analysis field and its default
 
 
 def resolve(config) -> dict:

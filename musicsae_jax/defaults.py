@@ -1,0 +1,109 @@
+"""Every option of the JAX-side stages (`c.sae`, `c.train`, `c.analysis`) with its default.
+
+JAX-free on purpose: config files start from these (through `configs/base.py`) so that
+every field can be overridden on the command line (`--config.train.grad_clip=0.5`) even
+when the file does not name it, and the bridge loads the same files without JAX.
+`musicsae_jax.sae.DEFAULTS` and `musicsae_jax.train.default_config()` hold the same values
+for the code that builds models; tests/test_configs.py keeps the copies equal.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+
+
+def _none(kind):
+  """A field whose default is None but which a flag may set (`--config.sae.m=4096`)."""
+  return config_dict.placeholder(kind)
+
+
+def sae() -> ml_collections.ConfigDict:
+  """`c.sae`: the dictionary (musicsae_jax.sae.make_sae reads all but `d`)."""
+  s = ml_collections.ConfigDict()
+  s.architecture = "topk"              # relu | topk | batchtopk | jumprelu | matryoshka
+  s.d = _none(int)                     # None: the store site's width (checked when set)
+  s.m = _none(int)                     # None: expansion * d
+  s.expansion = 16
+  s.k = 32                             # topk / batchtopk / matryoshka: active latents per row
+  s.l1_coeff = 5.0                     # relu: L1 penalty on decoder-norm-weighted latents
+  s.l0_coeff = 1e-3                    # jumprelu: L0 penalty
+  s.jumprelu_bandwidth = 1e-3
+  s.jumprelu_init_threshold = 1e-3
+  s.aux_coeff = 1.0 / 32.0             # AuxK loss on dead latents
+  s.k_aux = _none(int)                 # None: d // 2
+  s.matryoshka_prefixes = _none(tuple) # None: one group of m
+  s.threshold_momentum = 0.99          # batchtopk: EMA of the inference threshold
+  return s
+
+
+def train() -> ml_collections.ConfigDict:
+  """`c.train`: the training loop (same fields and values as train.default_config())."""
+  t = ml_collections.ConfigDict()
+  t.source = "synthetic"          # 'synthetic' | 'store'
+  t.dataset = ""                  # store: activations/<dataset> under workdir, or a path
+  t.site = ""                     # store: e.g. 'lm.layer.4'
+  t.synthetic = ml_collections.ConfigDict(dict(
+      d=32, m_true=64, n=20_000, avg_active=3.0, seed=0, rows_per_prompt=50,
+      chunk_rows=1024))
+  t.steps = 1000
+  t.batch_size = 1024
+  t.lr = _none(float)             # None: 2e-4 / sqrt(m / 2^14)
+  t.warmup_steps = 100
+  t.decay = "cosine"              # 'cosine' | 'linear' | 'constant'
+  t.final_lr_frac = 0.1
+  t.grad_clip = 1.0
+  t.adam_b1, t.adam_b2, t.adam_eps = 0.9, 0.999, 1e-8
+  t.seed = 0
+  t.data_seed = 0
+  t.normalize = True
+  t.norm_samples = 8192
+  t.b_dec_init = "mean"           # 'mean' | 'median' | '' (zeros)
+  t.shuffle_blocks = 8
+  t.prefetch = 2
+  t.read_threads = 0
+  t.eval_fraction = 0.1
+  t.eval_max_rows = 65_536
+  t.eval_batch_size = 4096
+  t.eval_every = 500
+  t.log_every = 50
+  t.checkpoint_every = 500
+  t.keep_best = 2
+  t.async_checkpoint = True
+  t.dead_tokens = 10_000_000
+  t.dense_threshold = 0.1
+  t.mesh_data = -1
+  t.mesh_model = 1
+  t.sharding = "data"             # 'data' | 'latent' (m over the 'model' axis)
+  t.num_devices = 0
+  t.distributed = False
+  t.data_streams = 0
+  t.checkpoint_dir = ""
+  t.plots = True
+  t.stop_after = 0
+  return t
+
+
+def analysis() -> ml_collections.ConfigDict:
+  """`c.analysis`: feature discovery, selectivity, probes, report (analysis.pipeline)."""
+  a = ml_collections.ConfigDict()
+  a.run = _none(str)                   # None: the top-level config.run
+  a.dataset = _none(str)               # None: the top-level config.dataset
+  a.site = _none(str)                  # None: the run's train.site
+  a.step = _none(int)                  # None: the best checkpoint, else the latest
+  a.label_keys = ("emotion",)          # prompt label keys for selectivity / probes / cosine
+  a.probe_sites = ()                   # () = every store site except audio.descriptors
+  a.rate_band = (1e-4, 0.25)           # firing-rate band for feature discovery
+  a.rank_by = "max"                    # max | mean | rate | mean_active
+  a.max_features = 50
+  a.top_prompts = 5
+  a.top_frames = 5
+  a.top_per_label = 5                  # selectivity.json: feature ids per label value
+  a.probe_folds = 5                    # needs >= this many prompts per label value
+  a.probe_l2 = 1e-3
+  a.probe_steps = 100                  # L-BFGS iterations
+  a.probe_shuffles = 3                 # shuffled-label controls
+  a.cosine_permutations = 1000
+  a.cosine_max_prompts = 2000          # the cosine matrix is prompts x prompts
+  a.grounding_top = 3
+  a.batch_rows = 4096                  # rows per jitted encode call
+  a.seed = 0
+  return a
