@@ -474,7 +474,7 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str,
       for g in groups:
         target = ckpt_lib.abstract_like(g.template, g.single_sh)
         one = [ckpts[i].restore(start, target) for i in g.members]
-        restored.append(jax.jit(stack, out_shardings=g.sh)(*one))
+        restored.append(jax.jit(lambda *ss: stack(ss), out_shardings=g.sh)(*one))
       states = tuple(restored)
       logging.info("sweep resumed at step %d", start)
     if is_main:
