@@ -63,9 +63,12 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` for one run directory."""
 
-  def __init__(self, directory: str, *, keep_best: int = 2, async_save: bool = True):
+  def __init__(self, directory: str, *, keep_best: int = 2, async_save: bool = True,
+               keep_latest: int = 1):
+    """`keep_latest` > 1 keeps earlier steps too (a sweep resumes from a step that every
+    member finished saving)."""
     policy = cm.AnyPreservationPolicy([
-        cm.LatestN(n=1),
+        cm.LatestN(n=keep_latest),
         cm.BestN(get_metric_fn=lambda m: m[METRIC], reverse=True, n=keep_best,
                  keep_checkpoints_without_metrics=False),
     ])

@@ -62,3 +62,50 @@ def plot_density(density: np.ndarray, path: str, title: str = "feature density")
   fig = density_figure(density, "log10 firing frequency (eval tokens)", title)
   fig.savefig(path, dpi=100)
   pyplot().close(fig)
+
+
+def sweep_figure(record: dict, highlight: str | None = None):
+  """A sweep at a glance: eval FVU against L0 per member with the Pareto front joined
+  (lower-left is better), and each member's dead-latent percentage."""
+  rows = [r for r in record.get("members", []) if r.get("fvu") is not None]
+  plt = pyplot()
+  fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5),
+                               gridspec_kw={"width_ratios": [3, 2]})
+  front = set(record.get("pareto") or [])
+  groups = sorted({r["group"] for r in rows})
+  for g in groups:
+    pts = [r for r in rows if r["group"] == g]
+    ax.scatter([r["l0"] for r in pts], [r["fvu"] for r in pts], s=36, zorder=3,
+               label=f"group {g}" if len(groups) > 1 else "members")
+  fr = sorted((r for r in rows if r["name"] in front), key=lambda r: r["l0"])
+  if fr:
+    ax.step([r["l0"] for r in fr], [r["fvu"] for r in fr], where="post", color="k",
+            lw=1, zorder=2, label="Pareto front")
+    ax.scatter([r["l0"] for r in fr], [r["fvu"] for r in fr], s=90, facecolors="none",
+               edgecolors="k", zorder=4)
+  for r in rows:
+    ax.annotate(r["name"], (r["l0"], r["fvu"]), fontsize=7, xytext=(3, 3),
+                textcoords="offset points",
+                fontweight="bold" if r["name"] == highlight else "normal")
+  ax.set_xlabel("L0 (active latents per token, eval)")
+  ax.set_ylabel("FVU (eval)")
+  ax.set_title(f"sweep {record.get('run', '')}: FVU vs L0")
+  if all(r["fvu"] > 0 for r in rows) and rows:
+    ax.set_yscale("log")
+  ax.legend(fontsize=8)
+  names = [r["name"] for r in rows]
+  dead = [100.0 * (r.get("dead_frac") or 0.0) for r in rows]
+  colors = ["k" if n == highlight else "C0" for n in names]
+  bx.barh(range(len(rows)), dead, color=colors)
+  bx.set_yticks(range(len(rows)), names, fontsize=7)
+  bx.invert_yaxis()
+  bx.set_xlabel("dead latents (% never firing on eval rows)")
+  bx.set_title("dead % per member")
+  fig.tight_layout()
+  return fig
+
+
+def plot_sweep(record: dict, path: str) -> None:
+  fig = sweep_figure(record)
+  fig.savefig(path, dpi=100)
+  pyplot().close(fig)

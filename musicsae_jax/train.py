@@ -202,6 +202,37 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, dead_tokens: int
   return train_step
 
 
+def make_eval_sums(graphdef):
+  """The pure eval function (state, x, n_valid) -> pooled sums for one padded batch.
+
+  FVU needs sums pooled over the whole held-out split (`eval_metrics` turns them into
+  metrics), not a mean of per-batch ratios.
+  """
+
+  def eval_sums(state, x, n_valid):
+    x_hat, z = nnx.merge(graphdef, state["params"], state["stats"])(x)
+    valid = (jnp.arange(x.shape[0]) < n_valid).astype(jnp.float32)
+    fired = (z != 0).astype(jnp.float32) * valid[:, None]
+    return {"sse": jnp.sum(valid * jnp.sum((x - x_hat) ** 2, -1)),
+            "sum_x": jnp.sum(x * valid[:, None], 0),
+            "sum_x2": jnp.sum(valid * jnp.sum(x * x, -1)),
+            "fired": jnp.sum(fired, 0), "active": jnp.sum(fired)}
+
+  return eval_sums
+
+
+def eval_metrics(tot: dict | None, n: int, m: int, dense_thr: float) -> tuple[dict, np.ndarray]:
+  """(metrics, per-latent density) from `make_eval_sums` totals (float64) over n rows."""
+  if not n:
+    return {}, np.zeros((m,))
+  var = tot["sum_x2"] - float(np.sum(tot["sum_x"] ** 2)) / n    # about the data mean
+  fvu = float(tot["sse"] / max(var, 1e-30))
+  density = tot["fired"] / n
+  return {"fvu": fvu, "ev": 1.0 - fvu, "mse": float(tot["sse"] / n),
+          "l0": float(tot["active"] / n), "dead_frac": float(np.mean(density == 0)),
+          "dense_frac": float(np.mean(density > dense_thr)), "rows": n}, density
+
+
 def init_state(params, stats, tx: optax.GradientTransformation, m: int) -> dict:
   """The train-state pytree `make_train_step` works on (fresh: no latent has fired)."""
   return {"params": params, "stats": stats, "opt": tx.init(params),
@@ -361,17 +392,7 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
   p_train_step = jax.jit(train_step, in_shardings=(state_sh, batch_sh),
                          out_shardings=(state_sh, replicated), donate_argnums=(0,))
 
-  def eval_sums(state, x, n_valid):
-    """Pooled sums for one padded eval batch: FVU needs them over the whole split."""
-    x_hat, z = nnx.merge(graphdef, state["params"], state["stats"])(x)
-    valid = (jnp.arange(x.shape[0]) < n_valid).astype(jnp.float32)
-    fired = (z != 0).astype(jnp.float32) * valid[:, None]
-    return {"sse": jnp.sum(valid * jnp.sum((x - x_hat) ** 2, -1)),
-            "sum_x": jnp.sum(x * valid[:, None], 0),
-            "sum_x2": jnp.sum(valid * jnp.sum(x * x, -1)),
-            "fired": jnp.sum(fired, 0), "active": jnp.sum(fired)}
-
-  p_eval_sums = jax.jit(eval_sums, in_shardings=(state_sh, batch_sh, None),
+  p_eval_sums = jax.jit(make_eval_sums(graphdef), in_shardings=(state_sh, batch_sh, None),
                         out_shardings=replicated)     # every process can read the sums
 
   def evaluate(state) -> tuple[dict, np.ndarray]:
@@ -381,14 +402,7 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
                        jax.device_get(p_eval_sums(state, xb, nb)))
       tot = s if tot is None else jax.tree.map(np.add, tot, s)
       n += nb
-    if not n:
-      return {}, np.zeros((m,))
-    var = tot["sum_x2"] - float(np.sum(tot["sum_x"] ** 2)) / n    # about the data mean
-    fvu = float(tot["sse"] / max(var, 1e-30))
-    density = tot["fired"] / n
-    return {"fvu": fvu, "ev": 1.0 - fvu, "mse": float(tot["sse"] / n),
-            "l0": float(tot["active"] / n), "dead_frac": float(np.mean(density == 0)),
-            "dense_frac": float(np.mean(density > dense_thr)), "rows": n}, density
+    return eval_metrics(tot, n, m, dense_thr)
 
   # --- checkpoint ------------------------------------------------------------------------
   ckpt = ckpt_lib.Checkpointer(t.checkpoint_dir or os.path.join(run_dir, "checkpoints"),

@@ -156,3 +156,28 @@ def test_bad_input_errors(result, override, match):
 def test_missing_run_error(tmp_path):
   with pytest.raises(AnalysisError, match="no trained run 'r'"):
     analyze(_config(), str(tmp_path))
+
+
+def test_sweep_member_report_shows_its_sweep(result):
+  """runs/<sweep>/<member>/ is analysed like any run, and the report adds the sweep."""
+  import shutil
+  from musicsae_jax.analysis.report import SWEEP_SECTION
+  root = result[0]
+  member = os.path.join(root, "runs", "sw", "m1")
+  shutil.copytree(os.path.join(root, "runs", "r"), member)
+  cfg = json.load(open(os.path.join(member, "config.json")))
+  cfg.update(run="sw/m1", sweep_member={"sweep": "sw", "member": "m1", "overrides": {"sae.k": 4}})
+  json.dump(cfg, open(os.path.join(member, "config.json"), "w"))
+  json.dump({"run": "sw", "axes": {"sae.k": [4, 8]}, "pareto": ["m1"], "members": [
+      {"name": "m1", "overrides": {"sae.k": 4}, "group": 0, "fvu": 0.3, "l0": 4.0,
+       "dead_frac": 0.1, "pareto": True},
+      {"name": "m2", "overrides": {"sae.k": 8}, "group": 1, "fvu": 0.4, "l0": 8.0,
+       "dead_frac": 0.0, "pareto": False}]}, open(os.path.join(root, "runs", "sw", "sweep.json"), "w"))
+  c = _config()
+  c.run = "sw/m1"
+  paths = analyze(c, root, log=lambda _: None)
+  assert paths["report"] == os.path.join(root, "reports", "sw", "m1", "report.html")
+  p = _Collect()
+  p.feed(open(paths["report"]).read())
+  assert p.sections == ["summary", "training", SWEEP_SECTION, *SECTIONS[2:]]
+  assert SWEEP_SECTION in {s for s, _ in p.imgs}

@@ -233,7 +233,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print) -> dict:
       "training_png": training, "density_png": report.density_png(st.rate),
       "rate_band": list(a["rate_band"]), "heatmaps": heat, "probes": probe_out,
       "probe_pngs": probe_pngs, "similarity": sim_out, "top_features": top_out,
-      "discovery": disc, "grounding": grounding})
+      "discovery": disc, "grounding": grounding, "sweep": _sweep_of(workdir, a["run"])})
   paths["report"] = os.path.join(out_dir, "report.html")
   with open(paths["report"], "w") as f:
     f.write(html_text)
@@ -266,6 +266,13 @@ def _export_lists(sel_out: dict) -> dict:
         names.append(f"{key}={v}")
     out[key] = {"feature_ids": ids, "labels": names}
   return out
+
+
+def _sweep_of(workdir: str, run: str) -> dict | None:
+  """{'record': sweep.json, 'member': name} when runs/<run> is a member of a sweep."""
+  from musicsae_jax import sweep
+  record = sweep.read_sweep(workdir, run)
+  return {"record": record, "member": run.rsplit("/", 1)[-1]} if record else None
 
 
 def _training_from_metrics(path: str) -> str | None:

@@ -16,6 +16,7 @@ from musicsae_jax import plots
 
 SECTIONS = ("summary", "training", "density", "selectivity", "probes", "similarity",
             "top-features", "discovery", "grounding")
+SWEEP_SECTION = "sweep"     # after "training", only when the run is a sweep member
 
 
 def _png(fig) -> str:
@@ -37,6 +38,26 @@ def png_file(path: str) -> str:
 def density_png(rate: np.ndarray) -> str:
   return _png(plots.density_figure(rate, "log10 firing rate (all rows of the site)",
                                    "features", figsize=(6, 3.5)))
+
+
+def sweep_png(record: dict, member: str) -> str:
+  return _png(plots.sweep_figure(record, highlight=member))
+
+
+def _sweep_section(sw: dict) -> str:
+  """The sweep this run belongs to: FVU vs L0 with the Pareto front, dead % per member."""
+  rec, me = sw["record"], sw["member"]
+  rows = [[("<b>%s</b>" if r["name"] == me else "%s") % html.escape(r["name"]),
+           html.escape(", ".join(f"{k}={v}" for k, v in r.get("overrides", {}).items())),
+           _f(r.get("fvu"), 4), _f(r.get("l0"), 1),
+           _f(100 * r["dead_frac"], 1) if r.get("dead_frac") is not None else "",
+           "yes" if r.get("pareto") else ""] for r in rec.get("members", [])]
+  return _section(SWEEP_SECTION, f"Sweep {html.escape(str(rec.get('run', '')))}",
+                  f"This run is member <b>{html.escape(me)}</b> of a sweep trained on the same "
+                  "batches (runs/&lt;sweep&gt;/sweep.json). Eval FVU against L0: lower-left is "
+                  "better; the line joins the Pareto front.",
+                  img(sweep_png(rec, me), "sweep") + _table(
+                      ["member", "overrides", "FVU", "L0", "dead %", "Pareto"], rows))
 
 
 def heatmap_png(matrix: np.ndarray, rows: list[str], cols: list[str], title: str) -> str:
@@ -106,6 +127,8 @@ def render(d: dict) -> str:
                         "Loss, MSE, L0, FVU (train batches and pooled eval), dead fraction and "
                         "learning rate vs step, from runs/&lt;run&gt;/metrics.jsonl.",
                         img(tr, "training curves") if tr else "<p>no metrics.jsonl found</p>"))
+  if d.get("sweep"):
+    parts.append(_sweep_section(d["sweep"]))
   parts.append(_section("density", "Feature density",
                         "log10 firing rate of every feature over all rows of the site. A healthy "
                         "dictionary is a broad hump well below 1 with few dead features; the "

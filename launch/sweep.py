@@ -1,0 +1,45 @@
+"""Train a sweep of SAEs in one pass over the data.
+
+    python -m launch.sweep --config=configs/synthetic_tiny.py --workdir=DIR \
+        --sweep='sae.k=4,8,16' --sweep='train.lr=1e-3,3e-3'
+
+Every combination of the --sweep values (or of `c.sweep` in the config file, a tuple of
+the same 'field=v1,v2' strings; a flag replaces the config's axis over the same field) is
+a member, trained as the ordinary run `runs/<run>/<member>/`; `runs/<run>/sweep.json`
+and `sweep.png` compare them (FVU vs L0 with the Pareto front, dead % per member).
+Analyse/export a member with `--config.run=<run>/<member>`. Re-running resumes.
+Members may differ in sae.* and train.{lr, seed, warmup_steps, decay, final_lr_frac,
+grad_clip, adam_*, dead_tokens, dense_threshold, b_dec_init}; the data, batch, steps and
+mesh are shared. See musicsae_jax/sweep.py for how members are grouped and placed.
+"""
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from launch import common
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workspace root (runs/<run>/ goes here).")
+_SWEEP = flags.DEFINE_multi_string(
+    "sweep", [], "A sweep axis FIELD=V1,V2,... (repeatable; the grid is their product), "
+    "e.g. --sweep='sae.k=16,32,64' --sweep='train.lr=1e-4,3e-4'.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  common.quiet_library_logs()
+  from musicsae_jax import sweep
+  with common.user_errors():
+    record = sweep.train_sweep(_CONFIG.value, _WORKDIR.value, _SWEEP.value)
+  import jax
+  if jax.process_index() == 0:
+    for r in record["members"]:
+      print(json.dumps({k: r.get(k) for k in ("run", "fvu", "l0", "dead_frac", "pareto")}))
+
+
+if __name__ == "__main__":
+  app.run(main)
