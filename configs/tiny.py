@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 250
   c.train.checkpoint_every = 250
   c.train.dead_tokens = 50_000
-  c.train.shuffle_blocks = 4
+  c.train.shuffle_mb = 64.0
 
   # --- analysis (musicsae_jax.analysis): the defaults ----------------------------------
 

@@ -15,12 +15,10 @@ mesh are shared. See musicsae_jax/sweep.py for how members are grouped and place
 import json
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from launch import common
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
+_CONFIG = common.define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workspace root (runs/<run>/ goes here).")
 _SWEEP = flags.DEFINE_multi_string(
     "sweep", [], "A sweep axis FIELD=V1,V2,... (repeatable; the grid is their product), "
@@ -31,10 +29,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  common.quiet_library_logs()
   from musicsae_jax import sweep
-  with common.user_errors():
-    record = sweep.train_sweep(_CONFIG.value, _WORKDIR.value, _SWEEP.value)
+  record = sweep.train_sweep(_CONFIG.value, _WORKDIR.value, _SWEEP.value)  # SweepError: 1 line
   import jax
   if jax.process_index() == 0:
     for r in record["members"]:
@@ -42,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

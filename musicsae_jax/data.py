@@ -3,16 +3,26 @@
 A *block source* is anything with `d`, `num_rows`, `num_blocks`, `block_rows(i) ->
 (start, stop)`, `read_block(i) -> (acts, index)`, `read_index(rows=None)` and `read_rows(rows)`: a store
 site (`musicsae_jax.store`) or an in-memory `ArraySource` (synthetic data), so both share
-one code path. Reads are whole blocks (stored chunks), shuffled in memory.
+one code path. Reads are whole blocks (stored chunks).
+
+Shuffling at bounded memory: an epoch is P passes; pass q takes part q of every block
+(its train rows split into P parts by a seeded permutation), reads the blocks in a seeded
+random order and fills windows of at most `shuffle_rows` rows, each permuted row by row
+in memory. P is the smallest pass count (at most `max_passes`) whose pass fits one
+window, so every batch mixes rows from across the whole dataset while memory holds about
+three windows (the one being served, the next one, read ahead in the background, and the
+previous one while a batch straddles two). The price is reading each block P times per
+epoch; P = 1 (a full in-memory shuffle) when the dataset fits a window.
 
 Determinism: global batch i is a pure function of (seed, i, S), S = the number of data
-streams (default: the process count). Epoch e shuffles the block order with rng(seed, e);
-stream s takes every S-th block; consecutive `shuffle_blocks` blocks form a group whose
-train rows are permuted with rng(seed, e, group, s); the stream's slices of the batches
-are consecutive slices of the concatenated groups; the global batch is the streams'
-slices in order. Each process computes the streams covering its devices' rows, so with
-S fixed the batches are the same on 1 process or many. A resumed run starts at its step
-and sees exactly the batches an uninterrupted run would.
+streams (default: the process count). Epoch e orders the blocks with rng(seed, e);
+stream s takes every S-th of them, in that order in pass 0 and reordered with
+rng(seed, e, q, s) in pass q; windows are permuted with
+rng(seed, e, q, window, s); the stream's slices of the batches are consecutive slices of
+its concatenated windows; the global batch is the streams' slices in order. Each process
+computes the streams covering its devices' rows, so with S fixed the batches are the same
+on 1 process or many. A resumed run starts at its step and sees exactly the batches an
+uninterrupted run would.
 
 The evaluation split is held out by prompt (index column 0), never by row, so frames of
 one prompt never sit on both sides. Inputs are scaled so E||x||^2 = d; the scale is
@@ -25,6 +35,7 @@ import json
 import os
 import queue
 import threading
+import time
 from typing import Iterator
 
 import jax
@@ -127,11 +138,17 @@ def load_normalization(path: str) -> dict:
 # --- the training stream ----------------------------------------------------------------
 
 
+def window_rows(shuffle_mb: float, d: int, streams_per_process: int = 1) -> int:
+  """Rows per shuffle window so that the ~3 resident windows of each of this process's
+  streams fit `shuffle_mb` MB as float32."""
+  return max(1, int(shuffle_mb * 2**20) // (3 * 4 * int(d) * max(1, streams_per_process)))
+
+
 class Pipeline:
   """Deterministic batches for global steps i = start, start+1, ... (see module doc).
 
   The global batch is the concatenation of `streams` equal slices; stream s reads every
-  S-th block of the epoch's block order and shuffles its own groups, so batch i depends
+  S-th block of each pass's block order and shuffles its own windows, so batch i depends
   on (seed, i, streams) only, never on how many processes share the work. A process
   computes just the streams covering the batch rows its devices hold (from the batch
   sharding): with 'data' split over processes that is a disjoint share of the store's
@@ -139,15 +156,19 @@ class Pipeline:
   `streams` defaults to the process count (one stream per process); a run keeps its
   value across restarts (train.data_streams in config.json) so it can resume on a
   different number of processes with the same batches.
+
+  `shuffle_rows` bounds a window (rows per stream); `wait_s` is the time the consumer of
+  `iterate` has spent waiting for batches (the trainer logs it as data_wait_frac).
   """
 
   def __init__(self, source, *, batch_size: int, seed: int, eval_prompts, scale: float,
-               mesh, shuffle_blocks: int = 8, prefetch: int = 2,
+               mesh, shuffle_rows: int = 1 << 18, max_passes: int = 8, prefetch: int = 2,
                process_index: int | None = None, process_count: int | None = None,
                streams: int | None = None, read_threads: int = 1):
-    """`read_threads` > 1 reads the blocks of a shuffle group in parallel."""
+    """`read_threads` > 1 reads the blocks of a window in parallel."""
     self.source, self.seed, self.scale = source, int(seed), np.float32(scale)
-    self.mesh, self.shuffle_blocks, self.prefetch = mesh, max(1, shuffle_blocks), prefetch
+    self.mesh, self.prefetch = mesh, prefetch
+    self.shuffle_rows = max(1, int(shuffle_rows))
     simulated = process_index is not None or process_count is not None
     self.pi = jax.process_index() if process_index is None else process_index
     self.pc = jax.process_count() if process_count is None else process_count
@@ -184,26 +205,49 @@ class Pipeline:
                       f"{getattr(source, 'chunk_rows', '?')} rows) for {self.streams} data "
                       f"streams; set train.data_streams <= {source.num_blocks} or store "
                       f"smaller chunks")
+    per_stream = -(-self.num_train_rows // self.streams)
+    self.passes = int(min(max(1, int(max_passes)), max(1, -(-per_stream // self.shuffle_rows))))
     self._epoch_batches: list[int] = []       # batches per epoch, computed lazily
-    self._cache: dict = {}
+    self._groups_cache: dict = {}
+    self._cache: dict = {}                     # (stream, epoch, window) -> Future
     self._pool = (concurrent.futures.ThreadPoolExecutor(read_threads, "musicsae-read")
                   if read_threads > 1 else None)
     self.batches_in_epoch(0)                  # refuse an unservable split now, not mid-run
+    self._loader = concurrent.futures.ThreadPoolExecutor(1, "musicsae-window")
+    self.wait_s = 0.0
 
-  def _read_train_rows(self, b) -> np.ndarray:
-    acts, index = self.source.read_block(int(b))
-    return np.asarray(acts[~np.isin(index[:, 0], self.eval_prompts)], np.float32)
+  def _part_sizes(self, q: int) -> np.ndarray:
+    """Rows that pass q takes from each block: part q of P of its train rows."""
+    return np.maximum(self.block_counts - q + self.passes - 1, 0) // self.passes
 
-  def _groups(self, epoch: int, stream: int) -> list[np.ndarray]:
-    order = np.random.default_rng([self.seed, epoch]).permutation(self.source.num_blocks)
-    mine = order[stream::self.streams]
-    return [mine[i:i + self.shuffle_blocks] for i in range(0, len(mine), self.shuffle_blocks)]
+  def _groups(self, epoch: int, stream: int) -> list[tuple[int, np.ndarray, int]]:
+    """The stream's windows in epoch `epoch`: (pass, blocks, rows), in serving order."""
+    key = (epoch, stream)
+    if key not in self._groups_cache:
+      out = []
+      order = np.random.default_rng([self.seed, epoch]).permutation(self.source.num_blocks)
+      for q in range(self.passes):          # the stream's blocks, in a new order each pass
+        mine = order[stream::self.streams]
+        if q:
+          mine = mine[np.random.default_rng([self.seed, epoch, q, stream]).permutation(len(mine))]
+        sizes = self._part_sizes(q)[mine]
+        start, rows = 0, 0
+        for i, n in enumerate(sizes):
+          if rows and rows + n > self.shuffle_rows:
+            out.append((q, mine[start:i], rows))
+            start, rows = i, 0
+          rows += int(n)
+        if rows:
+          out.append((q, mine[start:], rows))
+      if len(self._groups_cache) > 2 * self.streams + 2:
+        self._groups_cache.pop(next(iter(self._groups_cache)))
+      self._groups_cache[key] = out
+    return self._groups_cache[key]
 
   def batches_in_epoch(self, epoch: int) -> int:
     while len(self._epoch_batches) <= epoch:
       e = len(self._epoch_batches)
-      rows = [sum(int(self.block_counts[g].sum()) for g in self._groups(e, s))
-              for s in range(self.streams)]
+      rows = [sum(g[2] for g in self._groups(e, s)) for s in range(self.streams)]
       if min(rows) < self.stream_batch:
         raise DataError(f"epoch {e}: data stream {int(np.argmin(rows))} gets {min(rows)} "
                         f"training rows, fewer than its {self.stream_batch} per batch; "
@@ -218,31 +262,51 @@ class Pipeline:
       epoch += 1
     return epoch, step
 
-  def _group_rows(self, stream: int, epoch: int, g: int, blocks: np.ndarray) -> np.ndarray:
+  def _block_part(self, epoch: int, q: int, b) -> np.ndarray:
+    """Part q of block b's train rows (float32, unscaled)."""
+    acts, index = self.source.read_block(int(b))
+    keep = np.flatnonzero(~np.isin(index[:, 0], self.eval_prompts))
+    if self.passes > 1:
+      perm = np.random.default_rng([self.seed, epoch, int(b), 0xB1]).permutation(len(keep))
+      keep = np.sort(keep[perm[q::self.passes]])
+    return np.asarray(acts[keep], np.float32)
+
+  def _load_window(self, stream: int, epoch: int, g: int, q: int, blocks, n: int):
+    # Blocks are read in parallel (TensorStore decodes outside the GIL) and scattered
+    # into one preallocated window at seeded positions: the result does not depend on the
+    # thread count, and the window is never copied.
+    dest = np.random.default_rng([self.seed, epoch, q, g, stream, 0x6B]).permutation(n)
+    out = np.empty((n, self.source.d), np.float32)
+    reader = self._pool.map if self._pool else map
+    off = 0
+    for part in reader(lambda b: self._block_part(epoch, q, b), blocks):
+      out[dest[off:off + len(part)]] = part
+      off += len(part)
+    out *= self.scale
+    return out
+
+  def _window(self, stream: int, epoch: int, g: int) -> np.ndarray:
+    """Window g of the stream's epoch; schedules the next one in the background."""
     key = (stream, epoch, g)
-    if key not in self._cache:
-      # Blocks of a group are read in parallel (TensorStore decodes outside the GIL);
-      # concatenated in block order, so the result does not depend on the thread count.
-      reader = self._pool.map if self._pool else map
-      parts = list(reader(self._read_train_rows, blocks))
-      x = np.concatenate(parts) if parts else np.zeros((0, self.source.d), np.float32)
-      perm = np.random.default_rng([self.seed, epoch, g, stream, 0x6B]).permutation(len(x))
-      if len(self._cache) >= 2 * len(self.my_streams):   # a batch spans <= 2 groups/stream
-        self._cache.pop(next(iter(self._cache)))
-      x = x[perm]
-      x *= self.scale                         # in place: one copy, not two
-      self._cache[key] = x
-    return self._cache[key]
+    nxt = (stream, epoch, g + 1) if g + 1 < len(self._groups(epoch, stream)) else \
+        (stream, epoch + 1, 0)
+    for k in (key, nxt):        # group lists are computed here, in the caller's thread
+      if k not in self._cache:
+        self._cache[k] = self._loader.submit(self._load_window, *k,
+                                             *self._groups(k[1], stream)[k[2]])
+    while len(self._cache) > 3 * len(self.my_streams):     # served, next, straddled
+      old = next(k for k in self._cache if k not in (key, nxt))
+      self._cache.pop(old)
+    return self._cache[key].result()
 
   def stream_batch_np(self, stream: int, step: int) -> np.ndarray:
     """Stream `stream`'s slice of global batch `step`, float32 [stream_batch, d]."""
     epoch, j = self._locate(step)
     lo, hi = j * self.stream_batch, (j + 1) * self.stream_batch
     out, offset = [], 0
-    for g, blocks in enumerate(self._groups(epoch, stream)):
-      n = int(self.block_counts[blocks].sum())
+    for g, (_, _, n) in enumerate(self._groups(epoch, stream)):
       if offset + n > lo and offset < hi:
-        rows = self._group_rows(stream, epoch, g, blocks)
+        rows = self._window(stream, epoch, g)
         out.append(rows[max(lo - offset, 0):hi - offset])
       offset += n
       if offset >= hi:
@@ -284,7 +348,9 @@ class Pipeline:
     thread.start()
     try:
       while True:
+        t0 = time.perf_counter()
         item = q.get()
+        self.wait_s += time.perf_counter() - t0
         if isinstance(item, BaseException):
           raise item
         yield item

@@ -3,8 +3,8 @@
 JAX-free on purpose: config files start from these (through `configs/base.py`) so that
 every field can be overridden on the command line (`--config.train.grad_clip=0.5`) even
 when the file does not name it, and the bridge loads the same files without JAX.
-`musicsae_jax.sae.DEFAULTS` and `musicsae_jax.train.default_config()` hold the same values
-for the code that builds models; tests/test_configs.py keeps the copies equal.
+This is the one copy: `musicsae_jax.sae.DEFAULTS` and `musicsae_jax.train.default_config()`
+are built from it.
 """
 import ml_collections
 from ml_collections import config_dict
@@ -36,7 +36,7 @@ def sae() -> ml_collections.ConfigDict:
 
 
 def train() -> ml_collections.ConfigDict:
-  """`c.train`: the training loop (same fields and values as train.default_config())."""
+  """`c.train`: the training loop (musicsae_jax.train reads every field)."""
   t = ml_collections.ConfigDict()
   t.source = "synthetic"          # 'synthetic' | 'store'
   t.dataset = ""                  # store: activations/<dataset> under workdir, or a path
@@ -46,39 +46,47 @@ def train() -> ml_collections.ConfigDict:
       chunk_rows=1024))
   t.steps = 1000
   t.batch_size = 1024
-  t.lr = _none(float)             # None: 2e-4 / sqrt(m / 2^14)
-  t.warmup_steps = 100
-  t.decay = "cosine"              # 'cosine' | 'linear' | 'constant'
-  t.final_lr_frac = 0.1
+  t.lr = _none(float)             # None: default_lr(m) (tuned on bench/quality.py)
+  t.warmup_steps = _none(int)     # None: warmup_frac of the run, at most warmup_max steps
+  t.warmup_frac = 0.05
+  t.warmup_max = 1000
+  t.decay = "linear"              # shape of the final decay: 'linear' | 'cosine' | 'constant'
+  t.decay_frac = 0.2              # the last fraction of steps decays; constant before
+  t.final_lr_frac = 0.0
   t.grad_clip = 1.0
   t.adam_b1, t.adam_b2, t.adam_eps = 0.9, 0.999, 1e-8
-  t.seed = 0
-  t.data_seed = 0
-  t.normalize = True
+  t.seed = 0                      # model init
+  t.data_seed = 0                 # block order, shuffles, eval split, normalisation sample
+  t.normalize = True              # scale inputs so E||x||^2 = d
   t.norm_samples = 8192
   t.b_dec_init = "mean"           # 'mean' | 'median' | '' (zeros)
-  t.shuffle_blocks = 8
-  t.prefetch = 2
-  t.read_threads = 0
-  t.eval_fraction = 0.1
+  t.shuffle_mb = 768.0            # shuffle windows in memory (MB, float32; see data.py)
+  t.shuffle_max_passes = 8        # reads of each block per epoch, at most (data.py)
+  t.prefetch = 2                  # batches prepared ahead by the background thread
+  t.read_threads = 0              # parallel block reads per process; 0: cpu_count // 2
+                                  # (1..8; 1 on a 2-core box, 8 on a TPU/GPU host)
+  t.eval_fraction = 0.1           # of prompts held out for evaluation
   t.eval_max_rows = 65_536
   t.eval_batch_size = 4096
   t.eval_every = 500
   t.log_every = 50
   t.checkpoint_every = 500
-  t.keep_best = 2
+  t.keep_best = 2                 # best by eval FVU, plus the latest
   t.async_checkpoint = True
-  t.dead_tokens = 10_000_000
-  t.dense_threshold = 0.1
-  t.mesh_data = -1
+  t.dead_tokens = _none(int)      # dead = not fired for this many tokens (AuxK targets);
+                                  # None: the run's tokens / 20, at most 10M (see
+                                  # default_dead_tokens), so AuxK engages in short runs too
+  t.dense_threshold = 0.1         # dense = fires on more than this fraction of tokens
+  t.mesh_data = -1                # mesh shape over the devices; -1 = the rest
   t.mesh_model = 1
-  t.sharding = "data"             # 'data' | 'latent' (m over the 'model' axis)
-  t.num_devices = 0
-  t.distributed = False
-  t.data_streams = 0
-  t.checkpoint_dir = ""
+  t.sharding = "data"             # 'data' (replicated params) | 'latent' (m over 'model')
+  t.num_devices = 0               # 0: all devices; n: the first n (tests, debugging)
+  t.distributed = False           # join a multi-process job (see musicsae_jax.distributed)
+  t.data_streams = 0              # batch = S stream slices; 0: the process count at the
+                                  # run's first start (kept on resume, any process count)
+  t.checkpoint_dir = ""           # '': <run>/checkpoints; or e.g. gs://bucket/run/ckpt
   t.plots = True
-  t.stop_after = 0
+  t.stop_after = 0                # >0: stop early at this step (simulates a crash)
   return t
 
 

@@ -28,22 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from musicsae_jax import defaults
+
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
 
-DEFAULTS = dict(
-    architecture="topk",
-    m=None,
-    expansion=16,
-    k=32,
-    l1_coeff=5.0,
-    l0_coeff=1e-3,
-    jumprelu_bandwidth=1e-3,
-    jumprelu_init_threshold=1e-3,
-    aux_coeff=1.0 / 32.0,
-    k_aux=None,
-    matryoshka_prefixes=None,
-    threshold_momentum=0.99,
-)
+DEFAULTS = {k: v for k, v in defaults.sae().to_dict().items() if k != "d"}  # one copy
 
 
 class Stat(nnx.Variable):

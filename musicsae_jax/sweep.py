@@ -57,7 +57,8 @@ from musicsae_jax import train as train_lib
 
 # Train fields a member may change. The rest (data, steps, batch, mesh, cadence) is the
 # shared batch stream and loop, the same for every member.
-MEMBER_TRAIN_FIELDS = ("lr", "seed", "warmup_steps", "decay", "final_lr_frac", "grad_clip",
+MEMBER_TRAIN_FIELDS = ("lr", "seed", "warmup_steps", "warmup_frac", "warmup_max", "decay",
+                       "decay_frac", "final_lr_frac", "grad_clip",
                        "adam_b1", "adam_b2", "adam_eps", "dead_tokens", "dense_threshold",
                        "b_dec_init")
 # Member fields that may differ inside one vmapped group (values, not Python constants).
@@ -180,7 +181,7 @@ def resolve_members(members: list[Member], d: int) -> None:
       mb.m = sae_lib.resolve_config(mb.sae_cfg, d)["m"]
     except ValueError as e:
       raise SweepError(f"sweep member {mb.name} ({mb.overrides}): {e}") from e
-    mb.t.lr = train_lib.default_lr(mb.m) if mb.t.lr is None else float(mb.t.lr)
+    train_lib.fill_run_defaults(mb.t, mb.m)      # lr, warm-up, dead_tokens as a run resolves them
 
 
 def _group_key(mb: Member) -> str:
@@ -374,11 +375,7 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str,
                     or jax.process_count())
   scale, t.data_streams = train_lib._from_process_0(float(norm["scale"]), t.data_streams)
   norm["scale"] = scale
-  pipeline = data_lib.Pipeline(
-      source, batch_size=t.batch_size, seed=t.data_seed, eval_prompts=eval_prompts,
-      scale=scale, mesh=mesh, shuffle_blocks=t.shuffle_blocks, prefetch=t.prefetch,
-      streams=t.data_streams,
-      read_threads=t.read_threads or min(8, max(1, (os.cpu_count() or 1) // 2)))
+  pipeline = train_lib.make_pipeline(t, source, eval_prompts, scale, mesh, d)
   x_eval = data_lib.load_eval(source, eval_prompts, t.eval_max_rows, t.data_seed, scale)
   eval_bs = max(mesh.shape["data"], t.eval_batch_size // mesh.shape["data"] * mesh.shape["data"])
   logging.info("sweep %s: %d members in %d groups, d=%d, %d train rows, %d eval rows, "

@@ -24,6 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from musicsae_jax import checkpoint as ckpt_lib
 from musicsae_jax import data as data_lib
+from musicsae_jax import defaults
 from musicsae_jax import mesh as mesh_lib
 from musicsae_jax import plots
 from musicsae_jax import preemption
@@ -32,76 +33,76 @@ from musicsae_jax import sae as sae_lib
 
 _COUNTER_CAP = 2**30          # steps-since-fired saturates here (int32 safe)
 _NOT_SAE_FIELDS = ("d",)      # c.sae fields consumed here, not by sae.make_sae
+_RETIRED = ("shuffle_blocks",)  # train fields that older runs' config.json may still hold
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Every `c.train` field with its default; config files override what they need."""
-  t = ml_collections.ConfigDict()
-  t.source = "synthetic"          # 'synthetic' | 'store'
-  t.dataset = ""                  # store: activations/<dataset> under workdir, or a path
-  t.site = ""                     # store: e.g. 'lm.layer.4'
-  t.synthetic = ml_collections.ConfigDict(dict(
-      d=32, m_true=64, n=20_000, avg_active=3.0, seed=0, rows_per_prompt=50,
-      chunk_rows=1024))
-  t.steps = 1000
-  t.batch_size = 1024
-  t.lr = None                     # None: 2e-4 / sqrt(m / 2^14)
-  t.warmup_steps = 100
-  t.decay = "cosine"              # 'cosine' | 'linear' | 'constant'
-  t.final_lr_frac = 0.1
-  t.grad_clip = 1.0
-  t.adam_b1, t.adam_b2, t.adam_eps = 0.9, 0.999, 1e-8
-  t.seed = 0                      # model init
-  t.data_seed = 0                 # block order, shuffles, eval split, normalisation sample
-  t.normalize = True              # scale inputs so E||x||^2 = d
-  t.norm_samples = 8192
-  t.b_dec_init = "mean"           # 'mean' | 'median' | '' (zeros)
-  t.shuffle_blocks = 8            # blocks shuffled together in memory
-  t.prefetch = 2                  # batches prepared ahead by the background thread
-  t.read_threads = 0              # parallel block reads per process; 0: cpu_count // 2
-                                  # (1..8; 1 on a 2-core box, 8 on a TPU/GPU host)
-  t.eval_fraction = 0.1           # of prompts held out for evaluation
-  t.eval_max_rows = 65_536
-  t.eval_batch_size = 4096
-  t.eval_every = 500
-  t.log_every = 50
-  t.checkpoint_every = 500
-  t.keep_best = 2                 # best by eval FVU, plus the latest
-  t.async_checkpoint = True
-  t.dead_tokens = 10_000_000      # dead = not fired for this many tokens (AuxK targets)
-  t.dense_threshold = 0.1         # dense = fires on more than this fraction of tokens
-  t.mesh_data = -1                # mesh shape over the devices; -1 = the rest
-  t.mesh_model = 1
-  t.sharding = "data"             # 'data' (replicated params) | 'latent' (m over 'model')
-  t.num_devices = 0               # 0: all devices; n: the first n (tests, debugging)
-  t.distributed = False           # join a multi-process job (see musicsae_jax.distributed)
-  t.data_streams = 0              # batch = S stream slices; 0: the process count at the
-                                  # run's first start (kept on resume, any process count)
-  t.checkpoint_dir = ""           # '': <run>/checkpoints; or e.g. gs://bucket/run/ckpt
-  t.plots = True
-  t.stop_after = 0                # >0: stop early at this step (simulates a crash)
-  return t
+  """Every `c.train` field with its default (the one copy lives in musicsae_jax.defaults)."""
+  return defaults.train()
 
 
 def default_lr(m: int) -> float:
-  """Gao et al.: lr ~ 2e-4 / sqrt(m / 2^14)."""
+  """Gao et al.'s width rule lr ~ 1/sqrt(m), at the level tuned on bench/quality.py."""
   return 2e-4 / float(np.sqrt(m / 2**14))
 
 
+def default_dead_tokens(t) -> int:
+  """A twentieth of the run's tokens, at most 10M (Gao et al.'s value for long runs):
+  with a fixed 10M a short run never calls a latent dead, so AuxK never engages."""
+  return int(min(10_000_000, max(int(t.steps) * int(t.batch_size) // 20, int(t.batch_size))))
+
+
+def warmup_steps(t) -> int:
+  """train.warmup_steps, or warmup_frac of the run capped at warmup_max."""
+  if t.warmup_steps is not None:
+    return int(t.warmup_steps)
+  return int(min(int(t.warmup_max), round(float(t.warmup_frac) * int(t.steps))))
+
+
+def fill_run_defaults(t, m: int) -> None:
+  """Resolve the defaults that depend on the run (lr on m; warm-up and dead_tokens on its
+  length) in place, so config.json records the values used."""
+  t.lr = default_lr(m) if t.lr is None else float(t.lr)
+  t.warmup_steps = warmup_steps(t)
+  t.dead_tokens = default_dead_tokens(t) if t.dead_tokens is None else int(t.dead_tokens)
+
+
+def make_pipeline(t, source, eval_prompts, scale: float, mesh, d: int) -> data_lib.Pipeline:
+  """The training batch stream of `train.*` settings (one run or a whole sweep)."""
+  return data_lib.Pipeline(
+      source, batch_size=t.batch_size, seed=t.data_seed, eval_prompts=eval_prompts,
+      scale=scale, mesh=mesh, prefetch=t.prefetch, max_passes=t.shuffle_max_passes,
+      shuffle_rows=data_lib.window_rows(t.shuffle_mb, d,
+                                        max(1, t.data_streams // jax.process_count())),
+      streams=t.data_streams,
+      read_threads=t.read_threads or min(8, max(1, (os.cpu_count() or 1) // 2)))
+
+
 def make_schedule(t) -> tuple[optax.Schedule, float]:
-  """Linear warmup to the peak lr, then cosine / linear decay or constant."""
-  lr, steps, warmup = t.lr, int(t.steps), int(t.warmup_steps)
-  end = lr * t.final_lr_frac
-  n = max(steps - warmup, 1)
-  decay = {"cosine": lambda: optax.cosine_decay_schedule(lr, n, alpha=t.final_lr_frac),
-           "linear": lambda: optax.linear_schedule(lr, end, n),
-           "constant": lambda: optax.constant_schedule(lr)}
-  if t.decay not in decay:
-    raise ValueError(f"train.decay={t.decay!r}; allowed: {', '.join(decay)}")
-  main = decay[t.decay]()
-  if warmup <= 0:
-    return main, lr
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup]), lr
+  """Warm-up, constant, then decay over the last `decay_frac` of the run ('constant':
+  none). The length of each phase follows the run's length, so short and long runs
+  both spend most steps at the peak lr."""
+  lr, steps, warmup = t.lr, int(t.steps), warmup_steps(t)
+  shapes = ("linear", "cosine", "constant")
+  if t.decay not in shapes:
+    raise ValueError(f"train.decay={t.decay!r}; allowed: {', '.join(shapes)}")
+  if not 0.0 <= float(t.decay_frac) <= 1.0:
+    raise ValueError(f"train.decay_frac={t.decay_frac} must be in [0, 1]")
+  n_decay = 0 if t.decay == "constant" else int(round(float(t.decay_frac) * steps))
+  n_decay = min(n_decay, max(steps - warmup, 0))
+  end = lr * float(t.final_lr_frac)
+  parts, bounds = [], []
+  if warmup > 0:
+    parts.append(optax.linear_schedule(0.0, lr, warmup))
+    bounds.append(warmup)
+  parts.append(optax.constant_schedule(lr))
+  if n_decay > 0:
+    bounds.append(steps - n_decay)
+    parts.append(optax.linear_schedule(lr, end, n_decay) if t.decay == "linear" else
+                 optax.cosine_decay_schedule(lr, n_decay, alpha=float(t.final_lr_frac)))
+  if len(parts) == 1:
+    return parts[0], lr
+  return optax.join_schedules(parts, bounds), lr
 
 
 def make_optimizer(t) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -269,6 +270,8 @@ def resolve_train_config(train_cfg) -> ml_collections.ConfigDict:
   """
   t = default_config()
   for k, v in (train_cfg or {}).items():
+    if k in _RETIRED:                   # config.json of runs made before a rename
+      continue
     if k not in t:
       raise ValueError(f"train.{k} is not a training option; known: {', '.join(sorted(t))}")
     if k == "synthetic":
@@ -354,11 +357,7 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
   t.data_streams = int(t.data_streams) or _previous_streams(run_dir) or jax.process_count()
   scale, t.data_streams = _from_process_0(float(norm["scale"]), t.data_streams)
   norm["scale"] = scale
-  pipeline = data_lib.Pipeline(
-      source, batch_size=t.batch_size, seed=t.data_seed, eval_prompts=eval_prompts,
-      scale=scale, mesh=mesh, shuffle_blocks=t.shuffle_blocks, prefetch=t.prefetch,
-      streams=t.data_streams,
-      read_threads=t.read_threads or min(8, max(1, (os.cpu_count() or 1) // 2)))
+  pipeline = make_pipeline(t, source, eval_prompts, scale, mesh, d)
   x_eval = data_lib.load_eval(source, eval_prompts, t.eval_max_rows, t.data_seed, scale)
   eval_bs = max(mesh.shape["data"], t.eval_batch_size // mesh.shape["data"] * mesh.shape["data"])
   logging.info("data: d=%d, %d train rows, %d eval rows (%d held-out prompts), scale=%.4g",
@@ -374,6 +373,7 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
   del model
 
   # --- optimizer -------------------------------------------------------------------------
+  fill_run_defaults(t, m)                              # recorded in config.json
   tx, schedule = make_optimizer(t)
   state = init_state(params, stats, tx, m)
   state_sh = mesh_lib.state_shardings(state, mesh, t.sharding, m)
@@ -431,6 +431,7 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
                  config.run, config.sae.architecture, d, m, steps, start, t.lr)
     batches = pipeline.iterate(start)
     pending, t0, t_last, s_last = [], time.time(), time.time(), start
+    wait_last = pipeline.wait_s
     with jax.set_mesh(mesh), preemption.StopOnSigterm() as sigterm:
       for step in range(start + 1, steps + 1):
         state, met = p_train_step(state, next(batches))
@@ -440,13 +441,16 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
         if step % t.log_every == 0 or step == steps:
           met = jax.tree.map(lambda *v: float(np.mean(v)), *jax.device_get(pending))
           pending = []
-          now = time.time()
+          now, t_last_prev = time.time(), t_last
           sps = (step - s_last) / max(now - t_last, 1e-9)
           t_last, s_last = now, step
           met.update(aux=met.get("aux_loss", 0.0), fvu=met.get("fvu_batch"),
                      ev=1.0 - met["fvu_batch"] if "fvu_batch" in met else None)
+          wait = (pipeline.wait_s - wait_last) / max(now - t_last_prev, 1e-9)
+          wait_last = pipeline.wait_s
           row = {"kind": "train", "step": step, **met, "lr": float(schedule(step - 1)),
-                 "steps_per_s": sps, "acts_per_s": sps * t.batch_size}
+                 "steps_per_s": sps, "acts_per_s": sps * t.batch_size,
+                 "data_wait_frac": wait}
           log_row(row)
           eta = datetime.timedelta(seconds=int((steps - step) / max(sps, 1e-9)))
           logging.info("step %d/%d loss=%.4g mse=%.4g l0=%.1f dead=%.3f | %.1f steps/s "

@@ -44,14 +44,6 @@ def test_config_resolves(path):
 
 # --- every default is overridable from the command line ---------------------------------
 
-def test_room_defaults_are_the_ones_the_code_uses():
-  """musicsae_jax/defaults.py (JAX-free, read by the config files) == what sae/train build."""
-  from musicsae_jax import defaults
-  assert defaults.train().to_dict() == train.default_config().to_dict()
-  light_sae = {k: v for k, v in defaults.sae().to_dict().items() if k != "d"}
-  assert light_sae == sae.DEFAULTS
-
-
 def leaves(cfg, prefix=""):
   """(dotted name, declared type, value) for every leaf field of a ConfigDict."""
   for k in sorted(cfg.keys()):

@@ -20,7 +20,7 @@ def _source(n=4000, d=8, rows_per_prompt=37, chunk_rows=256, seed=0):
 
 def _pipe(src, mesh=None, **kw):
   kw = {"batch_size": 64, "seed": 3, "eval_prompts": [], "scale": 1.0,
-        "shuffle_blocks": 3, **kw}
+        "shuffle_rows": 768, **kw}
   return data_lib.Pipeline(src, mesh=mesh or mesh_lib.make_mesh(), **kw)
 
 
@@ -75,7 +75,7 @@ def test_each_process_reads_its_own_blocks():
   mesh = mesh_lib.make_mesh()
   pipes = [_pipe(src, mesh, process_index=p, process_count=2) for p in range(2)]
   assert pipes[0].local_batch == 32
-  blocks = [set(np.concatenate([g for g in pp._groups(0, pp.pi)]).tolist()) for pp in pipes]
+  blocks = [set(np.concatenate([g[1] for g in pp._groups(0, pp.pi)]).tolist()) for pp in pipes]
   assert not blocks[0] & blocks[1] and len(blocks[0] | blocks[1]) == src.num_blocks
   for pp, mine in zip(pipes, blocks):
     rows = pp.local_batch_np(2)[:, 0].astype(int)
@@ -113,3 +113,40 @@ def test_fewer_blocks_than_data_streams_is_refused_with_one_line():
                                                "than its 128 per batch"):
     _pipe(src, streams=2, batch_size=256)                 # blocks of 512 and 88 rows
   assert _pipe(src, streams=2, batch_size=128).batches_in_epoch(0) == 88 // 64
+
+
+def _distinct_prompts_per_batch(pipe, batches=20):
+  return float(np.mean([len(np.unique(pipe.local_batch_np(i)[:, 1])) for i in range(batches)]))
+
+
+def test_batches_mix_the_whole_dataset_at_bounded_memory():
+  """A store written in prompt order (50 rows a prompt, 5 prompts a block): windows of an
+  eighth of the data, read in 8 passes, mix as many prompts per batch as a full shuffle;
+  the same windows read once (whole blocks only) mix a handful."""
+  src = _source(n=20_000, rows_per_prompt=50, chunk_rows=256)
+  full = _pipe(src, batch_size=256, shuffle_rows=1 << 20)
+  bounded = _pipe(src, batch_size=256, shuffle_rows=2_500)
+  blocks_only = _pipe(src, batch_size=256, shuffle_rows=2_500, max_passes=1)
+  assert (full.passes, bounded.passes, blocks_only.passes) == (1, 8, 1)
+  ref = _distinct_prompts_per_batch(full)
+  assert ref > 150                                     # 400 prompts, batch 256
+  assert _distinct_prompts_per_batch(bounded) >= 0.95 * ref
+  assert _distinct_prompts_per_batch(blocks_only) < 0.5 * ref
+  # Bounded: never more than ~3 windows per stream resident.
+  for i in range(bounded.batches_in_epoch(0) + 3):
+    bounded.local_batch_np(i)
+    assert len(bounded._cache) <= 3
+  rows = np.concatenate([bounded.local_batch_np(i)[:, 0]
+                         for i in range(bounded.batches_in_epoch(0))])
+  assert len(np.unique(rows)) == len(rows)            # still a permutation per epoch
+
+
+def test_iterate_matches_direct_batches_and_counts_waiting():
+  src = _source()
+  pipe = _pipe(src)
+  assert pipe.passes > 1
+  it = pipe.iterate(5)
+  for step in range(5, 9):
+    np.testing.assert_array_equal(np.asarray(next(it)), _pipe(src).local_batch_np(step))
+  it.close()
+  assert pipe.wait_s >= 0.0

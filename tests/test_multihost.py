@@ -32,7 +32,7 @@ TINY = {"sae.m": 64, "sae.k": 4, "sae.k_aux": 8,
         "train.synthetic.rows_per_prompt": 32, "train.synthetic.chunk_rows": 512,
         "train.batch_size": 64, "train.warmup_steps": 2, "train.log_every": 1,
         "train.eval_batch_size": 256, "train.dead_tokens": 128, "train.plots": False,
-        "train.data_streams": 2}
+        "train.data_streams": 2, "train.shuffle_mb": 0.02}   # ~100-row windows, 8 passes
 
 
 def _cfg(overrides):
@@ -221,7 +221,7 @@ def test_global_batch_does_not_depend_on_process_count_or_threads():
   index = np.stack([np.arange(4000) // 37, np.arange(4000) % 37], 1)
   src = data_lib.ArraySource(acts, index, 256)
   mesh = mesh_lib.make_mesh()
-  kw = dict(batch_size=64, seed=3, eval_prompts=[], scale=1.0, shuffle_blocks=3, mesh=mesh,
+  kw = dict(batch_size=64, seed=3, eval_prompts=[], scale=1.0, shuffle_rows=768, mesh=mesh,
             streams=4)
   one = data_lib.Pipeline(src, **kw)
   assert (one.row_lo, one.row_hi, one.my_streams) == (0, 64, [0, 1, 2, 3])

@@ -20,7 +20,7 @@ def _cfg(**train_kw):
   c.train.synthetic.update(d=16, m_true=32, n=4096, rows_per_prompt=32, chunk_rows=512)
   c.train.update(steps=6, batch_size=64, warmup_steps=2, log_every=1, eval_every=3,
                  checkpoint_every=3, eval_batch_size=256, dead_tokens=128, plots=False,
-                 async_checkpoint=True)
+                 async_checkpoint=True, shuffle_mb=0.02)   # ~100-row windows, 8 passes
   c.train.update(**train_kw)
   return c
 

@@ -1,0 +1,22 @@
+"""The experiment bench/quality.py trains with `launch.train`: library defaults throughout.
+
+Only what a user must say is set here (where the data is); bench/quality.py adds the shape
+(architecture, expansion), the budget (steps, batch size) and the seed on the command line.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.run = "quality"
+  c.sae = ml_collections.ConfigDict()
+  c.sae.architecture = "topk"
+  c.sae.expansion = 8
+  c.train = ml_collections.ConfigDict()
+  c.train.source = "store"
+  c.train.dataset = "minilm-metadata"
+  c.train.site = "minilm.layer.3"
+  c.train.steps = 100
+  c.train.batch_size = 4096
+  c.train.seed = 0
+  return c
