@@ -22,6 +22,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from musicsae_jax import calibration
 from musicsae_jax import checkpoint as ckpt_lib
 from musicsae_jax import data as data_lib
 from musicsae_jax import mesh as mesh_lib
@@ -316,6 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model = sae_lib.make_sae(sae_cfg, d=d, rngs=nnx.Rngs(t.seed))
   if t.b_dec_init:
     sae_lib.init_b_dec(model, sample * np.float32(scale), t.b_dec_init)
+  calibration.init_thresholds(model, sample * np.float32(scale))      # JumpReLU: θ for L0
   graphdef, params, stats = nnx.split(model, nnx.Param, ...)
   del model
 
@@ -351,6 +353,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   p_eval_sums = jax.jit(eval_sums, in_shardings=(state_sh, batch_sh, None),
                         out_shardings=replicated)     # every process can read the sums
+  # BatchTopK/Matryoshka: the deployed threshold is set on training rows before every
+  # eval (so every checkpoint carries it): mean L0 = k there (musicsae_jax.calibration).
+  calibrate = calibration.make_threshold_calibrator(
+      sae_lib.resolve_config(sae_cfg, d), graphdef, state_sh, batch_sh, replicated,
+      sample * np.float32(scale), eval_bs, mesh)
 
   def evaluate(state) -> tuple[dict, np.ndarray]:
     tot, n = None, 0
@@ -415,6 +422,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                        "%.3g acts/s | ETA %s", step, steps, met["loss"], met["mse"],
                        met["l0"], met["dead_frac"], sps, sps * t.batch_size, eta)
         if step % t.eval_every == 0 or step == steps:
+          if calibrate is not None:
+            state, _ = calibrate(state)
           last_eval, density = evaluate(state)
           if last_eval:
             log_row({"kind": "eval", "step": step, **last_eval})

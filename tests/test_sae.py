@@ -289,7 +289,8 @@ RECOVERY_CFGS = {
     "relu": dict(l1_coeff=0.3),
     "topk": dict(),
     "batchtopk": dict(),
-    "jumprelu": dict(l0_coeff=0.1, jumprelu_bandwidth=0.1, jumprelu_init_threshold=0.1),
+    "jumprelu": dict(l0_coeff=0.1, jumprelu_bandwidth=0.1, jumprelu_init_threshold=0.1,
+                     target_l0=0),                       # the paper recipe: fixed penalty
     "matryoshka": dict(matryoshka_prefixes=[64, 96]),
 }
 
