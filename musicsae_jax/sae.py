@@ -677,7 +677,8 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     def __init__(self, d, m, *, rngs, matryoshka_prefixes: Sequence[int] | None = None, **kw):
         super().__init__(d, m, rngs=rngs, **kw)
-        self.prefixes = tuple(int(p) for p in (matryoshka_prefixes or (m,)))
+        self.prefixes = tuple(int(p) for p in
+                              (matryoshka_prefixes or default_prefixes(m, self.k)))
 
     def _groups(self, cols):
         return jnp.searchsorted(jnp.asarray(self.prefixes, jnp.int32), cols, side="right")
@@ -781,6 +782,14 @@ _CLASSES = {"relu": SAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE,
 # --------------------------------------------------------------------------------------
 
 
+def default_prefixes(m: int, k: int) -> list[int]:
+    """Matryoshka's default nesting: a ratio-4 geometric ladder m/256, m/64, m/16, m/4, m
+    (sizes below k dropped: a prefix must be able to hold a token's k latents, as
+    SAELens requires). Bussmann et al. (2025) nest a few sizes growing ~4x up to m;
+    dictionary_learning and SAELens leave the ladder to the user."""
+    return [m // 4 ** j for j in (4, 3, 2, 1) if m // 4 ** j >= max(k, 1)] + [m]
+
+
 def resolve_config(cfg, d: int) -> dict:
     """Defaults + cfg, with m resolved and every constraint checked (clear ValueErrors)."""
     c = dict(DEFAULTS)
@@ -802,7 +811,7 @@ def resolve_config(cfg, d: int) -> dict:
         if c["k_aux"] is not None and int(c["k_aux"]) < 1:
             raise ValueError(f"sae.k_aux={c['k_aux']} must be >= 1 (or None for d/2)")
     if arch == "matryoshka":
-        p = list(c["matryoshka_prefixes"] or [m])
+        p = list(c["matryoshka_prefixes"] or default_prefixes(m, int(c["k"])))
         if p[0] < 1 or any(b <= a for a, b in zip(p, p[1:])) or p[-1] != m:
             raise ValueError(f"sae.matryoshka_prefixes={p} must be strictly increasing "
                              f"positive ints ending at m={m}")

@@ -476,3 +476,12 @@ def test_select_batch_fast_is_exact(case, monkeypatch):
     monkeypatch.setattr(model, "select_batch", lambda p: empty)
     fell_back = not _pairs(model.select_batch_fast(jnp.asarray(pre)))
     assert fell_back == (case == "many_outliers")
+
+
+def test_matryoshka_default_prefixes_are_a_ladder():
+    assert sae.default_prefixes(16384, 32) == [64, 256, 1024, 4096, 16384]
+    assert sae.default_prefixes(6144, 32) == [96, 384, 1536, 6144]   # m/256 = 24 < k
+    model = sae.make_sae(dict(architecture="matryoshka", m=128, k=4), d=D, rngs=nnx.Rngs(0))
+    assert model.prefixes == (8, 32, 128)
+    assert sae.resolve_config(dict(architecture="matryoshka", m=128, k=4),
+                              D)["matryoshka_prefixes"] == [8, 32, 128]
