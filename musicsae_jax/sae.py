@@ -12,7 +12,7 @@ Interface (the training loop is written against exactly this)::
     x_hat = model.decode(z)           # [B, m] -> [B, d], dense
     x_hat, z = model(x)
     loss, metrics = model.loss(x, dead_mask=None, train=True)
-    model.update_stats(metrics["z"])  # BatchTopK/Matryoshka threshold EMA
+    model.update_stats(metrics["z"])  # BatchTopK EMA / JumpReLU threshold level
 
 Everything is jit-friendly (no Python control flow on values) and exact when the
 latent axis is sharded over a mesh axis: top-k runs on the full logical array and
@@ -553,8 +553,10 @@ class BatchTopKSAE(TopKSAE):
     """BatchTopK (Bussmann et al. 2024): top B·k activations over the whole batch.
 
     Training selects over the flattened batch, so tokens get a variable number of
-    latents. Inference cannot see a batch, so ``encode`` uses a threshold: an EMA of
-    the smallest selected activation, updated by :meth:`update_stats`.
+    latents. Inference cannot see a batch, so ``encode`` uses a threshold. The training
+    loop sets it before every evaluation so that the mean L0 on training rows is k
+    (:mod:`musicsae_jax.calibration`); between evaluations :meth:`update_stats` keeps an
+    EMA of the smallest selected activation (biased low, a progress estimate only).
     """
 
     architecture = "batchtopk"
