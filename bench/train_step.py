@@ -3,6 +3,9 @@ PyTorch step of the same architecture on the same CPU, and the measured f32 matm
 
     python bench/train_step.py                 # quick: d=256, m=4096, k=32, batch 1024
     python bench/train_step.py --preset=full   # d=1024, m=16384, k=32, batch 4096
+    python bench/train_step.py --preset=full --compare=topk,batchtopk,matryoshka
+                                               # JAX steps only, round-robin in one process:
+                                               # each step time relative to the first's
 
 Prints one JSON object per architecture. Effective GFLOP/s uses the dense convention of
 10·B·d·m FLOPs per step (forward 4, backward 6), so sparse implementations can exceed
@@ -182,16 +185,35 @@ def torch_matmul_fn(d, m, batch):
   return lambda: a @ b
 
 
+def compare(archs, preset, d, m, k, batch, iters, x):
+  """JAX steps of several architectures timed round-robin in this one process (the same
+  load hits all of them); speeds relative to the first architecture's."""
+  t = _time_interleaved({a: jax_step_fn(a, d, m, k, batch, x) for a in archs}, iters)
+  base = t[archs[0]]
+  for a in archs:
+    print(json.dumps({
+        "arch": a, "preset": preset, "d": d, "m": m, "k": k, "batch": batch, "iters": iters,
+        "jax_step_ms": round(t[a][0] * 1e3, 2), "jax_step_ms_median": round(t[a][1] * 1e3, 2),
+        f"speed_vs_{archs[0]}": round(base[0] / t[a][0], 3),
+        f"speed_vs_{archs[0]}_median": round(base[1] / t[a][1], 3),
+        "loadavg_1m": round(os.getloadavg()[0], 2)}), flush=True)
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--preset", choices=sorted(PRESETS), default="quick")
   ap.add_argument("--archs", default=",".join(ARCHS))
   ap.add_argument("--iters", type=int, default=0, help="timed steps (0: preset default)")
+  ap.add_argument("--compare", default="",
+                  help="comma-separated archs: time only their JAX steps, round-robin")
   args = ap.parse_args()
   p = PRESETS[args.preset]
   d, m, k, batch = p["d"], p["m"], p["k"], p["batch"]
   iters = args.iters or p["iters"]
   x = np.random.default_rng(0).normal(size=(batch, d)).astype(np.float32)
+  if args.compare:
+    compare(args.compare.split(","), args.preset, d, m, k, batch, iters, x)
+    return
   flops = 10 * batch * d * m
   mm_flops = 2 * batch * d * m
   for arch in args.archs.split(","):

@@ -25,12 +25,15 @@ def sae() -> ml_collections.ConfigDict:
   s.expansion = 16
   s.k = 32                             # topk / batchtopk / matryoshka: active latents per row
   s.l1_coeff = 5.0                     # relu: L1 penalty on decoder-norm-weighted latents
+  s.target_l0 = _none(float)           # jumprelu: the L0 its thresholds steer to (None: k;
+                                       # 0: off, the fixed-penalty recipe)
   s.l0_coeff = 1e-3                    # jumprelu: L0 penalty
-  s.jumprelu_bandwidth = 1e-3
-  s.jumprelu_init_threshold = 1e-3
+  s.threshold_rate = 0.05              # jumprelu: log-threshold step towards target_l0
+  s.jumprelu_bandwidth = 0.05          # jumprelu: straight-through rectangle width
+  s.jumprelu_init_threshold = _none(float)  # None: where training rows give L0 = target
   s.aux_coeff = 1.0 / 32.0             # AuxK loss on dead latents
   s.k_aux = _none(int)                 # None: d // 2
-  s.matryoshka_prefixes = _none(tuple) # None: one group of m
+  s.matryoshka_prefixes = _none(tuple) # None: a ratio-4 ladder up to m (sae.default_prefixes)
   s.threshold_momentum = 0.99          # batchtopk: EMA of the inference threshold
   return s
 

@@ -23,6 +23,12 @@ activation units, so a latent value times its unit decoder row is its raw contri
 
 so W_enc and W_dec are unchanged (decoder rows stay unit norm), b_enc, b_dec and every
 threshold are divided by s. No torch here: this module is numpy + safetensors.numpy.
+
+The boundary is decided alike on both sides: JAX fires a latent iff pre > θ (strict), on
+inputs x_n = fl(s·x), with θ = exp(log_threshold) as *JAX* computes it (XLA's exp can
+differ from numpy's by an ulp). The exported θ' is the largest float32 t with
+fl(s·t) <= θ, so `x > θ'` holds exactly when `fl(s·x) > θ`: an input exactly at the
+threshold is off on both sides, the next float up is on on both (see fold_threshold).
 """
 from __future__ import annotations
 
@@ -78,6 +84,26 @@ def sae_params(model) -> dict[str, np.ndarray]:
   return out
 
 
+def fold_threshold(theta, scale: float) -> np.ndarray:
+  """Raw-unit threshold θ' for a training-space θ: the largest float32 t with
+  fl32(scale·t) <= θ, so `x > θ'` <=> `fl32(scale·x) > θ` for every float32 x."""
+  theta = np.asarray(theta, np.float32)
+  s = np.float32(scale)
+  t = (theta / s).astype(np.float32)
+  for _ in range(4):                    # fl(θ/s) is within an ulp or two of the answer
+    t = np.where(s * t > theta, np.nextafter(t, np.float32(-np.inf)), t)
+  for _ in range(4):
+    up = np.nextafter(t, np.float32(np.inf))
+    t = np.where(s * up <= theta, up, t)
+  return t.astype(np.float32)
+
+
+def _jax_exp(a) -> np.ndarray:
+  """exp as the JAX model computes it, so the exported θ is the one JAX compares with."""
+  import jax.numpy as jnp  # the JAX side's own numbers; numpy's exp may differ by an ulp
+  return np.asarray(jnp.exp(jnp.asarray(a, jnp.float32)), np.float32)
+
+
 def fold_params(params: dict[str, Any], architecture: str, scale: float) -> dict[str, np.ndarray]:
   """Training-space params -> raw-input tensors (see module docstring for the algebra)."""
   if architecture not in ARCHITECTURES:
@@ -97,13 +123,12 @@ def fold_params(params: dict[str, Any], architecture: str, scale: float) -> dict
   if architecture == "jumprelu":
     if "log_threshold" not in params:
       raise ExportError("jumprelu params lack 'log_threshold'")
-    theta = np.exp(np.asarray(params["log_threshold"], np.float32))
-    out["threshold"] = (theta / s).astype(np.float32)
+    out["threshold"] = fold_threshold(_jax_exp(params["log_threshold"]), s)
   elif architecture in ("batchtopk", "matryoshka"):
     if "threshold" not in params:
       raise ExportError(f"{architecture} params lack the inference 'threshold'")
-    thr = np.asarray(params["threshold"], np.float32)
-    out["threshold"] = np.broadcast_to(thr / s, (m,)).astype(np.float32)
+    thr = fold_threshold(params["threshold"], s)
+    out["threshold"] = np.broadcast_to(thr, (m,)).astype(np.float32)
   return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 

@@ -12,7 +12,7 @@ Interface (the training loop is written against exactly this)::
     x_hat = model.decode(z)           # [B, m] -> [B, d], dense
     x_hat, z = model(x)
     loss, metrics = model.loss(x, dead_mask=None, train=True)
-    model.update_stats(metrics["z"])  # BatchTopK/Matryoshka threshold EMA
+    model.update_stats(metrics["z"])  # BatchTopK EMA / JumpReLU threshold level
 
 Everything is jit-friendly (no Python control flow on values) and exact when the
 latent axis is sharded over a mesh axis: top-k runs on the full logical array and
@@ -540,8 +540,10 @@ class BatchTopKSAE(TopKSAE):
     """BatchTopK (Bussmann et al. 2024): top B·k activations over the whole batch.
 
     Training selects over the flattened batch, so tokens get a variable number of
-    latents. Inference cannot see a batch, so ``encode`` uses a threshold: an EMA of
-    the smallest selected activation, updated by :meth:`update_stats`.
+    latents. Inference cannot see a batch, so ``encode`` uses a threshold. The training
+    loop sets it before every evaluation so that the mean L0 on training rows is k
+    (:mod:`musicsae_jax.calibration`); between evaluations :meth:`update_stats` keeps an
+    EMA of the smallest selected activation (biased low, a progress estimate only).
     """
 
     architecture = "batchtopk"
@@ -557,23 +559,48 @@ class BatchTopKSAE(TopKSAE):
         vals, flat = jax.lax.top_k(jax.nn.relu(pre).reshape(-1), b * self.k)
         return vals, flat // self.m, flat % self.m
 
-    def select_batch_fast(self, pre: jax.Array, per_row: int | None = None):
-        """Same selection as :meth:`select_batch` (ties aside), computed from each row's
-        top ``per_row`` (default 4k) candidates: top-k over [B, m] with a small k and one
-        top-B·k over B·per_row values is much cheaper than a top-B·k over all B·m. Exact:
-        when some row's last candidate reaches the batch threshold (that row might hold
-        more winners), ``lax.cond`` falls back to :meth:`select_batch`.
+    def select_batch_fast(self, pre: jax.Array, per_row: int | None = None,
+                          deep_rows: int | None = None, deep_k: int | None = None):
+        """Same selection as :meth:`select_batch` (ties aside) without a top-B·k over all
+        B·m values, which costs about as much as the rest of the step.
+
+        Candidates: each row's top ``per_row`` (default 2k) pre-activations, and for the
+        ``deep_rows`` rows (default B/32) whose last candidate is largest (the rows most
+        likely to hold more winners: high-norm tokens) their top ``deep_k`` (default 8k).
+        The batch top-B·k is taken among these ~B·2k candidates. Exact, because every
+        value left out is at most its row's last candidate, and the selection is only
+        used when all those bounds are <= the B·k-th selected value; otherwise
+        ``lax.cond`` runs :meth:`select_batch` (rare: more than deep_rows rows each with
+        more than 2k winners). ReLU commutes with top-k, so it is applied to candidates.
+        (Per-row top-k alone would not do: a row may hold more than k of the winners.)
         """
-        b, n = pre.shape[0], pre.shape[0] * self.k
-        kr = min(self.m, per_row or 4 * self.k)
-        if kr == self.m:
+        b, m, n = pre.shape[0], self.m, pre.shape[0] * self.k
+        kr = min(m, per_row or 2 * self.k)
+        if kr >= m:
             return self.select_batch(pre)
-        a = jax.nn.relu(pre)
-        cv, ci = jax.lax.top_k(a, kr)                                  # [B, kr]
-        vals, pos = jax.lax.top_k(cv.reshape(-1), n)
-        fast = (vals, pos // kr, ci.reshape(-1)[pos])
-        ok = jnp.all(cv[:, -1] < vals[-1])
-        return jax.lax.cond(ok, lambda: fast, lambda: self.select_batch(pre))
+        cv, ci = jax.lax.top_k(pre, kr)                              # [B, kr] sorted
+        cv = jax.nn.relu(cv)
+        last = cv[:, -1]
+        r = min(b - 1, deep_rows if deep_rows is not None else max(1, b // 32))
+        k2 = min(m, deep_k or 8 * self.k)
+        if r < 1 or k2 <= kr:                                        # one tier only
+            vals, pos = jax.lax.top_k(cv.reshape(-1), n)
+            fast = (vals, pos // kr, ci.reshape(-1)[pos])
+            ok = jnp.all(last <= vals[-1])
+            return jax.lax.cond(ok, lambda: fast, lambda: self.select_batch(pre))
+        bound, deep = jax.lax.top_k(last, r + 1)
+        deep, bound = deep[:r], bound[r]                              # rows left: last <= bound
+        cv2, ci2 = jax.lax.top_k(pre[deep], k2)                       # [r, k2]
+        cv2 = jax.nn.relu(cv2)
+        cv1 = cv.at[deep].set(-1.0)                                   # superseded by tier 2
+        n1 = b * kr
+        vals, pos = jax.lax.top_k(jnp.concatenate([cv1.reshape(-1), cv2.reshape(-1)]), n)
+        in1, p2 = pos < n1, jnp.maximum(pos - n1, 0)
+        rows = jnp.where(in1, pos // kr, deep[p2 // k2])
+        cols = jnp.where(in1, ci.reshape(-1)[jnp.minimum(pos, n1 - 1)], ci2.reshape(-1)[p2])
+        tau = vals[-1]
+        ok = (bound <= tau) & (jnp.all(cv2[:, -1] <= tau) | (k2 >= m))
+        return jax.lax.cond(ok, lambda: (vals, rows, cols), lambda: self.select_batch(pre))
 
     def encode(self, x):
         pre = self.pre_acts(x)
@@ -586,7 +613,7 @@ class BatchTopKSAE(TopKSAE):
     def _train_select(self, x, pre_sg):
         """Batch top-B·k on the stop-gradient pre, as [k, B] chunks of pairs; values
         with the sparse encoder backward."""
-        _, rows, cols = self.select_batch(pre_sg)
+        _, rows, cols = self.select_batch_fast(pre_sg)
         rows, cols = rows.reshape(self.k, -1), cols.reshape(self.k, -1)
         return jax.nn.relu(self._sparse_pre(x, pre_sg, rows, cols)), rows, cols
 
@@ -639,7 +666,8 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     def __init__(self, d, m, *, rngs, matryoshka_prefixes: Sequence[int] | None = None, **kw):
         super().__init__(d, m, rngs=rngs, **kw)
-        self.prefixes = tuple(int(p) for p in (matryoshka_prefixes or (m,)))
+        self.prefixes = tuple(int(p) for p in
+                              (matryoshka_prefixes or default_prefixes(m, self.k)))
 
     def _groups(self, cols):
         return jnp.searchsorted(jnp.asarray(self.prefixes, jnp.int32), cols, side="right")
@@ -680,16 +708,34 @@ class JumpReLUSAE(SAE):
 
     The Heaviside step has zero gradient almost everywhere, so θ learns through a
     straight-through estimator with a rectangle kernel of width ``bandwidth``; the L0
-    penalty uses the same estimator.
+    penalty (``l0_coeff``) uses the same estimator.
+
+    Sparsity is set by ``target_l0`` (default: k). Adam moves each log-threshold by about
+    lr per step, far slower than the encoder changes the scale of pre early in training,
+    so a fixed penalty lands anywhere (L0 in the hundreds, or collapsing to a few). Here
+    the penalty and the STE set the thresholds *relative to each other*, and a controller
+    sets their common level: after every step all log-thresholds shift by
+    ``threshold_rate · clip(log(L0_batch / target_l0), ±1)`` (the batch L0 is measured
+    anyway). θ starts where the L0 on training rows equals target_l0
+    (:func:`musicsae_jax.calibration.init_thresholds`; ``jumprelu_init_threshold`` fixes
+    it instead). ``target_l0=0`` turns the controller off (the paper's recipe: L0 set by
+    ``l0_coeff`` alone).
     """
 
     architecture = "jumprelu"
 
-    def __init__(self, d, m, *, rngs, l0_coeff: float = 1e-3, jumprelu_bandwidth: float = 1e-3,
-                 jumprelu_init_threshold: float = 1e-3, **kw):
+    def __init__(self, d, m, *, rngs, k: int = 32, target_l0: float | None = None,
+                 l0_coeff: float = 1e-3, threshold_rate: float = 0.05,
+                 jumprelu_bandwidth: float = 0.05,
+                 jumprelu_init_threshold: float | None = None, **kw):
         super().__init__(d, m, rngs=rngs, **kw)
-        self.log_threshold = nnx.Param(jnp.full((m,), np.log(jumprelu_init_threshold), jnp.float32))
+        self.target_l0 = float(k if target_l0 is None else target_l0)
+        self.init_threshold = jumprelu_init_threshold
+        self.min_threshold = 1e-3
+        init = jumprelu_init_threshold or self.min_threshold
+        self.log_threshold = nnx.Param(jnp.full((m,), np.log(init), jnp.float32))
         self.l0_coeff = float(l0_coeff)
+        self.threshold_rate = float(threshold_rate)
         self.bandwidth = float(jumprelu_bandwidth)
 
     def encode(self, x):
@@ -705,6 +751,16 @@ class JumpReLUSAE(SAE):
         loss = mse + self.l0_coeff * sparsity
         return loss, self._metrics(loss, x, x_hat, z, mse, jnp.zeros(()), sparsity)
 
+    def update_stats(self, z: jax.Array) -> None:
+        """Shift every log-threshold towards ``target_l0`` from this batch's L0 (z: the
+        dense latents); called after the optimizer step, like the BatchTopK EMA."""
+        if not self.target_l0 > 0:
+            return
+        l0 = jnp.mean(jnp.sum(jax.lax.stop_gradient(z) > 0, axis=-1).astype(jnp.float32))
+        err = jnp.clip(jnp.log((l0 + 0.5) / (self.target_l0 + 0.5)), -1.0, 1.0)
+        lt = self.log_threshold[...]
+        self.log_threshold[...] = (lt + self.threshold_rate * err).astype(lt.dtype)
+
 
 _CLASSES = {"relu": SAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE,
             "jumprelu": JumpReLUSAE, "matryoshka": MatryoshkaSAE}
@@ -713,6 +769,14 @@ _CLASSES = {"relu": SAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE,
 # --------------------------------------------------------------------------------------
 # Construction from a config
 # --------------------------------------------------------------------------------------
+
+
+def default_prefixes(m: int, k: int) -> list[int]:
+    """Matryoshka's default nesting: a ratio-4 geometric ladder m/256, m/64, m/16, m/4, m
+    (sizes below k dropped: a prefix must be able to hold a token's k latents, as
+    SAELens requires). Bussmann et al. (2025) nest a few sizes growing ~4x up to m;
+    dictionary_learning and SAELens leave the ladder to the user."""
+    return [m // 4 ** j for j in (4, 3, 2, 1) if m // 4 ** j >= max(k, 1)] + [m]
 
 
 def resolve_config(cfg, d: int) -> dict:
@@ -736,15 +800,21 @@ def resolve_config(cfg, d: int) -> dict:
         if c["k_aux"] is not None and int(c["k_aux"]) < 1:
             raise ValueError(f"sae.k_aux={c['k_aux']} must be >= 1 (or None for d/2)")
     if arch == "matryoshka":
-        p = list(c["matryoshka_prefixes"] or [m])
+        p = list(c["matryoshka_prefixes"] or default_prefixes(m, int(c["k"])))
         if p[0] < 1 or any(b <= a for a, b in zip(p, p[1:])) or p[-1] != m:
             raise ValueError(f"sae.matryoshka_prefixes={p} must be strictly increasing "
                              f"positive ints ending at m={m}")
         c["matryoshka_prefixes"] = p
     if arch == "jumprelu":
-        for f in ("jumprelu_bandwidth", "jumprelu_init_threshold"):
+        for f in ("jumprelu_bandwidth", "l0_coeff"):
             if not c[f] > 0:
                 raise ValueError(f"sae.{f}={c[f]} must be > 0")
+        if c["jumprelu_init_threshold"] is not None and not c["jumprelu_init_threshold"] > 0:
+            raise ValueError(f"sae.jumprelu_init_threshold={c['jumprelu_init_threshold']} "
+                             "must be > 0 (or None: set from data)")
+        if c["target_l0"] is not None and not 0 <= c["target_l0"] < m:
+            raise ValueError(f"sae.target_l0={c['target_l0']} must satisfy 0 <= target_l0 < "
+                             f"m={m} (0: fixed l0_coeff; None: k)")
     return c
 
 

@@ -22,6 +22,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from musicsae_jax import calibration
 from musicsae_jax import checkpoint as ckpt_lib
 from musicsae_jax import data as data_lib
 from musicsae_jax import defaults
@@ -369,6 +370,7 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
   model = sae_lib.make_sae(sae_cfg, d=d, rngs=nnx.Rngs(t.seed))
   if t.b_dec_init:
     sae_lib.init_b_dec(model, sample * np.float32(scale), t.b_dec_init)
+  calibration.init_thresholds(model, sample * np.float32(scale))      # JumpReLU: θ for L0
   graphdef, params, stats = nnx.split(model, nnx.Param, ...)
   del model
 
@@ -394,6 +396,11 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
 
   p_eval_sums = jax.jit(make_eval_sums(graphdef), in_shardings=(state_sh, batch_sh, None),
                         out_shardings=replicated)     # every process can read the sums
+  # BatchTopK/Matryoshka: the deployed threshold is set on training rows before every
+  # eval (so every checkpoint carries it): mean L0 = k there (musicsae_jax.calibration).
+  calibrate = calibration.make_threshold_calibrator(
+      sae_lib.resolve_config(sae_cfg, d), graphdef, state_sh, batch_sh, replicated,
+      sample * np.float32(scale), eval_bs, mesh)
 
   def evaluate(state) -> tuple[dict, np.ndarray]:
     tot, n = None, 0
@@ -457,6 +464,8 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
                        "%.3g acts/s | ETA %s", step, steps, met["loss"], met["mse"],
                        met["l0"], met["dead_frac"], sps, sps * t.batch_size, eta)
         if step % t.eval_every == 0 or step == steps:
+          if calibrate is not None:
+            state, _ = calibrate(state)
           last_eval, density = evaluate(state)
           if last_eval:
             log_row({"kind": "eval", "step": step, **last_eval})

@@ -336,7 +336,8 @@ RECOVERY_CFGS = {
     "relu": dict(l1_coeff=0.3),
     "topk": dict(),
     "batchtopk": dict(),
-    "jumprelu": dict(l0_coeff=0.1, jumprelu_bandwidth=0.1, jumprelu_init_threshold=0.1),
+    "jumprelu": dict(l0_coeff=0.1, jumprelu_bandwidth=0.1, jumprelu_init_threshold=0.1,
+                     target_l0=0),                       # the paper recipe: fixed penalty
     "matryoshka": dict(matryoshka_prefixes=[64, 96]),
 }
 
@@ -481,3 +482,53 @@ def test_sparse_metric_summaries_match_dense_z(arch):
     if "active_vals" in met:
         v = np.asarray(met["active_vals"])
         assert v[v > 0].min() == z[z > 0].min() and np.isclose(v.sum(), z.sum(), rtol=1e-5)
+
+
+def _ref_batch_pairs(pre, n):
+    """Reference batch top-n of relu(pre): {(row, col): value} of the positive winners."""
+    a = np.maximum(pre, 0)
+    flat = np.argsort(-a.ravel(), kind="stable")[:n]
+    r, c = np.unravel_index(flat, a.shape)
+    return {(int(i), int(j)): a[i, j] for i, j in zip(r, c) if a[i, j] > 0}
+
+
+def _pairs(out):
+    vals, rows, cols = (np.asarray(t) for t in out)
+    assert len(set(zip(rows.tolist(), cols.tolist()))) == len(vals)       # no pair twice
+    return {(int(i), int(j)): v for v, i, j in zip(vals, rows, cols) if v > 0}
+
+
+@pytest.mark.parametrize("case", ["plain", "outlier_rows", "many_outliers", "few_positive"])
+def test_select_batch_fast_is_exact(case, monkeypatch):
+    """The candidate selection (per-row top-2k, deeper rows, cond fallback) equals the
+    full batch top-B·k (numpy), and takes the fallback only when it must."""
+    b, m, k = 64, 256, 8
+    model = sae.make_sae(dict(architecture="batchtopk", m=m, k=k), d=D, rngs=nnx.Rngs(0))
+    pre = np.random.default_rng(7).normal(size=(b, m)).astype(np.float32)
+    if case == "outlier_rows":        # 2 rows (= b/32 deep rows) hold > 2k winners each
+        pre[[3, 40]] += 1.0
+    if case == "many_outliers":       # more overflowing rows than deep rows: fallback
+        pre[:8] += 1.0
+    if case == "few_positive":        # fewer than B·k positive values at all
+        pre = pre - 3.0
+    want = _ref_batch_pairs(pre, b * k)
+    got = _pairs(model.select_batch_fast(jnp.asarray(pre)))
+    assert got.keys() == want.keys()
+    np.testing.assert_array_equal([got[p] for p in want], [want[p] for p in want])
+    assert case != "few_positive" or len(want) < b * k
+    assert case == "few_positive" or len(want) == b * k
+
+    # which branch ran: a fallback that returns nothing useful shows when it is taken
+    empty = (jnp.zeros(b * k), jnp.arange(b * k) // m, jnp.arange(b * k) % m)
+    monkeypatch.setattr(model, "select_batch", lambda p: empty)
+    fell_back = not _pairs(model.select_batch_fast(jnp.asarray(pre)))
+    assert fell_back == (case == "many_outliers")
+
+
+def test_matryoshka_default_prefixes_are_a_ladder():
+    assert sae.default_prefixes(16384, 32) == [64, 256, 1024, 4096, 16384]
+    assert sae.default_prefixes(6144, 32) == [96, 384, 1536, 6144]   # m/256 = 24 < k
+    model = sae.make_sae(dict(architecture="matryoshka", m=128, k=4), d=D, rngs=nnx.Rngs(0))
+    assert model.prefixes == (8, 32, 128)
+    assert sae.resolve_config(dict(architecture="matryoshka", m=128, k=4),
+                              D)["matryoshka_prefixes"] == [8, 32, 128]

@@ -8,6 +8,7 @@ torch = pytest.importorskip("torch")
 from bridge.sae_torch import TorchSAE  # noqa: E402
 from musicsae_jax import export as ex  # noqa: E402
 from tests import numerics  # noqa: E402
+from musicsae_jax import sae as sae_lib  # noqa: E402
 from tests.test_export import ARCHS, D, K, M, random_sae  # noqa: E402
 
 TOL = 1e-5   # the value tolerance below, in training units
@@ -66,3 +67,34 @@ def test_batched_shapes_and_direction(tmp_path):
   assert torch.allclose(sae.direction(3).norm(), torch.tensor(1.0))
   with pytest.raises(FileNotFoundError):
     TorchSAE.from_export(str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "batchtopk"])
+@pytest.mark.parametrize("scale", [0.21, 0.25, 3.7])
+def test_parity_exactly_at_the_threshold(tmp_path, arch, scale):
+  """Inputs exactly at the exported threshold are off on both sides, the next float up
+  is on on both: the boundary is decided alike (identity encoder, zero biases, so both
+  pre-activations are exact)."""
+  from flax import nnx
+  n = 16
+  model = sae_lib.make_sae(dict(architecture=arch, m=n, k=2), d=n, rngs=nnx.Rngs(0))
+  eye = jax.numpy.eye(n, dtype=jax.numpy.float32)
+  model.W_enc[...], model.W_dec[...] = eye, eye
+  rng = np.random.default_rng(1)
+  if arch == "jumprelu":
+    model.log_threshold[...] = jax.numpy.asarray(rng.uniform(-3, 1, n), jax.numpy.float32)
+  else:
+    model.threshold[...] = jax.numpy.float32(0.7)
+  ex.export_sae(ex.sae_params(model), None, site="lm.layer.1", layer=1, d=n, m=n, k=2,
+                architecture=arch, scale=scale, out_dir=str(tmp_path))
+  sae = TorchSAE.from_export(str(tmp_path))
+  thr = sae.threshold.numpy()
+  at = np.tile(thr, (3, 1)).astype(np.float32)
+  at[1] = np.nextafter(at[1], np.float32(np.inf))       # one float above: fires
+  at[2] = np.nextafter(at[2], np.float32(-np.inf))      # one float below: off
+  z_j = np.asarray(model.encode(jax.numpy.asarray(at * np.float32(scale)))) / scale
+  with torch.no_grad():
+    z_t = sae.encode(torch.from_numpy(at)).numpy()
+  assert not z_t[0].any() and z_t[1].all() and not z_t[2].any()
+  np.testing.assert_array_equal(z_t != 0, z_j != 0)
+  np.testing.assert_allclose(z_t, z_j, rtol=1e-6, atol=0)
