@@ -50,7 +50,7 @@ def test_streaming_equals_in_memory(tmp_path):
   scale = 0.7
   enc = stats.Encoder(model, scale=scale, batch_rows=16)     # sub-batches + padding
   st = stats.feature_stats(site, enc, len(ds.prompts), top_n=4, descriptors=ds.site("audio.descriptors"))
-  z = np.asarray(model.encode(jnp.asarray(x * scale)))        # one in-memory call
+  z = np.asarray(model.encode(jnp.asarray(x * scale))) / np.float32(scale)  # raw units
   pid = index[:, 0]
   np.testing.assert_array_equal(st.fired, (z > 0).sum(0))
   np.testing.assert_allclose(st.mean, z.mean(0), rtol=1e-5, atol=1e-6)

@@ -199,7 +199,9 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print) -> dict:
 
   # --- write -------------------------------------------------------------------------------
   head = {"format_version": FORMAT_VERSION, "run": a["run"], "step": step,
-          "dataset": a["dataset"], "site": site_name, "d": int(d_run), "m": int(m)}
+          "dataset": a["dataset"], "site": site_name, "d": int(d_run), "m": int(m),
+          "activation_units": "raw: the exported SAE's latents (training-space = raw x scale)",
+          "scale": float(norm.get("scale", 1.0))}
   corr = st.correlations()
   grounding = None
   if corr is not None:
