@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from musicsae_jax import defaults, store as store_lib
+from musicsae_jax import defaults, progress, store as store_lib
 from musicsae_jax.analysis import labels as lab, probes, report, stats
 from musicsae_jax.analysis.stats import AnalysisError
 
@@ -50,13 +50,29 @@ def _layer_key(site: str):
   return (order.get(site, 9), 0, site)
 
 
-def _progress(log, what):
-  t0 = time.time()
+def _progress(log, what, bars: bool = False):
+  """Per-block progress: a tqdm bar (launch.analyze) or log lines every 5 s; either way the
+  rate and ETA start after the first block (jit compilation)."""
+  if bars:
+    state = {}
+
+    def bar_cb(i, n, rows_per_s=None):
+      if "bar" not in state:
+        state["bar"] = progress.Progress(n, what, "block", warmup=1)
+      state["bar"].update(1, **({"rows_per_s": f"{rows_per_s:.3g}"} if rows_per_s else {}))
+      if i == n:
+        state.pop("bar").close()
+    return bar_cb
+
+  t_first = [None]
 
   def cb(i, n, rows_per_s=None):
+    if t_first[0] is None:
+      t_first[0] = (time.time(), i)
     if i == n or time.time() - cb.last > 5:
       cb.last = time.time()
-      eta = (time.time() - t0) / i * (n - i)
+      t1, i1 = t_first[0]
+      eta = (time.time() - t1) / (i - i1) * (n - i) if i > i1 else float("nan")
       rate = f", {rows_per_s:.3g} rows/s" if rows_per_s else ""
       log(f"{what}: block {i}/{n}{rate}, ETA {eta:.0f}s")
   cb.last = 0.0
@@ -79,7 +95,8 @@ def load_run(workdir: str, run: str, step=None):
   return run_cfg, norm, params, step
 
 
-def analyze(config, workdir: str, log: Callable[[str], None] = print) -> dict:
+def analyze(config, workdir: str, log: Callable[[str], None] = print,
+            bars: bool = False) -> dict:
   """Run every analysis for config.run on config.dataset; returns the written paths."""
   a = resolve(config)
   run_cfg, norm, params, step = load_run(workdir, a["run"], a["step"])
@@ -125,7 +142,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print) -> dict:
   log(f"analyze: run {a['run']} (step {step}, d={d_run}, m={m}) on {site_name}: "
       f"{site.num_rows} rows, {P} prompts")
   st = stats.feature_stats(site, enc, P, top_n=max(int(a["top_frames"]), 1), descriptors=desc,
-                           progress=_progress(log, f"features {site_name}"))
+                           progress=_progress(log, f"features {site_name}", bars))
 
   # --- discovery, selectivity ------------------------------------------------------------
   disc = lab.discover(st, prompts, rate_band=a["rate_band"], max_features=int(a["max_features"]),
@@ -169,7 +186,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print) -> dict:
   inputs = []
   for s in probe_sites:
     src = ds.site(s)
-    x, cnt = stats.prompt_means(src, P, _progress(log, f"pooling {s}"))
+    x, cnt = stats.prompt_means(src, P, _progress(log, f"pooling {s}", bars))
     inputs.append((s, x, cnt > 0))
   inputs.append((f"sae:{site_name}", pm, has_rows))
   probe_out, sim_out, probe_pngs = {}, {}, {}
