@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from musicsae_jax import defaults, progress, store as store_lib
+from musicsae_jax import defaults, metrics, progress, store as store_lib
 from musicsae_jax.analysis import labels as lab, probes, report, stats
 from musicsae_jax.analysis.stats import AnalysisError
 
@@ -117,8 +117,11 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
                         f"{site_name!r} in {ds_path} has d={site.d}: different run or dataset?")
   prompts = ds.prompts
   P = len(prompts)
-  probe_sites = list(a["probe_sites"]) or [s for s in ds.sites if s != AUDIO_SITE and
-                                           not s.endswith(".uncond")]
+  # Probes see one mean-pooled vector per prompt, and t5.pooled IS t5.hidden mean-pooled
+  # over valid tokens: by default probe it once (as t5.pooled).
+  probe_sites = list(a["probe_sites"]) or [
+      s for s in ds.sites if s != AUDIO_SITE and not s.endswith(".uncond")
+      and not (s == "t5.hidden" and "t5.pooled" in ds.sites)]
   for s in probe_sites:
     if s not in ds.sites:
       raise AnalysisError(f"analysis.probe_sites names {s!r}; store sites: {sorted(ds.sites)}")
@@ -228,7 +231,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
                   "acoustic": lab.strongest_correlations(corr[f], desc_names, int(a["grounding_top"]))}
                  for f in ids]
   features = {**head, "num_rows": st.num_rows, "num_prompts": P,
-              "density": {"dead": int((st.fired == 0).sum()),
+              "density": {"dead": metrics.dead_count(st.fired),
                           "firing_rate_quantiles": {q: float(np.quantile(st.rate, float(q)))
                                                     for q in ("0.1", "0.5", "0.9")}},
               "descriptors": desc_names, **disc}
@@ -248,7 +251,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
       "summary": {"run": a["run"], "checkpoint step": step, "dataset": a["dataset"],
                   "site": site_name, "SAE": f"{run_cfg.get('sae', {}).get('architecture')} d={d_run} m={m}",
                   "rows": st.num_rows, "prompts": P, "labels": ", ".join(label_info),
-                  "dead features": features["density"]["dead"]},
+                  "dead features (never fire on these rows)": features["density"]["dead"]},
       "training_png": training, "density_png": report.density_png(st.rate),
       "rate_band": list(a["rate_band"]), "heatmaps": heat, "probes": probe_out,
       "probe_pngs": probe_pngs, "similarity": sim_out, "top_features": top_out,
