@@ -67,7 +67,10 @@ class Progress:
     """A log line that does not tear the bar."""
     if self.disable:
       return
-    self._bar.write(line, file=sys.stderr)
+    if self._interactive:
+      self._bar.write(line, file=sys.stderr)
+    else:                                  # a log file: no bar redrawn after every line
+      print(line, file=sys.stderr, flush=True)
 
   def close(self) -> None:
     if self._bar is not None:

@@ -415,7 +415,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  "steps_per_s": sps, "acts_per_s": sps * t.batch_size}
           log_row(row)
           bar.write(f"step {step}/{steps} loss={met['loss']:.4g} mse={met['mse']:.4g} "
-                    f"l0={met['l0']:.1f} dead={met['dead_frac']:.3f} | {sps:.1f} steps/s "
+                    f"l0={met['l0']:.1f} auxk_dead={met['dead_frac']:.3f} | {sps:.1f} steps/s "
                     f"{sps * t.batch_size:.3g} acts/s")
         if step % t.eval_every == 0 or step == steps:
           last_eval, density = evaluate(state)
