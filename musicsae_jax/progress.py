@@ -9,7 +9,9 @@
 
 The first `warmup` items (compilation, cold caches, CUDA kernels) are counted but not
 timed: the rate and ETA start once they are done, so the first ETA is not inflated by
-them. numpy/tqdm only: the bridge uses it too.
+them. On a terminal this is a live tqdm bar; into a log file it is one plain line (the
+same tqdm meter) at most every `log_every` seconds and at the end. No JAX, no torch: the
+bridge uses it too.
 """
 from __future__ import annotations
 
@@ -20,56 +22,88 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+_BAR = ("{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} {unit} "
+        "[{elapsed} elapsed, ETA {remaining}, {rate_fmt}{postfix}]")
+_LINE = "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed} elapsed, ETA {remaining}, {rate_fmt}{postfix}]"
+
 
 def _default_log(msg: str) -> None:
   print(msg, file=sys.stderr, flush=True)
 
 
 class Progress:
-  """One tqdm bar; `write` prints a line above it (metrics, evaluations)."""
+  """A progress display over `total` items; `write` prints a line above it."""
 
   def __init__(self, total: int, desc: str, unit: str = "it", warmup: int = 1,
-               initial: int = 0, disable: bool = False):
+               initial: int = 0, disable: bool = False, interactive: bool | None = None,
+               log_every: float = 15.0):
     self.total, self.desc, self.unit = int(total), desc, unit
-    self.warmup_until = int(initial) + max(int(warmup), 0)
-    self.n, self.disable = int(initial), disable
+    self.n = int(initial)
+    self.warmup_until = self.n + max(int(warmup), 0)
+    self.silent = disable                                  # no bar and no lines at all
+    self.disable = disable or self.total - self.n <= 1     # no bar: nothing worth one
+    self.interactive = sys.stderr.isatty() if interactive is None else interactive
+    self.log_every = float(log_every)
     self._postfix: dict = {}
     self._bar = None
-    self._interactive = sys.stderr.isatty()
-    self._open(self.n, warming=self.n < self.warmup_until)
+    self._t0 = time.time() if self.n >= self.warmup_until else None   # timing starts here
+    self._n0, self._last_line = self.n, 0.0
+    if not self.disable and self.interactive:
+      self._open()
 
-  def _open(self, initial: int, warming: bool):
+  # --- interactive: a live tqdm bar, reopened when warm-up ends --------------------------
+  def _open(self):
     if self._bar is not None:
       self._bar.close()
-    fmt = ("{desc}: {n_fmt}/{total_fmt} {unit} (warming up, not timed){postfix}" if warming
-           else "{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} {unit} "
-                "[{elapsed} elapsed, ETA {remaining}, {rate_fmt}{postfix}]")
-    self._bar = tqdm(total=self.total, initial=initial, desc=self.desc, unit=self.unit,
-                     smoothing=0, bar_format=fmt, disable=self.disable, file=sys.stderr,
-                     mininterval=0.5 if self._interactive else 15.0, dynamic_ncols=True,
-                     leave=not warming)
+    warming = self._t0 is None
+    fmt = ("{desc}: {n_fmt}/{total_fmt} {unit} (warming up, not timed){postfix}"
+           if warming else _BAR)
+    self._bar = tqdm(total=self.total, initial=self.n, desc=self.desc, unit=self.unit,
+                     smoothing=0, bar_format=fmt, file=sys.stderr, mininterval=0.5,
+                     dynamic_ncols=True, leave=not warming)
     if self._postfix:
       self._bar.set_postfix(self._postfix, refresh=False)
 
-  def update(self, n: int = 1, **postfix) -> None:
-    self.n += int(n)
-    if postfix:
-      self._postfix.update(postfix)
-      self._bar.set_postfix(self._postfix, refresh=False)
-    if self.n >= self.warmup_until and self._bar.n < self.warmup_until and \
-       self.n - n < self.warmup_until:                 # warm-up just ended: time from here
-      self._bar.n = self.n
-      self._open(self.n, warming=False)
-      return
-    self._bar.update(int(n))
+  # --- log files: the same meter as one line ---------------------------------------------
+  def line(self) -> str:
+    """The current meter as text (rate and ETA from the items after warm-up)."""
+    warming = self._t0 is None
+    elapsed = 0.0 if warming else time.time() - self._t0
+    postfix = ", ".join(f"{k}={v}" for k, v in self._postfix.items())
+    return tqdm.format_meter(self.n, self.total, elapsed, prefix=self.desc, unit=self.unit,
+                             initial=self._n0, postfix=postfix or None,
+                             bar_format=_LINE if not warming else
+                             "{desc}: {n_fmt}/{total_fmt} {unit} (warming up, not timed)")
 
-  def write(self, line: str) -> None:
-    """A log line that does not tear the bar."""
+  def update(self, n: int = 1, **postfix) -> None:
+    if postfix:
+      self._postfix.update({k: str(v) for k, v in postfix.items()})
+    before, self.n = self.n, self.n + int(n)
+    if self._t0 is None and self.n >= self.warmup_until:   # warm-up just ended: time from here
+      self._t0, self._n0 = time.time(), self.n
+      self._last_line = self._t0                           # first line after log_every
     if self.disable:
       return
-    if self._interactive:
+    if self.interactive:
+      if self._bar.bar_format != _BAR and self._t0 is not None:
+        self._open()
+      else:
+        if postfix:
+          self._bar.set_postfix(self._postfix, refresh=False)
+        self._bar.update(self.n - before)
+      return
+    now = time.time()
+    if self.n >= self.total or (self._t0 is not None and now - self._last_line >= self.log_every):
+      self._last_line = now
+      print(self.line(), file=sys.stderr, flush=True)
+
+  def write(self, line: str) -> None:
+    """A log line that does not tear the bar (nothing when silent)."""
+    if self.silent:
+      return
+    if self._bar is not None:
       self._bar.write(line, file=sys.stderr)
-    else:                                  # a log file: no bar redrawn after every line
+    else:
       print(line, file=sys.stderr, flush=True)
 
   def close(self) -> None:
