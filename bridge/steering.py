@@ -154,7 +154,12 @@ def _layer_kwargs(model, layer: int, half, steps) -> dict:
 
 
 class add_direction(_Steerer):
-  """Add `alpha · v` (× `relative_to`, e.g. the site's mean norm) at `lm.layer.<layer>`."""
+  """Add `alpha · v` (× `relative_to`, e.g. the site's mean norm) at `lm.layer.<layer>`.
+
+  Magnitudes: with `relative_to=man["mean_norm"]` (the site's RMS activation norm from
+  directions.json) alpha is unit-free, and 2-8 is a strong push (the demo uses 4 and 8);
+  without it, alpha is in raw activation units of the site, so compare it with that norm.
+  """
 
   def __init__(self, model, layer: int, direction, alpha: float, relative_to: float | None = None,
                half: str = "cond", steps: tuple[int | None, int | None] | None = None):
@@ -197,7 +202,10 @@ class clamp_features(_Steerer):
 
   x' = decode(z') + (x - decode(z)): the SAE's reconstruction error is added back, so the
   activation changes only along the chosen features' decoder rows. Values are in the
-  export's latent units (raw activation units).
+  export's latent units (raw activation units): the same numbers `sae.encode(x)`,
+  `features.json` (`mean_active`, `max`) and the report show. Typical: 1-5x the feature's
+  usual active value (look it up there; 0 ablates), or `('scale', s)` to multiply
+  whatever it is.
   """
 
   def __init__(self, model, layer: int, sae, features: FeatureSpec, half: str = "cond",
