@@ -26,14 +26,15 @@ def _sync(device):
 
 
 def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--model", default="tiny")
-  ap.add_argument("--device", default="cpu")
-  ap.add_argument("--duration", type=float, default=2.0)
-  ap.add_argument("--batch", type=int, default=8)
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--model", default="tiny", help="'tiny' (random, offline), a hub name or a dir")
+  ap.add_argument("--device", default="cpu", help="torch device")
+  ap.add_argument("--duration", type=float, default=2.0, help="seconds generated per prompt")
+  ap.add_argument("--batch", type=int, default=8, help="prompts per generate call")
   ap.add_argument("--layers", default="all", help="'all' or comma-separated indices")
-  ap.add_argument("--repeats", type=int, default=3)
-  ap.add_argument("--threads", type=int, default=1)
+  ap.add_argument("--repeats", type=int, default=3, help="timed repetitions (median kept)")
+  ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
   a = ap.parse_args()
   if a.threads:
     torch.set_num_threads(a.threads)

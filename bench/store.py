@@ -66,14 +66,17 @@ def store_io(path: str, data: np.ndarray, d: int, dtype: str, codec: str, append
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--size_mb", type=int, default=1024)
-  p.add_argument("--d", type=int, default=1536)
-  p.add_argument("--dtype", default="bfloat16", choices=store.DTYPES)
-  p.add_argument("--codec", default="zstd", choices=store.CODECS)
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--size_mb", type=int, default=1024, help="bytes of activations to write (MB)")
+  p.add_argument("--d", type=int, default=1536, help="row width (d_model)")
+  p.add_argument("--dtype", default="bfloat16", choices=store.DTYPES, help="stored dtype")
+  p.add_argument("--codec", default="zstd", choices=store.CODECS, help="chunk compression")
   p.add_argument("--append_rows", type=int, default=1500, help="rows per append (~10 prompts x 3 s)")
   p.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
   a = p.parse_args()
+  if a.dir is not None and not os.path.isdir(a.dir):
+    p.error(f"--dir={a.dir}: no such directory (create it, or omit --dir for a temp dir)")
   spec = store.SiteSpec(d=a.d, dtype=a.dtype)
   rows = a.size_mb * (1 << 20) // (a.d * spec.np_dtype.itemsize)
   data = activations(rows, a.d, spec.np_dtype)

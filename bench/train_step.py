@@ -200,9 +200,11 @@ def compare(archs, preset, d, m, k, batch, iters, x):
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-  ap.add_argument("--archs", default=",".join(ARCHS))
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--preset", choices=sorted(PRESETS), default="quick",
+                  help="sizes: " + "; ".join(f"{k}: {v}" for k, v in sorted(PRESETS.items())))
+  ap.add_argument("--archs", default=",".join(ARCHS), help="comma-separated architectures")
   ap.add_argument("--iters", type=int, default=0, help="timed steps (0: preset default)")
   ap.add_argument("--compare", default="",
                   help="comma-separated archs: time only their JAX steps, round-robin")

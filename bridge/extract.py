@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from bridge import audio_features, capture, models, prompts as prompts_lib
-from musicsae_jax import store
+from musicsae_jax import progress, store
 
 AUDIO_SITE = "audio.descriptors"
 
@@ -147,6 +147,7 @@ def extract(config, workdir, worker_index: int = 0, num_workers: int = 1,
   Skips batches whose prompts are already committed (resume). `on_batch(b)` is called after
   each committed batch (tests use it to interrupt).
   """
+  show_bar = log is None                # a caller's own log (tests) gets no bar
   log = log or (lambda s: print(s, file=sys.stderr, flush=True))
   if not 0 <= worker_index < num_workers:
     raise ExtractError(f"--worker_index={worker_index} must be in [0, --num_workers={num_workers})")
@@ -163,7 +164,8 @@ def extract(config, workdir, worker_index: int = 0, num_workers: int = 1,
   t0 = time.time()
   if ecfg.get("torch_threads", 0):  # small models on shared cores: 1 thread is far faster
     torch.set_num_threads(int(ecfg.torch_threads))
-  model = build_model(config.model)
+  with progress.phase(f"extract: loading model {config.model.name}", log):
+    model = build_model(config.model)
   info = models.model_info(model)
   site_names = _sites(ecfg, info)
   gen = _set_generation(model, ecfg, info)
@@ -200,7 +202,9 @@ def extract(config, workdir, worker_index: int = 0, num_workers: int = 1,
   model_sites = [s for s in site_names if s != AUDIO_SITE and not s.endswith(capture.UNCOND_SUFFIX)]
 
   t_start, n_frames, done_now = time.time(), 0, set(done)
-  with ds.writer(worker_index, flush_seconds=float(ecfg.get("flush_seconds", 0.0))) as w:
+  bar = progress.Progress(len(todo), f"extract [worker {worker_index}/{num_workers}]", "batch",
+                          warmup=1, disable=not show_bar)
+  with bar, ds.writer(worker_index, flush_seconds=float(ecfg.get("flush_seconds", 0.0))) as w:
     for k, b in enumerate(todo):
       ids = list(range(b * bs, min((b + 1) * bs, len(prompt_rows))))
       texts = [prompt_rows[i]["text"] for i in ids]
@@ -223,14 +227,13 @@ def extract(config, workdir, worker_index: int = 0, num_workers: int = 1,
       if on_batch is not None:
         on_batch(b)
       el = time.time() - t_start
-      rate = n_frames / el if el > 0 else float("inf")
-      eta = el / (k + 1) * (len(todo) - k - 1)
-      log(f"extract [worker {worker_index}/{num_workers}] batch {k + 1}/{len(todo)}, prompts "
-          f"{len(done_now)}/{len(prompt_rows)} done, {rate:.0f} frames/s, ETA {eta:.0f}s")
+      bar.update(1, prompts=f"{len(done_now)}/{len(prompt_rows)}",
+                 frames_per_s=f"{n_frames / el:.0f}" if el > 0 else "?")
   ds = store.open_dataset(path)
   ds.check_files()
+  el = time.time() - t_start
   log(f"extract: done, {len(ds.completed_prompts())}/{len(prompt_rows)} prompts complete in "
-      f"{path} ({time.time() - t0:.1f}s)")
+      f"{path} ({time.time() - t0:.1f}s; {n_frames / max(el, 1e-9):.0f} frames/s)")
   return ds
 
 

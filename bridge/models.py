@@ -152,7 +152,8 @@ def load_musicgen(name_or_dir: str, device: str = "cpu", dtype: torch.dtype | No
   import_audiocraft()
   from audiocraft.models import MusicGen
   try:
-    with _local_t5_conditioners(local if local.is_dir() else None):
+    with _local_t5_conditioners(local if local.is_dir() else None), \
+         _offline_unless_hub_reachable(local.is_dir()):
       model = MusicGen.get_pretrained(str(local) if local.is_dir() else name, device=device)
   except Exception as e:  # noqa: BLE001 - hub/network errors come in many types
     if local.is_dir():
@@ -166,6 +167,39 @@ def load_musicgen(name_or_dir: str, device: str = "cpu", dtype: torch.dtype | No
   if dtype is not None:
     model.lm.to(dtype)
   return model
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+  """Whether the model hub's endpoint accepts a TCP connection within `timeout` seconds."""
+  import socket
+  import urllib.parse
+  from huggingface_hub import constants
+  u = urllib.parse.urlparse(constants.ENDPOINT)
+  try:
+    with socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)),
+                                  timeout=timeout):
+      return True
+  except OSError:
+    return False
+
+
+@contextlib.contextmanager
+def _offline_unless_hub_reachable(local: bool):
+  """Offline, load from the cache or fail at once instead of retrying the hub for ~20 s."""
+  from huggingface_hub import constants
+  if local or constants.HF_HUB_OFFLINE or hub_reachable():
+    yield
+    return
+  saved = os.environ.get("HF_HUB_OFFLINE")
+  constants.HF_HUB_OFFLINE, os.environ["HF_HUB_OFFLINE"] = True, "1"   # hub + transformers
+  try:
+    yield
+  finally:
+    constants.HF_HUB_OFFLINE = False
+    if saved is None:
+      os.environ.pop("HF_HUB_OFFLINE", None)
+    else:
+      os.environ["HF_HUB_OFFLINE"] = saved
 
 
 def _resolve_local_t5(name: str, base_dir: Path | None) -> str | None:

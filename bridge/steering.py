@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from bridge import defaults
+from musicsae_jax import progress
 
 HALVES = ("cond", "uncond", "both")
 
@@ -153,7 +154,12 @@ def _layer_kwargs(model, layer: int, half, steps) -> dict:
 
 
 class add_direction(_Steerer):
-  """Add `alpha · v` (× `relative_to`, e.g. the site's mean norm) at `lm.layer.<layer>`."""
+  """Add `alpha · v` (× `relative_to`, e.g. the site's mean norm) at `lm.layer.<layer>`.
+
+  Magnitudes: with `relative_to=man["mean_norm"]` (the site's RMS activation norm from
+  directions.json) alpha is unit-free, and 2-8 is a strong push (the demo uses 4 and 8);
+  without it, alpha is in raw activation units of the site, so compare it with that norm.
+  """
 
   def __init__(self, model, layer: int, direction, alpha: float, relative_to: float | None = None,
                half: str = "cond", steps: tuple[int | None, int | None] | None = None):
@@ -196,7 +202,10 @@ class clamp_features(_Steerer):
 
   x' = decode(z') + (x - decode(z)): the SAE's reconstruction error is added back, so the
   activation changes only along the chosen features' decoder rows. Values are in the
-  export's latent units (raw activation units).
+  export's latent units (raw activation units): the same numbers `sae.encode(x)`,
+  `features.json` (`mean_active`, `max`) and the report show. Typical: 1-5x the feature's
+  usual active value (look it up there; 0 ablates), or `('scale', s)` to multiply
+  whatever it is.
   """
 
   def __init__(self, model, layer: int, sae, features: FeatureSpec, half: str = "cond",
@@ -341,7 +350,8 @@ def run_steering(config, workdir: str) -> dict:
   threads = int(config.get("extract", {}).get("torch_threads", 0))
   if threads:
     torch.set_num_threads(threads)
-  model = extract.build_model(config.model)
+  with progress.phase(f"steer: loading model {config.model.name}"):
+    model = extract.build_model(config.model)
   _check_fits(model, dirs, layer, exp_dir, config.model.name)
   model.set_generation_params(duration=float(sc["duration"]), use_sampling=True,
                               top_k=int(config.get("extract", {}).get("top_k", 50)))
@@ -377,10 +387,14 @@ def run_steering(config, workdir: str) -> dict:
 
   results = {"run": config.run, "site": man["site"], "layer": layer, "prompts": texts,
              "mean_norm": man["mean_norm"], "relative": bool(sc["relative"]),
-             "strengths": list(sc["strengths"]), "features": []}
+             "strengths": list(sc["strengths"]), "features": [],
+             "activation_units": "raw (feature_act*: the exported SAE's latents)"}
+  per_feature = 1 + len(sc["strengths"]) * (2 if sc["control"] else 1)
+  bar = progress.Progress(len(sel) * per_feature, "steer", "generation", warmup=1)
   for i in sel:
     fid = man["feature_ids"][i]
     base = one(f"f{fid}_baseline", None, 0.0)
+    bar.update(1)
     rnd = torch.randn(dirs.shape[1], generator=g)
     rnd = rnd / rnd.norm() * dirs[i].norm()                   # matched norm control
     entry = {"feature": fid, "label": man["labels"][i], "baseline": base, "steered": [],
@@ -392,9 +406,11 @@ def run_steering(config, workdir: str) -> dict:
         r = one(f"f{fid}_{kind}_a{a:g}", vec, float(a))
         r["delta"] = {k: r[k] - base[k] for k in r if k in base}
         entry[kind].append({"alpha": float(a), **r})
-        print(f"feature {fid} ({man['labels'][i]}) {kind:8s} alpha={a:g}: " +
-              ", ".join(f"Δ{k}={v:+.3g}" for k, v in r["delta"].items()), flush=True)
+        bar.update(1)
+        bar.write(f"feature {fid} ({man['labels'][i]}) {kind:8s} alpha={a:g}: " +
+                  ", ".join(f"Δ{k}={v:+.3g}" for k, v in r["delta"].items()))
     results["features"].append(entry)
+  bar.close()
   path = os.path.join(out_dir, "steer.json")
   with open(path, "w") as f:
     json.dump(results, f, indent=2)

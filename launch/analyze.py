@@ -19,7 +19,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   with common.user_errors():
-    paths = analysis.analyze(_CONFIG.value, _WORKDIR.value, log=logging.info)
+    paths = analysis.analyze(_CONFIG.value, _WORKDIR.value, log=logging.info, bars=True)
   for name, path in paths.items():
     print(f"{name}: {path}")
 

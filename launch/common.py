@@ -113,15 +113,15 @@ def _bad_override(argv: list[str], path: str | None) -> str | None:
   for a in argv:
     if not a.startswith("--config."):
       continue
-    path = a[len("--config."):].split("=", 1)[0]
+    field = a[len("--config."):].split("=", 1)[0]
     node, seen = cfg, []
-    for part in path.split("."):
+    for part in field.split("."):
       keys = list(node.keys()) if hasattr(node, "keys") else []
       if part not in keys:
         where = "config" + "".join("." + s for s in seen)
         near = difflib.get_close_matches(part, keys, n=3)
         hint = f"; did you mean {', '.join(near)}?" if near else ""
-        return (f"--config.{path}: {where} has no field {part!r}{hint} "
+        return (f"--config.{field}: {where} has no field {part!r}{hint} "
                 f"(all fields: python -m launch.config --config=…)")
       node, seen = node[part], seen + [part]
   return None
@@ -149,7 +149,7 @@ def _parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
       _fail(bad)
     first = str(e).strip().splitlines()
     last = [ln for ln in first if ln.strip()][-1] if first else type(e).__name__
-    _fail(f"--config={path}: {type(e).__name__}: {last.strip()}")
+    _fail((f"--config={path}: " if path else "") + f"{type(e).__name__}: {last.strip()}")
 
 
 def user_message(e: BaseException) -> str:

@@ -80,6 +80,12 @@ def firing_counts(z) -> np.ndarray:
     return np.sum(z.reshape(-1, z.shape[-1]) != 0, axis=0).astype(np.int64)
 
 
+def dead_count(counts_or_rates) -> int:
+    """The one definition every summary and plot shows: latents that never fired on the
+    rows measured (say which rows next to the number)."""
+    return int(np.sum(np.asarray(counts_or_rates) == 0))
+
+
 def dead_fraction(counts_or_steps_since, dead_after: int | None = None) -> float:
     """Fraction of dead latents.
 

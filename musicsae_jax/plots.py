@@ -5,6 +5,8 @@ import json
 
 import numpy as np
 
+from musicsae_jax import metrics
+
 
 def pyplot():
   """matplotlib.pyplot on the Agg backend (files only, no display), imported on first use."""
@@ -53,13 +55,13 @@ def density_figure(density: np.ndarray, xlabel: str, title: str, figsize=(6, 4))
     ax.hist(np.log10(alive), bins=50)
   ax.set_xlabel(xlabel)
   ax.set_ylabel("latents")
-  ax.set_title(f"{title}: {len(density) - len(alive)} of {len(density)} never fire")
+  ax.set_title(f"{title}: {metrics.dead_count(density)} of {len(density)} dead (never fire)")
   fig.tight_layout()
   return fig
 
 
 def plot_density(density: np.ndarray, path: str, title: str = "feature density") -> None:
-  fig = density_figure(density, "log10 firing frequency (eval tokens)", title)
+  fig = density_figure(density, "log10 firing frequency (eval rows)", title)
   fig.savefig(path, dpi=100)
   pyplot().close(fig)
 

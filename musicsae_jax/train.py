@@ -7,7 +7,6 @@ function over `nnx.split` state (not `nnx.jit`), which keeps dispatch cheap.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import time
@@ -30,6 +29,7 @@ from musicsae_jax import mesh as mesh_lib
 from musicsae_jax import plots
 from musicsae_jax import preemption
 from musicsae_jax import runs
+from musicsae_jax import progress
 from musicsae_jax import sae as sae_lib
 
 _COUNTER_CAP = 2**30          # steps-since-fired saturates here (int32 safe)
@@ -439,12 +439,16 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
     batches = pipeline.iterate(start)
     pending, t0, t_last, s_last = [], time.time(), time.time(), start
     wait_last = pipeline.wait_s
-    with jax.set_mesh(mesh), preemption.StopOnSigterm() as sigterm:
+    # The bar's rate and ETA start after the first step (compilation); metrics go above it.
+    bar = progress.Progress(steps, f"train {config.run}", "step", warmup=1, initial=start,
+                            disable=not is_main or logging.get_verbosity() < logging.INFO)
+    with bar, jax.set_mesh(mesh), preemption.StopOnSigterm() as sigterm:
       for step in range(start + 1, steps + 1):
         state, met = p_train_step(state, next(batches))
         ckpt.check()                                  # a failed async save stops here
         preempted = sigterm.should_stop(step)         # same step on every process
         pending.append(met)
+        bar.update(1)
         if step % t.log_every == 0 or step == steps:
           met = jax.tree.map(lambda *v: float(np.mean(v)), *jax.device_get(pending))
           pending = []
@@ -459,19 +463,18 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
                  "steps_per_s": sps, "acts_per_s": sps * t.batch_size,
                  "data_wait_frac": wait}
           log_row(row)
-          eta = datetime.timedelta(seconds=int((steps - step) / max(sps, 1e-9)))
-          logging.info("step %d/%d loss=%.4g mse=%.4g l0=%.1f dead=%.3f | %.1f steps/s "
-                       "%.3g acts/s | ETA %s", step, steps, met["loss"], met["mse"],
-                       met["l0"], met["dead_frac"], sps, sps * t.batch_size, eta)
+          bar.write(f"step {step}/{steps} loss={met['loss']:.4g} mse={met['mse']:.4g} "
+                    f"l0={met['l0']:.1f} auxk_dead={met['dead_frac']:.3f} | {sps:.1f} steps/s "
+                    f"{sps * t.batch_size:.3g} acts/s")
         if step % t.eval_every == 0 or step == steps:
           if calibrate is not None:
             state, _ = calibrate(state)
           last_eval, density = evaluate(state)
           if last_eval:
             log_row({"kind": "eval", "step": step, **last_eval})
-            logging.info("eval step %d: fvu=%.4f ev=%.4f l0=%.1f dead=%.3f dense=%.3f", step,
-                         last_eval["fvu"], last_eval["ev"], last_eval["l0"],
-                         last_eval["dead_frac"], last_eval["dense_frac"])
+            bar.write(f"eval step {step}: fvu={last_eval['fvu']:.4f} ev={last_eval['ev']:.4f} "
+                      f"l0={last_eval['l0']:.1f} dead={last_eval['dead_frac']:.3f} "
+                      f"dense={last_eval['dense_frac']:.3f}")
         if step % t.checkpoint_every == 0 or step == steps or preempted:
           ckpt.save(step, state, None if preempted else last_eval.get("fvu"))
         if preempted:

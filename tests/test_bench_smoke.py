@@ -31,3 +31,16 @@ def test_train_step_bench():
 def test_capture_bench():
   (out,) = run_json("bench/capture.py", "--duration=0.5", "--batch=2", "--repeats=1")
   assert out["teacher_forced_frames_per_s"] > 0 and out["hooked_frames_per_s"] > 0
+
+
+def test_help_describes_each_bench_and_a_missing_dir_is_one_line(tmp_path):
+  for script, flag_help in (("bench/store.py", "row width"),
+                            ("bench/train_step.py", "comma-separated architectures"),
+                            ("bench/capture.py", "seconds generated per prompt")):
+    r = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "prints" in r.stdout.lower(), (script, r.stdout)
+    assert flag_help in r.stdout, (script, r.stdout)
+  r = subprocess.run([sys.executable, "bench/store.py", f"--dir={tmp_path}/nope"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=60)
+  assert r.returncode == 2 and "Traceback" not in r.stderr and "no such directory" in r.stderr

@@ -65,6 +65,20 @@ def test_known_name_offline_without_cache_says_what_to_do(tmp_path, monkeypatch)
     models.load_musicgen("facebook/musicgen-small")
 
 
+def test_unreachable_hub_fails_at_once(tmp_path, monkeypatch):
+  """No offline flag set, but the hub does not answer: one quick probe, then the cache only."""
+  import time
+  import huggingface_hub.constants as hc
+  monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
+  monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+  monkeypatch.setattr(hc, "ENDPOINT", "http://127.0.0.1:9")      # nothing listens there
+  monkeypatch.setenv("AUDIOCRAFT_CACHE_DIR", str(tmp_path))
+  t0 = time.time()
+  with pytest.raises(models.ModelLoadError, match="pass that directory"):
+    models.load_musicgen("facebook/musicgen-small")
+  assert time.time() - t0 < 10 and hc.HF_HUB_OFFLINE is False   # was ~23 s of retries
+
+
 def test_save_and_load_local_dir_round_trip(tiny, tmp_path):
   """save_musicgen writes what MusicGen.get_pretrained reads; load_musicgen(dir) gets it back."""
   from bridge.capture import generate_tokens

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from musicsae_jax import defaults, store as store_lib
+from musicsae_jax import defaults, metrics, progress, store as store_lib
 from musicsae_jax.analysis import labels as lab, probes, report, stats
 from musicsae_jax.analysis.stats import AnalysisError
 
@@ -50,13 +50,29 @@ def _layer_key(site: str):
   return (order.get(site, 9), 0, site)
 
 
-def _progress(log, what):
-  t0 = time.time()
+def _progress(log, what, bars: bool = False):
+  """Per-block progress: a tqdm bar (launch.analyze) or log lines every 5 s; either way the
+  rate and ETA start after the first block (jit compilation)."""
+  if bars:
+    state = {}
+
+    def bar_cb(i, n, rows_per_s=None):
+      if "bar" not in state:
+        state["bar"] = progress.Progress(n, what, "block", warmup=1)
+      state["bar"].update(1, **({"rows_per_s": f"{rows_per_s:.3g}"} if rows_per_s else {}))
+      if i == n:
+        state.pop("bar").close()
+    return bar_cb
+
+  t_first = [None]
 
   def cb(i, n, rows_per_s=None):
+    if t_first[0] is None:
+      t_first[0] = (time.time(), i)
     if i == n or time.time() - cb.last > 5:
       cb.last = time.time()
-      eta = (time.time() - t0) / i * (n - i)
+      t1, i1 = t_first[0]
+      eta = (time.time() - t1) / (i - i1) * (n - i) if i > i1 else float("nan")
       rate = f", {rows_per_s:.3g} rows/s" if rows_per_s else ""
       log(f"{what}: block {i}/{n}{rate}, ETA {eta:.0f}s")
   cb.last = 0.0
@@ -79,7 +95,8 @@ def load_run(workdir: str, run: str, step=None):
   return run_cfg, norm, params, step
 
 
-def analyze(config, workdir: str, log: Callable[[str], None] = print) -> dict:
+def analyze(config, workdir: str, log: Callable[[str], None] = print,
+            bars: bool = False) -> dict:
   """Run every analysis for config.run on config.dataset; returns the written paths."""
   a = resolve(config)
   run_cfg, norm, params, step = load_run(workdir, a["run"], a["step"])
@@ -100,8 +117,11 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print) -> dict:
                         f"{site_name!r} in {ds_path} has d={site.d}: different run or dataset?")
   prompts = ds.prompts
   P = len(prompts)
-  probe_sites = list(a["probe_sites"]) or [s for s in ds.sites if s != AUDIO_SITE and
-                                           not s.endswith(".uncond")]
+  # Probes see one mean-pooled vector per prompt, and t5.pooled IS t5.hidden mean-pooled
+  # over valid tokens: by default probe it once (as t5.pooled).
+  probe_sites = list(a["probe_sites"]) or [
+      s for s in ds.sites if s != AUDIO_SITE and not s.endswith(".uncond")
+      and not (s == "t5.hidden" and "t5.pooled" in ds.sites)]
   for s in probe_sites:
     if s not in ds.sites:
       raise AnalysisError(f"analysis.probe_sites names {s!r}; store sites: {sorted(ds.sites)}")
@@ -125,7 +145,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print) -> dict:
   log(f"analyze: run {a['run']} (step {step}, d={d_run}, m={m}) on {site_name}: "
       f"{site.num_rows} rows, {P} prompts")
   st = stats.feature_stats(site, enc, P, top_n=max(int(a["top_frames"]), 1), descriptors=desc,
-                           progress=_progress(log, f"features {site_name}"))
+                           progress=_progress(log, f"features {site_name}", bars))
 
   # --- discovery, selectivity ------------------------------------------------------------
   disc = lab.discover(st, prompts, rate_band=a["rate_band"], max_features=int(a["max_features"]),
@@ -169,7 +189,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print) -> dict:
   inputs = []
   for s in probe_sites:
     src = ds.site(s)
-    x, cnt = stats.prompt_means(src, P, _progress(log, f"pooling {s}"))
+    x, cnt = stats.prompt_means(src, P, _progress(log, f"pooling {s}", bars))
     inputs.append((s, x, cnt > 0))
   inputs.append((f"sae:{site_name}", pm, has_rows))
   probe_out, sim_out, probe_pngs = {}, {}, {}
@@ -199,7 +219,9 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print) -> dict:
 
   # --- write -------------------------------------------------------------------------------
   head = {"format_version": FORMAT_VERSION, "run": a["run"], "step": step,
-          "dataset": a["dataset"], "site": site_name, "d": int(d_run), "m": int(m)}
+          "dataset": a["dataset"], "site": site_name, "d": int(d_run), "m": int(m),
+          "activation_units": "raw: the exported SAE's latents (training-space = raw x scale)",
+          "scale": float(norm.get("scale", 1.0))}
   corr = st.correlations()
   grounding = None
   if corr is not None:
@@ -209,7 +231,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print) -> dict:
                   "acoustic": lab.strongest_correlations(corr[f], desc_names, int(a["grounding_top"]))}
                  for f in ids]
   features = {**head, "num_rows": st.num_rows, "num_prompts": P,
-              "density": {"dead": int((st.fired == 0).sum()),
+              "density": {"dead": metrics.dead_count(st.fired),
                           "firing_rate_quantiles": {q: float(np.quantile(st.rate, float(q)))
                                                     for q in ("0.1", "0.5", "0.9")}},
               "descriptors": desc_names, **disc}
@@ -229,7 +251,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print) -> dict:
       "summary": {"run": a["run"], "checkpoint step": step, "dataset": a["dataset"],
                   "site": site_name, "SAE": f"{run_cfg.get('sae', {}).get('architecture')} d={d_run} m={m}",
                   "rows": st.num_rows, "prompts": P, "labels": ", ".join(label_info),
-                  "dead features": features["density"]["dead"]},
+                  "dead features (never fire on these rows)": features["density"]["dead"]},
       "training_png": training, "density_png": report.density_png(st.rate),
       "rate_band": list(a["rate_band"]), "heatmaps": heat, "probes": probe_out,
       "probe_pngs": probe_pngs, "similarity": sim_out, "top_features": top_out,

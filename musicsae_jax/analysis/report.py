@@ -177,7 +177,9 @@ def render(d: dict) -> str:
           rows)
   parts.append(_section("top-features", "Top features per label",
                         "Ranked by AUROC (ties: larger mean difference). Selectivity = mean in "
-                        "label / mean elsewhere. Top prompts by the feature's per-prompt mean.",
+                        "label / mean elsewhere. Top prompts by the feature's per-prompt mean. "
+                        "Activations are in raw units (those of the exported SAE, "
+                        "load_sae, clamp_features and steering).",
                         tf_body))
   disc_rows = [[f["id"], _f(f["firing_rate"], 4), _f(f["max"]), html.escape(f["heuristic_label"]),
                 html.escape(", ".join(f"{k}×{v}" for k, v in f["top_label_values"].items())),
@@ -186,7 +188,8 @@ def render(d: dict) -> str:
   parts.append(_section("discovery", "Feature discovery",
                         f"Features with firing rate in {d['rate_band']} ranked by "
                         f"{d['discovery']['rank_by']}; words over-represented in their top prompts "
-                        "vs the corpus give a heuristic label.",
+                        "vs the corpus give a heuristic label. max: the largest activation, "
+                        "raw units.",
                         _table(["feature", "rate", "max", "words", "top labels", "top prompts"],
                                disc_rows)))
   g = d.get("grounding")

@@ -3,7 +3,8 @@
 A *source* is a store `SiteReader` or a `data.ArraySource` (`num_blocks`, `block_rows(i)`,
 `read_block(i)`, `read_rows(rows)`). Each block is scaled by the run's normalisation and
 encoded by the SAE under `jax.jit`; only O(prompts x latents) accumulators stay in memory,
-never the site. Latents are in training space (the SAE's own units).
+never the site. Latents are in RAW units (divided by the scale again): the units of the
+exported SAE, `load_sae`, clamp_features and steering.
 """
 from __future__ import annotations
 
@@ -45,9 +46,10 @@ def sae_from_params(params: dict, sae_cfg: dict | None) -> sae_lib.SAE:
 
 
 class Encoder:
-  """x [n, d] raw activations -> latents [n, m] (numpy), via one jitted `encode`.
+  """x [n, d] raw activations -> latents [n, m] in raw units (numpy), one jitted `encode`.
 
-  Rows are scaled by `scale` (the run's normalisation) and padded to a power-of-two
+  Rows are scaled by `scale` (the run's normalisation), encoded, and the latents divided
+  by `scale` (the units the export uses); rows are padded to a power-of-two
   bucket (at most `batch_rows`) so only a few shapes ever compile.
   """
 
@@ -55,7 +57,7 @@ class Encoder:
     graphdef, state = nnx.split(model)
     self._state, self.scale, self.batch_rows = state, np.float32(scale), int(batch_rows)
     self.d, self.m = np.asarray(model.W_enc[...]).shape
-    self._f = jax.jit(lambda st, x: nnx.merge(graphdef, st).encode(x * self.scale))
+    self._f = jax.jit(lambda st, x: nnx.merge(graphdef, st).encode(x * self.scale) / self.scale)
 
   def __call__(self, x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
