@@ -31,3 +31,9 @@ def test_train_step_bench():
 def test_capture_bench():
   (out,) = run_json("bench/capture.py", "--duration=0.5", "--batch=2", "--repeats=1")
   assert out["teacher_forced_frames_per_s"] > 0 and out["hooked_frames_per_s"] > 0
+
+
+def test_sweep_bench(tmp_path):
+  (out,) = run_json("bench/sweep.py", "--tiny", f"--dir={tmp_path}")
+  assert out["members"] == 3 and out["step_s"]["sweep_loop"]["min"] > 0
+  assert out["bytes"]["sweep_store"] > 0 and out["bytes"]["sequential_store_total"] > 0
