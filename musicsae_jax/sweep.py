@@ -5,9 +5,11 @@ point is a *member*. All members see the same batches, read once from the store:
 
   * Members whose SAEs have the same shapes and Python constants (architecture, m, k,
     schedule shape, dead_tokens...) form a *group*. A group's train states are stacked
-    on a leading member axis and `jax.vmap`ped through the single-run step
-    (`train.make_train_step`). The peak learning rate and the init seed may differ inside
-    a group: the lr enters the schedule as a traced per-member scalar, the seed only
+    on a leading member axis and stepped through the single-run step
+    (`train.make_train_step`), either `jax.vmap`ped (batched into every op) or
+    `jax.lax.map`ped (once per member, inside the same jitted step); see
+    `choose_member_step`. The peak learning rate and the init seed may differ inside a
+    group: the lr enters the schedule as a traced per-member scalar, the seed only
     changes the initial values.
   * Groups (members that differ in a constant) each get their own vmapped step; all
     groups' steps are compiled into ONE jitted function over the same batch.
@@ -508,9 +510,10 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str,
         restored.append(jax.jit(lambda *ss: stack(ss), out_shardings=g.sh)(*one))
       states = tuple(restored)
       logging.info("sweep resumed at step %d", start)
-    if is_main:
-      for p in member_dirs:
-        train_lib._trim_metrics(os.path.join(p, "metrics.jsonl"), start)
+
+  if is_main:                                     # rows logged after the resumed step
+    for p in member_dirs:
+      train_lib._trim_metrics(os.path.join(p, "metrics.jsonl"), start)
 
   def save(step, states, evals):
     for c in ckpts:                              # every member holds the previous step
