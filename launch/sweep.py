@@ -23,6 +23,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Workspace root (runs/<run>/ goe
 _SWEEP = flags.DEFINE_multi_string(
     "sweep", [], "A sweep axis FIELD=V1,V2,... (repeatable; the grid is their product), "
     "e.g. --sweep='sae.k=16,32,64' --sweep='train.lr=1e-4,3e-4'.")
+_MEMBER_STEP = flags.DEFINE_enum(
+    "member_step", "auto", ["auto", "vmap", "map"],
+    "How a group of same-shaped members steps: vmap (batched into every op; accelerators, "
+    "members split over 'model'), map (the single-run step once per member, one jitted "
+    "step; fastest on CPU), auto (map on CPU unless members are split over devices).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -30,7 +35,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from musicsae_jax import sweep
-  record = sweep.train_sweep(_CONFIG.value, _WORKDIR.value, _SWEEP.value)  # SweepError: 1 line
+  record = sweep.train_sweep(_CONFIG.value, _WORKDIR.value, _SWEEP.value,  # SweepError: 1 line
+                             _MEMBER_STEP.value)
   import jax
   if jax.process_index() == 0:
     for r in record["members"]:

@@ -98,7 +98,9 @@ def sweep_figure(record: dict, highlight: str | None = None):
   names = [r["name"] for r in rows]
   dead = [100.0 * (r.get("dead_frac") or 0.0) for r in rows]
   colors = ["k" if n == highlight else "C0" for n in names]
-  bx.barh(range(len(rows)), dead, color=colors)
+  bars = bx.barh(range(len(rows)), dead, color=colors)
+  bx.bar_label(bars, labels=[f"{v:.1f}" for v in dead], fontsize=7, padding=2)
+  bx.set_xlim(0, max([1.0, *dead]) * 1.15)
   bx.set_yticks(range(len(rows)), names, fontsize=7)
   bx.invert_yaxis()
   bx.set_xlabel("dead latents (% never firing on eval rows)")

@@ -5,9 +5,11 @@ point is a *member*. All members see the same batches, read once from the store:
 
   * Members whose SAEs have the same shapes and Python constants (architecture, m, k,
     schedule shape, dead_tokens...) form a *group*. A group's train states are stacked
-    on a leading member axis and `jax.vmap`ped through the single-run step
-    (`train.make_train_step`). The peak learning rate and the init seed may differ inside
-    a group: the lr enters the schedule as a traced per-member scalar, the seed only
+    on a leading member axis and stepped through the single-run step
+    (`train.make_train_step`), either `jax.vmap`ped (batched into every op) or
+    `jax.lax.map`ped (once per member, inside the same jitted step); see
+    `choose_member_step`. The peak learning rate and the init seed may differ inside a
+    group: the lr enters the schedule as a traced per-member scalar, the seed only
     changes the initial values.
   * Groups (members that differ in a constant) each get their own vmapped step; all
     groups' steps are compiled into ONE jitted function over the same batch.
@@ -219,9 +221,29 @@ def member_optimizer(t, lr):
   return train_lib.make_optimizer(types.SimpleNamespace(**{**fields, "lr": lr}))
 
 
-def make_group_step(graphdef, t, lrs: np.ndarray):
-  """(stacked state, x) -> (stacked state, metrics [N]): the single-run step, vmapped
-  over the leading member axis with the batch shared; lrs [N] are the members' peaks."""
+MEMBER_STEPS = ("auto", "vmap", "map")
+
+
+def choose_member_step(requested: str, member_axis: str | None) -> str:
+  """'vmap' batches members into every op (wide batched matmuls: accelerators, and the
+  only way to split the member axis over devices); 'map' runs the unchanged single-run
+  step once per member in a loop inside the same jitted step (jax.lax.map). On XLA:CPU
+  the TopK family's hand-tuned sparse gathers/scatter-adds lose their speed when
+  batched (about 3x slower than N single steps at d=384, m=6144), so 'auto' maps there."""
+  if requested not in MEMBER_STEPS:
+    raise SweepError(f"member_step={requested!r}; allowed: {', '.join(MEMBER_STEPS)}")
+  if requested != "auto":
+    if requested == "map" and member_axis:
+      raise SweepError("member_step='map' cannot split members over the 'model' axis; "
+                       "use 'vmap' or train.mesh_model=1")
+    return requested
+  return "vmap" if member_axis or jax.default_backend() != "cpu" else "map"
+
+
+def make_group_step(graphdef, t, lrs: np.ndarray, how: str = "vmap"):
+  """(stacked state, x) -> (stacked state, metrics [N]): the single-run step for every
+  member on the shared batch x, vmapped or mapped (`choose_member_step`) over the
+  leading member axis; lrs [N] are the members' peak learning rates."""
   lrs = jnp.asarray(lrs, jnp.float32)
 
   def member_step(state, x, lr):
@@ -230,6 +252,8 @@ def make_group_step(graphdef, t, lrs: np.ndarray):
                                      float(t.dense_threshold))
     return step(state, x)
 
+  if how == "map":
+    return lambda state, x: jax.lax.map(lambda a: member_step(a[0], x, a[1]), (state, lrs))
   vstep = jax.vmap(member_step, in_axes=(0, None, 0))
   return lambda state, x: vstep(state, x, lrs)
 
@@ -280,7 +304,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def summarize(run: str, axes: dict, members: list[Member], groups: list[list[int]],
-              finals: list[dict] | None) -> dict:
+              finals: list[dict] | None, **extra) -> dict:
   """The sweep.json record: the grid, members (with final metrics) and the Pareto front."""
   gid = {i: g for g, idx in enumerate(groups) for i in idx}
   rows = []
@@ -292,7 +316,7 @@ def summarize(run: str, axes: dict, members: list[Member], groups: list[list[int
                                                            "dense_frac")})
       row["step"] = finals[i].get("step")
     rows.append(row)
-  out = {"run": run, "axes": axes, "members": rows}
+  out = {"run": run, "axes": axes, **extra, "members": rows}
   done = [i for i, r in enumerate(rows) if r.get("fvu") is not None and r.get("l0") is not None]
   if done:
     front = pareto_front([(rows[i]["l0"], rows[i]["fvu"]) for i in done])
@@ -331,11 +355,12 @@ def _check_grid(path: str, names: list[str]) -> None:
 
 
 def train_sweep(config: ml_collections.ConfigDict, workdir: str,
-                sweep: Sequence[str] = ()) -> dict[str, Any]:
+                sweep: Sequence[str] = (), member_step: str = "auto") -> dict[str, Any]:
   """Train (or resume) every member of the sweep `<workdir>/runs/<config.run>`.
 
-  `sweep`: extra axes ('sae.k=16,32') on top of `config.sweep`. Returns the sweep.json
-  record (members with their final metrics, the Pareto front).
+  `sweep`: extra axes ('sae.k=16,32') on top of `config.sweep`; `member_step`: how a
+  group steps its members ('auto' | 'vmap' | 'map', see `choose_member_step`). Returns
+  the sweep.json record (members with their final metrics, the Pareto front).
   """
   axes = sweep_axes(config, sweep)
   members = expand(config, axes)
@@ -353,6 +378,7 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str,
   mesh = mesh_lib.make_mesh(t.mesh_data, t.mesh_model, devices=devices)
   replicated = NamedSharding(mesh, P())
   member_axis = "model" if t.sharding == "data" and mesh.shape["model"] > 1 else None
+  how = choose_member_step(member_step, member_axis)
 
   # --- input (shared by every member: read once) --------------------------------------
   source, extras = train_lib._source(base, t, workdir)
@@ -379,8 +405,9 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str,
   x_eval = data_lib.load_eval(source, eval_prompts, t.eval_max_rows, t.data_seed, scale)
   eval_bs = max(mesh.shape["data"], t.eval_batch_size // mesh.shape["data"] * mesh.shape["data"])
   logging.info("sweep %s: %d members in %d groups, d=%d, %d train rows, %d eval rows, "
-               "mesh %s, members over %s", config.run, len(members), len(groups_idx), d,
-               pipeline.num_train_rows, len(x_eval), dict(mesh.shape), member_axis or "no axis")
+               "mesh %s, members over %s, member step %s", config.run, len(members),
+               len(groups_idx), d, pipeline.num_train_rows, len(x_eval), dict(mesh.shape),
+               member_axis or "no axis", how)
 
   # --- model + optimizer per member, stacked per group --------------------------------
   groups: list[Group] = []
@@ -422,10 +449,11 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str,
       with open(os.path.join(member_dirs[i], "config.json"), "w") as f:
         json.dump(resolved, f, indent=2)
     with open(sweep_path, "w") as f:
-      json.dump(summarize(config.run, axes, members, groups_idx, None), f, indent=2)
+      json.dump(summarize(config.run, axes, members, groups_idx, None, member_step=how),
+                f, indent=2)
 
   # --- step: every group's vmapped step in one jitted function over the batch ---------
-  group_steps = [make_group_step(g.graphdef, g.t, [members[i].t.lr for i in g.members])
+  group_steps = [make_group_step(g.graphdef, g.t, [members[i].t.lr for i in g.members], how)
                  for g in groups]
 
   def sweep_step(states, x):
@@ -435,9 +463,14 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str,
   p_sweep_step = jax.jit(sweep_step, in_shardings=(tuple(g.sh for g in groups), batch_sh),
                          out_shardings=(tuple(g.sh for g in groups), replicated),
                          donate_argnums=(0,))
-  p_eval = [jax.jit(jax.vmap(train_lib.make_eval_sums(g.graphdef), in_axes=(0, None, None)),
-                    in_shardings=(g.sh, batch_sh, None), out_shardings=replicated)
-            for g in groups]
+  def group_eval(graphdef):
+    one = train_lib.make_eval_sums(graphdef)
+    if how == "map":
+      return lambda s, x, n: jax.lax.map(lambda a: one(a, x, n), s)
+    return jax.vmap(one, in_axes=(0, None, None))
+
+  p_eval = [jax.jit(group_eval(g.graphdef), in_shardings=(g.sh, batch_sh, None),
+                    out_shardings=replicated) for g in groups]
 
   def evaluate(states) -> tuple[list[dict], list[np.ndarray]]:
     res: list = [None] * len(members)
@@ -474,9 +507,10 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str,
         restored.append(jax.jit(lambda *ss: stack(ss), out_shardings=g.sh)(*one))
       states = tuple(restored)
       logging.info("sweep resumed at step %d", start)
-    if is_main:
-      for p in member_dirs:
-        train_lib._trim_metrics(os.path.join(p, "metrics.jsonl"), start)
+
+  if is_main:                                     # rows logged after the resumed step
+    for p in member_dirs:
+      train_lib._trim_metrics(os.path.join(p, "metrics.jsonl"), start)
 
   def save(step, states, evals):
     for c in ckpts:                              # every member holds the previous step
@@ -562,7 +596,7 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str,
         rec = rec if isinstance(rec, dict) else {"recovery": rec}
         finals[-1][1].update({f"synthetic_{k}": float(v) for k, v in rec.items()})
   finals = [f for _, f in sorted(finals, key=lambda p: p[0])]
-  record = summarize(config.run, axes, members, groups_idx, finals)
+  record = summarize(config.run, axes, members, groups_idx, finals, member_step=how)
   if is_main:
     for i, p in enumerate(member_dirs):
       with open(os.path.join(p, "final_metrics.json"), "w") as f:

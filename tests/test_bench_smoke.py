@@ -44,3 +44,9 @@ def test_help_describes_each_bench_and_a_missing_dir_is_one_line(tmp_path):
   r = subprocess.run([sys.executable, "bench/store.py", f"--dir={tmp_path}/nope"], cwd=ROOT,
                      capture_output=True, text=True, timeout=60)
   assert r.returncode == 2 and "Traceback" not in r.stderr and "no such directory" in r.stderr
+
+
+def test_sweep_bench(tmp_path):
+  (out,) = run_json("bench/sweep.py", "--tiny", f"--dir={tmp_path}")
+  assert out["members"] == 3 and out["step_s"]["sweep_loop"]["min"] > 0
+  assert out["bytes"]["sweep_store"] > 0 and out["bytes"]["sequential_store_total"] > 0

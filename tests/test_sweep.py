@@ -59,6 +59,10 @@ def test_grid_names_and_groups():
   assert sweep.member_name({"sae.seed": 1, "train.seed": 2}) == "sae.seed1_train.seed2"
   with pytest.raises(sweep.SweepError, match="no sweep axes"):
     sweep.sweep_axes(_cfg())
+  assert sweep.choose_member_step("auto", None) == "map"            # CPU: see its doc
+  assert sweep.choose_member_step("auto", "model") == "vmap"         # members split
+  with pytest.raises(sweep.SweepError, match="cannot split members"):
+    sweep.choose_member_step("map", "model")
   bad = sweep.expand(_cfg(), {"sae.k": [4, 64]})
   with pytest.raises(sweep.SweepError, match="k64.*k=64"):
     sweep.resolve_members(bad, d=16)
@@ -80,10 +84,11 @@ def test_schedule_scales_with_peak_lr():
     np.testing.assert_allclose(float(traced(step)), float(schedule(step)), rtol=1e-7)
 
 
-# Members are vmapped: XLA batches the member axis into the matmuls and reductions, which
-# may sum in a different order than the single run's unbatched step. Float32 rounding
-# (~1e-7 relative per op) compounds over the 6 Adam steps; we allow rtol 1e-5 on the logged
-# losses and 1e-4 on the pooled eval FVU (observed: ~1e-7).
+# On CPU members run the single-run step under jax.lax.map (a loop body XLA compiles and
+# fuses on its own), with the peak lr a traced value instead of a constant; under vmap
+# (the other test) XLA batches the member axis into the matmuls and reductions, which may
+# sum in another order. Float32 rounding (~1e-7 relative per op) compounds over 6 Adam
+# steps: rtol 1e-5 on the logged losses and 1e-4 on the pooled eval FVU.
 @pytest.mark.parametrize("name,k,lr", [("k4_lr0.003", 4, 3e-3), ("k8_lr0.001", 8, 1e-3)])
 def test_members_equal_their_single_runs(tmp_path, one_device, name, k, lr):
   wd, record = one_device
@@ -124,7 +129,8 @@ def test_members_are_ordinary_runs(one_device, tmp_path):
 
 
 # Data-parallel sums the batch in a different order than one device (as in
-# test_train.test_eight_devices_match_one): rtol 1e-5 on losses, 1e-4 on eval FVU.
+# test_train.test_eight_devices_match_one), and vmapped members batch the member axis into
+# every op: rtol 1e-5 on losses, 1e-4 on eval FVU.
 @pytest.mark.parametrize("mesh_data,mesh_model,sharding", [
     (-1, 1, "data"),          # 8 x 1: batch over 8 devices, members replicated
     (4, 2, "data"),           # members of each group split over 'model' (2 devices)
@@ -133,6 +139,9 @@ def test_eight_devices_match_one(tmp_path, one_device, mesh_data, mesh_model, sh
   wd, ref = one_device
   got = sweep.train_sweep(_cfg(mesh_data=mesh_data, mesh_model=mesh_model,
                                sharding=sharding), str(tmp_path), AXES)
+  # members split over 'model' are vmapped; the reference (one CPU device) is mapped
+  assert got["member_step"] == ("vmap" if mesh_model > 1 else "map")
+  assert ref["member_step"] == "map"
   for name in NAMES:
     np.testing.assert_allclose(_col(str(tmp_path), _member(name)), _col(wd, _member(name)),
                                rtol=1e-5)
