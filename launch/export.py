@@ -1,6 +1,6 @@
 """Export a trained SAE for torch: `python -m launch.export --config=configs/tiny.py --workdir=DIR`.
 
-Writes `<workdir>/exports/<run>/sae.safetensors` + `cfg.json` (normalisation folded in),
+Writes `<workdir>/exports/<run>/sae_weights.safetensors` + `cfg.json` (normalisation folded in),
 and `directions.safetensors` + `directions.json` for `--features=1,2,3`, or for the best
 `--from_selectivity=N` features per label value found by `launch.analyze`
 (`reports/<run>/selectivity.json`, label key `--label_key`, default emotion).
