@@ -386,8 +386,12 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str,
   _check_shared(members)
   groups_idx = group_members(members)
   member_dirs = [os.path.join(run_dir, n) for n in names]
-  for p in member_dirs:
-    os.makedirs(p, exist_ok=True)
+  for idx in groups_idx:
+    if member_axis and len(idx) % mesh.shape["model"]:
+      raise mesh_lib.MeshError(
+          f"sweep: a group of {len(idx)} members ({', '.join(names[i] for i in idx)}) "
+          f"cannot be split over the 'model' axis of {mesh.shape['model']} devices; set "
+          f"train.mesh_model to a divisor of {len(idx)} (or 1)")
   eval_prompts = data_lib.split_prompts(source.read_index()[:, 0], t.eval_fraction,
                                         t.data_seed)
   sample = data_lib.sample_rows(source, eval_prompts, t.norm_samples, t.data_seed)
@@ -423,11 +427,6 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str,
                        "different SAE graphs")
     mb0 = members[idx[0]]
     single_sh = mesh_lib.state_shardings(made[0][1], mesh, mb0.t.sharding, mb0.m)
-    if member_axis and len(idx) % mesh.shape["model"]:
-      raise mesh_lib.MeshError(
-          f"sweep: a group of {len(idx)} members ({', '.join(names[i] for i in idx)}) "
-          f"cannot be split over the 'model' axis of {mesh.shape['model']} devices; set "
-          f"train.mesh_model to a divisor of {len(idx)} (or 1)")
     sh = stacked_shardings(single_sh, member_axis)
     g = Group(idx, graphdef, mb0.t, mb0.m, single_sh, sh, made[0][1])
     g.take = jax.jit(lambda s, i: jax.tree.map(
@@ -439,8 +438,9 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str,
   states = tuple(states)
   batch_sh = mesh_lib.batch_sharding(mesh)
 
-  if is_main:
+  if is_main:                                      # only once the data and mesh are there
     for i, mb in enumerate(members):
+      os.makedirs(member_dirs[i], exist_ok=True)
       if not os.path.exists(os.path.join(member_dirs[i], "normalization.json")):
         data_lib.save_normalization(os.path.join(member_dirs[i], "normalization.json"), norm)
       mt = ml_collections.ConfigDict(mb.t.to_dict())

@@ -153,6 +153,7 @@ def test_eight_devices_match_one(tmp_path, one_device, mesh_data, mesh_model, sh
 def test_members_over_model_must_divide(tmp_path):
   with pytest.raises(ValueError, match="cannot be split over the 'model' axis"):
     sweep.train_sweep(_cfg(mesh_data=2, mesh_model=4), str(tmp_path), AXES)
+  assert not (tmp_path / "runs").exists()            # nothing half-written
 
 
 def test_resume_equals_uninterrupted(tmp_path, one_device):
