@@ -57,6 +57,9 @@ def test_grid_names_and_groups():
   # lr is a traced value inside a group; k is a Python constant, so it splits groups.
   assert sweep.group_members(members) == [[0, 1], [2, 3]]
   assert sweep.member_name({"sae.seed": 1, "train.seed": 2}) == "sae.seed1_train.seed2"
+  from configs import synthetic_sweep
+  assert sweep.sweep_axes(synthetic_sweep.get_config()) == {
+      "sae.k": [2, 4, 8, 16], "train.lr": [1e-3, 3e-3]}
   with pytest.raises(sweep.SweepError, match="no sweep axes"):
     sweep.sweep_axes(_cfg())
   assert sweep.choose_member_step("auto", None) == "map"            # CPU: see its doc
