@@ -39,7 +39,6 @@ import json
 import os
 import re
 import time
-import types
 from typing import Any, Sequence
 
 import jax
@@ -216,8 +215,9 @@ def _check_shared(members: list[Member]) -> None:
 def member_optimizer(t, lr):
   """`train.make_optimizer` for member config `t` with the peak lr `lr` (traced in a
   vmapped step): the same schedule and transforms as the single run, lr a value."""
-  fields = t.to_dict() if hasattr(t, "to_dict") else dict(vars(t))
-  return train_lib.make_optimizer(types.SimpleNamespace(**{**fields, "lr": lr}))
+  member = ml_collections.ConfigDict(t.to_dict(), type_safe=False)   # lr may be a tracer
+  member.lr = lr
+  return train_lib.make_optimizer(member)
 
 
 MEMBER_STEPS = ("auto", "vmap", "map")
