@@ -1,4 +1,4 @@
-"""Train a sweep of SAEs in one pass over the data.
+r"""Train a sweep of SAEs in one pass over the data.
 
     python -m launch.sweep --config=configs/synthetic_tiny.py --workdir=DIR \
         --sweep='sae.k=4,8,16' --sweep='train.lr=1e-3,3e-3'

@@ -57,6 +57,9 @@ def test_grid_names_and_groups():
   # lr is a traced value inside a group; k is a Python constant, so it splits groups.
   assert sweep.group_members(members) == [[0, 1], [2, 3]]
   assert sweep.member_name({"sae.seed": 1, "train.seed": 2}) == "sae.seed1_train.seed2"
+  from configs import synthetic_sweep
+  assert sweep.sweep_axes(synthetic_sweep.get_config()) == {
+      "sae.k": [2, 4, 8, 16], "train.lr": [1e-3, 3e-3]}
   with pytest.raises(sweep.SweepError, match="no sweep axes"):
     sweep.sweep_axes(_cfg())
   assert sweep.choose_member_step("auto", None) == "map"            # CPU: see its doc
@@ -134,13 +137,14 @@ def test_members_are_ordinary_runs(one_device, tmp_path):
 @pytest.mark.parametrize("mesh_data,mesh_model,sharding", [
     (-1, 1, "data"),          # 8 x 1: batch over 8 devices, members replicated
     (4, 2, "data"),           # members of each group split over 'model' (2 devices)
+    (2, 4, "latent"),         # every member's latent axis split over 'model'
 ])
 def test_eight_devices_match_one(tmp_path, one_device, mesh_data, mesh_model, sharding):
   wd, ref = one_device
   got = sweep.train_sweep(_cfg(mesh_data=mesh_data, mesh_model=mesh_model,
                                sharding=sharding), str(tmp_path), AXES)
   # members split over 'model' are vmapped; the reference (one CPU device) is mapped
-  assert got["member_step"] == ("vmap" if mesh_model > 1 else "map")
+  assert got["member_step"] == ("vmap" if sharding == "data" and mesh_model > 1 else "map")
   assert ref["member_step"] == "map"
   for name in NAMES:
     np.testing.assert_allclose(_col(str(tmp_path), _member(name)), _col(wd, _member(name)),
@@ -152,6 +156,7 @@ def test_eight_devices_match_one(tmp_path, one_device, mesh_data, mesh_model, sh
 def test_members_over_model_must_divide(tmp_path):
   with pytest.raises(ValueError, match="cannot be split over the 'model' axis"):
     sweep.train_sweep(_cfg(mesh_data=2, mesh_model=4), str(tmp_path), AXES)
+  assert not (tmp_path / "runs").exists()            # nothing half-written
 
 
 def test_resume_equals_uninterrupted(tmp_path, one_device):
