@@ -230,7 +230,9 @@ class add_text_direction(_Steerer):
   """Add `alpha · v` to the text conditioning: `site='cond.proj'` (after audiocraft's
   projection into the LM width; padded tokens are re-zeroed by audiocraft's mask) or
   `'t5.hidden'` (the T5 last hidden state, 768-d for T5-base). Every token of the chosen
-  half's prompts is shifted; `steps` does not apply (conditioning is computed once)."""
+  half's prompts is shifted; `steps` does not apply (conditioning is computed once).
+  Magnitudes as for `add_direction`: alpha x `relative_to` (that site's RMS norm), or raw
+  units of the site without it."""
 
   def __init__(self, model, direction, alpha: float, relative_to: float | None = None,
                site: str = "cond.proj", half: str = "cond"):

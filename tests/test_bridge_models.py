@@ -65,6 +65,17 @@ def test_known_name_offline_without_cache_says_what_to_do(tmp_path, monkeypatch)
     models.load_musicgen("facebook/musicgen-small")
 
 
+def test_export_hook_names_are_modules_of_the_lm(tiny):
+  """cfg.json's hook_name (SAELens) is a path a torch user can hook under MusicGen.lm."""
+  from musicsae_jax import export
+  for site, want in (("lm.layer.3", tiny.lm.transformer.layers[3]),
+                     ("cond.proj", models.text_conditioner(tiny).output_proj)):
+    assert tiny.lm.get_submodule(export.hook_module(site)) is want
+  t5_path = export.hook_module("t5.hidden").split(".")         # an attribute, not a submodule
+  owner = tiny.lm.get_submodule(".".join(t5_path[:-1]))
+  assert getattr(owner, t5_path[-1]) is models.text_conditioner(tiny).t5
+
+
 def test_unreachable_hub_fails_at_once(tmp_path, monkeypatch):
   """No offline flag set, but the hub does not answer: one quick probe, then the cache only."""
   import time
