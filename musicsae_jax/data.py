@@ -138,10 +138,12 @@ def load_normalization(path: str) -> dict:
 # --- the training stream ----------------------------------------------------------------
 
 
-def window_rows(shuffle_mb: float, d: int, streams_per_process: int = 1) -> int:
-  """Rows per shuffle window so that the ~3 resident windows of each of this process's
-  streams fit `shuffle_mb` MB as float32."""
-  return max(1, int(shuffle_mb * 2**20) // (3 * 4 * int(d) * max(1, streams_per_process)))
+def window_rows(shuffle_mb: float, d: int, streams: int = 1) -> int:
+  """Rows per shuffle window: the ~3 resident windows of all `streams` fit `shuffle_mb` MB
+  as float32. It depends on the job's stream count, never on how many processes share
+  the streams, so batches are the same for any process count (each of P processes then
+  holds at most shuffle_mb / P)."""
+  return max(1, int(shuffle_mb * 2**20) // (3 * 4 * int(d) * max(1, streams)))
 
 
 class Pipeline:

@@ -73,8 +73,7 @@ def make_pipeline(t, source, eval_prompts, scale: float, mesh, d: int) -> data_l
   return data_lib.Pipeline(
       source, batch_size=t.batch_size, seed=t.data_seed, eval_prompts=eval_prompts,
       scale=scale, mesh=mesh, prefetch=t.prefetch, max_passes=t.shuffle_max_passes,
-      shuffle_rows=data_lib.window_rows(t.shuffle_mb, d,
-                                        max(1, t.data_streams // jax.process_count())),
+      shuffle_rows=data_lib.window_rows(t.shuffle_mb, d, t.data_streams),
       streams=t.data_streams,
       read_threads=t.read_threads or min(8, max(1, (os.cpu_count() or 1) // 2)))
 
