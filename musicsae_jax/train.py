@@ -31,11 +31,6 @@ from musicsae_jax import runs
 from musicsae_jax import sae as sae_lib
 
 _COUNTER_CAP = 2**30          # steps-since-fired saturates here (int32 safe)
-# _MAX_IN_FLIGHT: the loop waits for step i-1 after dispatching step i. Unbounded async
-# dispatch (log_every steps queued) deadlocks multi-process CPU jobs: with 4 devices per
-# process, one device's launch waits for a free in-flight slot while its peers block the
-# shared thread pool inside the step's gloo collective (2 processes x 4 devices hung
-# before step 50 with log_every=50, and ran with log_every=1). Two keeps devices busy.
 _NOT_SAE_FIELDS = ("d",)      # c.sae fields consumed here, not by sae.make_sae
 
 
@@ -428,8 +423,11 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
         ckpt.check()                                  # a failed async save stops here
         preempted = sigterm.should_stop(step)         # same step on every process
         pending.append(met)
-        if len(pending) > 1:                          # at most 2 steps in flight (see
-          jax.block_until_ready(pending[-2])          # _MAX_IN_FLIGHT)
+        # At most 2 steps in flight. Unbounded dispatch (log_every steps queued) hung
+        # multi-process CPU jobs (docs/MULTIHOST.md): a device waiting for an in-flight
+        # slot never joined its peers blocked in the step's gloo collective.
+        if len(pending) > 1:
+          jax.block_until_ready(pending[-2])
         if step % t.log_every == 0 or step == steps:
           met = jax.tree.map(lambda *v: float(np.mean(v)), *jax.device_get(pending))
           pending = []
