@@ -60,6 +60,26 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
                       tree, shardings)
 
 
+def _async_safe_across_processes() -> bool:
+  """Whether async saves are safe in a multi-process job: only with Orbax's
+  coordination-service barriers, switched on here.
+
+  Orbax's default barrier is `multihost_utils.sync_global_devices`, an all-gather over
+  every device. Its async save thread runs that barrier while the main thread dispatches
+  train steps; each process can order the two collectives differently on its devices and
+  the job deadlocks (seen: 2 processes x 4 CPU devices hang after the first save).
+  The `experimental_orbax_use_distributed_barrier` flag makes barriers use the JAX
+  coordination service, which involves no device. absl flags must be parsed to be read
+  (they are under `launch.train`); otherwise saves are made synchronous instead.
+  """
+  from absl import flags
+  name = "experimental_orbax_use_distributed_barrier"
+  if name not in flags.FLAGS or not flags.FLAGS.is_parsed():
+    return False
+  flags.FLAGS[name].value = True
+  return True
+
+
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` for one run directory."""
 
@@ -72,6 +92,8 @@ class Checkpointer:
         cm.BestN(get_metric_fn=lambda m: m[METRIC], reverse=True, n=keep_best,
                  keep_checkpoints_without_metrics=False),
     ])
+    if async_save and jax.process_count() > 1:
+      async_save = _async_safe_across_processes()
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, enable_async_checkpointing=async_save, create=True,
         # best_fn makes Orbax write each step's metrics to disk (without it they live in

@@ -116,18 +116,18 @@ def check_resume(run_dir: str, current: dict, train_defaults: dict) -> None:
 class RunLock:
   """An exclusive, non-blocking lock on a run directory for one live trainer.
 
-  Creates the directory; a failed start (`abandon()`) removes the directories this lock
-  created (`runs/` too, on a fresh workdir) when nothing but the lock file was written.
+  Creates the directory; a failed start (`abandon()`, on leaving the `with` block by an
+  exception) removes the directories this lock created when nothing but the lock file was
+  written into them.
   """
 
   def __init__(self, run_dir: str):
     self.run_dir = run_dir
-    self._made = []                       # directories this lock created, deepest first
-    p = os.path.abspath(run_dir)
-    while not os.path.isdir(p):
-      self._made.append(p)
-      p = os.path.dirname(p)
-    self.created = bool(self._made)
+    self.created = []                  # directories made here, deepest first
+    d = os.path.abspath(run_dir)
+    while not os.path.isdir(d):
+      self.created.append(d)
+      d = os.path.dirname(d)
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, LOCK_FILE)
     self._fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
@@ -153,9 +153,9 @@ class RunLock:
     self.release()
     if self.created and set(os.listdir(self.run_dir)) <= {LOCK_FILE}:
       shutil.rmtree(self.run_dir, ignore_errors=True)
-      for parent in self._made[1:]:       # e.g. runs/, if nothing else went into it
+      for d in self.created[1:]:       # e.g. <workdir>/runs, when this made it
         try:
-          os.rmdir(parent)
+          os.rmdir(d)
         except OSError:
           break
 

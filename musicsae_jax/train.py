@@ -448,6 +448,11 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
         preempted = sigterm.should_stop(step)         # same step on every process
         pending.append(met)
         bar.update(1)
+        # At most 2 steps in flight. Unbounded dispatch (log_every steps queued) hung
+        # multi-process CPU jobs (docs/MULTIHOST.md): a device waiting for an in-flight
+        # slot never joined its peers blocked in the step's gloo collective.
+        if len(pending) > 1:
+          jax.block_until_ready(pending[-2])
         if step % t.log_every == 0 or step == steps:
           met = jax.tree.map(lambda *v: float(np.mean(v)), *jax.device_get(pending))
           pending = []

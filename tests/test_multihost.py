@@ -262,3 +262,19 @@ def test_sigterm_stops_both_processes_at_one_checkpointed_step(tmp_path):
   ckpts = _committed(str(wd / "runs" / RUN / "checkpoints"))
   assert len(ckpts) == 1 and ckpts[0] >= 3
   assert f"checkpoint of step {ckpts[0]} and stopped" in _log(str(wd), 0)
+
+
+def test_the_documented_recipe_runs_to_the_end(tmp_path):
+  """docs/MULTIHOST.md's by-hand recipe (synthetic_tiny as shipped, data_streams=2,
+  2 processes x 4 devices), shortened from 600 to 120 steps. It used to hang before
+  step 50: log_every=50 let dozens of steps queue, and a device waiting for an
+  in-flight slot deadlocked against peers blocked in the step's gloo collective."""
+  over = {"train.data_streams": 2, "train.steps": 120, "train.checkpoint_every": 60,
+          "train.eval_every": 60, "train.plots": False}
+  wd = tmp_path / "recipe"
+  wd.mkdir()
+  _wait(_start(str(wd), over), str(wd), timeout=150)
+  assert [r["step"] for r in _rows(wd)] == [50, 100, 120]
+  assert _committed(str(wd / "runs" / RUN / "checkpoints")) == [60, 120]
+  final = json.load(open(wd / "runs" / RUN / "final_metrics.json"))
+  assert final["step"] == 120 and final["eval_fvu"] < 0.5

@@ -153,3 +153,15 @@ def test_sigterm_checkpoints_and_exits_then_resumes(tmp_path):
                      env=env, capture_output=True, text=True, timeout=120)
   assert r.returncode == 0, r.stderr[-2000:]
   assert _metric_steps(run_dir) == list(range(1, stopped + 4))
+
+
+def test_training_on_a_store_with_a_missing_shard_fails_naming_the_file(tmp_path):
+  import glob
+  from musicsae_jax import store
+  from tests.test_train import _store_cfg, _tiny_store
+  path = _tiny_store(str(tmp_path / "activations" / "toy"))
+  (shard,) = glob.glob(os.path.join(path, "sites", "lm.layer.1", "acts", "c", "*", "0"))
+  os.remove(shard)
+  with pytest.raises(store.MissingDataError, match=f"{shard}: missing shard file"):
+    train.train_and_evaluate(_store_cfg(), str(tmp_path))
+  assert not os.path.exists(tmp_path / "runs")
