@@ -87,8 +87,10 @@ def auroc_null(x: np.ndarray, y: np.ndarray, num_values: int, *, permutations: i
     null_max[done:done + b] = a.max(-1)
     done += b
   ge_max = (null_max[:, :, None] >= obs_cmp[None]).sum(0)         # [K, m]
-  return {"auroc": obs, "p_raw": (1 + ge_raw) / (1 + permutations),
-          "p_fwer": (1 + ge_max) / (1 + permutations), "null_max": null_max,
+  undefined = np.isnan(obs)                           # a value with no (or only) prompts here
+  p_raw = np.where(undefined, 1.0, (1 + ge_raw) / (1 + permutations))
+  p_fwer = np.where(undefined, 1.0, (1 + ge_max) / (1 + permutations))
+  return {"auroc": obs, "p_raw": p_raw, "p_fwer": p_fwer, "null_max": null_max,
           "permutations": int(permutations)}
 
 
