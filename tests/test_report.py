@@ -67,8 +67,9 @@ frame); feature 1 reads x[:, 1], which is > 0 only at frame 4 of every prompt (p
 
 def _config(**analysis):
   c = ml_collections.ConfigDict({"run": "r", "dataset": "ds"})
+  # position_window=0: in 10-frame clips a +-2 window spans half the clip.
   a = dict(label_keys=("emotion",), probe_folds=3, probe_steps=30, probe_shuffles=2,
-           cosine_permutations=100, rate_band=(1e-3, 0.5))
+           cosine_permutations=100, rate_band=(1e-3, 0.5), position_window=0)
   c.analysis = ml_collections.ConfigDict({**a, **analysis})
   return c
 

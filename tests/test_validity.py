@@ -80,7 +80,11 @@ def test_position_test_flags_fixed_frame_not_spread_frames():
   lengths = np.full(8, 100)
   c, p = validity.position_test(pids, np.full(8, 17), lengths)
   assert c == 8 and p < 0.001
-  c, p = validity.position_test(pids, rng.choice(100, 8, replace=False), lengths)
+  c, p = validity.position_test(pids, np.array([30, 28, 29, 31, 27, 30, 29, 28]), lengths,
+                                window=2)
+  assert c == 8 and p < 0.001                        # a position within a few frames
+  spread = np.arange(8) * 12 + rng.integers(0, 3, 8)
+  c, p = validity.position_test(pids, spread, lengths, window=2)
   assert c == 1 and p > 0.5
 
 

@@ -188,7 +188,8 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
   # --- position flags: top frames concentrated at one frame index vs a same-prompt null ----
   listed |= {f["id"] for per in top_out.values() for fs in per.values() for f in fs}
   pos = validity.position_flags(st, sorted(listed), top_n=int(a["top_frames"]),
-                                alpha=float(a["position_alpha"]), seed=int(a["seed"]))
+                                alpha=float(a["position_alpha"]),
+                                window=int(a["position_window"]), seed=int(a["seed"]))
   for e in disc["features"] + [f for per in top_out.values() for fs in per.values() for f in fs]:
     e["flags"] = ["position"] if pos[e["id"]]["position"] else []
     e["position"] = pos[e["id"]]

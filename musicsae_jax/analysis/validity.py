@@ -106,16 +106,17 @@ def bh_qvalues(p: np.ndarray) -> np.ndarray:
 # --- position features ------------------------------------------------------------------------
 
 
-def _modal_count(frames: np.ndarray) -> np.ndarray:
-  """[..., N] integer frames -> [...] how many share the most common frame index."""
-  return (frames[..., :, None] == frames[..., None, :]).sum(-1).max(-1)
+def _modal_count(frames: np.ndarray, window: int = 0) -> np.ndarray:
+  """[..., N] integer frames -> [...] the most frames within +-window of one of them."""
+  return (np.abs(frames[..., :, None] - frames[..., None, :]) <= window).sum(-1).max(-1)
 
 
 def position_test(top_prompts: np.ndarray, top_frames: np.ndarray, prompt_frames: np.ndarray,
-                  *, draws: int = 2000, seed: int = 0) -> tuple[int, float]:
+                  *, window: int = 0, draws: int = 2000, seed: int = 0) -> tuple[int, float]:
   """(modal count, p) for one feature's top frames.
 
-  Statistic: how many of the top frames share one frame index. Null: the same number of
+  Statistic: the most top frames within +-`window` frames of one of them (window 0: how
+  many share one frame index). Null: the same number of
   frames, each drawn uniformly from the frames of the same prompt as the observed top frame
   (frames 0..prompt_frames[p]-1). p = (1 + #{null >= observed}) / (1 + draws). A feature
   whose top frames sit at one position regardless of the prompt gets a tiny p; one whose
@@ -124,28 +125,30 @@ def position_test(top_prompts: np.ndarray, top_frames: np.ndarray, prompt_frames
   top_frames = np.asarray(top_frames, np.int64)
   if len(top_frames) < 2:
     return int(len(top_frames)), 1.0
-  obs = int(_modal_count(top_frames))
+  obs = int(_modal_count(top_frames, window))
   lengths = np.maximum(np.asarray(prompt_frames, np.int64)[np.asarray(top_prompts)], 1)
   rng = np.random.default_rng(seed)
   sim = np.floor(rng.random((draws, len(lengths))) * lengths).astype(np.int64)
-  null = _modal_count(sim)
+  null = _modal_count(sim, window)
   return obs, float((1 + np.sum(null >= obs)) / (1 + draws))
 
 
 def position_flags(st, features: list[int], *, top_n: int | None = None, alpha: float = 0.01,
-                   draws: int = 2000, seed: int = 0) -> dict[int, dict]:
-  """{feature: {"position": bool, "modal_count", "top_frames", "p"}} from `FeatureStats`.
+                   window: int = 2, draws: int = 2000, seed: int = 0) -> dict[int, dict]:
+  """{feature: {"position": bool, "modal_count", "top_frames", "window", "p"}} from
+  `FeatureStats`. Frames of a prompt are taken as 0..prompt_count-1 (one row per frame).
 
-  Flagged when p <= alpha and at least 3 top frames share a frame index.
+  Flagged when p <= alpha and at least 3 top frames lie within +-window of one frame.
   """
   out = {}
   for f in features:
     tf = st.top_frames(int(f))[:top_n] if top_n else st.top_frames(int(f))
     pids = np.array([p for _, p, _ in tf], np.int64)
     frames = np.array([fr for _, _, fr in tf], np.int64)
-    c, p = position_test(pids, frames, st.prompt_count, draws=draws, seed=seed + int(f))
+    c, p = position_test(pids, frames, st.prompt_count, window=window, draws=draws,
+                         seed=seed + int(f))
     out[int(f)] = {"position": bool(p <= alpha and c >= 3), "modal_count": int(c),
-                   "top_frames": int(len(frames)), "p": p}
+                   "top_frames": int(len(frames)), "window": int(window), "p": p}
   return out
 
 
