@@ -202,3 +202,22 @@ def test_sweep_member_report_shows_its_sweep(result):
   p.feed(open(paths["report"]).read())
   assert p.sections == ["summary", "training", SWEEP_SECTION, *SECTIONS[2:]]
   assert SWEEP_SECTION in {s for s, _ in p.imgs}
+
+
+def test_seed_stability_recovers_a_permuted_run(result):
+  """A run whose dictionary is a scaled, permuted copy matches back exactly."""
+  from musicsae_jax.analysis import pipeline
+  root, params, _, _ = result
+  perm = np.random.default_rng(7).permutation(M)
+  other = {"W_enc": params["W_enc"][:, perm], "b_enc": params["b_enc"][perm],
+           "W_dec": 2.0 * params["W_dec"][perm], "b_dec": params["b_dec"]}
+  ck = ckpt_lib.Checkpointer(os.path.join(root, "runs", "r_perm", "checkpoints"), async_save=False)
+  ck.save(10, {"params": other, "stats": {}}, None)
+  ck.close()
+  with open(os.path.join(root, "runs", "r_perm", "config.json"), "w") as f:
+    json.dump({"run": "r_perm", "train": {"site": "lm.layer.0"}, "sae": {"m": M}}, f)
+  r = pipeline.seed_stability(root, "r", "r_perm")
+  assert r["fraction_matched"] == 1.0 and r["method"] == "hungarian"
+  np.testing.assert_array_equal(perm[r["match"]], np.arange(M))
+  saved = json.load(open(os.path.join(root, "reports", "r", "stability.json")))
+  assert saved["fraction_matched"] == 1.0 and saved["other"] == "r_perm"
