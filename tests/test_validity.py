@@ -98,3 +98,26 @@ def test_match_decoders_recovers_a_permutation_exactly():
     assert r["fraction_matched"] == 1.0
   other = validity.match_decoders(W, rng.normal(size=(64, 16)))
   assert other["fraction_matched"] < 0.2
+
+
+def _naive_greedy(C):
+  b_of_a = np.full(C.shape[0], -1)
+  used = np.zeros(C.shape[1], bool)
+  for flat in np.argsort(-C, axis=None, kind="stable"):
+    i, j = divmod(int(flat), C.shape[1])
+    if b_of_a[i] < 0 and not used[j]:
+      b_of_a[i], used[j] = j, True
+  return b_of_a
+
+
+@pytest.mark.parametrize("ma,mb", [(40, 40), (30, 50), (50, 30)])
+def test_greedy_match_equals_full_greedy(ma, mb):
+  """Candidate rounds give the same pairs as greedy on the full cosine matrix."""
+  rng = np.random.default_rng(ma + mb)
+  A = rng.normal(size=(ma, 6))
+  B = np.concatenate([A[: min(ma, mb) // 2] + 0.3 * rng.normal(size=(min(ma, mb) // 2, 6)),
+                      rng.normal(size=(mb - min(ma, mb) // 2, 6))])
+  A /= np.linalg.norm(A, axis=1, keepdims=True)
+  B /= np.linalg.norm(B, axis=1, keepdims=True)
+  got = validity.greedy_match(A, B, candidates=3, block_rows=7)
+  np.testing.assert_array_equal(got, _naive_greedy(A @ B.T))

@@ -170,27 +170,64 @@ def match_decoders(W_a: np.ndarray, W_b: np.ndarray, *, method: str = "auto",
     raise AnalysisError(f"decoders must be [m, d] with the same d; got {A.shape} and {B.shape}")
   A = A / np.maximum(np.linalg.norm(A, axis=1, keepdims=True), 1e-12)
   B = B / np.maximum(np.linalg.norm(B, axis=1, keepdims=True), 1e-12)
-  C = A @ B.T
   if method == "auto":
-    method = "hungarian" if max(C.shape) <= hungarian_max else "greedy"
-  b_of_a = np.full(len(A), -1, np.int64)
+    method = "hungarian" if max(len(A), len(B)) <= hungarian_max else "greedy"
   if method == "hungarian":
-    r, c = optimize.linear_sum_assignment(C, maximize=True)
+    b_of_a = np.full(len(A), -1, np.int64)
+    r, c = optimize.linear_sum_assignment(A @ B.T, maximize=True)
     b_of_a[r] = c
   elif method == "greedy":
-    order = np.argsort(-C, axis=None, kind="stable")
-    used_a, used_b = np.zeros(len(A), bool), np.zeros(len(B), bool)
-    left = min(len(A), len(B))
-    for flat in order:
-      i, j = divmod(int(flat), C.shape[1])
-      if not used_a[i] and not used_b[j]:
-        b_of_a[i], used_a[i], used_b[j] = j, True, True
-        left -= 1
-        if not left:
-          break
+    b_of_a = greedy_match(A, B)
   else:
     raise AnalysisError(f"match method {method!r}; allowed: auto, hungarian, greedy")
-  cos = np.where(b_of_a >= 0, C[np.arange(len(A)), np.maximum(b_of_a, 0)], np.nan)
+  cos = np.full(len(A), np.nan)
+  ok = b_of_a >= 0
+  cos[ok] = np.einsum("ij,ij->i", A[ok], B[b_of_a[ok]])
   return {"method": method, "b_of_a": b_of_a, "cosine": cos, "threshold": float(threshold),
           "fraction_matched": float(np.mean(np.nan_to_num(cos, nan=-1.0) >= threshold)),
           "median_cosine": float(np.nanmedian(cos))}
+
+
+def greedy_match(A: np.ndarray, B: np.ndarray, *, candidates: int = 8,
+                 block_rows: int = 1024) -> np.ndarray:
+  """Exact greedy one-to-one matching on A @ B.T (best pair first) without the m x m matrix.
+
+  Rounds: each free row keeps its `candidates` best free columns (computed in row blocks);
+  candidate pairs are taken best first while both ends are free. Once some row has lost all
+  its candidates at cosine v, its other pairs are all <= v, so the round stops before any
+  pair below v; the next round recomputes candidates for what is left. Returns b_of_a [m_a].
+  """
+  b_of_a = np.full(len(A), -1, np.int64)
+  free_a, free_b = np.arange(len(A)), np.arange(len(B))
+  while len(free_a) and len(free_b):
+    k = min(candidates, len(free_b))
+    Bf = B[free_b]
+    cols = np.empty((len(free_a), k), np.int64)
+    vals = np.empty((len(free_a), k))
+    for s in range(0, len(free_a), block_rows):
+      C = A[free_a[s:s + block_rows]] @ Bf.T
+      top = np.argpartition(-C, k - 1, axis=1)[:, :k] if k < C.shape[1] else \
+          np.tile(np.arange(k), (len(C), 1))
+      cols[s:s + len(C)] = free_b[top]
+      vals[s:s + len(C)] = np.take_along_axis(C, top, 1)
+    order = np.lexsort((np.arange(vals.size), -vals.ravel()))
+    left = np.full(len(free_a), k)                     # candidates not yet rejected, per row
+    taken_b = np.zeros(len(B), bool)
+    barrier = -np.inf
+    for flat in order:
+      i, j = divmod(int(flat), k)
+      v = vals[i, j]
+      if v < barrier:
+        break
+      a, b = free_a[i], cols[i, j]
+      if b_of_a[a] >= 0:
+        continue
+      if taken_b[b]:
+        left[i] -= 1
+        if left[i] == 0:                              # row i's remaining pairs are all <= v
+          barrier = max(barrier, v)
+        continue
+      b_of_a[a], taken_b[b] = b, True
+    free_a = free_a[b_of_a[free_a] < 0]
+    free_b = free_b[~taken_b[free_b]]
+  return b_of_a
