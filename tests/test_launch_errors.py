@@ -139,3 +139,15 @@ def test_steer_with_unknown_feature_names_the_flag(directions_48_wide):
   r = run("launch.steer", "--config=configs/tiny.py", f"--workdir={directions_48_wide}",
           "--config.steer.features=7")
   short_error(r, "--config.steer.features", "[7]", "[3, 5]")
+
+
+def test_export_refuses_a_feature_that_fails_the_null(tmp_path):
+  """--from_selectivity stops at the first feature that does not pass, naming its label."""
+  rep = tmp_path / "reports" / "tiny"
+  rep.mkdir(parents=True)
+  feat = {"id": 91, "auroc": 0.67, "p_fwer": 0.9, "passes": False}
+  (rep / "selectivity.json").write_text(json.dumps({"labels": {"emotion": {
+      "null": {"alpha": 0.05}, "features": {"calm": [feat]}, "top_features": {"calm": [91]}}}}))
+  r = run("launch.export", "--config=configs/tiny.py", f"--workdir={tmp_path}",
+          "--from_selectivity=1")
+  short_error(r, "emotion=calm: feature 91 does not pass", "--allow_failing=1")
