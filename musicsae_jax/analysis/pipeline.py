@@ -1,7 +1,8 @@
 """`analyze(config, workdir)`: one trained run + its store -> reports/<run>/.
 
-Writes `features.json` (discovery), `selectivity.json` (top features per label value,
-ready for `export.export_directions`), `probes.json` (probes + cosine similarity) and
+Writes `features.json` (discovery, position flags), `selectivity.json` (top features per
+label value, selected on training prompts and scored on held-out prompts with a
+max-statistic permutation null; ready for `export.export_directions`), `probes.json` (probes + cosine similarity) and
 `report.html`. Every input is checked before the long work starts.
 """
 from __future__ import annotations
@@ -176,8 +177,8 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
                       "top_prompts": [_prompt_entry(prompts[p], float(pm[p, f]), audio_src, out_dir)
                                       for p in order if pm[p, f] > 0]})
       per_value[val] = feats
-    sel_out[key] = {"values": values, "counts": [int((yk == k).sum()) for k in range(len(values))], "top_features": tops,
-                    "split": v["split"], "null": v["null"], "bh_features": v["bh_features"],
+    sel_out[key] = {"values": values, "counts": [int((yk == k).sum()) for k in range(len(values))],
+                    "top_features": tops, "split": v["split"], "null": v["null"], "bh_features": v["bh_features"],
                     "features": {val: [{k2: f[k2] for k2 in _SCORE_KEYS} for f in fs]
                                  for val, fs in per_value.items()}}
     top_out[key] = per_value
