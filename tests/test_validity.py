@@ -86,6 +86,10 @@ def test_position_test_flags_fixed_frame_not_spread_frames():
   spread = np.arange(8) * 12 + rng.integers(0, 3, 8)
   c, p = validity.position_test(pids, spread, lengths, window=2)
   assert c == 1 and p > 0.5
+  # A sustained event: 6 adjacent top frames of one prompt, plus 2 elsewhere: not a position.
+  c, p = validity.position_test(np.array([3] * 6 + [5, 6]), np.array([40, 41, 42, 43, 44, 45, 10, 80]),
+                                lengths, window=2)
+  assert c == 1 and p == 1.0
 
 
 def test_match_decoders_recovers_a_permutation_exactly():

@@ -106,17 +106,23 @@ def bh_qvalues(p: np.ndarray) -> np.ndarray:
 # --- position features ------------------------------------------------------------------------
 
 
-def _modal_count(frames: np.ndarray, window: int = 0) -> np.ndarray:
-  """[..., N] integer frames -> [...] the most frames within +-window of one of them."""
-  return (np.abs(frames[..., :, None] - frames[..., None, :]) <= window).sum(-1).max(-1)
+def _modal_count(frames: np.ndarray, prompts: np.ndarray, window: int = 0) -> np.ndarray:
+  """[..., N] frames of top frames from `prompts` [N] -> [...] the most distinct prompts
+  with a top frame within +-window of one top frame (a sustained event in one prompt,
+  several adjacent top frames, counts once)."""
+  near = (np.abs(frames[..., :, None] - frames[..., None, :]) <= window).astype(np.float64)
+  prompts = np.asarray(prompts)
+  earlier_same = (prompts[:, None] == prompts[None, :]) & np.tri(len(prompts), k=-1, dtype=bool)
+  dup = (near @ earlier_same.astype(np.float64)) > 0     # [.., i, j]: an earlier k, same prompt
+  return (near.astype(bool) & ~dup).sum(-1).max(-1)
 
 
 def position_test(top_prompts: np.ndarray, top_frames: np.ndarray, prompt_frames: np.ndarray,
                   *, window: int = 0, draws: int = 2000, seed: int = 0) -> tuple[int, float]:
   """(modal count, p) for one feature's top frames.
 
-  Statistic: the most top frames within +-`window` frames of one of them (window 0: how
-  many share one frame index). Null: the same number of
+  Statistic: the most distinct prompts with a top frame within +-`window` frames of one
+  top frame (window 0: in how many prompts one frame index recurs). Null: the same number of
   frames, each drawn uniformly from the frames of the same prompt as the observed top frame
   (frames 0..prompt_frames[p]-1). p = (1 + #{null >= observed}) / (1 + draws). A feature
   whose top frames sit at one position regardless of the prompt gets a tiny p; one whose
@@ -125,11 +131,12 @@ def position_test(top_prompts: np.ndarray, top_frames: np.ndarray, prompt_frames
   top_frames = np.asarray(top_frames, np.int64)
   if len(top_frames) < 2:
     return int(len(top_frames)), 1.0
-  obs = int(_modal_count(top_frames, window))
-  lengths = np.maximum(np.asarray(prompt_frames, np.int64)[np.asarray(top_prompts)], 1)
+  top_prompts = np.asarray(top_prompts, np.int64)
+  obs = int(_modal_count(top_frames, top_prompts, window))
+  lengths = np.maximum(np.asarray(prompt_frames, np.int64)[top_prompts], 1)
   rng = np.random.default_rng(seed)
   sim = np.floor(rng.random((draws, len(lengths))) * lengths).astype(np.int64)
-  null = _modal_count(sim, window)
+  null = _modal_count(sim, top_prompts, window)
   return obs, float((1 + np.sum(null >= obs)) / (1 + draws))
 
 
@@ -138,7 +145,8 @@ def position_flags(st, features: list[int], *, top_n: int | None = None, alpha: 
   """{feature: {"position": bool, "modal_count", "top_frames", "window", "p"}} from
   `FeatureStats`. Frames of a prompt are taken as 0..prompt_count-1 (one row per frame).
 
-  Flagged when p <= alpha and at least 3 top frames lie within +-window of one frame.
+  Flagged when p <= alpha and top frames of at least 3 prompts lie within +-window of one
+  frame.
   """
   out = {}
   for f in features:
