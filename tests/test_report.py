@@ -159,6 +159,9 @@ def test_report_has_every_section_and_image(result):
     assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
   assert p.audio and all(os.path.exists(os.path.join(root, "reports", "r", s)) for s in p.audio)
   assert all(int(a[len("audio/"):-4]) % 4 == 3 for a in p.audio)   # sad prompts only
+  text = open(paths["report"]).read()
+  assert "features at false-discovery rate 0.05 (BH): 0" in text      # the planted sad feature
+  assert "<td>position</td>" in text                                 # the planted position feature
 
 
 @pytest.mark.parametrize("override,match", [

@@ -269,7 +269,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
       "training_png": training, "density_png": report.density_png(st.rate),
       "rate_band": list(a["rate_band"]), "heatmaps": heat, "probes": probe_out,
       "probe_pngs": probe_pngs, "similarity": sim_out, "top_features": top_out,
-      "nulls": {k: v["null"] for k, v in sel_out.items()},
+      "nulls": {k: {**v["null"], "bh_features": v["bh_features"]} for k, v in sel_out.items()},
       "discovery": disc, "grounding": grounding, "sweep": _sweep_of(workdir, a["run"])})
   paths["report"] = os.path.join(out_dir, "report.html")
   with open(paths["report"], "w") as f:

@@ -175,9 +175,15 @@ def render(d: dict) -> str:
                      _f(f.get("q_bh"), 3), "yes" if f.get("passes") else "no",
                      html.escape(", ".join(f.get("flags", []))), _f(f["selectivity"], 2),
                      _f(f["mean_in"]), html.escape(f.get("heuristic_label", "")), prompts])
-      thr = (d.get("nulls") or {}).get(key, {}).get("max_auroc_threshold", {}).get(value)
+      null = (d.get("nulls") or {}).get(key, {})
+      thr = null.get("max_auroc_threshold", {}).get(value)
+      bh = null.get("bh_features", {}).get(value)
       tf_body += (f"<h4>{html.escape(key)} = {html.escape(value)}</h4>"
-                  + (f"<p>best-of-m null threshold (held-out AUROC): {_f(thr)}</p>" if thr else "")
+                  + (f"<p>best-of-m null threshold (held-out AUROC, level {null['alpha']}): "
+                     f"{_f(thr)}; features at false-discovery rate {null['alpha']} (BH): "
+                     f"{', '.join(map(str, bh[:20])) if bh else 'none'}"
+                     f"{f' (+{len(bh) - 20} more)' if bh and len(bh) > 20 else ''}</p>"
+                     if thr is not None else "")
                   + _table(["feature", "AUROC train", "AUROC held-out", "p (family-wise)",
                             "q (BH)", "passes", "flags", "selectivity", "mean in label", "words",
                             "top prompts (mean)"], rows))
