@@ -182,6 +182,11 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
                     "features": {val: [{k2: f[k2] for k2 in _SCORE_KEYS} for f in fs]
                                  for val, fs in per_value.items()}}
     top_out[key] = per_value
+    best = [fs[0] for fs in per_value.values() if fs]
+    log(f"selectivity {key}: chosen on {sum(v['split']['train_counts'])} training prompts, "
+        f"scored on {sum(v['split']['heldout_counts'])} held-out; {sum(f['passes'] for f in best)}"
+        f" of {len(best)} values' best features pass the best-of-{m} null (alpha {alpha}); "
+        f"{sum(map(len, v['bh_features'].values()))} features listed at FDR {alpha} (BH)")
     rows = sorted({f for val in values for f in tops[val]})
     heat[key] = report.heatmap_png(sel["auroc"][:, rows].T, [f"f{f}" for f in rows], values,
                                    f"{key}: held-out AUROC per feature")
