@@ -31,7 +31,9 @@ _FEATURES_PER_LABEL = flags.DEFINE_integer(
 def stage_command(stage: str, config: str, workdir: str, overrides: list[str]) -> list[str]:
   cmd = [sys.executable, "-m", f"launch.{stage}", f"--config={config}", f"--workdir={workdir}"]
   if stage == "export":
-    cmd.append(f"--from_selectivity={_FEATURES_PER_LABEL.value}")
+    # The tiny model is random: its label features do not pass the held-out null, so the
+    # demo exports them anyway (each logged as a WARNING) to exercise steering.
+    cmd += [f"--from_selectivity={_FEATURES_PER_LABEL.value}", "--allow_failing=1"]
   return cmd + overrides
 
 

@@ -3,7 +3,8 @@
 Writes `<workdir>/exports/<run>/sae_weights.safetensors` + `cfg.json` (normalisation folded in),
 and `directions.safetensors` + `directions.json` for `--features=1,2,3`, or for the best
 `--from_selectivity=N` features per label value found by `launch.analyze`
-(`reports/<run>/selectivity.json`, label key `--label_key`, default emotion).
+(`reports/<run>/selectivity.json`, label key `--label_key`, default emotion); features that
+do not pass the held-out null are refused unless `--allow_failing=1` (then each is warned).
 """
 import os
 
@@ -20,6 +21,9 @@ _LABELS = flags.DEFINE_list("labels", [], "Optional labels, one per feature id."
 _FROM_SEL = flags.DEFINE_integer(
     "from_selectivity", 0, "Export the best N features per label value from "
     "reports/<run>/selectivity.json (written by launch.analyze) as directions.")
+_ALLOW_FAILING = flags.DEFINE_bool(
+    "allow_failing", False, "With --from_selectivity: export features that do not pass the "
+    "held-out null too (each is logged as a WARNING); default: refuse.")
 _LABEL_KEY = flags.DEFINE_string("label_key", "emotion", "Label key for --from_selectivity.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: best, else latest).")
 _OUT = flags.DEFINE_string("out", None, "Output dir (default: <workdir>/exports/<run>).")
@@ -42,7 +46,9 @@ def main(argv):
     if not os.path.exists(sel):
       raise app.UsageError(f"--from_selectivity: {sel} does not exist; run launch.analyze first")
     with common.user_errors():
-      ids, labels = pipeline.selected_features(sel, _LABEL_KEY.value, _FROM_SEL.value)
+      ids, labels = pipeline.selected_features(sel, _LABEL_KEY.value, _FROM_SEL.value,
+                                               allow_failing=_ALLOW_FAILING.value,
+                                               warn=logging.warning)
     logging.info("directions from %s: %s", sel, list(zip(ids, labels)))
   with common.user_errors():
     out = export.export_run(_WORKDIR.value, _CONFIG.value.run, _OUT.value, step=_STEP.value,

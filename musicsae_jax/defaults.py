@@ -108,6 +108,11 @@ def analysis() -> ml_collections.ConfigDict:
   a.top_prompts = 5
   a.top_frames = 5
   a.top_per_label = 5                  # selectivity.json: feature ids per label value
+  a.heldout_fraction = 0.3             # prompts per label value held out: select on the rest
+  a.null_permutations = 1000           # label shuffles for the max-statistic AUROC null
+  a.alpha = 0.05                       # family-wise level for "passes"; BH FDR level
+  a.position_alpha = 0.01              # position-feature flag: p of the frame-index null
+  a.position_window = 2                # top frames within +-this many frames count as one position
   a.probe_folds = 5                    # needs >= this many prompts per label value
   a.probe_l2 = 1e-3
   a.probe_steps = 100                  # L-BFGS iterations

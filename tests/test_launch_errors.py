@@ -146,3 +146,15 @@ def test_demo_default_config_works_outside_the_repo(tmp_path):
   r = run("launch.demo", f"--workdir={tmp_path / 'ws'}", "--stages=analyze", cwd=tmp_path)
   assert f"--config={ROOT}/configs/tiny.py" in r.stdout        # resolved against the repo
   assert r.returncode != 0 and "no trained run 'tiny'" in r.stderr and "no such file" not in r.stderr
+
+
+def test_export_refuses_a_feature_that_fails_the_null(tmp_path):
+  """--from_selectivity stops at the first feature that does not pass, naming its label."""
+  rep = tmp_path / "reports" / "tiny"
+  rep.mkdir(parents=True)
+  feat = {"id": 91, "auroc": 0.67, "p_fwer": 0.9, "passes": False}
+  (rep / "selectivity.json").write_text(json.dumps({"labels": {"emotion": {
+      "null": {"alpha": 0.05}, "features": {"calm": [feat]}, "top_features": {"calm": [91]}}}}))
+  r = run("launch.export", "--config=configs/tiny.py", f"--workdir={tmp_path}",
+          "--from_selectivity=1")
+  short_error(r, "emotion=calm: feature 91 does not pass", "--allow_failing=1")

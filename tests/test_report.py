@@ -15,11 +15,12 @@ from musicsae_jax.analysis import AnalysisError, analyze, selected_features
 from musicsae_jax.analysis.report import SECTIONS
 
 EMOTIONS = ["calm", "energetic", "happy", "sad"]
-P, FRAMES, D, M = 24, 10, 8, 16
+P, FRAMES, D, M = 48, 10, 8, 16
 
 
 def _workspace(root):
-  """Feature 0 of a hand-built ReLU SAE reads x[:, 0], which is > 0 only for sad prompts."""
+  """Feature 0 of a hand-built ReLU SAE reads x[:, 0], which is > 0 only for sad prompts (any
+frame); feature 1 reads x[:, 1], which is > 0 only at frame 4 of every prompt (position)."""
   rng = np.random.default_rng(0)
   prompts = [{"text": f"{'gloomy' if i % 4 == 3 else 'bright'} {EMOTIONS[i % 4]} song {i}",
               "labels": {"emotion": EMOTIONS[i % 4]}} for i in range(P)]
@@ -32,6 +33,7 @@ def _workspace(root):
   x = rng.normal(size=(len(pid), D)).astype(np.float32)
   sad = np.array([p % 4 == 3 for p in pid])
   x[:, 0] = np.where(sad, 2.0 + np.abs(x[:, 0]), -1.0)
+  x[:, 1] = np.where(index[:, 1] == 4, 3.0 + np.abs(x[:, 1]), -1.0)   # a position feature
   a = np.stack([x[:, 0] + 0.1 * rng.normal(size=len(x)), rng.normal(size=len(x)),
                 rng.normal(size=len(x))], 1).astype(np.float32)
   t5 = rng.normal(size=(P, 6)).astype(np.float32) + np.eye(4, 6)[np.arange(P) % 4] * 3
@@ -41,9 +43,10 @@ def _workspace(root):
     w.append("t5.pooled", t5, np.stack([np.arange(P), np.zeros(P)], 1).astype(np.int32))
     w.commit(range(P))
   os.makedirs(os.path.join(ds_path, "audio"))
-  with wave.open(os.path.join(ds_path, "audio", "000003.wav"), "wb") as f:
-    f.setnchannels(1), f.setsampwidth(2), f.setframerate(8000)
-    f.writeframes(np.zeros(800, np.int16).tobytes())
+  for i in range(3, P, 4):                                   # the sad prompts' audio
+    with wave.open(os.path.join(ds_path, "audio", f"{i:06d}.wav"), "wb") as f:
+      f.setnchannels(1), f.setsampwidth(2), f.setframerate(8000)
+      f.writeframes(np.zeros(800, np.int16).tobytes())
   run_dir = os.path.join(root, "runs", "r")
   W_enc = np.concatenate([np.eye(D), rng.normal(size=(D, M - D)) * 0.3], 1).astype(np.float32)
   params = {"W_enc": W_enc, "b_enc": np.zeros(M, np.float32), "W_dec": W_enc.T.copy(),
@@ -64,8 +67,9 @@ def _workspace(root):
 
 def _config(**analysis):
   c = ml_collections.ConfigDict({"run": "r", "dataset": "ds"})
+  # position_window=0: in 10-frame clips a +-2 window spans half the clip.
   a = dict(label_keys=("emotion",), probe_folds=3, probe_steps=30, probe_shuffles=2,
-           cosine_permutations=100, rate_band=(1e-3, 0.5))
+           cosine_permutations=100, rate_band=(1e-3, 0.5), position_window=0)
   c.analysis = ml_collections.ConfigDict({**a, **analysis})
   return c
 
@@ -101,15 +105,24 @@ def test_writes_json_with_planted_feature_first(result):
   assert any("block" in m and "rows/s" in m for m in logs)            # progress output
   sel = json.load(open(paths["selectivity"]))
   em = sel["labels"]["emotion"]
-  assert em["values"] == EMOTIONS and em["counts"] == [6, 6, 6, 6]
+  assert em["values"] == EMOTIONS and em["counts"] == [12, 12, 12, 12]
+  assert em["split"]["heldout_counts"] == [4, 4, 4, 4]        # 0.3 of 12, selected on the rest
   assert em["top_features"]["sad"][0] == 0
-  assert em["features"]["sad"][0]["auroc"] == 1.0
+  sad0 = em["features"]["sad"][0]
+  assert sad0["auroc"] == 1.0 and sad0["auroc_train"] == 1.0   # held-out and training prompts
+  assert sad0["passes"] and sad0["p_fwer"] <= 0.05 and sad0["q_bh"] <= 0.05
+  assert em["bh_features"]["sad"][0] == 0
+  assert 0.5 < em["null"]["max_auroc_threshold"]["sad"] <= 1.0
   feats = json.load(open(paths["features"]))
   f0 = next(f for f in feats["features"] if f["id"] == 0)
   assert f0["firing_rate"] == pytest.approx(0.25)
   assert all(p["labels"]["emotion"] == "sad" for p in f0["top_prompts"])
   assert f0["heuristic_label"].startswith("gloomy")
   assert f0["acoustic"][0]["descriptor"] == "descriptor_0" and f0["acoustic"][0]["r"] > 0.9
+  f1 = next(f for f in feats["features"] if f["id"] == 1)
+  assert f1["flags"] == ["position"] and f1["position"]["modal_count"] == 5
+  assert f0["flags"] == [] and f0["position"]["p"] > 0.01        # content, spread over frames
+  assert sad0["flags"] == []
   pr = json.load(open(paths["probes"]))
   names = [r["name"] for r in pr["probes"]["emotion"]]
   assert names == ["t5.pooled", "lm.layer.0", "sae:lm.layer.0"]
@@ -117,9 +130,17 @@ def test_writes_json_with_planted_feature_first(result):
   assert t5["accuracy"] > 0.8 and t5["n"] == P                        # planted one-hot offsets
   assert {s["centered"] for s in pr["similarity"]["emotion"]} == {True, False}
   # selectivity.json feeds the export of steering directions.
-  ids, labels = selected_features(paths["selectivity"], "emotion")
+  # Only "sad" has a real feature: the others must not pass, and the export refuses them.
+  assert [f[0]["passes"] for f in em["features"].values()] == [False, False, False, True]
+  with pytest.raises(AnalysisError, match=r"emotion=calm: feature \d+ does not pass"):
+    selected_features(paths["selectivity"], "emotion")
+  warned = []
+  ids, labels = selected_features(paths["selectivity"], "emotion", allow_failing=True,
+                                  warn=warned.append)
+  assert len(warned) == 3 and all("WARNING" in w for w in warned)
   assert ids[3] == 0 and labels[3] == "emotion=sad"
-  assert sel["export"]["emotion"] == {"feature_ids": ids, "labels": labels}
+  assert sel["export"]["emotion"] == {"feature_ids": ids, "labels": labels,
+                                      "passes": [False, False, False, True]}
   out = export.export_directions(params, ids, labels, "lm.layer.0", 0, None,
                                  os.path.join(root, "exports", "r"))
   dirs, man = export.load_directions(out)
@@ -137,12 +158,15 @@ def test_report_has_every_section_and_image(result):
     assert src.startswith("data:image/png;base64,")
     assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
   assert p.audio and all(os.path.exists(os.path.join(root, "reports", "r", s)) for s in p.audio)
-  assert "audio/000003.wav" in p.audio
+  assert all(int(a[len("audio/"):-4]) % 4 == 3 for a in p.audio)   # sad prompts only
+  text = open(paths["report"]).read()
+  assert "features at false-discovery rate 0.05 (BH): 0" in text      # the planted sad feature
+  assert "<td>position</td>" in text                                 # the planted position feature
 
 
 @pytest.mark.parametrize("override,match", [
     (dict(label_keys=("genre",)), "no prompt has label 'genre'"),
-    (dict(probe_folds=7), r"too few prompts per label for 7-fold"),
+    (dict(probe_folds=13), r"too few prompts per label for 13-fold"),
     (dict(site="lm.layer.5"), r"'lm.layer.5'.*not in .*store sites"),
     (dict(site="t5.pooled"), r"width d=8 but store site 't5.pooled'.*d=6"),
     (dict(rate_band=(0.5, 0.1)), "rate_band"),
@@ -181,3 +205,22 @@ def test_sweep_member_report_shows_its_sweep(result):
   p.feed(open(paths["report"]).read())
   assert p.sections == ["summary", "training", SWEEP_SECTION, *SECTIONS[2:]]
   assert SWEEP_SECTION in {s for s, _ in p.imgs}
+
+
+def test_seed_stability_recovers_a_permuted_run(result):
+  """A run whose dictionary is a scaled, permuted copy matches back exactly."""
+  from musicsae_jax.analysis import pipeline
+  root, params, _, _ = result
+  perm = np.random.default_rng(7).permutation(M)
+  other = {"W_enc": params["W_enc"][:, perm], "b_enc": params["b_enc"][perm],
+           "W_dec": 2.0 * params["W_dec"][perm], "b_dec": params["b_dec"]}
+  ck = ckpt_lib.Checkpointer(os.path.join(root, "runs", "r_perm", "checkpoints"), async_save=False)
+  ck.save(10, {"params": other, "stats": {}}, None)
+  ck.close()
+  with open(os.path.join(root, "runs", "r_perm", "config.json"), "w") as f:
+    json.dump({"run": "r_perm", "train": {"site": "lm.layer.0"}, "sae": {"m": M}}, f)
+  r = pipeline.seed_stability(root, "r", "r_perm")
+  assert r["fraction_matched"] == 1.0 and r["method"] == "hungarian"
+  np.testing.assert_array_equal(perm[r["match"]], np.arange(M))
+  saved = json.load(open(os.path.join(root, "reports", "r", "stability.json")))
+  assert saved["fraction_matched"] == 1.0 and saved["other"] == "r_perm"

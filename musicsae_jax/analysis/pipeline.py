@@ -1,7 +1,8 @@
 """`analyze(config, workdir)`: one trained run + its store -> reports/<run>/.
 
-Writes `features.json` (discovery), `selectivity.json` (top features per label value,
-ready for `export.export_directions`), `probes.json` (probes + cosine similarity) and
+Writes `features.json` (discovery, position flags), `selectivity.json` (top features per
+label value, selected on training prompts and scored on held-out prompts with a
+max-statistic permutation null; ready for `export.export_directions`), `probes.json` (probes + cosine similarity) and
 `report.html`. Every input is checked before the long work starts.
 """
 from __future__ import annotations
@@ -15,11 +16,11 @@ from typing import Callable
 import numpy as np
 
 from musicsae_jax import defaults, metrics, progress, store as store_lib
-from musicsae_jax.analysis import labels as lab, probes, report, stats
+from musicsae_jax.analysis import labels as lab, probes, report, stats, validity
 from musicsae_jax.analysis.stats import AnalysisError
 
 AUDIO_SITE = "audio.descriptors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 DEFAULTS = defaults.analysis().to_dict()   # every config.analysis field and its default
 
@@ -152,6 +153,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
                       top_prompts=int(a["top_prompts"]), top_frames=int(a["top_frames"]),
                       rank_by=a["rank_by"], descriptor_names=desc_names,
                       grounding_top=int(a["grounding_top"]))
+  listed = {f["id"] for f in disc["features"]}
   has_rows = st.prompt_count > 0
   pm = st.prompt_mean
   sel_out, top_out, heat = {}, {}, {}
@@ -159,31 +161,48 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
   out_dir = os.path.join(workdir, "reports", a["run"])
   os.makedirs(out_dir, exist_ok=True)
   corpus = lab.Counter(w for p in prompts for w in lab.words(p.get("text", "")))
+  alpha = float(a["alpha"])
   for key, (values, y) in label_info.items():
     yk = np.where(has_rows, y, -1)
-    sel = lab.selectivity(pm, yk, values)
-    tops = lab.top_features_per_label(sel, int(a["top_per_label"]))
+    v = _validate_label(pm, yk, values, a)
+    sel, tops = v["heldout"], v["tops"]
     per_value = {}
-    for k, v in enumerate(values):
+    for k, val in enumerate(values):
       feats = []
-      for f in tops[v]:
+      for f in tops[val]:
         order = np.argsort(-pm[:, f], kind="stable")[: int(a["top_prompts"])]
         texts = [prompts[p]["text"] for p in order]
-        feats.append({"id": f, "auroc": float(sel["auroc"][k, f]),
-                      "selectivity": float(sel["selectivity"][k, f]),
-                      "mean_in": float(sel["mean_in"][k, f]), "mean_out": float(sel["mean_out"][k, f]),
+        feats.append({"id": f, **_feature_scores(v, k, f, alpha),
                       "heuristic_label": lab.word_label(texts, corpus, P)[0],
                       "top_prompts": [_prompt_entry(prompts[p], float(pm[p, f]), audio_src, out_dir)
                                       for p in order if pm[p, f] > 0]})
-      per_value[v] = feats
-    sel_out[key] = {"values": values, "counts": sel["counts"], "top_features": tops,
-                    "features": {v: [{k2: f[k2] for k2 in ("id", "auroc", "selectivity", "mean_in",
-                                                          "mean_out")} for f in fs]
-                                 for v, fs in per_value.items()}}
+      per_value[val] = feats
+    sel_out[key] = {"values": values, "counts": [int((yk == k).sum()) for k in range(len(values))],
+                    "top_features": tops, "split": v["split"], "null": v["null"], "bh_features": v["bh_features"],
+                    "features": {val: [{k2: f[k2] for k2 in _SCORE_KEYS} for f in fs]
+                                 for val, fs in per_value.items()}}
     top_out[key] = per_value
-    rows = sorted({f for v in values for f in tops[v]})
+    best = [fs[0] for fs in per_value.values() if fs]
+    log(f"selectivity {key}: chosen on {sum(v['split']['train_counts'])} training prompts, "
+        f"scored on {sum(v['split']['heldout_counts'])} held-out; {sum(f['passes'] for f in best)}"
+        f" of {len(best)} values' best features pass the best-of-{m} null (alpha {alpha}); "
+        f"{sum(map(len, v['bh_features'].values()))} features listed at FDR {alpha} (BH)")
+    rows = sorted({f for val in values for f in tops[val]})
     heat[key] = report.heatmap_png(sel["auroc"][:, rows].T, [f"f{f}" for f in rows], values,
-                                   f"{key}: AUROC per feature")
+                                   f"{key}: held-out AUROC per feature")
+
+  # --- position flags: top frames concentrated at one frame index vs a same-prompt null ----
+  listed |= {f["id"] for per in top_out.values() for fs in per.values() for f in fs}
+  pos = validity.position_flags(st, sorted(listed), top_n=int(a["top_frames"]),
+                                alpha=float(a["position_alpha"]),
+                                window=int(a["position_window"]), seed=int(a["seed"]))
+  for e in disc["features"] + [f for per in top_out.values() for fs in per.values() for f in fs]:
+    e["flags"] = ["position"] if pos[e["id"]]["position"] else []
+    e["position"] = pos[e["id"]]
+  for key, per in top_out.items():
+    for val, fs in per.items():
+      for f, out in zip(fs, sel_out[key]["features"][val]):
+        out["flags"] = f["flags"]
 
   # --- probes and cosine similarity ------------------------------------------------------
   inputs = []
@@ -255,11 +274,54 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
       "training_png": training, "density_png": report.density_png(st.rate),
       "rate_band": list(a["rate_band"]), "heatmaps": heat, "probes": probe_out,
       "probe_pngs": probe_pngs, "similarity": sim_out, "top_features": top_out,
+      "nulls": {k: {**v["null"], "bh_features": v["bh_features"]} for k, v in sel_out.items()},
       "discovery": disc, "grounding": grounding, "sweep": _sweep_of(workdir, a["run"])})
   paths["report"] = os.path.join(out_dir, "report.html")
   with open(paths["report"], "w") as f:
     f.write(html_text)
   return paths
+
+
+_SCORE_KEYS = ("id", "auroc", "auroc_train", "selectivity", "mean_in", "mean_out", "p_raw",
+               "p_fwer", "q_bh", "passes")
+
+
+def _validate_label(pm: np.ndarray, yk: np.ndarray, values: list[str], a: dict) -> dict:
+  """Select on training prompts, score on held-out prompts, with the max-statistic null.
+
+  pm: [P, m] per-prompt means; yk: [P] label ids (-1: unlabelled or no rows).
+  """
+  train, held = validity.heldout_split(yk, float(a["heldout_fraction"]), int(a["seed"]))
+  sel_tr = lab.selectivity(pm[train], yk[train], values)
+  tops = lab.top_features_per_label(sel_tr, int(a["top_per_label"]))
+  sel_ho = lab.selectivity(pm[held], yk[held], values)
+  null = validity.auroc_null(pm[held], yk[held], len(values),
+                             permutations=int(a["null_permutations"]), seed=int(a["seed"]))
+  q = validity.bh_qvalues(null["p_raw"])
+  alpha = float(a["alpha"])
+  bh = {}
+  for k, val in enumerate(values):
+    ok = np.nonzero((q[k] <= alpha) & (sel_ho["mean_in"][k] > sel_ho["mean_out"][k]))[0]
+    bh[val] = [int(f) for f in ok[np.lexsort((-sel_ho["auroc"][k, ok], q[k, ok]))]]
+  nm = null["null_max"]
+  null_info = {"permutations": null["permutations"], "alpha": alpha,
+               "max_auroc_threshold": {val: float(np.quantile(nm[:, k], 1 - alpha))
+                                       for k, val in enumerate(values)},
+               "max_auroc_median": {val: float(np.median(nm[:, k])) for k, val in enumerate(values)}}
+  split = {"heldout_fraction": float(a["heldout_fraction"]), "seed": int(a["seed"]),
+           "train_counts": sel_tr["counts"], "heldout_counts": sel_ho["counts"]}
+  return {"train": sel_tr, "heldout": sel_ho, "tops": tops, "null": null_info, "split": split,
+          "p_raw": null["p_raw"], "p_fwer": null["p_fwer"], "q_bh": q, "bh_features": bh}
+
+
+def _feature_scores(v: dict, k: int, f: int, alpha: float) -> dict:
+  """Held-out scores of feature f for value k (selected on training prompts)."""
+  ho = v["heldout"]
+  return {"auroc": float(ho["auroc"][k, f]), "auroc_train": float(v["train"]["auroc"][k, f]),
+          "selectivity": float(ho["selectivity"][k, f]), "mean_in": float(ho["mean_in"][k, f]),
+          "mean_out": float(ho["mean_out"][k, f]), "p_raw": float(v["p_raw"][k, f]),
+          "p_fwer": float(v["p_fwer"][k, f]), "q_bh": float(v["q_bh"][k, f]),
+          "passes": bool(v["p_fwer"][k, f] <= alpha and ho["mean_in"][k, f] > ho["mean_out"][k, f])}
 
 
 def _prompt_entry(p: dict, value: float, audio_src: str, out_dir: str) -> dict:
@@ -278,15 +340,16 @@ def _prompt_entry(p: dict, value: float, audio_src: str, out_dir: str) -> dict:
 
 
 def _export_lists(sel_out: dict) -> dict:
-  """Per label key: flat (feature_ids, labels) of each value's best feature, for export."""
+  """Per label key: flat (feature_ids, labels, passes) of each value's best feature."""
   out = {}
   for key, s in sel_out.items():
-    ids, names = [], []
-    for v, fs in s["top_features"].items():
+    ids, names, passes = [], [], []
+    for v, fs in s["features"].items():
       if fs:
-        ids.append(fs[0])
+        ids.append(fs[0]["id"])
         names.append(f"{key}={v}")
-    out[key] = {"feature_ids": ids, "labels": names}
+        passes.append(fs[0]["passes"])
+    out[key] = {"feature_ids": ids, "labels": names, "passes": passes}
   return out
 
 
@@ -318,18 +381,58 @@ def _jsonable(o):
   raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
-def selected_features(selectivity_path: str, label_key: str, per_value: int = 1):
+def seed_stability(workdir: str, run: str, other: str, *, threshold: float = 0.7,
+                   method: str = "auto", step=None, other_step=None) -> dict:
+  """Match the decoder rows of runs/<run> and runs/<other> (e.g. two seeds) one to one by
+  cosine; writes reports/<run>/stability.json. fraction_matched: share of <run>'s features
+  whose partner has cosine >= threshold."""
+  _, _, pa, sa = load_run(workdir, run, step)
+  _, _, pb, sb = load_run(workdir, other, other_step)
+  r = validity.match_decoders(np.asarray(pa["W_dec"]), np.asarray(pb["W_dec"]), method=method,
+                              threshold=threshold)
+  cos = r["cosine"]
+  out = {"format_version": FORMAT_VERSION, "run": run, "step": sa, "other": other,
+         "other_step": sb, "method": r["method"], "threshold": r["threshold"],
+         "fraction_matched": r["fraction_matched"], "median_cosine": r["median_cosine"],
+         "cosine_quantiles": {q: float(np.nanquantile(cos, float(q))) for q in ("0.1", "0.5", "0.9")},
+         "match": r["b_of_a"], "cosine": cos}
+  out_dir = os.path.join(workdir, "reports", run)
+  os.makedirs(out_dir, exist_ok=True)
+  out["path"] = os.path.join(out_dir, "stability.json")
+  with open(out["path"], "w") as f:
+    json.dump(out, f, indent=1, default=_jsonable)
+  return out
+
+
+def selected_features(selectivity_path: str, label_key: str, per_value: int = 1, *,
+                      allow_failing: bool = False, warn: Callable[[str], None] | None = None):
   """(feature_ids, labels) from selectivity.json: the best `per_value` features per value.
 
-  Feed them to `export.export_run(workdir, run, feature_ids=ids, labels=labels)`.
+  Features were selected on training prompts; each must pass the held-out max-statistic
+  null (`passes`), else an AnalysisError names the label, unless `allow_failing`, when
+  `warn` gets one line per failing feature. Feed the result to
+  `export.export_run(workdir, run, feature_ids=ids, labels=labels)`.
   """
   with open(selectivity_path) as f:
     sel = json.load(f)
   if label_key not in sel["labels"]:
     raise AnalysisError(f"{selectivity_path} has no label {label_key!r}; has {sorted(sel['labels'])}")
+  entry = sel["labels"][label_key]
+  if "null" not in entry and not allow_failing:
+    raise AnalysisError(f"{selectivity_path} predates held-out validation (no p-values): rerun "
+                        f"launch.analyze, or pass --allow_failing=1")
+  alpha = entry.get("null", {}).get("alpha")
   ids, names = [], []
-  for v, fs in sel["labels"][label_key]["top_features"].items():
+  for v, fs in entry["features"].items():
     for f in fs[:per_value]:
-      ids.append(int(f))
+      if not f.get("passes", False):
+        msg = (f"{label_key}={v}: feature {f['id']} does not pass the held-out null "
+               f"(held-out AUROC {f['auroc']:.3f}, family-wise p {f.get('p_fwer', float('nan')):.3g}"
+               f" > alpha {alpha})")
+        if not allow_failing:
+          raise AnalysisError(msg + "; pass --allow_failing=1 to export it anyway")
+        if warn:
+          warn("WARNING: " + msg + "; exported anyway (--allow_failing=1)")
+      ids.append(int(f["id"]))
       names.append(f"{label_key}={v}")
   return ids, names

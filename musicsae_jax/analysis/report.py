@@ -136,9 +136,10 @@ def render(d: dict) -> str:
                         img(d["density_png"], "feature density")))
   sel_body = "".join(img(b, f"heatmap {k}") for k, b in d["heatmaps"].items())
   parts.append(_section("selectivity", "Feature × label selectivity",
-                        "AUROC of each feature's per-prompt mean activation for one label value "
-                        "vs the rest (1 = fires only for that label, 0.5 = unrelated). Rows are "
-                        "the union of the top features per label.", sel_body))
+                        "Held-out AUROC of each feature's per-prompt mean activation for one label "
+                        "value vs the rest (1 = fires only for that label, 0.5 = unrelated). Rows "
+                        "are the union of the top features per label, selected on training "
+                        "prompts.", sel_body))
   pr_body = ""
   for key, res in d["probes"].items():
     pr_body += f"<h3>{html.escape(key)}</h3>" + img(d["probe_pngs"][key], f"probes {key}")
@@ -170,18 +171,35 @@ def render(d: dict) -> str:
             f"{html.escape(p['text'])} <i>({_f(p['mean'])})</i>"
             + (f' <audio controls preload="none" src="{html.escape(p["audio"])}"></audio>'
                if p.get("audio") else "") for p in f["top_prompts"])
-        rows.append([f["id"], _f(f["auroc"]), _f(f["selectivity"], 2), _f(f["mean_in"]),
-                     html.escape(f.get("heuristic_label", "")), prompts])
-      tf_body += f"<h4>{html.escape(key)} = {html.escape(value)}</h4>" + _table(
-          ["feature", "AUROC", "selectivity", "mean in label", "words", "top prompts (mean)"],
-          rows)
+        rows.append([f["id"], _f(f.get("auroc_train")), _f(f["auroc"]), _f(f.get("p_fwer"), 3),
+                     _f(f.get("q_bh"), 3), "yes" if f.get("passes") else "no",
+                     html.escape(", ".join(f.get("flags", []))), _f(f["selectivity"], 2),
+                     _f(f["mean_in"]), html.escape(f.get("heuristic_label", "")), prompts])
+      null = (d.get("nulls") or {}).get(key, {})
+      thr = null.get("max_auroc_threshold", {}).get(value)
+      bh = null.get("bh_features", {}).get(value)
+      tf_body += (f"<h4>{html.escape(key)} = {html.escape(value)}</h4>"
+                  + (f"<p>best-of-m null threshold (held-out AUROC, level {null['alpha']}): "
+                     f"{_f(thr)}; features at false-discovery rate {null['alpha']} (BH): "
+                     f"{', '.join(map(str, bh[:20])) if bh else 'none'}"
+                     f"{f' (+{len(bh) - 20} more)' if bh and len(bh) > 20 else ''}</p>"
+                     if thr is not None else "")
+                  + _table(["feature", "AUROC train", "AUROC held-out", "p (family-wise)",
+                            "q (BH)", "passes", "flags", "selectivity", "mean in label", "words",
+                            "top prompts (mean)"], rows))
   parts.append(_section("top-features", "Top features per label",
-                        "Ranked by AUROC (ties: larger mean difference). Selectivity = mean in "
-                        "label / mean elsewhere. Top prompts by the feature's per-prompt mean. "
+                        "Selected by AUROC on training prompts (ties: larger mean difference); "
+                        "AUROC, selectivity (mean in label / mean elsewhere) and mean are measured "
+                        "on held-out prompts. p (family-wise): share of label shuffles whose best "
+                        "held-out AUROC over all features reaches this one; passes: p &le; alpha "
+                        "and more active in the label. q (BH): Benjamini–Hochberg over all "
+                        "features. flags: position = top frames concentrated at one frame index. "
+                        "Top prompts by the feature's per-prompt mean. "
                         "Activations are in raw units (those of the exported SAE, "
                         "load_sae, clamp_features and steering).",
                         tf_body))
-  disc_rows = [[f["id"], _f(f["firing_rate"], 4), _f(f["max"]), html.escape(f["heuristic_label"]),
+  disc_rows = [[f["id"], _f(f["firing_rate"], 4), _f(f["max"]),
+                html.escape(", ".join(f.get("flags", []))), html.escape(f["heuristic_label"]),
                 html.escape(", ".join(f"{k}×{v}" for k, v in f["top_label_values"].items())),
                 html.escape(" | ".join(p["text"] for p in f["top_prompts"][:3]))]
                for f in d["discovery"]["features"]]
@@ -189,8 +207,10 @@ def render(d: dict) -> str:
                         f"Features with firing rate in {d['rate_band']} ranked by "
                         f"{d['discovery']['rank_by']}; words over-represented in their top prompts "
                         "vs the corpus give a heuristic label. max: the largest activation, "
-                        "raw units.",
-                        _table(["feature", "rate", "max", "words", "top labels", "top prompts"],
+                        "raw units. flags: position = the top frames share one frame index far "
+                        "more often than frames drawn at random from the same prompts.",
+                        _table(["feature", "rate", "max", "flags", "words", "top labels",
+                                "top prompts"],
                                disc_rows)))
   g = d.get("grounding")
   if g:
