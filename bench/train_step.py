@@ -187,15 +187,30 @@ def torch_matmul_fn(d, m, batch):
 
 def compare(archs, preset, d, m, k, batch, iters, x):
   """JAX steps of several architectures timed round-robin in this one process (the same
-  load hits all of them); speeds relative to the first architecture's."""
-  t = _time_interleaved({a: jax_step_fn(a, d, m, k, batch, x) for a in archs}, iters)
-  base = t[archs[0]]
+  load hits all of them); speeds relative to the first architecture's. Also the process
+  CPU time per step (all threads): on a machine shared with other jobs it counts the work
+  done rather than the waiting, so its ratio is the steadier one."""
+  cpu = {a: [] for a in archs}
+
+  def timed(a, fn):
+    def run():
+      c0 = time.process_time()
+      fn()
+      cpu[a].append(time.process_time() - c0)
+    return run
+
+  t = _time_interleaved({a: timed(a, jax_step_fn(a, d, m, k, batch, x)) for a in archs}, iters)
+  c = {a: (min(v[2:]), float(np.median(v[2:]))) for a, v in cpu.items()}   # after warm-up
+  base, cbase = t[archs[0]], c[archs[0]]
   for a in archs:
     print(json.dumps({
         "arch": a, "preset": preset, "d": d, "m": m, "k": k, "batch": batch, "iters": iters,
         "jax_step_ms": round(t[a][0] * 1e3, 2), "jax_step_ms_median": round(t[a][1] * 1e3, 2),
         f"speed_vs_{archs[0]}": round(base[0] / t[a][0], 3),
         f"speed_vs_{archs[0]}_median": round(base[1] / t[a][1], 3),
+        "cpu_s": round(c[a][0], 3), "cpu_s_median": round(c[a][1], 3),
+        f"cpu_speed_vs_{archs[0]}": round(cbase[0] / c[a][0], 3),
+        f"cpu_speed_vs_{archs[0]}_median": round(cbase[1] / c[a][1], 3),
         "loadavg_1m": round(os.getloadavg()[0], 2)}), flush=True)
 
 

@@ -28,6 +28,12 @@ def test_train_step_bench():
   assert rows and all(r["jax_step_ms"] > 0 and r["torch_step_ms"] > 0 for r in rows if "arch" in r)
 
 
+def test_train_step_compare():
+  rows = run_json("bench/train_step.py", "--compare=topk,batchtopk", "--iters=1")
+  assert [r["arch"] for r in rows] == ["topk", "batchtopk"]
+  assert rows[0]["speed_vs_topk"] == 1.0 and rows[1]["speed_vs_topk"] > 0
+
+
 def test_capture_bench():
   (out,) = run_json("bench/capture.py", "--duration=0.5", "--batch=2", "--repeats=1")
   assert out["teacher_forced_frames_per_s"] > 0 and out["hooked_frames_per_s"] > 0
