@@ -76,7 +76,7 @@ def musicgen_config(size: str) -> ml_collections.ConfigDict:
   c.train.log_every = 100
   c.train.checkpoint_every = 2000
   c.train.dead_tokens = 10_000_000
-  c.train.shuffle_mb = 1536
+  c.train.shuffle_mb = 1536.0
   c.train.prefetch = 4
   # Wide dictionaries on a pod: --config.train.mesh_model=N --config.train.sharding=latent;
   # multi-host: --config.train.distributed=True on every host.

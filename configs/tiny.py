@@ -73,7 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.log_every = 50
   c.train.checkpoint_every = 250
   c.train.dead_tokens = 50_000
-  c.train.shuffle_mb = 64
+  c.train.shuffle_mb = 64.0
 
   # --- analysis (musicsae_jax.analysis) -----------------------------------------------
   c.analysis = ml_collections.ConfigDict()

@@ -138,10 +138,10 @@ def load_normalization(path: str) -> dict:
 # --- the training stream ----------------------------------------------------------------
 
 
-def window_rows(shuffle_mb: float, d: int, streams_per_process: int = 1) -> int:
-  """Rows per shuffle window so that the ~3 resident windows of each of this process's
-  streams fit `shuffle_mb` MB as float32."""
-  return max(1, int(shuffle_mb * 2**20) // (3 * 4 * int(d) * max(1, streams_per_process)))
+def window_rows(shuffle_mb: float, d: int, streams: int = 1) -> int:
+  """Rows per stream's shuffle window so that ~3 resident windows of every stream fit
+  `shuffle_mb` MB as float32 (on one process computing all streams; less on many)."""
+  return max(1, int(shuffle_mb * 2**20) // (3 * 4 * int(d) * max(1, streams)))
 
 
 class Pipeline:

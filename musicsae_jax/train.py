@@ -58,7 +58,9 @@ def default_config() -> ml_collections.ConfigDict:
   t.normalize = True              # scale inputs so E||x||^2 = d
   t.norm_samples = 8192
   t.b_dec_init = "mean"           # 'mean' | 'median' | '' (zeros)
-  t.shuffle_mb = 768              # shuffle windows in memory (MB, float32; see data.py)
+  t.shuffle_mb = 768.0            # shuffle windows in memory (MB, float32; see data.py),
+                                  # shared by the data streams (batches never depend on
+                                  # the process count, so neither may the window)
   t.shuffle_max_passes = 8        # reads of each block per epoch, at most (data.py)
   t.prefetch = 2                  # batches prepared ahead by the background thread
   t.read_threads = 0              # parallel block reads per process; 0: cpu_count // 2
@@ -260,7 +262,8 @@ def _trim_metrics(path: str, step: int) -> None:
 
 
 def resolve_train_config(train_cfg) -> ml_collections.ConfigDict:
-  """`default_config()` overlaid with the experiment's `c.train`; unknown fields raise.
+  """`default_config()` overlaid with the experiment's `c.train`; unknown fields raise,
+  None keeps the default.
 
   Config files list only what they change, so they need not import this (JAX) module:
   the bridge loads the same config files and must not pull in JAX.
@@ -273,6 +276,8 @@ def resolve_train_config(train_cfg) -> ml_collections.ConfigDict:
       raise ValueError(f"train.{k} is not a training option; known: {', '.join(sorted(t))}")
     if k == "synthetic":
       t.synthetic.update(dict(v))
+    elif v is None and t[k] is not None:    # None: keep the default (typed placeholders)
+      continue
     elif v is not None and t[k] is not None and isinstance(t[k], float) and isinstance(v, int):
       t[k] = float(v)
     else:
@@ -336,7 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   pipeline = data_lib.Pipeline(
       source, batch_size=t.batch_size, seed=t.data_seed, eval_prompts=eval_prompts,
       scale=scale, mesh=mesh, prefetch=t.prefetch, max_passes=t.shuffle_max_passes,
-      shuffle_rows=data_lib.window_rows(t.shuffle_mb, d, max(1, t.data_streams // jax.process_count())),
+      shuffle_rows=data_lib.window_rows(t.shuffle_mb, d, t.data_streams),
       streams=t.data_streams,
       read_threads=t.read_threads or min(8, max(1, (os.cpu_count() or 1) // 2)))
   x_eval = data_lib.load_eval(source, eval_prompts, t.eval_max_rows, t.data_seed, scale)
