@@ -239,6 +239,24 @@ def markdown(rows: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def merge(args) -> None:
+  """One table from several runs' JSONs (e.g. ours and the peers run side by side)."""
+  metas, rows = [], []
+  for path in args.merge:
+    with open(path) as f:
+      old = json.load(f)
+    metas.append(old["meta"])
+    rows += [{**r, "from": path} for r in old["rows"]]
+  if any(m["data"] != metas[0]["data"] or m["split"] != metas[0]["split"] for m in metas):
+    sys.exit("--merge: the runs used different data or splits")
+  out = args.out or os.path.join(os.path.abspath(args.workdir), "quality")
+  with open(out + ".json", "w") as f:
+    json.dump({"meta": {"merged": metas}, "rows": rows}, f, indent=1)
+  with open(out + ".md", "w") as f:
+    f.write(markdown(sorted(rows, key=_table_order)))
+  print(markdown(sorted(rows, key=_table_order)))
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--workdir", default="/tmp/musicsae-quality",
@@ -259,6 +277,8 @@ def main():
   ap.add_argument("--peers_from", action="append", default=[],
                   help="reuse peer rows of an earlier run's JSON (same rows, budget, batch, "
                        "seed: the peers do not depend on this project's code)")
+  ap.add_argument("--merge", nargs="+", default=[],
+                  help="only merge the rows of these earlier JSONs into one table (no training)")
   ap.add_argument("--out", default="", help="output stem (default <workdir>/quality)")
   args = ap.parse_args()
   if args.quick:
@@ -270,6 +290,9 @@ def main():
   if peers and not os.path.exists(args.peer_python):
     print(f"peers skipped: no {args.peer_python} (see --help to install them)", file=sys.stderr)
     peers = []
+  if args.merge:
+    merge(args)
+    return
   ws = os.path.abspath(args.workdir)
   os.makedirs(ws, exist_ok=True)
   t0 = time.time()
