@@ -23,5 +23,5 @@ def get_config() -> ml_collections.ConfigDict:
   # None = the library default; typed so sweeps can set them (--override train.lr=1e-3).
   ph = ml_collections.config_dict.placeholder
   c.train.lr, c.train.dead_tokens, c.train.warmup_steps = ph(float), ph(int), ph(int)
-  c.train.decay_frac = ph(float)
+  c.train.decay_frac, c.train.shuffle_mb = ph(float), ph(float)
   return c
