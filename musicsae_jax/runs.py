@@ -52,8 +52,10 @@ def validate_train_config(t) -> None:
   for k in ("log_every", "eval_every", "checkpoint_every"):
     if int(t[k]) <= 0:
       problems.append(f"train.{k}={t[k]} must be > 0")
-  if int(t.warmup_steps) < 0:
+  if t.warmup_steps is not None and int(t.warmup_steps) < 0:
     problems.append(f"train.warmup_steps={t.warmup_steps} must be >= 0")
+  if t.dead_tokens is not None and int(t.dead_tokens) <= 0:
+    problems.append(f"train.dead_tokens={t.dead_tokens} must be > 0 (or None for the default)")
   if problems:
     raise RunConfigError("; ".join(problems))
 

@@ -62,12 +62,21 @@ def warmup_steps(t) -> int:
   return int(min(int(t.warmup_max), round(float(t.warmup_frac) * int(t.steps))))
 
 
-def fill_run_defaults(t, m: int) -> None:
+def fill_run_defaults(t, m: int, recorded: dict | None = None) -> None:
   """Resolve the defaults that depend on the run (lr on m; warm-up and dead_tokens on its
-  length) in place, so config.json records the values used."""
-  t.lr = default_lr(m) if t.lr is None else float(t.lr)
-  t.warmup_steps = warmup_steps(t)
-  t.dead_tokens = default_dead_tokens(t) if t.dead_tokens is None else int(t.dead_tokens)
+  length) in place, so config.json records the values used. A resumed run keeps the
+  values it `recorded` for the fields left at None, so extending `steps` does not change
+  them under it."""
+  rec = recorded or {}
+
+  def pick(name, default):
+    return rec[name] if rec.get(name) is not None else default()
+
+  t.lr = float(t.lr) if t.lr is not None else float(pick("lr", lambda: default_lr(m)))
+  t.warmup_steps = (int(t.warmup_steps) if t.warmup_steps is not None
+                    else int(pick("warmup_steps", lambda: warmup_steps(t))))
+  t.dead_tokens = (int(t.dead_tokens) if t.dead_tokens is not None
+                   else int(pick("dead_tokens", lambda: default_dead_tokens(t))))
 
 
 def make_pipeline(t, source, eval_prompts, scale: float, mesh, d: int) -> data_lib.Pipeline:
@@ -288,12 +297,20 @@ def resolve_train_config(train_cfg) -> ml_collections.ConfigDict:
   return t
 
 
+def _recorded_train(run_dir: str) -> dict:
+  """The `train` block a run recorded in its config.json ({} when new)."""
+  try:
+    with open(os.path.join(run_dir, "config.json")) as f:
+      return dict(json.load(f)["train"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return {}
+
+
 def _previous_streams(run_dir: str) -> int:
   """The data-stream count a run recorded at its first start (0 when new)."""
   try:
-    with open(os.path.join(run_dir, "config.json")) as f:
-      return int(json.load(f)["train"].get("data_streams") or 0)
-  except (OSError, ValueError, KeyError):
+    return int(_recorded_train(run_dir).get("data_streams") or 0)
+  except (TypeError, ValueError):
     return 0
 
 
@@ -346,7 +363,8 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
   # --- input -----------------------------------------------------------------------------
   source, extras = _source(config, t, workdir)
   d = source.d
-  t.lr = default_lr(sae_lib.resolve_config(_sae_cfg(config), d)["m"]) if t.lr is None else t.lr
+  fill_run_defaults(t, sae_lib.resolve_config(_sae_cfg(config), d)["m"],  # lr, warm-up, AuxK
+                    _recorded_train(run_dir))
   if is_main:                                       # before any run file is written
     runs.check_resume(run_dir, _resolved_config(config, t), default_config().to_dict())
   os.makedirs(run_dir, exist_ok=True)
@@ -379,7 +397,6 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
   del model
 
   # --- optimizer -------------------------------------------------------------------------
-  fill_run_defaults(t, m)                              # recorded in config.json
   tx, schedule = make_optimizer(t)
   state = init_state(params, stats, tx, m)
   state_sh = mesh_lib.state_shardings(state, mesh, t.sharding, m)

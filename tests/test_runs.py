@@ -62,6 +62,22 @@ def test_result_neutral_changes_resume_and_overwrite_starts_over(tmp_path):
   assert steps == list(range(1, 7))          # nothing of the old run left in the log
 
 
+def test_extending_a_run_keeps_its_run_length_defaults(tmp_path):
+  """warm-up and the AuxK window default to fractions of the run; a resume that extends
+  `steps` keeps the values the run started with instead of refusing or changing them."""
+  wd = str(tmp_path)
+  train.train_and_evaluate(_cfg(num_devices=1, steps=40, stop_after=3, warmup_steps=None,
+                                dead_tokens=None), wd)
+  first = json.load(open(tmp_path / "runs" / RUN / "config.json"))["train"]
+  assert (first["warmup_steps"], first["dead_tokens"]) == (2, 40 * 64 // 20)
+  final = train.train_and_evaluate(_cfg(num_devices=1, steps=80, warmup_steps=None,
+                                        dead_tokens=None, eval_every=40,
+                                        checkpoint_every=40), wd)
+  now = json.load(open(tmp_path / "runs" / RUN / "config.json"))["train"]
+  assert final["step"] == 80 and now["steps"] == 80
+  assert (now["warmup_steps"], now["dead_tokens"]) == (2, 40 * 64 // 20)
+
+
 @pytest.mark.parametrize("kw,match", [
     (dict(lr=-0.001), r"train.lr=-0.001 must be > 0"),
     (dict(steps=-5), r"train.steps=-5 must be > 0"),
