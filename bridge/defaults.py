@@ -61,6 +61,8 @@ def steer() -> ml_collections.ConfigDict:
   s.steps = config_dict.placeholder(int)        # None: every generation step
   s.duration = 2.0
   s.seed = 0
-  s.control = True                     # a matched-norm random direction per strength
+  s.controls = 8                       # random directions of matched norm (the null band)
+  s.concept_per_value = 3              # unsteered reference clips per label value for the
+                                       # concept classifier on audio descriptors (0: skip)
   s.save_audio = True
   return s

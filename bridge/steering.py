@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from bridge import defaults
-from musicsae_jax import progress
 
 HALVES = ("cond", "uncond", "both")
 
@@ -267,45 +266,6 @@ class add_text_direction(_Steerer):
 STEER_DEFAULTS = defaults.steer().to_dict()   # every config.steer field and its default
 
 
-class _FeatureProbe(contextlib.AbstractContextManager):
-  """Mean SAE activation of chosen features on the conditional rows after all steering."""
-
-  def __init__(self, module, sae, ids):
-    self.module, self.sae, self.ids, self.acts = module, sae, list(ids), []
-
-  def __enter__(self):
-    def hook(mod, args, out):
-      out = out[0] if isinstance(out, tuple) else out
-      self.acts.append(self.sae.encode(out[: out.shape[0] // 2].float())[..., self.ids]
-                       .reshape(-1, len(self.ids)))
-    self.h = self.module.register_forward_hook(hook)
-    return self
-
-  def __exit__(self, *exc):
-    self.h.remove()
-    return False
-
-  def mean(self) -> list[float]:
-    return torch.cat(self.acts).mean(0).tolist() if self.acts else []
-
-
-def _replayed_feature(model, texts, tokens, layer: int, sae, fid) -> float | None:
-  """The feature's mean activation when the generated tokens are re-read WITHOUT steering.
-
-  `feature_act` (the probe during steered generation) includes the added vector itself;
-  this one does not: a teacher-forced, unhooked forward over the steered tokens measures
-  whether the music the model wrote now carries the feature (the downstream effect).
-  """
-  if sae is None or fid is None:
-    return None
-  from bridge import capture
-  site = f"lm.layer.{layer}"
-  cap = capture.teacher_forced_capture(model, texts, tokens, [site])
-  rows = torch.from_numpy(np.concatenate(cap.acts[site])).float()
-  with torch.no_grad():
-    return float(sae.encode(rows)[:, fid].mean())
-
-
 def _selected(features, man: dict, exp_dir: str) -> list[int]:
   """Positions in directions.json of the feature ids `steer.features` names (None: all)."""
   ids = [int(i) for i in man["feature_ids"]]
@@ -333,117 +293,6 @@ def _check_fits(model, dirs, layer: int, exp_dir: str, model_name: str) -> None:
 
 
 def run_steering(config, workdir: str) -> dict:
-  """Baseline vs steered audio for every exported direction × strength (+ a matched-norm
-  random control), same seeds; acoustic changes per strength to `reports/<run>/steer.json`."""
-  from bridge import audio_features, extract, prompts as prompts_lib
-  from bridge.sae_torch import TorchSAE
-  sc = dict(STEER_DEFAULTS)
-  sc.update({k: v for k, v in (config.get("steer") or {}).items() if v is not None})
-  exp_dir = os.path.join(workdir, "exports", config.run)
-  dirs, man = load_directions(exp_dir)
-  sel = _selected(sc["features"], man, exp_dir)         # checked before the model loads
-  sae = TorchSAE.from_export(exp_dir) if os.path.exists(os.path.join(exp_dir, "cfg.json")) else None
-  layer = man["layer"]
-  if layer is None:
-    raise ValueError(f"{exp_dir}/directions.json: site {man['site']!r} is not an LM layer")
-  texts = list(sc["prompts"] or [p["text"] for p in prompts_lib.emotion_prompts(1)][: sc["num_prompts"]])
-  threads = int(config.get("extract", {}).get("torch_threads", 0))
-  if threads:
-    torch.set_num_threads(threads)
-  with progress.phase(f"steer: loading model {config.model.name}"):
-    model = extract.build_model(config.model)
-  _check_fits(model, dirs, layer, exp_dir, config.model.name)
-  model.set_generation_params(duration=float(sc["duration"]), use_sampling=True,
-                              top_k=int(config.get("extract", {}).get("top_k", 50)))
-  rel = man["mean_norm"] if sc["relative"] else None
-  out_dir = os.path.join(workdir, "reports", config.run)
-  audio_dir = os.path.join(out_dir, "audio")
-  os.makedirs(audio_dir, exist_ok=True)
-  g = torch.Generator().manual_seed(int(sc["seed"]))
-  from bridge import capture
-  import soundfile as sf
-
-  def one(name, direction, alpha):
-    steer = (add_direction(model, layer, direction, alpha, relative_to=rel, half=sc["half"],
-                           steps=sc["steps"]) if direction is not None else contextlib.nullcontext())
-    probe = (_FeatureProbe(_lm(model).transformer.layers[layer], sae, [fid])
-             if sae is not None and fid is not None else contextlib.nullcontext())
-    with steer, probe as p:
-      tokens = capture.generate_tokens(model, texts, seed=int(sc["seed"]))
-    replay = _replayed_feature(model, texts, tokens, layer, sae, fid)
-    wav = model.generate_audio(tokens).float().cpu().numpy()
-    meas = []
-    for b, w in enumerate(wav):
-      if sc["save_audio"]:
-        sf.write(os.path.join(audio_dir, f"{name}_p{b}.wav"), w.T, model.sample_rate)
-      meas.append(audio_features.clip_descriptors(w, model.sample_rate))
-    res = {k: float(np.mean([m[k] for m in meas])) for k in ("tempo_bpm", "loudness_db", "brightness_hz")}
-    res["major_frac"] = float(np.mean([m["mode"] == "major" for m in meas]))
-    if isinstance(p, _FeatureProbe):
-      res["feature_act"] = p.mean()[0]
-    if replay is not None:
-      res["feature_act_replay"] = replay
-    return res
-
-  results = {"run": config.run, "site": man["site"], "layer": layer, "prompts": texts,
-             "mean_norm": man["mean_norm"], "relative": bool(sc["relative"]),
-             "strengths": list(sc["strengths"]), "features": [],
-             "activation_units": "raw (feature_act*: the exported SAE's latents)"}
-  per_feature = 1 + len(sc["strengths"]) * (2 if sc["control"] else 1)
-  bar = progress.Progress(len(sel) * per_feature, "steer", "generation", warmup=1)
-  for i in sel:
-    fid = man["feature_ids"][i]
-    base = one(f"f{fid}_baseline", None, 0.0)
-    bar.update(1)
-    rnd = torch.randn(dirs.shape[1], generator=g)
-    rnd = rnd / rnd.norm() * dirs[i].norm()                   # matched norm control
-    entry = {"feature": fid, "label": man["labels"][i], "baseline": base, "steered": [],
-             "control": []}
-    for a in sc["strengths"]:
-      for kind, vec in (("steered", dirs[i]), ("control", rnd if sc["control"] else None)):
-        if vec is None:
-          continue
-        r = one(f"f{fid}_{kind}_a{a:g}", vec, float(a))
-        r["delta"] = {k: r[k] - base[k] for k in r if k in base}
-        entry[kind].append({"alpha": float(a), **r})
-        bar.update(1)
-        bar.write(f"feature {fid} ({man['labels'][i]}) {kind:8s} alpha={a:g}: " +
-                  ", ".join(f"Δ{k}={v:+.3g}" for k, v in r["delta"].items()))
-    results["features"].append(entry)
-  bar.close()
-  path = os.path.join(out_dir, "steer.json")
-  with open(path, "w") as f:
-    json.dump(results, f, indent=2)
-  results["plot"] = plot_steering(results, os.path.join(out_dir, "steer.png"))
-  results["path"] = path
-  return results
-
-
-STEER_MEASURES = ("feature_act", "feature_act_replay", "tempo_bpm", "loudness_db", "brightness_hz", "major_frac")
-
-
-def plot_steering(results: dict, path: str) -> str:
-  """Change of each measure vs strength, steered direction (solid) vs random control (dashed)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  measures = [m for m in STEER_MEASURES
-              if any(m in s["delta"] for f in results["features"] for s in f["steered"])]
-  fig, axes = plt.subplots(1, len(measures), figsize=(3.6 * len(measures), 3.2), squeeze=False)
-  for ax, m in zip(axes[0], measures):
-    for i, f in enumerate(results["features"]):
-      color = f"C{i % 10}"
-      for kind, style in (("steered", "-o"), ("control", "--x")):
-        pts = [(s["alpha"], s["delta"][m]) for s in f[kind] if m in s["delta"]]
-        if pts:
-          a, v = zip(*pts)
-          ax.plot(a, v, style, color=color, ms=4,
-                  label=f"{f['feature']} {f['label'] or ''}" if kind == "steered" else None)
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_title(f"Δ {m}")
-    ax.set_xlabel("alpha" + (" (x mean norm)" if results.get("relative") else ""))
-  axes[0][0].legend(fontsize=7, title="solid: steered, dashed: control", title_fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
+  """The steering experiment (`launch.steer`); see bridge/steer_eval.py."""
+  from bridge import steer_eval
+  return steer_eval.run_steering(config, workdir)

@@ -1,0 +1,315 @@
+"""The steering experiment behind `launch.steer`: per-prompt measures, controls, statistics.
+
+One unsteered baseline per prompt (same seed for every condition, so each steered clip
+has a paired baseline clip), then every exported direction x strength, and
+`steer.controls` random directions of the same norm x strength as the null. alpha = 0
+reuses the baseline (a zero-strength hook is bit-identical to no hook; tested).
+
+Every clip is measured (`MEASURES`): audio descriptors (librosa), the steered feature
+during generation and on an unhooked re-read, the token NLL of the generated codes under
+the UNSTEERED model (drift: how surprising the steered music is to the model itself), and
+the target-concept probability from an in-run classifier on audio descriptors
+(`bridge.steer_concept`). `steer.json` keeps every value per prompt; each condition also
+gets `stats[measure]` = paired change vs baseline: mean, bootstrap CI, t / Wilcoxon p.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+
+import numpy as np
+import torch
+
+from bridge import steer_stats, steering
+from musicsae_jax import progress
+
+AUDIO_MEASURES = ("tempo_bpm", "loudness_db", "brightness_hz", "mode_major_minus_minor")
+MEASURES = ("concept", "nll", "feature_act", "feature_act_replay") + AUDIO_MEASURES
+
+
+def unsteered_reread(model, texts, tokens: torch.Tensor, layer: int, sae, fids) -> dict:
+  """Per-prompt token NLL of `tokens` and features `fids` on one unhooked teacher-forced pass.
+
+  NLL: mean over valid (delay-pattern) positions and codebooks of -log p(code) under the
+  conditional model (no classifier-free guidance mixing), nats per token. `feature_act_
+  replay`: the features' mean over the first T positions of `layer` (pass i reads frame i).
+  """
+  lm = steering._lm(model)
+  attributes, _ = model._prepare_tokens_and_attributes(list(texts), None)
+  seen = []
+  h = lm.transformer.layers[layer].register_forward_hook(
+      lambda m, a, o: seen.append((o[0] if isinstance(o, tuple) else o).detach()))
+  try:
+    with torch.no_grad(), model.autocast:
+      provider = lm.condition_provider
+      ct = provider(provider.tokenize(attributes))
+      out = lm.compute_predictions(tokens.to(model.device), [], condition_tensors=ct)
+  finally:
+    h.remove()
+  logp = torch.log_softmax(out.logits.float(), -1)
+  codes = tokens.to(logp.device).long()
+  nll_tok = -logp.gather(-1, codes.unsqueeze(-1)).squeeze(-1)          # [B, K, T]
+  mask = out.mask.to(nll_tok.device)
+  nll_tok = torch.where(mask, nll_tok, torch.zeros_like(nll_tok))
+  nll = (nll_tok.sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)).cpu().numpy()
+  res = {"nll": [float(v) for v in nll]}
+  if sae is not None and fids:
+    T = tokens.shape[-1]
+    x = seen[0][:, :T].float()
+    with torch.no_grad():
+      z = sae.encode(x)[..., list(fids)].mean(1)                         # [B, F]
+    res["replay"] = z.cpu().numpy()
+  return res
+
+
+class _FeatureProbe(contextlib.AbstractContextManager):
+  """Per-prompt mean SAE activation of features on the conditional rows after all steering."""
+
+  def __init__(self, module, sae, ids, B: int):
+    self.module, self.sae, self.ids, self.B, self.acts = module, sae, list(ids), B, []
+
+  def __enter__(self):
+    def hook(mod, args, out):
+      out = out[0] if isinstance(out, tuple) else out
+      cond = out[: self.B] if out.shape[0] == 2 * self.B else out
+      self.acts.append(self.sae.encode(cond.float())[..., self.ids].mean(1))   # [B, F]
+    self.h = self.module.register_forward_hook(hook)
+    return self
+
+  def __exit__(self, *exc):
+    self.h.remove()
+    return False
+
+  def per_prompt(self) -> np.ndarray:
+    return torch.stack(self.acts).mean(0).cpu().numpy()
+
+
+def _config(config) -> dict:
+  sc = dict(steering.STEER_DEFAULTS)
+  sc.update({k: v for k, v in (config.get("steer") or {}).items() if v is not None})
+  return sc
+
+
+def _label_key(labels) -> str | None:
+  keys = {str(lab).split("=", 1)[0] for lab in labels if lab and "=" in str(lab)}
+  return keys.pop() if len(keys) == 1 else None
+
+
+def run_steering(config, workdir: str) -> dict:
+  """Baseline, steered and control generations; per-prompt measures to steer.json."""
+  from bridge import audio_features, capture, extract, prompts as prompts_lib, steer_concept
+  from bridge.sae_torch import TorchSAE
+  import soundfile as sf
+  sc = _config(config)
+  exp_dir = os.path.join(workdir, "exports", config.run)
+  dirs, man = steering.load_directions(exp_dir)
+  sel = steering._selected(sc["features"], man, exp_dir)   # checked before the model loads
+  sae = TorchSAE.from_export(exp_dir) if os.path.exists(os.path.join(exp_dir, "cfg.json")) else None
+  layer = man["layer"]
+  if layer is None:
+    raise ValueError(f"{exp_dir}/directions.json: site {man['site']!r} is not an LM layer")
+  texts = list(sc["prompts"] or [p["text"] for p in prompts_lib.emotion_prompts(1)][: sc["num_prompts"]])
+  B, seed = len(texts), int(sc["seed"])
+  strengths = [float(a) for a in sc["strengths"]]
+  threads = int(config.get("extract", {}).get("torch_threads", 0))
+  if threads:
+    torch.set_num_threads(threads)
+  with progress.phase(f"steer: loading model {config.model.name}"):
+    model = extract.build_model(config.model)
+  steering._check_fits(model, dirs, layer, exp_dir, config.model.name)
+  model.set_generation_params(duration=float(sc["duration"]), use_sampling=True,
+                              top_k=int(config.get("extract", {}).get("top_k", 50)))
+  rel = man["mean_norm"] if sc["relative"] else None
+  out_dir = os.path.join(workdir, "reports", config.run)
+  audio_dir = os.path.join(out_dir, "audio")
+  os.makedirs(audio_dir, exist_ok=True)
+  fids = [int(man["feature_ids"][i]) for i in sel]
+  layer_mod = steering._lm(model).transformer.layers[layer]
+
+  def generate(texts_, steer_ctx, probe_fids, name):
+    """Tokens -> per-prompt measures and wav paths (relative to the report folder)."""
+    probe = (_FeatureProbe(layer_mod, sae, probe_fids, len(texts_))
+             if sae is not None and probe_fids else contextlib.nullcontext())
+    with steer_ctx, probe as p:
+      tokens = capture.generate_tokens(model, texts_, seed=seed)
+    rr = unsteered_reread(model, texts_, tokens, layer, sae, probe_fids)
+    wav = model.generate_audio(tokens).float().cpu().numpy()
+    meas = {"nll": rr["nll"], **{k: [] for k in AUDIO_MEASURES}}
+    vecs, paths = [], []
+    for b, w in enumerate(wav):
+      if sc["save_audio"] and name:
+        rel_path = f"audio/{name}_p{b}.wav"
+        sf.write(os.path.join(out_dir, rel_path), w.T, model.sample_rate)
+        paths.append(rel_path)
+      d = audio_features.clip_descriptors(w, model.sample_rate)
+      for k in AUDIO_MEASURES:
+        meas[k].append(float(d[k]))
+      vecs.append(audio_features.clip_vector(w, model.sample_rate))
+    if isinstance(p, _FeatureProbe):
+      meas["_probe"] = p.per_prompt()
+    if "replay" in rr:
+      meas["_replay"] = rr["replay"]
+    return meas, np.stack(vecs), paths
+
+  results = {"run": config.run, "site": man["site"], "layer": layer, "prompts": texts,
+             "seed": seed, "mean_norm": man["mean_norm"], "relative": bool(sc["relative"]),
+             "strengths": strengths, "measures": list(MEASURES),
+             "activation_units": "raw (feature_act*: the exported SAE's latents)",
+             "nll_units": "nats per token, unsteered conditional LM"}
+  nonzero = [a for a in strengths if a != 0.0]
+  n_ctrl = int(sc["controls"])
+  label_key = _label_key(man["labels"])
+  refs = (steer_concept.reference_prompts(label_key, int(sc["concept_per_value"]), texts)
+          if label_key and int(sc["concept_per_value"]) > 0 else [])
+  total = 1 + bool(refs) + len(sel) * len(nonzero) + n_ctrl * len(nonzero)
+  bar = progress.Progress(total, "steer", "generation", warmup=1)
+
+  # --- the concept classifier, trained on unsteered reference clips ---------------------
+  clf = None
+  if refs:
+    _, ref_vecs, _ = generate([p["text"] for p in refs], contextlib.nullcontext(), [], None)
+    bar.update(1)
+    clf = steer_concept.CentroidClassifier(ref_vecs, [p["labels"][label_key] for p in refs])
+    results["concept"] = {"kind": "nearest centroid on audio descriptors (mean, std over frames)",
+                          "label_key": label_key, "values": clf.values,
+                          "train_clips": len(refs), "loo_accuracy": clf.loo_accuracy(),
+                          "chance": 1.0 / len(clf.values)}
+  else:
+    why = ("steer.concept_per_value=0" if int(sc["concept_per_value"]) <= 0 else
+           f"labels {sorted(set(map(str, man['labels'])))} name no single key of the built-in "
+           f"labelled prompts")
+    results["concept"] = {"skipped": why}
+    bar.write(f"steer: concept score skipped ({why})")
+
+  def condition(meas, vecs, paths, fpos: int | None) -> dict:
+    """Per-prompt values of every measure for one clip set, seen from feature `fpos`."""
+    per = {k: list(meas[k]) for k in ("nll",) + AUDIO_MEASURES}
+    if fpos is not None and "_probe" in meas:
+      per["feature_act"] = [float(v) for v in meas["_probe"][:, fpos]]
+    if fpos is not None and "_replay" in meas:
+      per["feature_act_replay"] = [float(v) for v in meas["_replay"][:, fpos]]
+    if clf is not None:
+      per["concept_proba"] = {v: [float(x) for x in col] for v, col in zip(clf.values, clf.proba(vecs).T)}
+    return {"audio": paths, "per_prompt": per}
+
+  def with_concept(cond: dict, target: str | None) -> dict:
+    per = dict(cond["per_prompt"])
+    probs = per.pop("concept_proba", None)
+    if probs is not None and target in probs:
+      per["concept"] = probs[target]
+    return {"audio": cond["audio"], "per_prompt": per}
+
+  def stats(cond: dict, base: dict) -> dict:
+    return {k: steer_stats.paired_summary(v, base["per_prompt"][k], seed=seed)
+            for k, v in cond["per_prompt"].items() if k in base["per_prompt"]}
+
+  # --- baseline: once per prompt and seed ----------------------------------------------
+  base_raw = generate(texts, contextlib.nullcontext(), fids, "baseline")
+  bar.update(1)
+
+  def steer_ctx(vec, a):
+    return steering.add_direction(model, layer, vec, a, relative_to=rel, half=sc["half"],
+                                  steps=sc["steps"])
+
+  # --- controls: random directions of matched norm, shared by every feature -------------
+  g = torch.Generator().manual_seed(seed)
+  norm = float(dirs[sel].norm(dim=1).mean())
+  controls_raw = []
+  for k in range(n_ctrl):
+    rnd = torch.randn(dirs.shape[1], generator=g)
+    rnd = rnd / rnd.norm() * norm
+    for a in nonzero:
+      controls_raw.append((k, a, generate(texts, steer_ctx(rnd, a), fids, f"control{k}_a{a:g}")))
+      bar.update(1)
+  results["controls"] = {"count": n_ctrl, "norm": norm,
+                         "kind": "isotropic Gaussian direction scaled to the features' norm"}
+
+  results["features"] = []
+  for pos, i in enumerate(sel):
+    fid, label = fids[pos], man["labels"][i]
+    target = str(label).split("=", 1)[1] if label and "=" in str(label) else None
+    base = with_concept(condition(*base_raw, pos), target)
+    entry = {"feature": fid, "label": label, "target": target, "baseline": base,
+             "steered": [], "control": []}
+    for a in strengths:
+      if a == 0.0:
+        cond = {**base, "reused_baseline": True}
+      else:
+        cond = with_concept(condition(*generate(texts, steer_ctx(dirs[i], a), fids,
+                                                f"f{fid}_a{a:g}"), pos), target)
+        bar.update(1)
+      entry["steered"].append({"alpha": a, **cond, "stats": stats(cond, base)})
+      s = entry["steered"][-1]["stats"]
+      bar.write(f"feature {fid} ({label}) alpha={a:g}: " + ", ".join(
+          f"Δ{k}={v['mean']:+.3g}" for k, v in s.items() if v["mean"] is not None))
+    for k, a, raw in controls_raw:
+      cond = with_concept(condition(*raw, pos), target)
+      entry["control"].append({"control": k, "alpha": a, **cond, "stats": stats(cond, base)})
+    results["features"].append(entry)
+  bar.close()
+  path = os.path.join(out_dir, "steer.json")
+  with open(path, "w") as f:
+    json.dump(results, f, indent=1)
+  results["plot"] = plot_steering(results, os.path.join(out_dir, "steer.png"))
+  results["path"] = path
+  return results
+
+
+def concept_measure(results: dict) -> str:
+  """The y axis of the standard plot: the concept score if it ran, else the replayed feature."""
+  return "concept" if "skipped" not in results.get("concept", {"skipped": 1}) else "feature_act_replay"
+
+
+def plot_steering(results: dict, path: str) -> str:
+  """The standard plot: Δ concept score vs Δ drift (NLL), per feature and strength.
+
+  Steered points (one per strength, joined in order, 95% bootstrap CI bars on both axes)
+  against every control direction at every strength (grey) and the controls' range
+  (shaded band): a steered point outside the band moved the concept more than a random
+  push of the same size.
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  y_m = concept_measure(results)
+  feats = results["features"]
+  fig, axes = plt.subplots(1, max(1, len(feats)), figsize=(3.8 * max(1, len(feats)), 3.4),
+                           squeeze=False)
+  for ax, f in zip(axes[0], feats):
+    def xy(c):
+      st = c["stats"]
+      if y_m not in st or "nll" not in st or st[y_m]["mean"] is None:
+        return None
+      return st["nll"], st[y_m]
+    ctrl = [p for p in map(xy, f["control"]) if p]
+    if ctrl:
+      ys = [p[1]["mean"] for p in ctrl]
+      ax.axhspan(min(ys), max(ys), color="0.85", zorder=0, label="control range")
+      ax.scatter([p[0]["mean"] for p in ctrl], ys, s=10, color="0.5", zorder=1,
+                 label=f"controls ({results['controls']['count']} dirs)")
+    pts = [(s["alpha"], xy(s)) for s in f["steered"]]
+    pts = [(a, p) for a, p in pts if p]
+    if pts:
+      xs = [p[0]["mean"] for _, p in pts]
+      ys = [p[1]["mean"] for _, p in pts]
+
+      def err(ss, m):
+        lo = [m_ - (s_["ci"][0] if s_["ci"] else m_) for s_, m_ in zip(ss, m)]
+        hi = [(s_["ci"][1] if s_["ci"] else m_) - m_ for s_, m_ in zip(ss, m)]
+        return [lo, hi]
+      ax.errorbar(xs, ys, xerr=err([p[0] for _, p in pts], xs),
+                  yerr=err([p[1] for _, p in pts], ys), fmt="-o", color="C0", ms=4,
+                  capsize=2, zorder=2, label="steered")
+      for (a, _), x_, y_ in zip(pts, xs, ys):
+        ax.annotate(f"{a:g}", (x_, y_), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.axvline(0, color="k", lw=0.5)
+    ax.set_title(f"f{f['feature']} {f['label'] or ''}", fontsize=9)
+    ax.set_xlabel("Δ NLL (nats/token, unsteered LM)")
+    ax.set_ylabel(f"Δ {y_m}" + (f" P({f['target']})" if y_m == "concept" else ""))
+  axes[0][0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
