@@ -62,7 +62,8 @@ def mode_scores(chroma: np.ndarray) -> tuple[float, float, int, int]:
   """(best major r, best minor r, major key, minor key): Pearson r of a 12-bin chroma with
   the 12 rotations of each Krumhansl-Kessler profile (NaN-safe: a flat chroma gives 0)."""
   def best(prof):
-    r = np.array([np.corrcoef(chroma, np.roll(prof, k))[0, 1] for k in range(12)])
+    with np.errstate(invalid="ignore", divide="ignore"):
+      r = np.array([np.corrcoef(chroma, np.roll(prof, k))[0, 1] for k in range(12)])
     r = np.nan_to_num(r, nan=0.0)
     return float(r.max()), int(r.argmax())
   (maj, kmaj), (mnr, kmin) = best(_MAJOR), best(_MINOR)

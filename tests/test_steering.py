@@ -195,3 +195,25 @@ def test_vector_cast_to_activation_dtype(model):
   x = torch.zeros(4, 1, model.lm.dim, dtype=torch.float16)
   y = s._hook(None, (), x)
   assert y.dtype == torch.float16 and torch.equal(y, x + 0.25)
+
+
+def test_unsteered_reread_nll_and_replay(model):
+  """The drift measure: per-prompt token NLL under the unsteered model, and the replayed
+  feature on the same pass, equal to the established teacher-forced capture path."""
+  from bridge import steer_eval
+  sae = orthonormal_sae(model.lm.dim)
+  tokens = gen(model)
+  rr = steer_eval.unsteered_reread(model, TEXTS, tokens, LAYER, sae, [0, 3])
+  cap = capture.teacher_forced_capture(model, TEXTS, tokens, [f"lm.layer.{LAYER}"])
+  for b, rows in enumerate(cap.acts[f"lm.layer.{LAYER}"]):
+    ref = sae.encode(torch.from_numpy(rows).float())[:, [0, 3]].mean(0)
+    assert np.allclose(rr["replay"][b], ref.numpy(), atol=1e-4)
+  alone = steer_eval.unsteered_reread(model, TEXTS[:1], tokens[:1], LAYER, None, [])
+  assert abs(alone["nll"][0] - rr["nll"][0]) < 1e-4          # per prompt, batch-independent
+  rand = torch.randint(0, model.lm.card, tokens.shape, generator=torch.Generator().manual_seed(0))
+  noise = steer_eval.unsteered_reread(model, TEXTS, rand, LAYER, None, [])
+  assert all(g < r for g, r in zip(rr["nll"], noise["nll"]))  # sampled codes are likelier
+  with steering.add_direction(model, LAYER, torch.randn(model.lm.dim), 20.0, half="both"):
+    steered = gen(model)
+  drift = steer_eval.unsteered_reread(model, TEXTS, steered, LAYER, None, [])
+  assert np.mean(drift["nll"]) > np.mean(rr["nll"])           # a hard push is surprising
