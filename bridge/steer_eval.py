@@ -24,6 +24,8 @@ import torch
 from bridge import steer_stats, steering
 from musicsae_jax import progress
 
+METHODS = ("add", "scale", "set")
+IDENTITY = {"add": 0.0, "scale": 1.0}     # the strength at which a method is exactly no hook
 AUDIO_MEASURES = ("tempo_bpm", "loudness_db", "brightness_hz", "mode_major_minus_minor")
 MEASURES = ("concept", "nll", "feature_act", "feature_act_replay") + AUDIO_MEASURES
 
@@ -111,6 +113,13 @@ def run_steering(config, workdir: str) -> dict:
     raise ValueError(f"{exp_dir}/directions.json: site {man['site']!r} is not an LM layer")
   texts = list(sc["prompts"] or [p["text"] for p in prompts_lib.emotion_prompts(1)][: sc["num_prompts"]])
   B, seed = len(texts), int(sc["seed"])
+  method = str(sc["method"])
+  if method not in METHODS:
+    raise ValueError(f"--config.steer.method={method!r}; choose from {', '.join(METHODS)}")
+  if method != "add" and sae is None:
+    raise ValueError(f"--config.steer.method={method!r} edits SAE latents but {exp_dir} has no "
+                     f"SAE (cfg.json); export the SAE with launch.export")
+  schedule = steering.parse_schedule(sc["schedule"])       # checked before the model loads
   strengths = [float(a) for a in sc["strengths"]]
   threads = int(config.get("extract", {}).get("torch_threads", 0))
   if threads:
@@ -154,10 +163,12 @@ def run_steering(config, workdir: str) -> dict:
 
   results = {"run": config.run, "site": man["site"], "layer": layer, "prompts": texts,
              "seed": seed, "mean_norm": man["mean_norm"], "relative": bool(sc["relative"]),
-             "strengths": strengths, "measures": list(MEASURES),
+             "strengths": strengths, "measures": list(MEASURES), "method": method,
+             "schedule": sc["schedule"] or "every step", "steps": sc["steps"],
              "activation_units": "raw (feature_act*: the exported SAE's latents)",
              "nll_units": "nats per token, unsteered conditional LM"}
-  nonzero = [a for a in strengths if a != 0.0]
+  identity = IDENTITY.get(method)
+  nonzero = [a for a in strengths if a != identity]
   n_ctrl = int(sc["controls"])
   label_key = _label_key(man["labels"])
   refs = (steer_concept.reference_prompts(label_key, int(sc["concept_per_value"]), texts)
@@ -205,25 +216,42 @@ def run_steering(config, workdir: str) -> dict:
             for k, v in cond["per_prompt"].items() if k in base["per_prompt"]}
 
   # --- baseline: once per prompt and seed ----------------------------------------------
-  base_raw = generate(texts, contextlib.nullcontext(), fids, "baseline")
+  others = [j for j in range(sae.m) if j not in fids] if method != "add" else []
+  base_raw = generate(texts, contextlib.nullcontext(), fids + others, "baseline")
   bar.update(1)
 
-  def steer_ctx(vec, a):
-    return steering.add_direction(model, layer, vec, a, relative_to=rel, half=sc["half"],
-                                  steps=sc["steps"])
+  def steer_ctx(target, a):
+    """`target`: a direction (add) or an SAE feature id (scale, set)."""
+    kw = dict(half=sc["half"], steps=sc["steps"], schedule=schedule)
+    if method == "add":
+      return steering.add_direction(model, layer, target, a, relative_to=rel, **kw)
+    spec = ("scale", a) if method == "scale" else a
+    return steering.clamp_features(model, layer, sae, {int(target): spec}, **kw)
 
-  # --- controls: random directions of matched norm, shared by every feature -------------
+  # --- controls, shared by every feature -----------------------------------------------
   g = torch.Generator().manual_seed(seed)
-  norm = float(dirs[sel].norm(dim=1).mean())
+  if method == "add":        # random directions of the features' norm
+    norm = float(dirs[sel].norm(dim=1).mean())
+    targets = []
+    for _ in range(n_ctrl):
+      rnd = torch.randn(dirs.shape[1], generator=g)
+      targets.append(rnd / rnd.norm() * norm)
+    results["controls"] = {"count": n_ctrl, "norm": norm,
+                           "kind": "isotropic Gaussian direction scaled to the features' norm"}
+  else:                      # the same edit on random other features active on the baseline
+    act = base_raw[0]["_probe"].mean(0)[len(fids):]
+    alive = [j for j, v in zip(others, act) if v > 0]
+    pick = torch.randperm(len(alive), generator=g)[:n_ctrl].tolist()
+    targets = [alive[p] for p in pick]
+    results["controls"] = {"count": len(targets), "features": targets,
+                           "kind": f"the same {method} on random other features active on the "
+                                   f"baseline ({len(alive)} candidates)"}
+    base_raw[0]["_probe"] = base_raw[0]["_probe"][:, :len(fids)]
   controls_raw = []
-  for k in range(n_ctrl):
-    rnd = torch.randn(dirs.shape[1], generator=g)
-    rnd = rnd / rnd.norm() * norm
+  for k, tgt in enumerate(targets):
     for a in nonzero:
-      controls_raw.append((k, a, generate(texts, steer_ctx(rnd, a), fids, f"control{k}_a{a:g}")))
+      controls_raw.append((k, a, generate(texts, steer_ctx(tgt, a), fids, f"control{k}_a{a:g}")))
       bar.update(1)
-  results["controls"] = {"count": n_ctrl, "norm": norm,
-                         "kind": "isotropic Gaussian direction scaled to the features' norm"}
 
   results["features"] = []
   for pos, i in enumerate(sel):
@@ -233,10 +261,10 @@ def run_steering(config, workdir: str) -> dict:
     entry = {"feature": fid, "label": label, "target": target, "baseline": base,
              "steered": [], "control": []}
     for a in strengths:
-      if a == 0.0:
+      if a == identity:
         cond = {**base, "reused_baseline": True}
       else:
-        cond = with_concept(condition(*generate(texts, steer_ctx(dirs[i], a), fids,
+        cond = with_concept(condition(*generate(texts, steer_ctx(dirs[i] if method == "add" else fid, a), fids,
                                                 f"f{fid}_a{a:g}"), pos), target)
         bar.update(1)
       entry["steered"].append({"alpha": a, **cond, "stats": stats(cond, base)})

@@ -15,6 +15,10 @@ step makes a conditional call then an unconditional one. A step is the position 
 frame being decoded: the transformer's streaming offset plus the row's position in S, so
 `steps=(start, stop)` means decoding passes start..stop-1 (delay pattern: pass i predicts
 codebook 0 of frame i) and also applies position-wise to a teacher-forced forward.
+`schedule` shapes the edit inside that window (`parse_schedule`): every step (default),
+every n-th step (`"every:4"`), or a linear ramp (`"ramp:50"`: weight (k+1)/50 at the k-th
+step of the window, then 1). The weight multiplies the added vector (add_direction) or
+the SAE edit (clamp_features).
 Vectors are cast to the activation's dtype/device (fp16 on CUDA). No jax imports here.
 """
 from __future__ import annotations
@@ -30,6 +34,32 @@ import torch
 from bridge import defaults
 
 HALVES = ("cond", "uncond", "both")
+SCHEDULES = ("every", "ramp")
+
+
+def parse_schedule(spec) -> tuple[str, int] | None:
+  """`""`/None: every step; `"every:n"` / `("every", n)`; `"ramp:n"` / `("ramp", n)`."""
+  if spec is None or spec in ("", "all"):
+    return None
+  kind, _, n = spec.partition(":") if isinstance(spec, str) else (spec[0], None, spec[1])
+  try:
+    n = int(n)
+  except (TypeError, ValueError):
+    n = 0
+  if kind not in SCHEDULES or n < 1:
+    raise ValueError(f"schedule={spec!r}; expected '', 'every:N' or 'ramp:N' with N >= 1")
+  return kind, n
+
+
+def schedule_weights(schedule, positions: torch.Tensor, start: int) -> torch.Tensor:
+  """Float weight of each absolute step in `positions` (window start `start`)."""
+  k = (positions - start).float()
+  if schedule is None:
+    return torch.ones_like(k)
+  kind, n = schedule
+  if kind == "every":
+    return (torch.remainder(positions - start, n) == 0).float()
+  return torch.clamp((k + 1) / n, max=1.0)
 
 
 def load_directions(path: str) -> tuple[torch.Tensor, dict]:
@@ -68,13 +98,15 @@ class _Steerer(contextlib.AbstractContextManager):
 
   def __init__(self, module: torch.nn.Module, *, half: str = "cond",
                steps: tuple[int | None, int | None] | None = None,
-               offset_fn: Callable[[], int] | None = None, two_step: bool = False):
+               offset_fn: Callable[[], int] | None = None, two_step: bool = False,
+               schedule=None):
     if half not in HALVES:
       raise ValueError(f"half={half!r}; allowed: {', '.join(HALVES)}")
     self.module, self.half, self.two_step = module, half, two_step
     start, stop = steps if steps is not None else (None, None)
     self.start, self.stop = (0 if start is None else int(start)), stop
     self.offset_fn = offset_fn or (lambda: 0)
+    self.schedule = parse_schedule(schedule)
     self.calls = 0            # hook calls seen (tests, debugging)
     self._handle = None
     self._seen: dict[int, int] = {}
@@ -97,14 +129,18 @@ class _Steerer(contextlib.AbstractContextManager):
                          f"(odd). Use half='both' without classifier-free guidance.")
     return slice(0, n // 2) if self.half == "cond" else slice(n // 2, n)
 
-  def _positions(self, S: int, offset: int) -> torch.Tensor:
+  def _positions(self, S: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions to edit [S] bool, their schedule weights [n_kept] float)."""
     pos = torch.arange(offset, offset + S)
     keep = pos >= self.start
     if self.stop is not None:
       keep &= pos < int(self.stop)
-    return keep
+    w = schedule_weights(self.schedule, pos, self.start)
+    keep &= w > 0
+    return keep, w[keep]
 
-  def edit(self, x: torch.Tensor) -> torch.Tensor:
+  def edit(self, x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    """x [r, s, D] -> edited x; `w` [s] schedule weights (None: all 1)."""
     raise NotImplementedError
 
   def _hook(self, module, args, output):
@@ -114,13 +150,15 @@ class _Steerer(contextlib.AbstractContextManager):
     o = out.unsqueeze(1) if squeeze else out
     offset = int(self.offset_fn())
     rows = self._rows(o.shape[0], offset)
-    keep = self._positions(o.shape[1], offset).to(o.device)
+    keep, w = self._positions(o.shape[1], offset)
+    keep = keep.to(o.device)
     if rows is None or not bool(keep.any()):
       return None
+    w = None if bool((w == 1).all()) else w.to(o.device)
     new = o.clone()
     blk = new[rows]                                   # view [r, S, D]
     sel = blk[:, keep]                                # copy [r, s, D]
-    blk[:, keep] = self.edit(sel).to(o.dtype)
+    blk[:, keep] = self.edit(sel, w).to(o.dtype)
     new = new.squeeze(1) if squeeze else new
     return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
 
@@ -138,7 +176,7 @@ class _Steerer(contextlib.AbstractContextManager):
     return False
 
 
-def _layer_kwargs(model, layer: int, half, steps) -> dict:
+def _layer_kwargs(model, layer: int, half, steps, schedule=None) -> dict:
   lm = _lm(model)
   layers = lm.transformer.layers
   if not 0 <= int(layer) < len(layers):
@@ -149,7 +187,7 @@ def _layer_kwargs(model, layer: int, half, steps) -> dict:
     o = state.get("offsets") if isinstance(state, dict) else None
     return int(o.reshape(-1)[0]) if o is not None else 0
   return dict(module=layers[int(layer)], half=half, steps=steps, offset_fn=offset,
-              two_step=_two_step(model))
+              two_step=_two_step(model), schedule=schedule)
 
 
 class add_direction(_Steerer):
@@ -161,18 +199,21 @@ class add_direction(_Steerer):
   """
 
   def __init__(self, model, layer: int, direction, alpha: float, relative_to: float | None = None,
-               half: str = "cond", steps: tuple[int | None, int | None] | None = None):
-    kw = _layer_kwargs(model, layer, half, steps)
+               half: str = "cond", steps: tuple[int | None, int | None] | None = None,
+               schedule=None):
+    kw = _layer_kwargs(model, layer, half, steps, schedule)
     super().__init__(**kw)
     d = int(_lm(model).dim)
     self.alpha = float(alpha) * (1.0 if relative_to is None else float(relative_to))
     self.vector = self.alpha * _as_vector(direction, d)
     self._cast: torch.Tensor | None = None
 
-  def edit(self, x):
+  def edit(self, x, w=None):
     if self._cast is None or self._cast.dtype != x.dtype or self._cast.device != x.device:
       self._cast = self.vector.to(device=x.device, dtype=x.dtype)
-    return x + self._cast
+    if w is None:
+      return x + self._cast
+    return x + w.to(x.dtype)[None, :, None] * self._cast
 
 
 FeatureSpec = Mapping[int, "float | tuple[str, float]"]
@@ -208,8 +249,8 @@ class clamp_features(_Steerer):
   """
 
   def __init__(self, model, layer: int, sae, features: FeatureSpec, half: str = "cond",
-               steps: tuple[int | None, int | None] | None = None):
-    super().__init__(**_layer_kwargs(model, layer, half, steps))
+               steps: tuple[int | None, int | None] | None = None, schedule=None):
+    super().__init__(**_layer_kwargs(model, layer, half, steps, schedule))
     if not features:
       raise ValueError("clamp_features: no features given")
     bad = [j for j in features if not 0 <= int(j) < sae.m]
@@ -219,10 +260,13 @@ class clamp_features(_Steerer):
       raise ValueError(f"the SAE was trained on layer {sae.layer}, not {layer}")
     self.sae, self.features = sae, dict(features)
 
-  def edit(self, x):
+  def edit(self, x, w=None):
     if self.sae.W_dec.device != x.device:
       self.sae.to(x.device)
-    return (x.float() + _clamp_delta(self.sae, x, self.features)).to(x.dtype)
+    delta = _clamp_delta(self.sae, x, self.features)
+    if w is not None:
+      delta = w.to(delta.device)[None, :, None] * delta
+    return (x.float() + delta).to(x.dtype)
 
 
 class add_text_direction(_Steerer):
@@ -246,7 +290,7 @@ class add_text_direction(_Steerer):
     self.vector = float(alpha) * (1.0 if relative_to is None else float(relative_to)) * \
         _as_vector(direction, d)
 
-  def edit(self, x):
+  def edit(self, x, w=None):
     return x + self.vector.to(device=x.device, dtype=x.dtype)
 
   def _hook(self, module, args, output):

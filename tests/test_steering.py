@@ -217,3 +217,39 @@ def test_unsteered_reread_nll_and_replay(model):
     steered = gen(model)
   drift = steer_eval.unsteered_reread(model, TEXTS, steered, LAYER, None, [])
   assert np.mean(drift["nll"]) > np.mean(rr["nll"])           # a hard push is surprising
+
+
+@pytest.mark.parametrize("schedule, weight", [
+    ("every:3", lambda k: float(k % 3 == 0)),
+    ("ramp:4", lambda k: min(1.0, (k + 1) / 4)),
+])
+def test_schedules_fire_on_the_right_steps(model, schedule, weight):
+  v = torch.randn(model.lm.dim)
+  start, stop = 2, 11
+  before, after, _ = probed(model, lambda: steering.add_direction(
+      model, LAYER, v, 1.0, steps=(start, stop), schedule=schedule))
+  for i, (b, a) in enumerate(zip(before, after)):
+    w = weight(i - start) if start <= i < stop else 0.0
+    assert torch.allclose(a[:B] - b[:B], (w * v).expand_as(b[:B]), atol=1e-6), (i, w)
+    assert torch.equal(a[B:], b[B:])
+
+
+def test_clamp_ramp_scales_the_sae_edit(model):
+  sae = orthonormal_sae(model.lm.dim)
+  full_b, full_a, _ = probed(model, lambda: steering.clamp_features(model, LAYER, sae, {0: 3.0}))
+  ramp_b, ramp_a, _ = probed(model, lambda: steering.clamp_features(model, LAYER, sae, {0: 3.0},
+                                                                    schedule="ramp:5"))
+  assert torch.equal(ramp_b[0], full_b[0])                   # same first input (same seed)
+  d_full, d_ramp = full_a[0] - full_b[0], ramp_a[0] - ramp_b[0]
+  assert torch.allclose(d_ramp, d_full / 5, atol=1e-5)       # step 0 of a 5-step ramp: 1/5
+  assert torch.equal(d_ramp[B:], torch.zeros_like(d_ramp[B:]))
+
+
+def test_schedule_errors_and_alpha_zero_with_schedule(model):
+  for bad in ("every", "every:0", "sometimes:3"):
+    with pytest.raises(ValueError, match="schedule"):
+      steering.add_direction(model, LAYER, torch.zeros(model.lm.dim), 1.0, schedule=bad)
+  base = gen(model)
+  with steering.add_direction(model, LAYER, torch.randn(model.lm.dim), 0.0, half="both",
+                              schedule="ramp:3"):
+    assert torch.equal(gen(model), base)
