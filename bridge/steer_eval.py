@@ -107,7 +107,9 @@ def run_steering(config, workdir: str) -> dict:
   exp_dir = os.path.join(workdir, "exports", config.run)
   dirs, man = steering.load_directions(exp_dir)
   sel = steering._selected(sc["features"], man, exp_dir)   # checked before the model loads
-  sae = TorchSAE.from_export(exp_dir) if os.path.exists(os.path.join(exp_dir, "cfg.json")) else None
+  kind = man.get("kind", "sae_decoder")          # or "mean_difference" (no SAE features)
+  sae = (TorchSAE.from_export(exp_dir) if kind == "sae_decoder" and
+         os.path.exists(os.path.join(exp_dir, "cfg.json")) else None)
   layer = man["layer"]
   if layer is None:
     raise ValueError(f"{exp_dir}/directions.json: site {man['site']!r} is not an LM layer")
@@ -164,6 +166,7 @@ def run_steering(config, workdir: str) -> dict:
   results = {"run": config.run, "site": man["site"], "layer": layer, "prompts": texts,
              "seed": seed, "mean_norm": man["mean_norm"], "relative": bool(sc["relative"]),
              "strengths": strengths, "measures": list(MEASURES), "method": method,
+             "directions_kind": kind,
              "schedule": sc["schedule"] or "every step", "steps": sc["steps"],
              "activation_units": "raw (feature_act*: the exported SAE's latents)",
              "nll_units": "nats per token, unsteered conditional LM"}

@@ -21,6 +21,9 @@ _FROM_SEL = flags.DEFINE_integer(
     "from_selectivity", 0, "Export the best N features per label value from "
     "reports/<run>/selectivity.json (written by launch.analyze) as directions.")
 _LABEL_KEY = flags.DEFINE_string("label_key", "emotion", "Label key for --from_selectivity.")
+_MEAN_DIFF = flags.DEFINE_string(
+    "mean_diff", None, "Label key: export difference-of-means (CAA) vectors of every value of "
+    "this label on the run's site, from the store, to <workdir>/exports/<run>-meandiff (no SAE).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: best, else latest).")
 _OUT = flags.DEFINE_string("out", None, "Output dir (default: <workdir>/exports/<run>).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -34,6 +37,17 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(f"--features must be comma-separated ints: {e}") from e
   labels = _LABELS.value or None
+  if _MEAN_DIFF.value:
+    from musicsae_jax import steer_vectors
+    cfg = _CONFIG.value
+    out = _OUT.value or os.path.join(_WORKDIR.value, "exports", f"{cfg.run}-meandiff")
+    with common.user_errors():
+      out = steer_vectors.export_mean_difference(
+          os.path.join(_WORKDIR.value, "activations", cfg.dataset), cfg.train.site,
+          _MEAN_DIFF.value, out, run=f"{cfg.run}-meandiff")
+    logging.info("mean-difference vectors of %s on %s to %s", _MEAN_DIFF.value, cfg.train.site, out)
+    print(out)
+    return
   if _FROM_SEL.value:
     if ids:
       raise app.UsageError("give --features or --from_selectivity, not both")
