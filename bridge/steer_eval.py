@@ -336,7 +336,8 @@ def plot_steering(results: dict, path: str) -> str:
         ax.annotate(f"{a:g}", (x_, y_), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.axhline(0, color="k", lw=0.5)
     ax.axvline(0, color="k", lw=0.5)
-    ax.set_title(f"f{f['feature']} {f['label'] or ''}", fontsize=9)
+    tag = "caa" if results.get("directions_kind") == "mean_difference" else "f"
+    ax.set_title(f"{tag}{f['feature']} {f['label'] or ''}", fontsize=9)
     ax.set_xlabel("Δ NLL (nats/token, unsteered LM)")
     ax.set_ylabel(f"Δ {y_m}" + (f" P({f['target']})" if y_m == "concept" else ""))
   axes[0][0].legend(fontsize=7)

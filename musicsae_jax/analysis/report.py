@@ -216,6 +216,10 @@ _STEER_COLS = ("concept", "nll", "feature_act_replay", "feature_act", "tempo_bpm
                "loudness_db", "brightness_hz", "mode_major_minus_minor")
 
 
+_ALPHA = {"add": "the direction's multiple", "scale": "factor on the feature through the SAE",
+          "set": "the feature's value through the SAE, raw units"}
+
+
 def _stat_cell(st: dict | None) -> str:
   """'mean [lo, hi] p' of one paired change (p: paired t-test)."""
   if not st or st.get("mean") is None:
@@ -244,8 +248,9 @@ def steering_section(steer: dict, plot_b64: str | None) -> str:
              f" (leave-one-out accuracy {_f(acc, 2)} vs chance {_f(concept['chance'], 2)}: the "
              "score means something only well above chance).")
   body = img(plot_b64, "steering: concept vs drift") if plot_b64 else "<p>no steer.png</p>"
+  tag = "caa" if steer.get("directions_kind") == "mean_difference" else "f"
   for f in steer["features"]:
-    title = f"f{f['feature']} {f.get('label') or ''}"
+    title = f"{tag}{f['feature']} {f.get('label') or ''}"
     rows = []
     for s in f["steered"]:
       ctrl = [c for c in f["control"] if c["alpha"] == s["alpha"]]
@@ -279,9 +284,15 @@ def steering_section(steer: dict, plot_b64: str | None) -> str:
                   [_player(c[b]) if len(c) > b else "–" for c in cells])
     if ab:
       body += _table(["prompt", "α", "baseline", "steered", "control 0"], ab, cls="ab")
-  note = (f"launch.steer on {html.escape(str(steer['site']))}: every exported direction × strength "
-          f"(α{' × the site mean norm' if steer.get('relative') else ', raw units'}) and "
-          f"{steer['controls']['count']} random directions of the same norm, same prompts and seed "
+  note = (f"launch.steer ({html.escape(str(steer.get('method', 'add')))}, "
+          f"{html.escape(str(steer.get('directions_kind', 'sae_decoder')))}, schedule "
+          f"{html.escape(str(steer.get('schedule', 'every step')))}) on "
+          f"{html.escape(str(steer['site']))}: every exported direction × strength "
+          f"(α: {_ALPHA.get(steer.get('method', 'add'), '')}"
+          f"{(' × the site mean norm' if steer.get('relative') else ', raw units') if steer.get('method', 'add') == 'add' else ''}) "
+          f"and {steer['controls']['count']} controls "
+          f"({html.escape(str(steer['controls'].get('kind', 'random directions of the same norm')))}), "
+          f"same prompts and seed "
           f"({len(steer['prompts'])} prompts). Cells: mean paired change vs baseline over prompts "
           "[95% bootstrap CI] and paired t-test p. nll: token NLL of the generated codes under the "
           "unsteered model (drift; nats/token). feature_act_replay: the feature on an unhooked "
