@@ -340,7 +340,11 @@ def plot_steering(results: dict, path: str) -> str:
     ax.set_title(f"{tag}{f['feature']} {f['label'] or ''}", fontsize=9)
     ax.set_xlabel("Δ NLL (nats/token, unsteered LM)")
     ax.set_ylabel(f"Δ {y_m}" + (f" P({f['target']})" if y_m == "concept" else ""))
-  axes[0][0].legend(fontsize=7)
+    if not pts and not ctrl:
+      ax.text(0.5, 0.5, f"no {y_m} measured\n(see steer.json)", ha="center", va="center",
+              transform=ax.transAxes, fontsize=8)
+  if axes[0][0].get_legend_handles_labels()[0]:
+    axes[0][0].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)

@@ -71,3 +71,21 @@ def test_reference_prompts_disjoint_and_balanced():
   assert len(refs) == 12 and all(vals.count(v) == 3 for v in set(vals))
   assert not {p["text"] for p in refs} & set(evaluated)
   assert steer_concept.reference_prompts("no_such_key", 3, []) == []
+
+
+def _cond(alpha, shift, control=None):
+  st = {"nll": {"mean": 2 * shift, "ci": [shift, 3 * shift]},
+        "concept": {"mean": shift, "ci": None}}
+  return {"alpha": alpha, "stats": st, **({"control": control} if control is not None else {})}
+
+
+@pytest.mark.parametrize("concept", [True, False])
+def test_plot_steering_writes_png(tmp_path, concept):
+  from bridge import steer_eval
+  res = {"controls": {"count": 2}, "concept": {"kind": "x"} if concept else {"skipped": "no"},
+         "features": [{"feature": 3, "label": "emotion=sad", "target": "sad",
+                       "steered": [_cond(0.0, 0.0), _cond(4.0, 0.2)],
+                       "control": [_cond(4.0, 0.05, 0), _cond(4.0, -0.05, 1)]}]}
+  assert steer_eval.concept_measure(res) == ("concept" if concept else "feature_act_replay")
+  path = steer_eval.plot_steering(res, str(tmp_path / "steer.png"))
+  assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
