@@ -69,5 +69,7 @@ def steer() -> ml_collections.ConfigDict:
   s.controls = 8                       # random directions of matched norm (the null band)
   s.concept_per_value = 3              # unsteered reference clips per label value for the
                                        # concept classifier on audio descriptors (0: skip)
+  s.clap = ""                          # local ClapModel dir (save_pretrained) | "tiny" (random,
+                                       # wiring only) | "" skip the CLAP measures
   s.save_audio = True
   return s

@@ -27,7 +27,8 @@ from musicsae_jax import progress
 METHODS = ("add", "scale", "set")
 IDENTITY = {"add": 0.0, "scale": 1.0}     # the strength at which a method is exactly no hook
 AUDIO_MEASURES = ("tempo_bpm", "loudness_db", "brightness_hz", "mode_major_minus_minor")
-MEASURES = ("concept", "nll", "feature_act", "feature_act_replay") + AUDIO_MEASURES
+MEASURES = ("concept", "clap_concept", "clap_prompt", "nll", "feature_act",
+            "feature_act_replay") + AUDIO_MEASURES
 
 
 def unsteered_reread(model, texts, tokens: torch.Tensor, layer: int, sae, fids) -> dict:
@@ -157,6 +158,8 @@ def run_steering(config, workdir: str) -> dict:
       for k in AUDIO_MEASURES:
         meas[k].append(float(d[k]))
       vecs.append(audio_features.clip_vector(w, model.sample_rate))
+    if clap is not None and name:
+      meas["_clap"] = clap.audio(wav, model.sample_rate)
     if isinstance(p, _FeatureProbe):
       meas["_probe"] = p.per_prompt()
     if "replay" in rr:
@@ -178,6 +181,18 @@ def run_steering(config, workdir: str) -> dict:
           if label_key and int(sc["concept_per_value"]) > 0 else [])
   total = 1 + bool(refs) + len(sel) * len(nonzero) + n_ctrl * len(nonzero)
   bar = progress.Progress(total, "steer", "generation", warmup=1)
+
+  # --- CLAP (optional; skipped with one line when no local model is named) --------------
+  from bridge import steer_clap
+  clap, clap_what = steer_clap.ClapScorer.load(str(sc["clap"] or ""))
+  values = sorted({str(lab).split("=", 1)[1] for lab in man["labels"] if lab and "=" in str(lab)})
+  if clap is not None:
+    prompt_emb = clap.text(texts)
+    label_emb = dict(zip(values, clap.text([f"{v} music" for v in values]))) if values else {}
+    results["clap"] = {"model": clap.name, "label_texts": {v: f"{v} music" for v in values}}
+  else:
+    results["clap"] = {"skipped": clap_what}
+    bar.write(f"steer: CLAP measures skipped ({clap_what})")
 
   # --- the concept classifier, trained on unsteered reference clips ---------------------
   clf = None
@@ -203,6 +218,10 @@ def run_steering(config, workdir: str) -> dict:
       per["feature_act"] = [float(v) for v in meas["_probe"][:, fpos]]
     if fpos is not None and "_replay" in meas:
       per["feature_act_replay"] = [float(v) for v in meas["_replay"][:, fpos]]
+    if "_clap" in meas:
+      emb = meas["_clap"]
+      per["clap_prompt"] = [float(v) for v in (emb * prompt_emb).sum(1)]
+      per["clap_label"] = {v: [float(x) for x in emb @ e] for v, e in label_emb.items()}
     if clf is not None:
       per["concept_proba"] = {v: [float(x) for x in col] for v, col in zip(clf.values, clf.proba(vecs).T)}
     return {"audio": paths, "per_prompt": per}
@@ -212,6 +231,10 @@ def run_steering(config, workdir: str) -> dict:
     probs = per.pop("concept_proba", None)
     if probs is not None and target in probs:
       per["concept"] = probs[target]
+    sims = per.pop("clap_label", None)
+    if sims and target in sims and len(sims) > 1:
+      others = np.mean([sims[v] for v in sims if v != target], axis=0)
+      per["clap_concept"] = [float(a - b) for a, b in zip(sims[target], others)]
     return {"audio": cond["audio"], "per_prompt": per}
 
   def stats(cond: dict, base: dict) -> dict:

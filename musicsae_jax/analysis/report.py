@@ -212,7 +212,7 @@ def render(d: dict) -> str:
 # Steering (reports/<run>/steer.json from launch.steer, spliced into report.html)
 # --------------------------------------------------------------------------------------
 STEERING_SECTION = "steering"
-_STEER_COLS = ("concept", "nll", "feature_act_replay", "feature_act", "tempo_bpm",
+_STEER_COLS = ("concept", "clap_concept", "clap_prompt", "nll", "feature_act_replay", "feature_act", "tempo_bpm",
                "loudness_db", "brightness_hz", "mode_major_minus_minor")
 
 
@@ -247,6 +247,13 @@ def steering_section(steer: dict, plot_b64: str | None) -> str:
              f"on {concept['train_clips']} unsteered reference clips of {html.escape(concept['label_key'])}"
              f" (leave-one-out accuracy {_f(acc, 2)} vs chance {_f(concept['chance'], 2)}: the "
              "score means something only well above chance).")
+  clap = steer.get("clap", {})
+  if "skipped" in clap:
+    cnote += f" CLAP measures skipped: {html.escape(str(clap['skipped']))}."
+  elif clap:
+    cnote += (f" CLAP ({html.escape(str(clap.get('model')))}): clap_prompt = cosine to the clip's "
+              "own prompt (adherence); clap_concept = cosine to '&lt;target&gt; music' minus the "
+              "mean over the other label values.")
   body = img(plot_b64, "steering: concept vs drift") if plot_b64 else "<p>no steer.png</p>"
   tag = "caa" if steer.get("directions_kind") == "mean_difference" else "f"
   for f in steer["features"]:
