@@ -65,6 +65,8 @@ def steer() -> ml_collections.ConfigDict:
                                        # the SAE (1 = identity, 0 = ablate, <0 flips); set:
                                        # feature = alpha (raw latent units); both keep the
                                        # SAE's error term (clamp_features)
+  s.transplant_from = ""               # method=transplant: the source prompt whose feature
+                                       # pattern over time (x alpha) is imposed
   s.schedule = ""                      # "" every step | "every:N" | "ramp:N" (inside steps)
   s.controls = 8                       # random directions of matched norm (the null band)
   s.concept_per_value = 3              # unsteered reference clips per label value for the

@@ -24,7 +24,7 @@ import torch
 from bridge import steer_stats, steering
 from musicsae_jax import progress
 
-METHODS = ("add", "scale", "set")
+METHODS = ("add", "scale", "set", "transplant")
 IDENTITY = {"add": 0.0, "scale": 1.0}     # the strength at which a method is exactly no hook
 AUDIO_MEASURES = ("tempo_bpm", "loudness_db", "brightness_hz", "mode_major_minus_minor")
 MEASURES = ("concept", "clap_concept", "clap_prompt", "nll", "feature_act",
@@ -123,6 +123,9 @@ def run_steering(config, workdir: str) -> dict:
     raise ValueError(f"--config.steer.method={method!r} edits SAE latents but {exp_dir} has no "
                      f"SAE (cfg.json); export the SAE with launch.export")
   schedule = steering.parse_schedule(sc["schedule"])       # checked before the model loads
+  if method == "transplant" and not sc["transplant_from"]:
+    raise ValueError("--config.steer.method=transplant needs --config.steer.transplant_from="
+                     "'<source prompt>' (whose feature pattern is imposed)")
   strengths = [float(a) for a in sc["strengths"]]
   threads = int(config.get("extract", {}).get("torch_threads", 0))
   if threads:
@@ -133,6 +136,10 @@ def run_steering(config, workdir: str) -> dict:
   model.set_generation_params(duration=float(sc["duration"]), use_sampling=True,
                               top_k=int(config.get("extract", {}).get("top_k", 50)))
   rel = man["mean_norm"] if sc["relative"] else None
+  source = None
+  if method == "transplant":            # every feature's pattern over time on the source
+    _, source = steering.record_features(model, [str(sc["transplant_from"])], layer, sae,
+                                         range(sae.m), seed=seed)
   out_dir = os.path.join(workdir, "reports", config.run)
   audio_dir = os.path.join(out_dir, "audio")
   os.makedirs(audio_dir, exist_ok=True)
@@ -169,7 +176,7 @@ def run_steering(config, workdir: str) -> dict:
   results = {"run": config.run, "site": man["site"], "layer": layer, "prompts": texts,
              "seed": seed, "mean_norm": man["mean_norm"], "relative": bool(sc["relative"]),
              "strengths": strengths, "measures": list(MEASURES), "method": method,
-             "directions_kind": kind,
+             "directions_kind": kind, "transplant_from": sc["transplant_from"] or None,
              "schedule": sc["schedule"] or "every step", "steps": sc["steps"],
              "activation_units": "raw (feature_act*: the exported SAE's latents)",
              "nll_units": "nats per token, unsteered conditional LM"}
@@ -251,6 +258,9 @@ def run_steering(config, workdir: str) -> dict:
     kw = dict(half=sc["half"], steps=sc["steps"], schedule=schedule)
     if method == "add":
       return steering.add_direction(model, layer, target, a, relative_to=rel, **kw)
+    if method == "transplant":
+      t = int(target)
+      return steering.transplant_features(model, layer, sae, [t], source[:, :, [t]], alpha=a, **kw)
     spec = ("scale", a) if method == "scale" else a
     return steering.clamp_features(model, layer, sae, {int(target): spec}, **kw)
 

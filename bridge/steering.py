@@ -155,6 +155,7 @@ class _Steerer(contextlib.AbstractContextManager):
     if rows is None or not bool(keep.any()):
       return None
     w = None if bool((w == 1).all()) else w.to(o.device)
+    self._cur_pos = torch.arange(offset, offset + o.shape[1])[keep.cpu()]   # steps being edited
     new = o.clone()
     blk = new[rows]                                   # view [r, S, D]
     sel = blk[:, keep]                                # copy [r, s, D]
@@ -267,6 +268,56 @@ class clamp_features(_Steerer):
     if w is not None:
       delta = w.to(delta.device)[None, :, None] * delta
     return (x.float() + delta).to(x.dtype)
+
+
+class transplant_features(_Steerer):
+  """Impose a recorded activation pattern of SAE features, step by step (error term kept).
+
+  `pattern` [B or 1, P, F] gives, for each prompt row (1: the same for all), the value of
+  features `ids` at decoding steps 0..P-1 (e.g. `record_features` on a source generation
+  with another prompt); steps >= P are left alone. x' = x + Σ_j (alpha·pattern_j - z_j) W_dec[j],
+  as in clamp_features, so at alpha = 1 the SAE reads back exactly the source pattern
+  (for features that stay above their threshold).
+  """
+
+  def __init__(self, model, layer: int, sae, ids, pattern, alpha: float = 1.0,
+               half: str = "cond", steps: tuple[int | None, int | None] | None = None,
+               schedule=None):
+    super().__init__(**_layer_kwargs(model, layer, half, steps, schedule))
+    self.sae, self.ids = sae, [int(i) for i in ids]
+    self.pattern = float(alpha) * torch.as_tensor(np.asarray(pattern), dtype=torch.float32)
+    if self.pattern.dim() != 3 or self.pattern.shape[2] != len(self.ids):
+      raise ValueError(f"pattern has shape {tuple(self.pattern.shape)}; expected "
+                       f"[rows, steps, {len(self.ids)}]")
+
+  def edit(self, x, w=None):
+    pos = self._cur_pos
+    ok = pos < self.pattern.shape[1]
+    if not bool(ok.any()):
+      return x
+    xs = x[:, ok.to(x.device)]
+    rows = self.pattern if self.pattern.shape[0] == xs.shape[0] else \
+        self.pattern[:1].expand(xs.shape[0], -1, -1)
+    target = rows[:, pos[ok]].to(x.device)                        # [r, s', F]
+    ids = torch.tensor(self.ids, device=x.device)
+    z = self.sae.encode(xs.float())[..., ids]
+    dz = target - z
+    if w is not None:
+      dz = w[ok.to(w.device)].to(dz.device)[None, :, None] * dz
+    out = x.float().clone()
+    out[:, ok.to(x.device)] = xs.float() + dz @ self.sae.W_dec[ids].to(x.device, torch.float32)
+    return out.to(x.dtype)
+
+
+def record_features(model, texts, layer: int, sae, ids, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+  """(tokens, pattern [B, T, F]): features `ids` at each step of an unsteered generation of
+  `texts` (teacher-forced re-read: pass i reads frame i), the input of transplant_features."""
+  from bridge import capture
+  tokens = capture.generate_tokens(model, texts, seed=seed)
+  cap = capture.teacher_forced_capture(model, texts, tokens, [f"lm.layer.{layer}"])
+  rows = torch.from_numpy(np.stack(cap.acts[f"lm.layer.{layer}"])).float()
+  with torch.no_grad():
+    return tokens, sae.encode(rows)[..., [int(i) for i in ids]]
 
 
 class add_text_direction(_Steerer):

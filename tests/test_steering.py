@@ -253,3 +253,25 @@ def test_schedule_errors_and_alpha_zero_with_schedule(model):
   with steering.add_direction(model, LAYER, torch.randn(model.lm.dim), 0.0, half="both",
                               schedule="ramp:3"):
     assert torch.equal(gen(model), base)
+
+
+def test_transplant_reproduces_the_source_pattern(model):
+  """Record features 0,1 on generations of other prompts, impose them: the SAE reads the
+  source pattern back at every transplanted step, nothing outside their span moves."""
+  sae = orthonormal_sae(model.lm.dim)
+  _, pattern = steering.record_features(model, ["dark ambient drone", "bright fast ska"],
+                                        LAYER, sae, [0, 1], seed=1)
+  assert pattern.shape == (B, T, 2)
+  before, after, _ = probed(model, lambda: steering.transplant_features(
+      model, LAYER, sae, [0, 1], pattern))
+  Wd = sae.W_dec[[0, 1]]
+  for i, (b, a) in enumerate(zip(before, after)):
+    assert torch.equal(a[B:], b[B:])
+    if i >= T:                                               # beyond the pattern: untouched
+      assert torch.equal(a, b)
+      continue
+    za = sae.encode(a[:B, 0])[:, [0, 1]]
+    assert torch.allclose(za, pattern[:, i], atol=1e-4)      # the source pattern, step i
+    diff = (a[:B] - b[:B]).reshape(-1, model.lm.dim)
+    assert (diff - (diff @ Wd.T) @ Wd).abs().max() < 1e-4
+  assert (pattern[:, :, 0] - sae.encode(before[0][:B, 0])[:, 0:1]).abs().max() > 1e-2

@@ -217,7 +217,8 @@ _STEER_COLS = ("concept", "clap_concept", "clap_prompt", "nll", "feature_act_rep
 
 
 _ALPHA = {"add": "the direction's multiple", "scale": "factor on the feature through the SAE",
-          "set": "the feature's value through the SAE, raw units"}
+          "set": "the feature's value through the SAE, raw units",
+          "transplant": "multiple of the source prompt's feature pattern over time"}
 
 
 def _stat_cell(st: dict | None) -> str:
