@@ -24,6 +24,7 @@ import torch
 from bridge import steer_stats, steering
 from musicsae_jax import progress
 
+TEXT_SITES = ("cond.proj", "t5.hidden")   # steered with add_text_direction (no steps)
 METHODS = ("add", "scale", "set", "transplant")
 IDENTITY = {"add": 0.0, "scale": 1.0}     # the strength at which a method is exactly no hook
 AUDIO_MEASURES = ("tempo_bpm", "loudness_db", "brightness_hz", "mode_major_minus_minor")
@@ -41,15 +42,17 @@ def unsteered_reread(model, texts, tokens: torch.Tensor, layer: int, sae, fids) 
   lm = steering._lm(model)
   attributes, _ = model._prepare_tokens_and_attributes(list(texts), None)
   seen = []
-  h = lm.transformer.layers[layer].register_forward_hook(
+  h = (lm.transformer.layers[layer].register_forward_hook(
       lambda m, a, o: seen.append((o[0] if isinstance(o, tuple) else o).detach()))
+       if layer is not None else None)
   try:
     with torch.no_grad(), model.autocast:
       provider = lm.condition_provider
       ct = provider(provider.tokenize(attributes))
       out = lm.compute_predictions(tokens.to(model.device), [], condition_tensors=ct)
   finally:
-    h.remove()
+    if h is not None:
+      h.remove()
   logp = torch.log_softmax(out.logits.float(), -1)
   codes = tokens.to(logp.device).long()
   nll_tok = -logp.gather(-1, codes.unsqueeze(-1)).squeeze(-1)          # [B, K, T]
@@ -57,7 +60,7 @@ def unsteered_reread(model, texts, tokens: torch.Tensor, layer: int, sae, fids) 
   nll_tok = torch.where(mask, nll_tok, torch.zeros_like(nll_tok))
   nll = (nll_tok.sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)).cpu().numpy()
   res = {"nll": [float(v) for v in nll]}
-  if sae is not None and fids:
+  if sae is not None and fids and layer is not None:
     T = tokens.shape[-1]
     x = seen[0][:, :T].float()
     with torch.no_grad():
@@ -112,13 +115,20 @@ def run_steering(config, workdir: str) -> dict:
   sae = (TorchSAE.from_export(exp_dir) if kind == "sae_decoder" and
          os.path.exists(os.path.join(exp_dir, "cfg.json")) else None)
   layer = man["layer"]
-  if layer is None:
-    raise ValueError(f"{exp_dir}/directions.json: site {man['site']!r} is not an LM layer")
+  text_site = man["site"] if man["site"] in TEXT_SITES else None
+  if layer is None and text_site is None:
+    raise ValueError(f"{exp_dir}/directions.json: site {man['site']!r} is neither an LM layer "
+                     f"nor a text-conditioning site ({', '.join(TEXT_SITES)})")
   texts = list(sc["prompts"] or [p["text"] for p in prompts_lib.emotion_prompts(1)][: sc["num_prompts"]])
   B, seed = len(texts), int(sc["seed"])
   method = str(sc["method"])
   if method not in METHODS:
     raise ValueError(f"--config.steer.method={method!r}; choose from {', '.join(METHODS)}")
+  if text_site and method != "add":
+    raise ValueError(f"--config.steer.method={method!r}: text-conditioning directions "
+                     f"({text_site}) are added (method=add); SAE edits need an LM layer")
+  if text_site:
+    sae = None                # its features live on the text site: no per-step probe there
   if method != "add" and sae is None:
     raise ValueError(f"--config.steer.method={method!r} edits SAE latents but {exp_dir} has no "
                      f"SAE (cfg.json); export the SAE with launch.export")
@@ -132,7 +142,15 @@ def run_steering(config, workdir: str) -> dict:
     torch.set_num_threads(threads)
   with progress.phase(f"steer: loading model {config.model.name}"):
     model = extract.build_model(config.model)
-  steering._check_fits(model, dirs, layer, exp_dir, config.model.name)
+  if text_site:
+    from bridge import models as models_lib
+    info = models_lib.model_info(model)
+    width = info.t5_dim if text_site == "t5.hidden" else info.d_model
+    if dirs.shape[1] != width:
+      raise ValueError(f"{exp_dir}/directions.safetensors: directions are {dirs.shape[1]} wide "
+                       f"but {text_site} of model {config.model.name!r} is {width} wide")
+  else:
+    steering._check_fits(model, dirs, layer, exp_dir, config.model.name)
   model.set_generation_params(duration=float(sc["duration"]), use_sampling=True,
                               top_k=int(config.get("extract", {}).get("top_k", 50)))
   rel = man["mean_norm"] if sc["relative"] else None
@@ -144,7 +162,7 @@ def run_steering(config, workdir: str) -> dict:
   audio_dir = os.path.join(out_dir, "audio")
   os.makedirs(audio_dir, exist_ok=True)
   fids = [int(man["feature_ids"][i]) for i in sel]
-  layer_mod = steering._lm(model).transformer.layers[layer]
+  layer_mod = steering._lm(model).transformer.layers[layer] if layer is not None else None
 
   def generate(texts_, steer_ctx, probe_fids, name):
     """Tokens -> per-prompt measures and wav paths (relative to the report folder)."""
@@ -256,6 +274,9 @@ def run_steering(config, workdir: str) -> dict:
   def steer_ctx(target, a):
     """`target`: a direction (add) or an SAE feature id (scale, set)."""
     kw = dict(half=sc["half"], steps=sc["steps"], schedule=schedule)
+    if text_site:
+      return steering.add_text_direction(model, target, a, relative_to=rel, site=text_site,
+                                         half=sc["half"])
     if method == "add":
       return steering.add_direction(model, layer, target, a, relative_to=rel, **kw)
     if method == "transplant":
