@@ -111,7 +111,7 @@ def run_steering(config, workdir: str) -> dict:
   exp_dir = os.path.join(workdir, "exports", config.run)
   dirs, man = steering.load_directions(exp_dir)
   sel = steering._selected(sc["features"], man, exp_dir)   # checked before the model loads
-  kind = man.get("kind", "sae_decoder")          # or "mean_difference" (no SAE features)
+  kind = man.get("kind", "sae_decoder")     # or "mean_difference" / "probe" (no SAE features)
   sae = (TorchSAE.from_export(exp_dir) if kind == "sae_decoder" and
          os.path.exists(os.path.join(exp_dir, "cfg.json")) else None)
   layer = man["layer"]
@@ -390,7 +390,7 @@ def plot_steering(results: dict, path: str) -> str:
         ax.annotate(f"{a:g}", (x_, y_), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.axhline(0, color="k", lw=0.5)
     ax.axvline(0, color="k", lw=0.5)
-    tag = "caa" if results.get("directions_kind") == "mean_difference" else "f"
+    tag = {"mean_difference": "caa", "probe": "probe"}.get(results.get("directions_kind"), "f")
     ax.set_title(f"{tag}{f['feature']} {f['label'] or ''}", fontsize=9)
     ax.set_xlabel("Δ NLL (nats/token, unsteered LM)")
     ax.set_ylabel(f"Δ {y_m}" + (f" P({f['target']})" if y_m == "concept" else ""))

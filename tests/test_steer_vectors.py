@@ -48,3 +48,15 @@ def test_export_mean_difference_directions_format(tmp_path):
   np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-6)
   with pytest.raises(export.ExportError, match="2 or more"):
     steer_vectors.mean_difference(path, "lm.layer.2", "no_such_label")
+
+
+def test_probe_directions_point_at_the_planted_axis(tmp_path):
+  path, _, _ = _store(tmp_path)
+  vecs, values, n, _ = steer_vectors.probe_directions(path, "lm.layer.2", "emotion", steps=50)
+  assert values == sorted(VALUES) and n == [4, 4, 4] and vecs.shape == (3, 6)
+  sad = vecs[values.index("sad")]
+  assert np.argmax(np.abs(sad)) == 0 and sad[0] > 0           # raises "sad" along axis 0
+  np.testing.assert_allclose(vecs.sum(0), 0.0, atol=1e-5)      # centred over classes
+  out = steer_vectors.export_mean_difference(path, "lm.layer.2", "emotion",
+                                             str(tmp_path / "p"), kind="probe")
+  assert export.load_directions(out)[1]["kind"] == "probe"

@@ -256,7 +256,7 @@ def steering_section(steer: dict, plot_b64: str | None) -> str:
               "own prompt (adherence); clap_concept = cosine to '&lt;target&gt; music' minus the "
               "mean over the other label values.")
   body = img(plot_b64, "steering: concept vs drift") if plot_b64 else "<p>no steer.png</p>"
-  tag = "caa" if steer.get("directions_kind") == "mean_difference" else "f"
+  tag = {"mean_difference": "caa", "probe": "probe"}.get(steer.get("directions_kind"), "f")
   for f in steer["features"]:
     title = f"{tag}{f['feature']} {f.get('label') or ''}"
     rows = []
