@@ -58,19 +58,46 @@ _MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2
 _MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 
 
+def mode_scores(chroma: np.ndarray) -> tuple[float, float, int, int]:
+  """(best major r, best minor r, major key, minor key): Pearson r of a 12-bin chroma with
+  the 12 rotations of each Krumhansl-Kessler profile (NaN-safe: a flat chroma gives 0)."""
+  def best(prof):
+    with np.errstate(invalid="ignore", divide="ignore"):
+      r = np.array([np.corrcoef(chroma, np.roll(prof, k))[0, 1] for k in range(12)])
+    r = np.nan_to_num(r, nan=0.0)
+    return float(r.max()), int(r.argmax())
+  (maj, kmaj), (mnr, kmin) = best(_MAJOR), best(_MINOR)
+  return maj, mnr, kmaj, kmin
+
+
 def clip_descriptors(wav: np.ndarray, sample_rate: int) -> dict:
-  """Tempo (BPM), loudness (dB RMS), brightness (mean centroid, Hz), key and mode."""
+  """Tempo (BPM), loudness (dB RMS), brightness (mean centroid, Hz), key and mode.
+
+  `mode_major_minus_minor` is continuous (best major-key r minus best minor-key r, in
+  [-2, 2]): a binary major/minor call hides every change smaller than a flip, and on audio
+  dominated by one or two pitch classes (the tiny random codec emits a near-constant tone
+  around G/G#) the call is the same for every clip while the margin still moves.
+  """
   import librosa
   y = np.asarray(wav, dtype=np.float32)
   if y.ndim == 2:
     y = y.mean(0)
   tempo, _ = librosa.beat.beat_track(y=y, sr=sample_rate)
   rms = float(np.sqrt(np.mean(y ** 2)) + 1e-12)
-  chroma = librosa.feature.chroma_stft(y=y, sr=sample_rate).mean(1)
-  scores = [(np.corrcoef(chroma, np.roll(prof, k))[0, 1], k, mode)
-            for mode, prof in (("major", _MAJOR), ("minor", _MINOR)) for k in range(12)]
-  score, key, mode = max(scores, key=lambda s: np.nan_to_num(s[0], nan=-2))
+  chroma = librosa.feature.chroma_stft(y=y, sr=sample_rate, tuning=0.0).mean(1)
+  maj, mnr, kmaj, kmin = mode_scores(chroma)
+  major = maj >= mnr
   return {"tempo_bpm": float(np.atleast_1d(tempo)[0]),
-          "loudness_db": 20 * np.log10(rms),
+          "loudness_db": float(20 * np.log10(rms)),
           "brightness_hz": float(librosa.feature.spectral_centroid(y=y, sr=sample_rate).mean()),
-          "key": PITCHES[key], "mode": mode, "mode_score": float(np.nan_to_num(score))}
+          "key": PITCHES[kmaj if major else kmin], "mode": "major" if major else "minor",
+          "mode_score": max(maj, mnr), "mode_major_minus_minor": maj - mnr}
+
+
+def clip_vector(wav: np.ndarray, sample_rate: int, frame_rate: float = 50.0) -> np.ndarray:
+  """Mean and std over frames of `FRAME_DESCRIPTORS`: one fixed-length vector per clip,
+  the input of the steering evaluation's concept classifier (audio only, never activations)."""
+  y = np.asarray(wav, dtype=np.float32)
+  n = max(1, int(y.shape[-1] * frame_rate / sample_rate))
+  f = frame_descriptors(y, sample_rate, frame_rate, n)
+  return np.concatenate([f.mean(0), f.std(0)]).astype(np.float64)

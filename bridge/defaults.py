@@ -58,9 +58,20 @@ def steer() -> ml_collections.ConfigDict:
   s.relative = True
   s.features = config_dict.placeholder(tuple)   # None: every exported direction
   s.half = "cond"                      # cond | uncond | both halves of the CFG batch
-  s.steps = config_dict.placeholder(int)        # None: every generation step
+  s.steps = config_dict.placeholder(tuple)      # (start, stop) decoding passes; None: all
   s.duration = 2.0
   s.seed = 0
-  s.control = True                     # a matched-norm random direction per strength
+  s.method = "add"                     # add: alpha x direction; scale: feature x alpha through
+                                       # the SAE (1 = identity, 0 = ablate, <0 flips); set:
+                                       # feature = alpha (raw latent units); both keep the
+                                       # SAE's error term (clamp_features)
+  s.transplant_from = ""               # method=transplant: the source prompt whose feature
+                                       # pattern over time (x alpha) is imposed
+  s.schedule = ""                      # "" every step | "every:N" | "ramp:N" (inside steps)
+  s.controls = 8                       # random directions of matched norm (the null band)
+  s.concept_per_value = 3              # unsteered reference clips per label value for the
+                                       # concept classifier on audio descriptors (0: skip)
+  s.clap = ""                          # local ClapModel dir (save_pretrained) | "tiny" (random,
+                                       # wiring only) | "" skip the CLAP measures
   s.save_audio = True
   return s

@@ -15,6 +15,10 @@ step makes a conditional call then an unconditional one. A step is the position 
 frame being decoded: the transformer's streaming offset plus the row's position in S, so
 `steps=(start, stop)` means decoding passes start..stop-1 (delay pattern: pass i predicts
 codebook 0 of frame i) and also applies position-wise to a teacher-forced forward.
+`schedule` shapes the edit inside that window (`parse_schedule`): every step (default),
+every n-th step (`"every:4"`), or a linear ramp (`"ramp:50"`: weight (k+1)/50 at the k-th
+step of the window, then 1). The weight multiplies the added vector (add_direction) or
+the SAE edit (clamp_features).
 Vectors are cast to the activation's dtype/device (fp16 on CUDA). No jax imports here.
 """
 from __future__ import annotations
@@ -28,9 +32,34 @@ import numpy as np
 import torch
 
 from bridge import defaults
-from musicsae_jax import progress
 
 HALVES = ("cond", "uncond", "both")
+SCHEDULES = ("every", "ramp")
+
+
+def parse_schedule(spec) -> tuple[str, int] | None:
+  """`""`/None: every step; `"every:n"` / `("every", n)`; `"ramp:n"` / `("ramp", n)`."""
+  if spec is None or spec in ("", "all"):
+    return None
+  kind, _, n = spec.partition(":") if isinstance(spec, str) else (spec[0], None, spec[1])
+  try:
+    n = int(n)
+  except (TypeError, ValueError):
+    n = 0
+  if kind not in SCHEDULES or n < 1:
+    raise ValueError(f"schedule={spec!r}; expected '', 'every:N' or 'ramp:N' with N >= 1")
+  return kind, n
+
+
+def schedule_weights(schedule, positions: torch.Tensor, start: int) -> torch.Tensor:
+  """Float weight of each absolute step in `positions` (window start `start`)."""
+  k = (positions - start).float()
+  if schedule is None:
+    return torch.ones_like(k)
+  kind, n = schedule
+  if kind == "every":
+    return (torch.remainder(positions - start, n) == 0).float()
+  return torch.clamp((k + 1) / n, max=1.0)
 
 
 def load_directions(path: str) -> tuple[torch.Tensor, dict]:
@@ -69,13 +98,15 @@ class _Steerer(contextlib.AbstractContextManager):
 
   def __init__(self, module: torch.nn.Module, *, half: str = "cond",
                steps: tuple[int | None, int | None] | None = None,
-               offset_fn: Callable[[], int] | None = None, two_step: bool = False):
+               offset_fn: Callable[[], int] | None = None, two_step: bool = False,
+               schedule=None):
     if half not in HALVES:
       raise ValueError(f"half={half!r}; allowed: {', '.join(HALVES)}")
     self.module, self.half, self.two_step = module, half, two_step
     start, stop = steps if steps is not None else (None, None)
     self.start, self.stop = (0 if start is None else int(start)), stop
     self.offset_fn = offset_fn or (lambda: 0)
+    self.schedule = parse_schedule(schedule)
     self.calls = 0            # hook calls seen (tests, debugging)
     self._handle = None
     self._seen: dict[int, int] = {}
@@ -98,14 +129,18 @@ class _Steerer(contextlib.AbstractContextManager):
                          f"(odd). Use half='both' without classifier-free guidance.")
     return slice(0, n // 2) if self.half == "cond" else slice(n // 2, n)
 
-  def _positions(self, S: int, offset: int) -> torch.Tensor:
+  def _positions(self, S: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions to edit [S] bool, their schedule weights [n_kept] float)."""
     pos = torch.arange(offset, offset + S)
     keep = pos >= self.start
     if self.stop is not None:
       keep &= pos < int(self.stop)
-    return keep
+    w = schedule_weights(self.schedule, pos, self.start)
+    keep &= w > 0
+    return keep, w[keep]
 
-  def edit(self, x: torch.Tensor) -> torch.Tensor:
+  def edit(self, x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    """x [r, s, D] -> edited x; `w` [s] schedule weights (None: all 1)."""
     raise NotImplementedError
 
   def _hook(self, module, args, output):
@@ -115,13 +150,16 @@ class _Steerer(contextlib.AbstractContextManager):
     o = out.unsqueeze(1) if squeeze else out
     offset = int(self.offset_fn())
     rows = self._rows(o.shape[0], offset)
-    keep = self._positions(o.shape[1], offset).to(o.device)
+    keep, w = self._positions(o.shape[1], offset)
+    keep = keep.to(o.device)
     if rows is None or not bool(keep.any()):
       return None
+    w = None if bool((w == 1).all()) else w.to(o.device)
+    self._cur_pos = torch.arange(offset, offset + o.shape[1])[keep.cpu()]   # steps being edited
     new = o.clone()
     blk = new[rows]                                   # view [r, S, D]
     sel = blk[:, keep]                                # copy [r, s, D]
-    blk[:, keep] = self.edit(sel).to(o.dtype)
+    blk[:, keep] = self.edit(sel, w).to(o.dtype)
     new = new.squeeze(1) if squeeze else new
     return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
 
@@ -139,7 +177,7 @@ class _Steerer(contextlib.AbstractContextManager):
     return False
 
 
-def _layer_kwargs(model, layer: int, half, steps) -> dict:
+def _layer_kwargs(model, layer: int, half, steps, schedule=None) -> dict:
   lm = _lm(model)
   layers = lm.transformer.layers
   if not 0 <= int(layer) < len(layers):
@@ -150,7 +188,7 @@ def _layer_kwargs(model, layer: int, half, steps) -> dict:
     o = state.get("offsets") if isinstance(state, dict) else None
     return int(o.reshape(-1)[0]) if o is not None else 0
   return dict(module=layers[int(layer)], half=half, steps=steps, offset_fn=offset,
-              two_step=_two_step(model))
+              two_step=_two_step(model), schedule=schedule)
 
 
 class add_direction(_Steerer):
@@ -162,18 +200,21 @@ class add_direction(_Steerer):
   """
 
   def __init__(self, model, layer: int, direction, alpha: float, relative_to: float | None = None,
-               half: str = "cond", steps: tuple[int | None, int | None] | None = None):
-    kw = _layer_kwargs(model, layer, half, steps)
+               half: str = "cond", steps: tuple[int | None, int | None] | None = None,
+               schedule=None):
+    kw = _layer_kwargs(model, layer, half, steps, schedule)
     super().__init__(**kw)
     d = int(_lm(model).dim)
     self.alpha = float(alpha) * (1.0 if relative_to is None else float(relative_to))
     self.vector = self.alpha * _as_vector(direction, d)
     self._cast: torch.Tensor | None = None
 
-  def edit(self, x):
+  def edit(self, x, w=None):
     if self._cast is None or self._cast.dtype != x.dtype or self._cast.device != x.device:
       self._cast = self.vector.to(device=x.device, dtype=x.dtype)
-    return x + self._cast
+    if w is None:
+      return x + self._cast
+    return x + w.to(x.dtype)[None, :, None] * self._cast
 
 
 FeatureSpec = Mapping[int, "float | tuple[str, float]"]
@@ -209,8 +250,8 @@ class clamp_features(_Steerer):
   """
 
   def __init__(self, model, layer: int, sae, features: FeatureSpec, half: str = "cond",
-               steps: tuple[int | None, int | None] | None = None):
-    super().__init__(**_layer_kwargs(model, layer, half, steps))
+               steps: tuple[int | None, int | None] | None = None, schedule=None):
+    super().__init__(**_layer_kwargs(model, layer, half, steps, schedule))
     if not features:
       raise ValueError("clamp_features: no features given")
     bad = [j for j in features if not 0 <= int(j) < sae.m]
@@ -220,10 +261,63 @@ class clamp_features(_Steerer):
       raise ValueError(f"the SAE was trained on layer {sae.layer}, not {layer}")
     self.sae, self.features = sae, dict(features)
 
-  def edit(self, x):
+  def edit(self, x, w=None):
     if self.sae.W_dec.device != x.device:
       self.sae.to(x.device)
-    return (x.float() + _clamp_delta(self.sae, x, self.features)).to(x.dtype)
+    delta = _clamp_delta(self.sae, x, self.features)
+    if w is not None:
+      delta = w.to(delta.device)[None, :, None] * delta
+    return (x.float() + delta).to(x.dtype)
+
+
+class transplant_features(_Steerer):
+  """Impose a recorded activation pattern of SAE features, step by step (error term kept).
+
+  `pattern` [B or 1, P, F] gives, for each prompt row (1: the same for all), the value of
+  features `ids` at decoding steps 0..P-1 (e.g. `record_features` on a source generation
+  with another prompt); steps >= P are left alone. x' = x + Σ_j (alpha·pattern_j - z_j) W_dec[j],
+  as in clamp_features, so at alpha = 1 the SAE reads back exactly the source pattern
+  (for features that stay above their threshold).
+  """
+
+  def __init__(self, model, layer: int, sae, ids, pattern, alpha: float = 1.0,
+               half: str = "cond", steps: tuple[int | None, int | None] | None = None,
+               schedule=None):
+    super().__init__(**_layer_kwargs(model, layer, half, steps, schedule))
+    self.sae, self.ids = sae, [int(i) for i in ids]
+    self.pattern = float(alpha) * torch.as_tensor(np.asarray(pattern), dtype=torch.float32)
+    if self.pattern.dim() != 3 or self.pattern.shape[2] != len(self.ids):
+      raise ValueError(f"pattern has shape {tuple(self.pattern.shape)}; expected "
+                       f"[rows, steps, {len(self.ids)}]")
+
+  def edit(self, x, w=None):
+    pos = self._cur_pos
+    ok = pos < self.pattern.shape[1]
+    if not bool(ok.any()):
+      return x
+    xs = x[:, ok.to(x.device)]
+    rows = self.pattern if self.pattern.shape[0] == xs.shape[0] else \
+        self.pattern[:1].expand(xs.shape[0], -1, -1)
+    target = rows[:, pos[ok]].to(x.device)                        # [r, s', F]
+    ids = torch.tensor(self.ids, device=x.device)
+    z = self.sae.encode(xs.float())[..., ids]
+    dz = target - z
+    if w is not None:
+      dz = w[ok.to(w.device)].to(dz.device)[None, :, None] * dz
+    out = x.float().clone()
+    out[:, ok.to(x.device)] = xs.float() + dz @ self.sae.W_dec[ids].to(x.device, torch.float32)
+    return out.to(x.dtype)
+
+
+def record_features(model, texts, layer: int, sae, ids, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+  """(tokens, pattern [B, T, F]): features `ids` at each step of an unsteered generation of
+  `texts` (teacher-forced re-read: pass i reads frame i), the input of transplant_features."""
+  from bridge import capture
+  tokens = capture.generate_tokens(model, texts, seed=seed)
+  cap = capture.teacher_forced_capture(model, texts, tokens, [f"lm.layer.{layer}"])
+  rows = torch.from_numpy(np.stack(cap.acts[f"lm.layer.{layer}"])).float()
+  with torch.no_grad():
+    return tokens, sae.encode(rows)[..., [int(i) for i in ids]]
 
 
 class add_text_direction(_Steerer):
@@ -249,7 +343,7 @@ class add_text_direction(_Steerer):
     self.vector = float(alpha) * (1.0 if relative_to is None else float(relative_to)) * \
         _as_vector(direction, d)
 
-  def edit(self, x):
+  def edit(self, x, w=None):
     return x + self.vector.to(device=x.device, dtype=x.dtype)
 
   def _hook(self, module, args, output):
@@ -267,45 +361,6 @@ class add_text_direction(_Steerer):
 # --------------------------------------------------------------------------------------
 
 STEER_DEFAULTS = defaults.steer().to_dict()   # every config.steer field and its default
-
-
-class _FeatureProbe(contextlib.AbstractContextManager):
-  """Mean SAE activation of chosen features on the conditional rows after all steering."""
-
-  def __init__(self, module, sae, ids):
-    self.module, self.sae, self.ids, self.acts = module, sae, list(ids), []
-
-  def __enter__(self):
-    def hook(mod, args, out):
-      out = out[0] if isinstance(out, tuple) else out
-      self.acts.append(self.sae.encode(out[: out.shape[0] // 2].float())[..., self.ids]
-                       .reshape(-1, len(self.ids)))
-    self.h = self.module.register_forward_hook(hook)
-    return self
-
-  def __exit__(self, *exc):
-    self.h.remove()
-    return False
-
-  def mean(self) -> list[float]:
-    return torch.cat(self.acts).mean(0).tolist() if self.acts else []
-
-
-def _replayed_feature(model, texts, tokens, layer: int, sae, fid) -> float | None:
-  """The feature's mean activation when the generated tokens are re-read WITHOUT steering.
-
-  `feature_act` (the probe during steered generation) includes the added vector itself;
-  this one does not: a teacher-forced, unhooked forward over the steered tokens measures
-  whether the music the model wrote now carries the feature (the downstream effect).
-  """
-  if sae is None or fid is None:
-    return None
-  from bridge import capture
-  site = f"lm.layer.{layer}"
-  cap = capture.teacher_forced_capture(model, texts, tokens, [site])
-  rows = torch.from_numpy(np.concatenate(cap.acts[site])).float()
-  with torch.no_grad():
-    return float(sae.encode(rows)[:, fid].mean())
 
 
 def _selected(features, man: dict, exp_dir: str) -> list[int]:
@@ -335,117 +390,6 @@ def _check_fits(model, dirs, layer: int, exp_dir: str, model_name: str) -> None:
 
 
 def run_steering(config, workdir: str) -> dict:
-  """Baseline vs steered audio for every exported direction × strength (+ a matched-norm
-  random control), same seeds; acoustic changes per strength to `reports/<run>/steer.json`."""
-  from bridge import audio_features, extract, prompts as prompts_lib
-  from bridge.sae_torch import TorchSAE
-  sc = dict(STEER_DEFAULTS)
-  sc.update({k: v for k, v in (config.get("steer") or {}).items() if v is not None})
-  exp_dir = os.path.join(workdir, "exports", config.run)
-  dirs, man = load_directions(exp_dir)
-  sel = _selected(sc["features"], man, exp_dir)         # checked before the model loads
-  sae = TorchSAE.from_export(exp_dir) if os.path.exists(os.path.join(exp_dir, "cfg.json")) else None
-  layer = man["layer"]
-  if layer is None:
-    raise ValueError(f"{exp_dir}/directions.json: site {man['site']!r} is not an LM layer")
-  texts = list(sc["prompts"] or [p["text"] for p in prompts_lib.emotion_prompts(1)][: sc["num_prompts"]])
-  threads = int(config.get("extract", {}).get("torch_threads", 0))
-  if threads:
-    torch.set_num_threads(threads)
-  with progress.phase(f"steer: loading model {config.model.name}"):
-    model = extract.build_model(config.model)
-  _check_fits(model, dirs, layer, exp_dir, config.model.name)
-  model.set_generation_params(duration=float(sc["duration"]), use_sampling=True,
-                              top_k=int(config.get("extract", {}).get("top_k", 50)))
-  rel = man["mean_norm"] if sc["relative"] else None
-  out_dir = os.path.join(workdir, "reports", config.run)
-  audio_dir = os.path.join(out_dir, "audio")
-  os.makedirs(audio_dir, exist_ok=True)
-  g = torch.Generator().manual_seed(int(sc["seed"]))
-  from bridge import capture
-  import soundfile as sf
-
-  def one(name, direction, alpha):
-    steer = (add_direction(model, layer, direction, alpha, relative_to=rel, half=sc["half"],
-                           steps=sc["steps"]) if direction is not None else contextlib.nullcontext())
-    probe = (_FeatureProbe(_lm(model).transformer.layers[layer], sae, [fid])
-             if sae is not None and fid is not None else contextlib.nullcontext())
-    with steer, probe as p:
-      tokens = capture.generate_tokens(model, texts, seed=int(sc["seed"]))
-    replay = _replayed_feature(model, texts, tokens, layer, sae, fid)
-    wav = model.generate_audio(tokens).float().cpu().numpy()
-    meas = []
-    for b, w in enumerate(wav):
-      if sc["save_audio"]:
-        sf.write(os.path.join(audio_dir, f"{name}_p{b}.wav"), w.T, model.sample_rate)
-      meas.append(audio_features.clip_descriptors(w, model.sample_rate))
-    res = {k: float(np.mean([m[k] for m in meas])) for k in ("tempo_bpm", "loudness_db", "brightness_hz")}
-    res["major_frac"] = float(np.mean([m["mode"] == "major" for m in meas]))
-    if isinstance(p, _FeatureProbe):
-      res["feature_act"] = p.mean()[0]
-    if replay is not None:
-      res["feature_act_replay"] = replay
-    return res
-
-  results = {"run": config.run, "site": man["site"], "layer": layer, "prompts": texts,
-             "mean_norm": man["mean_norm"], "relative": bool(sc["relative"]),
-             "strengths": list(sc["strengths"]), "features": [],
-             "activation_units": "raw (feature_act*: the exported SAE's latents)"}
-  per_feature = 1 + len(sc["strengths"]) * (2 if sc["control"] else 1)
-  bar = progress.Progress(len(sel) * per_feature, "steer", "generation", warmup=1)
-  for i in sel:
-    fid = man["feature_ids"][i]
-    base = one(f"f{fid}_baseline", None, 0.0)
-    bar.update(1)
-    rnd = torch.randn(dirs.shape[1], generator=g)
-    rnd = rnd / rnd.norm() * dirs[i].norm()                   # matched norm control
-    entry = {"feature": fid, "label": man["labels"][i], "baseline": base, "steered": [],
-             "control": []}
-    for a in sc["strengths"]:
-      for kind, vec in (("steered", dirs[i]), ("control", rnd if sc["control"] else None)):
-        if vec is None:
-          continue
-        r = one(f"f{fid}_{kind}_a{a:g}", vec, float(a))
-        r["delta"] = {k: r[k] - base[k] for k in r if k in base}
-        entry[kind].append({"alpha": float(a), **r})
-        bar.update(1)
-        bar.write(f"feature {fid} ({man['labels'][i]}) {kind:8s} alpha={a:g}: " +
-                  ", ".join(f"Δ{k}={v:+.3g}" for k, v in r["delta"].items()))
-    results["features"].append(entry)
-  bar.close()
-  path = os.path.join(out_dir, "steer.json")
-  with open(path, "w") as f:
-    json.dump(results, f, indent=2)
-  results["plot"] = plot_steering(results, os.path.join(out_dir, "steer.png"))
-  results["path"] = path
-  return results
-
-
-STEER_MEASURES = ("feature_act", "feature_act_replay", "tempo_bpm", "loudness_db", "brightness_hz", "major_frac")
-
-
-def plot_steering(results: dict, path: str) -> str:
-  """Change of each measure vs strength, steered direction (solid) vs random control (dashed)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  measures = [m for m in STEER_MEASURES
-              if any(m in s["delta"] for f in results["features"] for s in f["steered"])]
-  fig, axes = plt.subplots(1, len(measures), figsize=(3.6 * len(measures), 3.2), squeeze=False)
-  for ax, m in zip(axes[0], measures):
-    for i, f in enumerate(results["features"]):
-      color = f"C{i % 10}"
-      for kind, style in (("steered", "-o"), ("control", "--x")):
-        pts = [(s["alpha"], s["delta"][m]) for s in f[kind] if m in s["delta"]]
-        if pts:
-          a, v = zip(*pts)
-          ax.plot(a, v, style, color=color, ms=4,
-                  label=f"{f['feature']} {f['label'] or ''}" if kind == "steered" else None)
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_title(f"Δ {m}")
-    ax.set_xlabel("alpha" + (" (x mean norm)" if results.get("relative") else ""))
-  axes[0][0].legend(fontsize=7, title="solid: steered, dashed: control", title_fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
+  """The steering experiment (`launch.steer`); see bridge/steer_eval.py."""
+  from bridge import steer_eval
+  return steer_eval.run_steering(config, workdir)

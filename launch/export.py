@@ -25,6 +25,12 @@ _ALLOW_FAILING = flags.DEFINE_bool(
     "allow_failing", False, "With --from_selectivity: export features that do not pass the "
     "held-out null too (each is logged as a WARNING); default: refuse.")
 _LABEL_KEY = flags.DEFINE_string("label_key", "emotion", "Label key for --from_selectivity.")
+_MEAN_DIFF = flags.DEFINE_string(
+    "mean_diff", None, "Label key: export difference-of-means (CAA) vectors of every value of "
+    "this label on the run's site, from the store, to <workdir>/exports/<run>-meandiff (no SAE).")
+_PROBE_DIRS = flags.DEFINE_string(
+    "probe_dirs", None, "Label key: export the linear probe's weight direction per value (the "
+    "analysis probe on per-prompt means, in raw units) to <workdir>/exports/<run>-probe.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: best, else latest).")
 _OUT = flags.DEFINE_string("out", None, "Output dir (default: <workdir>/exports/<run>).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -38,6 +44,19 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(f"--features must be comma-separated ints: {e}") from e
   labels = _LABELS.value or None
+  if _MEAN_DIFF.value or _PROBE_DIRS.value:
+    from musicsae_jax import steer_vectors
+    cfg = _CONFIG.value
+    kind, key, tag = (("mean_difference", _MEAN_DIFF.value, "meandiff") if _MEAN_DIFF.value
+                      else ("probe", _PROBE_DIRS.value, "probe"))
+    out = _OUT.value or os.path.join(_WORKDIR.value, "exports", f"{cfg.run}-{tag}")
+    with common.user_errors():
+      out = steer_vectors.export_mean_difference(
+          os.path.join(_WORKDIR.value, "activations", cfg.dataset), cfg.train.site,
+          key, out, run=f"{cfg.run}-{tag}", kind=kind)
+    logging.info("%s vectors of %s on %s to %s", kind, key, cfg.train.site, out)
+    print(out)
+    return
   if _FROM_SEL.value:
     if ids:
       raise app.UsageError("give --features or --from_selectivity, not both")

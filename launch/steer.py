@@ -4,9 +4,15 @@
         --config.steer.strengths=0,2,4 --config.steer.num_prompts=2
 
 Reads `exports/<run>/directions.*` (+ `sae.*` for the feature's own activation), writes
-`reports/<run>/steer.json` and `reports/<run>/audio/*.wav`; prints per-strength deltas
-for the steered direction and a matched-norm random control.
+`reports/<run>/steer.json` (every measure per prompt, condition and strength, with paired
+statistics), `steer.png` (concept vs drift, controls as a null band) and
+`reports/<run>/audio/*.wav`, then adds the steering section to `report.html` in a
+separate process (the report code is on the JAX side; this process holds torch).
 """
+import os
+import subprocess
+import sys
+
 from absl import app, flags
 
 from bridge import steering
@@ -15,6 +21,8 @@ from launch import common
 _CONFIG = common.define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workspace root (exports/<run>/ is read).")
 flags.mark_flags_as_required(["config", "workdir"])
+_REPORT = ("import sys; from musicsae_jax.analysis import report; "
+           "print(report.update_steering(sys.argv[1]))")
 
 
 def main(argv):
@@ -23,6 +31,10 @@ def main(argv):
   with common.user_errors():
     res = steering.run_steering(_CONFIG.value, _WORKDIR.value)
   print(res["path"])
+  report = subprocess.run([sys.executable, "-c", _REPORT, os.path.dirname(res["path"])],
+                          cwd=common.REPO_ROOT)
+  if report.returncode:
+    sys.exit(f"steer.json written, but adding it to report.html failed (exit {report.returncode})")
 
 
 if __name__ == "__main__":

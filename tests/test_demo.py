@@ -14,7 +14,8 @@ TINY = [
     "--config.analysis.probe_folds=2", "--config.analysis.probe_steps=20",
     "--config.analysis.cosine_permutations=50", "--config.analysis.max_features=5",
     "--config.steer.num_prompts=1", "--config.steer.strengths=(0.0,8.0)",
-    "--config.steer.duration=1.0",
+    "--config.steer.duration=1.0", "--config.steer.controls=2",
+    "--config.steer.concept_per_value=2",
 ]
 
 
@@ -35,12 +36,19 @@ def test_demo_end_to_end(tmp_path):
   assert sorted(exported["labels"]) == ["emotion=calm", "emotion=energetic", "emotion=happy",
                                         "emotion=sad"]
   steer = json.load(open(tmp_path / "reports" / "tiny" / "steer.json"))
+  assert steer["concept"]["train_clips"] == 8 and steer["controls"]["count"] == 2
   for f in steer["features"]:
     zero = [s for s in f["steered"] if s["alpha"] == 0.0][0]
-    assert all(v == 0 for v in zero["delta"].values())          # alpha = 0 changes nothing
+    assert zero["reused_baseline"] and zero["audio"] == f["baseline"]["audio"]
+    assert all(v["mean"] == 0 for v in zero["stats"].values())    # alpha = 0 changes nothing
     strong = [s for s in f["steered"] if s["alpha"] == 8.0][0]
-    assert strong["delta"]["feature_act"] > 0                   # steering moves its feature
-    assert "feature_act_replay" in strong["delta"]              # re-read without the hook
+    assert strong["stats"]["feature_act"]["mean"] > 0              # steering moves its feature
+    assert {"feature_act_replay", "nll", "concept", "tempo_bpm"} <= set(strong["per_prompt"])
+    assert len(strong["per_prompt"]["nll"]) == 1                   # one value per prompt
+    assert len(f["control"]) == 2                                  # controls x nonzero strengths
+  wavs = os.listdir(tmp_path / "reports" / "tiny" / "audio")
+  assert sum(w.startswith("baseline_") for w in wavs) == 1         # one baseline per prompt
   html = open(tmp_path / "reports" / "tiny" / "report.html").read()
+  assert html.count('<section id="steering">') == 1
   assert html.count("data:image/png;base64,") >= 3
   assert (tmp_path / "reports" / "tiny" / "steer.png").exists()

@@ -195,3 +195,83 @@ def test_vector_cast_to_activation_dtype(model):
   x = torch.zeros(4, 1, model.lm.dim, dtype=torch.float16)
   y = s._hook(None, (), x)
   assert y.dtype == torch.float16 and torch.equal(y, x + 0.25)
+
+
+def test_unsteered_reread_nll_and_replay(model):
+  """The drift measure: per-prompt token NLL under the unsteered model, and the replayed
+  feature on the same pass, equal to the established teacher-forced capture path."""
+  from bridge import steer_eval
+  sae = orthonormal_sae(model.lm.dim)
+  tokens = gen(model)
+  rr = steer_eval.unsteered_reread(model, TEXTS, tokens, LAYER, sae, [0, 3])
+  cap = capture.teacher_forced_capture(model, TEXTS, tokens, [f"lm.layer.{LAYER}"])
+  for b, rows in enumerate(cap.acts[f"lm.layer.{LAYER}"]):
+    ref = sae.encode(torch.from_numpy(rows).float())[:, [0, 3]].mean(0)
+    assert np.allclose(rr["replay"][b], ref.numpy(), atol=1e-4)
+  alone = steer_eval.unsteered_reread(model, TEXTS[:1], tokens[:1], LAYER, None, [])
+  assert abs(alone["nll"][0] - rr["nll"][0]) < 1e-4          # per prompt, batch-independent
+  rand = torch.randint(0, model.lm.card, tokens.shape, generator=torch.Generator().manual_seed(0))
+  noise = steer_eval.unsteered_reread(model, TEXTS, rand, LAYER, None, [])
+  assert all(g < r for g, r in zip(rr["nll"], noise["nll"]))  # sampled codes are likelier
+  with steering.add_direction(model, LAYER, torch.randn(model.lm.dim), 20.0, half="both"):
+    steered = gen(model)
+  drift = steer_eval.unsteered_reread(model, TEXTS, steered, LAYER, None, [])
+  assert np.mean(drift["nll"]) > np.mean(rr["nll"])           # a hard push is surprising
+
+
+@pytest.mark.parametrize("schedule, weight", [
+    ("every:3", lambda k: float(k % 3 == 0)),
+    ("ramp:4", lambda k: min(1.0, (k + 1) / 4)),
+])
+def test_schedules_fire_on_the_right_steps(model, schedule, weight):
+  v = torch.randn(model.lm.dim)
+  start, stop = 2, 11
+  before, after, _ = probed(model, lambda: steering.add_direction(
+      model, LAYER, v, 1.0, steps=(start, stop), schedule=schedule))
+  for i, (b, a) in enumerate(zip(before, after)):
+    w = weight(i - start) if start <= i < stop else 0.0
+    assert torch.allclose(a[:B] - b[:B], (w * v).expand_as(b[:B]), atol=1e-6), (i, w)
+    assert torch.equal(a[B:], b[B:])
+
+
+def test_clamp_ramp_scales_the_sae_edit(model):
+  sae = orthonormal_sae(model.lm.dim)
+  full_b, full_a, _ = probed(model, lambda: steering.clamp_features(model, LAYER, sae, {0: 3.0}))
+  ramp_b, ramp_a, _ = probed(model, lambda: steering.clamp_features(model, LAYER, sae, {0: 3.0},
+                                                                    schedule="ramp:5"))
+  assert torch.equal(ramp_b[0], full_b[0])                   # same first input (same seed)
+  d_full, d_ramp = full_a[0] - full_b[0], ramp_a[0] - ramp_b[0]
+  assert torch.allclose(d_ramp, d_full / 5, atol=1e-5)       # step 0 of a 5-step ramp: 1/5
+  assert torch.equal(d_ramp[B:], torch.zeros_like(d_ramp[B:]))
+
+
+def test_schedule_errors_and_alpha_zero_with_schedule(model):
+  for bad in ("every", "every:0", "sometimes:3"):
+    with pytest.raises(ValueError, match="schedule"):
+      steering.add_direction(model, LAYER, torch.zeros(model.lm.dim), 1.0, schedule=bad)
+  base = gen(model)
+  with steering.add_direction(model, LAYER, torch.randn(model.lm.dim), 0.0, half="both",
+                              schedule="ramp:3"):
+    assert torch.equal(gen(model), base)
+
+
+def test_transplant_reproduces_the_source_pattern(model):
+  """Record features 0,1 on generations of other prompts, impose them: the SAE reads the
+  source pattern back at every transplanted step, nothing outside their span moves."""
+  sae = orthonormal_sae(model.lm.dim)
+  _, pattern = steering.record_features(model, ["dark ambient drone", "bright fast ska"],
+                                        LAYER, sae, [0, 1], seed=1)
+  assert pattern.shape == (B, T, 2)
+  before, after, _ = probed(model, lambda: steering.transplant_features(
+      model, LAYER, sae, [0, 1], pattern))
+  Wd = sae.W_dec[[0, 1]]
+  for i, (b, a) in enumerate(zip(before, after)):
+    assert torch.equal(a[B:], b[B:])
+    if i >= T:                                               # beyond the pattern: untouched
+      assert torch.equal(a, b)
+      continue
+    za = sae.encode(a[:B, 0])[:, [0, 1]]
+    assert torch.allclose(za, pattern[:, i], atol=1e-4)      # the source pattern, step i
+    diff = (a[:B] - b[:B]).reshape(-1, model.lm.dim)
+    assert (diff - (diff @ Wd.T) @ Wd).abs().max() < 1e-4
+  assert (pattern[:, :, 0] - sae.encode(before[0][:B, 0])[:, 0:1]).abs().max() > 1e-2

@@ -226,3 +226,132 @@ def render(d: dict) -> str:
   title = html.escape(f"musicsae report: {s.get('run', '')}")
   return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
           f"<style>{_CSS}</style></head><body><h1>{title}</h1>{''.join(parts)}</body></html>")
+
+
+# --------------------------------------------------------------------------------------
+# Steering (reports/<run>/steer.json from launch.steer, spliced into report.html)
+# --------------------------------------------------------------------------------------
+STEERING_SECTION = "steering"
+_STEER_COLS = ("concept", "clap_concept", "clap_prompt", "nll", "feature_act_replay", "feature_act", "tempo_bpm",
+               "loudness_db", "brightness_hz", "mode_major_minus_minor")
+
+
+_ALPHA = {"add": "the direction's multiple", "scale": "factor on the feature through the SAE",
+          "set": "the feature's value through the SAE, raw units",
+          "transplant": "multiple of the source prompt's feature pattern over time"}
+
+
+def _stat_cell(st: dict | None) -> str:
+  """'mean [lo, hi] p' of one paired change (p: paired t-test)."""
+  if not st or st.get("mean") is None:
+    return "–"
+  ci = f" [{st['ci'][0]:+.3g}, {st['ci'][1]:+.3g}]" if st.get("ci") else ""
+  p = f" p={st['p_ttest']:.2g}" if st.get("p_ttest") is not None else ""
+  return f"{st['mean']:+.3g}{ci}{p}"
+
+
+def _player(src: str) -> str:
+  return f'<audio controls preload="metadata" src="{html.escape(src)}"></audio>'
+
+
+def steering_section(steer: dict, plot_b64: str | None) -> str:
+  """The steering section: the standard plot, change vs baseline per feature and strength
+  (with the controls' range), per-prompt values and A/B players (baseline/steered/control)."""
+  measures = [m for m in _STEER_COLS if any(m in s["stats"] for f in steer["features"]
+                                            for s in f["steered"])]
+  concept = steer.get("concept", {})
+  if "skipped" in concept:
+    cnote = f"Concept score skipped: {html.escape(str(concept['skipped']))}."
+  else:
+    acc = concept.get("loo_accuracy")
+    cnote = (f"concept = P(target label) from a {html.escape(concept['kind'])} trained in the run "
+             f"on {concept['train_clips']} unsteered reference clips of {html.escape(concept['label_key'])}"
+             f" (leave-one-out accuracy {_f(acc, 2)} vs chance {_f(concept['chance'], 2)}: the "
+             "score means something only well above chance).")
+  clap = steer.get("clap", {})
+  if "skipped" in clap:
+    cnote += f" CLAP measures skipped: {html.escape(str(clap['skipped']))}."
+  elif clap:
+    cnote += (f" CLAP ({html.escape(str(clap.get('model')))}): clap_prompt = cosine to the clip's "
+              "own prompt (adherence); clap_concept = cosine to '&lt;target&gt; music' minus the "
+              "mean over the other label values.")
+  body = img(plot_b64, "steering: concept vs drift") if plot_b64 else "<p>no steer.png</p>"
+  tag = {"mean_difference": "caa", "probe": "probe"}.get(steer.get("directions_kind"), "f")
+  for f in steer["features"]:
+    title = f"{tag}{f['feature']} {f.get('label') or ''}"
+    rows = []
+    for s in f["steered"]:
+      ctrl = [c for c in f["control"] if c["alpha"] == s["alpha"]]
+      row = [f"steered α={s['alpha']:g}"] + [_stat_cell(s["stats"].get(m)) for m in measures]
+      rows.append(row)
+      if ctrl:
+        rng = []
+        for m in measures:
+          v = [c["stats"][m]["mean"] for c in ctrl if m in c["stats"] and c["stats"][m]["mean"] is not None]
+          rng.append(f"{min(v):+.3g} … {max(v):+.3g}" if v else "–")
+        rows.append([f"controls α={s['alpha']:g} (range of {len(ctrl)})"] + rng)
+    body += f"<h3>{html.escape(title)}</h3>" + _table(["condition"] + [f"Δ {m}" for m in measures], rows)
+    # per prompt: values of each measure, baseline and every strength
+    pp_rows = []
+    for b, text in enumerate(steer["prompts"]):
+      for name, cond in [("baseline", f["baseline"])] + [(f"α={s['alpha']:g}", s) for s in f["steered"]]:
+        per = cond["per_prompt"]
+        pp_rows.append([html.escape(text) if name == "baseline" else "", name] +
+                       [_f(per[m][b], 3) if m in per else "–" for m in measures])
+    body += ("<details><summary>per-prompt values</summary>" +
+             _table(["prompt", "condition"] + measures, pp_rows) + "</details>")
+    # A/B players: baseline / steered / first control, per prompt and strength
+    ab = []
+    for b, text in enumerate(steer["prompts"]):
+      for s in f["steered"]:
+        if s.get("reused_baseline"):
+          continue
+        ctrl = [c for c in f["control"] if c["alpha"] == s["alpha"] and c["audio"]]
+        cells = [f["baseline"]["audio"], s["audio"], ctrl[0]["audio"] if ctrl else []]
+        ab.append([html.escape(text), f"{s['alpha']:g}"] +
+                  [_player(c[b]) if len(c) > b else "–" for c in cells])
+    if ab:
+      body += _table(["prompt", "α", "baseline", "steered", "control 0"], ab, cls="ab")
+  note = (f"launch.steer ({html.escape(str(steer.get('method', 'add')))}, "
+          f"{html.escape(str(steer.get('directions_kind', 'sae_decoder')))}, schedule "
+          f"{html.escape(str(steer.get('schedule', 'every step')))}) on "
+          f"{html.escape(str(steer['site']))}: every exported direction × strength "
+          f"(α: {_ALPHA.get(steer.get('method', 'add'), '')}"
+          f"{(' × the site mean norm' if steer.get('relative') else ', raw units') if steer.get('method', 'add') == 'add' else ''}) "
+          f"and {steer['controls']['count']} controls "
+          f"({html.escape(str(steer['controls'].get('kind', 'random directions of the same norm')))}), "
+          f"same prompts and seed "
+          f"({len(steer['prompts'])} prompts). Cells: mean paired change vs baseline over prompts "
+          "[95% bootstrap CI] and paired t-test p. nll: token NLL of the generated codes under the "
+          "unsteered model (drift; nats/token). feature_act_replay: the feature on an unhooked "
+          "re-read of the steered music. Plot: Δ concept against Δ NLL; grey points and band are "
+          f"the controls: steering worked where the point leaves the band at small drift. {cnote} "
+          "Numbers and every per-prompt value: steer.json.")
+  return _section(STEERING_SECTION, "Steering", note, body)
+
+
+def update_steering(report_dir: str) -> str:
+  """Put the steering section of `report_dir/steer.json` into `report_dir/report.html`
+  (replacing an older one; a page with this section only if launch.analyze has not run)."""
+  import json
+  import os
+  import re
+  with open(os.path.join(report_dir, "steer.json")) as f:
+    steer = json.load(f)
+  png = os.path.join(report_dir, "steer.png")
+  section = steering_section(steer, png_file(png) if os.path.exists(png) else None)
+  path = os.path.join(report_dir, "report.html")
+  if os.path.exists(path):
+    with open(path) as f:
+      page = f.read()
+    page = re.sub(rf'<section id="{STEERING_SECTION}">.*?</section>(?=<section|</body>)', "",
+                  page, flags=re.S)
+    page = page.replace("</body>", section + "</body>", 1)
+  else:
+    title = html.escape(f"musicsae report: {steer.get('run', '')}")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{title}</h1>{section}</body></html>")
+  with open(path, "w") as f:
+    f.write(page)
+  return path
+

@@ -1,0 +1,405 @@
+"""The steering experiment behind `launch.steer`: per-prompt measures, controls, statistics.
+
+One unsteered baseline per prompt (same seed for every condition, so each steered clip
+has a paired baseline clip), then every exported direction x strength, and
+`steer.controls` random directions of the same norm x strength as the null. alpha = 0
+reuses the baseline (a zero-strength hook is bit-identical to no hook; tested).
+
+Every clip is measured (`MEASURES`): audio descriptors (librosa), the steered feature
+during generation and on an unhooked re-read, the token NLL of the generated codes under
+the UNSTEERED model (drift: how surprising the steered music is to the model itself), and
+the target-concept probability from an in-run classifier on audio descriptors
+(`bridge.steer_concept`). `steer.json` keeps every value per prompt; each condition also
+gets `stats[measure]` = paired change vs baseline: mean, bootstrap CI, t / Wilcoxon p.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+
+import numpy as np
+import torch
+
+from bridge import steer_stats, steering
+from musicsae_jax import progress
+
+TEXT_SITES = ("cond.proj", "t5.hidden")   # steered with add_text_direction (no steps)
+METHODS = ("add", "scale", "set", "transplant")
+IDENTITY = {"add": 0.0, "scale": 1.0}     # the strength at which a method is exactly no hook
+AUDIO_MEASURES = ("tempo_bpm", "loudness_db", "brightness_hz", "mode_major_minus_minor")
+MEASURES = ("concept", "clap_concept", "clap_prompt", "nll", "feature_act",
+            "feature_act_replay") + AUDIO_MEASURES
+
+
+def unsteered_reread(model, texts, tokens: torch.Tensor, layer: int, sae, fids) -> dict:
+  """Per-prompt token NLL of `tokens` and features `fids` on one unhooked teacher-forced pass.
+
+  NLL: mean over valid (delay-pattern) positions and codebooks of -log p(code) under the
+  conditional model (no classifier-free guidance mixing), nats per token. `feature_act_
+  replay`: the features' mean over the first T positions of `layer` (pass i reads frame i).
+  """
+  lm = steering._lm(model)
+  attributes, _ = model._prepare_tokens_and_attributes(list(texts), None)
+  seen = []
+  h = (lm.transformer.layers[layer].register_forward_hook(
+      lambda m, a, o: seen.append((o[0] if isinstance(o, tuple) else o).detach()))
+       if layer is not None else None)
+  try:
+    with torch.no_grad(), model.autocast:
+      provider = lm.condition_provider
+      ct = provider(provider.tokenize(attributes))
+      out = lm.compute_predictions(tokens.to(model.device), [], condition_tensors=ct)
+  finally:
+    if h is not None:
+      h.remove()
+  logp = torch.log_softmax(out.logits.float(), -1)
+  codes = tokens.to(logp.device).long()
+  nll_tok = -logp.gather(-1, codes.unsqueeze(-1)).squeeze(-1)          # [B, K, T]
+  mask = out.mask.to(nll_tok.device)
+  nll_tok = torch.where(mask, nll_tok, torch.zeros_like(nll_tok))
+  nll = (nll_tok.sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)).cpu().numpy()
+  res = {"nll": [float(v) for v in nll]}
+  if sae is not None and fids and layer is not None:
+    T = tokens.shape[-1]
+    x = seen[0][:, :T].float()
+    with torch.no_grad():
+      z = sae.encode(x)[..., list(fids)].mean(1)                         # [B, F]
+    res["replay"] = z.cpu().numpy()
+  return res
+
+
+class _FeatureProbe(contextlib.AbstractContextManager):
+  """Per-prompt mean SAE activation of features on the conditional rows after all steering."""
+
+  def __init__(self, module, sae, ids, B: int):
+    self.module, self.sae, self.ids, self.B, self.acts = module, sae, list(ids), B, []
+
+  def __enter__(self):
+    def hook(mod, args, out):
+      out = out[0] if isinstance(out, tuple) else out
+      cond = out[: self.B] if out.shape[0] == 2 * self.B else out
+      self.acts.append(self.sae.encode(cond.float())[..., self.ids].mean(1))   # [B, F]
+    self.h = self.module.register_forward_hook(hook)
+    return self
+
+  def __exit__(self, *exc):
+    self.h.remove()
+    return False
+
+  def per_prompt(self) -> np.ndarray:
+    return torch.stack(self.acts).mean(0).cpu().numpy()
+
+
+def _config(config) -> dict:
+  sc = dict(steering.STEER_DEFAULTS)
+  sc.update({k: v for k, v in (config.get("steer") or {}).items() if v is not None})
+  return sc
+
+
+def _label_key(labels) -> str | None:
+  keys = {str(lab).split("=", 1)[0] for lab in labels if lab and "=" in str(lab)}
+  return keys.pop() if len(keys) == 1 else None
+
+
+def run_steering(config, workdir: str) -> dict:
+  """Baseline, steered and control generations; per-prompt measures to steer.json."""
+  from bridge import audio_features, capture, extract, prompts as prompts_lib, steer_concept
+  from bridge.sae_torch import TorchSAE
+  import soundfile as sf
+  sc = _config(config)
+  exp_dir = os.path.join(workdir, "exports", config.run)
+  dirs, man = steering.load_directions(exp_dir)
+  sel = steering._selected(sc["features"], man, exp_dir)   # checked before the model loads
+  kind = man.get("kind", "sae_decoder")     # or "mean_difference" / "probe" (no SAE features)
+  sae = (TorchSAE.from_export(exp_dir) if kind == "sae_decoder" and
+         os.path.exists(os.path.join(exp_dir, "cfg.json")) else None)
+  layer = man["layer"]
+  text_site = man["site"] if man["site"] in TEXT_SITES else None
+  if layer is None and text_site is None:
+    raise ValueError(f"{exp_dir}/directions.json: site {man['site']!r} is neither an LM layer "
+                     f"nor a text-conditioning site ({', '.join(TEXT_SITES)})")
+  texts = list(sc["prompts"] or [p["text"] for p in prompts_lib.emotion_prompts(1)][: sc["num_prompts"]])
+  B, seed = len(texts), int(sc["seed"])
+  method = str(sc["method"])
+  if method not in METHODS:
+    raise ValueError(f"--config.steer.method={method!r}; choose from {', '.join(METHODS)}")
+  if text_site and method != "add":
+    raise ValueError(f"--config.steer.method={method!r}: text-conditioning directions "
+                     f"({text_site}) are added (method=add); SAE edits need an LM layer")
+  if text_site:
+    sae = None                # its features live on the text site: no per-step probe there
+  if method != "add" and sae is None:
+    raise ValueError(f"--config.steer.method={method!r} edits SAE latents but {exp_dir} has no "
+                     f"SAE (cfg.json); export the SAE with launch.export")
+  schedule = steering.parse_schedule(sc["schedule"])       # checked before the model loads
+  if method == "transplant" and not sc["transplant_from"]:
+    raise ValueError("--config.steer.method=transplant needs --config.steer.transplant_from="
+                     "'<source prompt>' (whose feature pattern is imposed)")
+  strengths = [float(a) for a in sc["strengths"]]
+  threads = int(config.get("extract", {}).get("torch_threads", 0))
+  if threads:
+    torch.set_num_threads(threads)
+  with progress.phase(f"steer: loading model {config.model.name}"):
+    model = extract.build_model(config.model)
+  if text_site:
+    from bridge import models as models_lib
+    info = models_lib.model_info(model)
+    width = info.t5_dim if text_site == "t5.hidden" else info.d_model
+    if dirs.shape[1] != width:
+      raise ValueError(f"{exp_dir}/directions.safetensors: directions are {dirs.shape[1]} wide "
+                       f"but {text_site} of model {config.model.name!r} is {width} wide")
+  else:
+    steering._check_fits(model, dirs, layer, exp_dir, config.model.name)
+  model.set_generation_params(duration=float(sc["duration"]), use_sampling=True,
+                              top_k=int(config.get("extract", {}).get("top_k", 50)))
+  rel = man["mean_norm"] if sc["relative"] else None
+  source = None
+  if method == "transplant":            # every feature's pattern over time on the source
+    _, source = steering.record_features(model, [str(sc["transplant_from"])], layer, sae,
+                                         range(sae.m), seed=seed)
+  out_dir = os.path.join(workdir, "reports", config.run)
+  audio_dir = os.path.join(out_dir, "audio")
+  os.makedirs(audio_dir, exist_ok=True)
+  fids = [int(man["feature_ids"][i]) for i in sel]
+  layer_mod = steering._lm(model).transformer.layers[layer] if layer is not None else None
+
+  def generate(texts_, steer_ctx, probe_fids, name):
+    """Tokens -> per-prompt measures and wav paths (relative to the report folder)."""
+    probe = (_FeatureProbe(layer_mod, sae, probe_fids, len(texts_))
+             if sae is not None and probe_fids else contextlib.nullcontext())
+    with steer_ctx, probe as p:
+      tokens = capture.generate_tokens(model, texts_, seed=seed)
+    rr = unsteered_reread(model, texts_, tokens, layer, sae, probe_fids)
+    wav = model.generate_audio(tokens).float().cpu().numpy()
+    meas = {"nll": rr["nll"], **{k: [] for k in AUDIO_MEASURES}}
+    vecs, paths = [], []
+    for b, w in enumerate(wav):
+      if sc["save_audio"] and name:
+        rel_path = f"audio/{name}_p{b}.wav"
+        sf.write(os.path.join(out_dir, rel_path), w.T, model.sample_rate)
+        paths.append(rel_path)
+      d = audio_features.clip_descriptors(w, model.sample_rate)
+      for k in AUDIO_MEASURES:
+        meas[k].append(float(d[k]))
+      vecs.append(audio_features.clip_vector(w, model.sample_rate))
+    if clap is not None and name:
+      meas["_clap"] = clap.audio(wav, model.sample_rate)
+    if isinstance(p, _FeatureProbe):
+      meas["_probe"] = p.per_prompt()
+    if "replay" in rr:
+      meas["_replay"] = rr["replay"]
+    return meas, np.stack(vecs), paths
+
+  results = {"run": config.run, "site": man["site"], "layer": layer, "prompts": texts,
+             "seed": seed, "mean_norm": man["mean_norm"], "relative": bool(sc["relative"]),
+             "strengths": strengths, "measures": list(MEASURES), "method": method,
+             "directions_kind": kind, "transplant_from": sc["transplant_from"] or None,
+             "schedule": sc["schedule"] or "every step", "steps": sc["steps"],
+             "activation_units": "raw (feature_act*: the exported SAE's latents)",
+             "nll_units": "nats per token, unsteered conditional LM"}
+  identity = IDENTITY.get(method)
+  nonzero = [a for a in strengths if a != identity]
+  n_ctrl = int(sc["controls"])
+  label_key = _label_key(man["labels"])
+  refs = (steer_concept.reference_prompts(label_key, int(sc["concept_per_value"]), texts)
+          if label_key and int(sc["concept_per_value"]) > 0 else [])
+  total = 1 + bool(refs) + len(sel) * len(nonzero) + n_ctrl * len(nonzero)
+  bar = progress.Progress(total, "steer", "generation", warmup=1)
+
+  # --- CLAP (optional; skipped with one line when no local model is named) --------------
+  from bridge import steer_clap
+  clap, clap_what = steer_clap.ClapScorer.load(str(sc["clap"] or ""))
+  values = sorted({str(lab).split("=", 1)[1] for lab in man["labels"] if lab and "=" in str(lab)})
+  if clap is not None:
+    prompt_emb = clap.text(texts)
+    label_emb = dict(zip(values, clap.text([f"{v} music" for v in values]))) if values else {}
+    results["clap"] = {"model": clap.name, "label_texts": {v: f"{v} music" for v in values}}
+  else:
+    results["clap"] = {"skipped": clap_what}
+    bar.write(f"steer: CLAP measures skipped ({clap_what})")
+
+  # --- the concept classifier, trained on unsteered reference clips ---------------------
+  clf = None
+  if refs:
+    _, ref_vecs, _ = generate([p["text"] for p in refs], contextlib.nullcontext(), [], None)
+    bar.update(1)
+    clf = steer_concept.CentroidClassifier(ref_vecs, [p["labels"][label_key] for p in refs])
+    results["concept"] = {"kind": "nearest centroid on audio descriptors (mean, std over frames)",
+                          "label_key": label_key, "values": clf.values,
+                          "train_clips": len(refs), "loo_accuracy": clf.loo_accuracy(),
+                          "chance": 1.0 / len(clf.values)}
+  else:
+    why = ("steer.concept_per_value=0" if int(sc["concept_per_value"]) <= 0 else
+           f"labels {sorted(set(map(str, man['labels'])))} name no single key of the built-in "
+           f"labelled prompts")
+    results["concept"] = {"skipped": why}
+    bar.write(f"steer: concept score skipped ({why})")
+
+  def condition(meas, vecs, paths, fpos: int | None) -> dict:
+    """Per-prompt values of every measure for one clip set, seen from feature `fpos`."""
+    per = {k: list(meas[k]) for k in ("nll",) + AUDIO_MEASURES}
+    if fpos is not None and "_probe" in meas:
+      per["feature_act"] = [float(v) for v in meas["_probe"][:, fpos]]
+    if fpos is not None and "_replay" in meas:
+      per["feature_act_replay"] = [float(v) for v in meas["_replay"][:, fpos]]
+    if "_clap" in meas:
+      emb = meas["_clap"]
+      per["clap_prompt"] = [float(v) for v in (emb * prompt_emb).sum(1)]
+      per["clap_label"] = {v: [float(x) for x in emb @ e] for v, e in label_emb.items()}
+    if clf is not None:
+      per["concept_proba"] = {v: [float(x) for x in col] for v, col in zip(clf.values, clf.proba(vecs).T)}
+    return {"audio": paths, "per_prompt": per}
+
+  def with_concept(cond: dict, target: str | None) -> dict:
+    per = dict(cond["per_prompt"])
+    probs = per.pop("concept_proba", None)
+    if probs is not None and target in probs:
+      per["concept"] = probs[target]
+    sims = per.pop("clap_label", None)
+    if sims and target in sims and len(sims) > 1:
+      others = np.mean([sims[v] for v in sims if v != target], axis=0)
+      per["clap_concept"] = [float(a - b) for a, b in zip(sims[target], others)]
+    return {"audio": cond["audio"], "per_prompt": per}
+
+  def stats(cond: dict, base: dict) -> dict:
+    return {k: steer_stats.paired_summary(v, base["per_prompt"][k], seed=seed)
+            for k, v in cond["per_prompt"].items() if k in base["per_prompt"]}
+
+  # --- baseline: once per prompt and seed ----------------------------------------------
+  others = [j for j in range(sae.m) if j not in fids] if method != "add" else []
+  base_raw = generate(texts, contextlib.nullcontext(), fids + others, "baseline")
+  bar.update(1)
+
+  def steer_ctx(target, a):
+    """`target`: a direction (add) or an SAE feature id (scale, set)."""
+    kw = dict(half=sc["half"], steps=sc["steps"], schedule=schedule)
+    if text_site:
+      return steering.add_text_direction(model, target, a, relative_to=rel, site=text_site,
+                                         half=sc["half"])
+    if method == "add":
+      return steering.add_direction(model, layer, target, a, relative_to=rel, **kw)
+    if method == "transplant":
+      t = int(target)
+      return steering.transplant_features(model, layer, sae, [t], source[:, :, [t]], alpha=a, **kw)
+    spec = ("scale", a) if method == "scale" else a
+    return steering.clamp_features(model, layer, sae, {int(target): spec}, **kw)
+
+  # --- controls, shared by every feature -----------------------------------------------
+  g = torch.Generator().manual_seed(seed)
+  if method == "add":        # random directions of the features' norm
+    norm = float(dirs[sel].norm(dim=1).mean())
+    targets = []
+    for _ in range(n_ctrl):
+      rnd = torch.randn(dirs.shape[1], generator=g)
+      targets.append(rnd / rnd.norm() * norm)
+    results["controls"] = {"count": n_ctrl, "norm": norm,
+                           "kind": "isotropic Gaussian direction scaled to the features' norm"}
+  else:                      # the same edit on random other features active on the baseline
+    act = base_raw[0]["_probe"].mean(0)[len(fids):]
+    alive = [j for j, v in zip(others, act) if v > 0]
+    pick = torch.randperm(len(alive), generator=g)[:n_ctrl].tolist()
+    targets = [alive[p] for p in pick]
+    results["controls"] = {"count": len(targets), "features": targets,
+                           "kind": f"the same {method} on random other features active on the "
+                                   f"baseline ({len(alive)} candidates)"}
+    base_raw[0]["_probe"] = base_raw[0]["_probe"][:, :len(fids)]
+  controls_raw = []
+  for k, tgt in enumerate(targets):
+    for a in nonzero:
+      controls_raw.append((k, a, generate(texts, steer_ctx(tgt, a), fids, f"control{k}_a{a:g}")))
+      bar.update(1)
+
+  results["features"] = []
+  for pos, i in enumerate(sel):
+    fid, label = fids[pos], man["labels"][i]
+    target = str(label).split("=", 1)[1] if label and "=" in str(label) else None
+    base = with_concept(condition(*base_raw, pos), target)
+    entry = {"feature": fid, "label": label, "target": target, "baseline": base,
+             "steered": [], "control": []}
+    for a in strengths:
+      if a == identity:
+        cond = {**base, "reused_baseline": True}
+      else:
+        cond = with_concept(condition(*generate(texts, steer_ctx(dirs[i] if method == "add" else fid, a), fids,
+                                                f"f{fid}_a{a:g}"), pos), target)
+        bar.update(1)
+      entry["steered"].append({"alpha": a, **cond, "stats": stats(cond, base)})
+      s = entry["steered"][-1]["stats"]
+      bar.write(f"feature {fid} ({label}) alpha={a:g}: " + ", ".join(
+          f"Δ{k}={v['mean']:+.3g}" for k, v in s.items() if v["mean"] is not None))
+    for k, a, raw in controls_raw:
+      cond = with_concept(condition(*raw, pos), target)
+      entry["control"].append({"control": k, "alpha": a, **cond, "stats": stats(cond, base)})
+    results["features"].append(entry)
+  bar.close()
+  path = os.path.join(out_dir, "steer.json")
+  with open(path, "w") as f:
+    json.dump(results, f, indent=1)
+  results["plot"] = plot_steering(results, os.path.join(out_dir, "steer.png"))
+  results["path"] = path
+  return results
+
+
+def concept_measure(results: dict) -> str:
+  """The y axis of the standard plot: the concept score if it ran, else the replayed feature."""
+  return "concept" if "skipped" not in results.get("concept", {"skipped": 1}) else "feature_act_replay"
+
+
+def plot_steering(results: dict, path: str) -> str:
+  """The standard plot: Δ concept score vs Δ drift (NLL), per feature and strength.
+
+  Steered points (one per strength, joined in order, 95% bootstrap CI bars on both axes)
+  against every control direction at every strength (grey) and the controls' range
+  (shaded band): a steered point outside the band moved the concept more than a random
+  push of the same size.
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  y_m = concept_measure(results)
+  feats = results["features"]
+  fig, axes = plt.subplots(1, max(1, len(feats)), figsize=(3.8 * max(1, len(feats)), 3.4),
+                           squeeze=False)
+  for ax, f in zip(axes[0], feats):
+    def xy(c):
+      st = c["stats"]
+      if y_m not in st or "nll" not in st or st[y_m]["mean"] is None:
+        return None
+      return st["nll"], st[y_m]
+    ctrl = [p for p in map(xy, f["control"]) if p]
+    if ctrl:
+      ys = [p[1]["mean"] for p in ctrl]
+      ax.axhspan(min(ys), max(ys), color="0.85", zorder=0, label="control range")
+      ax.scatter([p[0]["mean"] for p in ctrl], ys, s=10, color="0.5", zorder=1,
+                 label=f"controls ({results['controls']['count']} dirs)")
+    pts = [(s["alpha"], xy(s)) for s in f["steered"]]
+    pts = [(a, p) for a, p in pts if p]
+    if pts:
+      xs = [p[0]["mean"] for _, p in pts]
+      ys = [p[1]["mean"] for _, p in pts]
+
+      def err(ss, m):
+        lo = [m_ - (s_["ci"][0] if s_["ci"] else m_) for s_, m_ in zip(ss, m)]
+        hi = [(s_["ci"][1] if s_["ci"] else m_) - m_ for s_, m_ in zip(ss, m)]
+        return [lo, hi]
+      ax.errorbar(xs, ys, xerr=err([p[0] for _, p in pts], xs),
+                  yerr=err([p[1] for _, p in pts], ys), fmt="-o", color="C0", ms=4,
+                  capsize=2, zorder=2, label="steered")
+      for (a, _), x_, y_ in zip(pts, xs, ys):
+        ax.annotate(f"{a:g}", (x_, y_), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.axvline(0, color="k", lw=0.5)
+    tag = {"mean_difference": "caa", "probe": "probe"}.get(results.get("directions_kind"), "f")
+    ax.set_title(f"{tag}{f['feature']} {f['label'] or ''}", fontsize=9)
+    ax.set_xlabel("Δ NLL (nats/token, unsteered LM)")
+    ax.set_ylabel(f"Δ {y_m}" + (f" P({f['target']})" if y_m == "concept" else ""))
+    if not pts and not ctrl:
+      ax.text(0.5, 0.5, f"no {y_m} measured\n(see steer.json)", ha="center", va="center",
+              transform=ax.transAxes, fontsize=8)
+  if axes[0][0].get_legend_handles_labels()[0]:
+    axes[0][0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path

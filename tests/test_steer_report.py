@@ -1,0 +1,65 @@
+"""The report's steering section from a steer.json: spliced once into report.html, numbers
+shown, A/B players pointing at relative wav paths that exist and decode."""
+import json
+import os
+import re
+
+import numpy as np
+import soundfile as sf
+
+from musicsae_jax.analysis import report
+
+PROMPTS = ["calm piano", "fast drums"]
+
+
+def _stat(m):
+  return {"n": 2, "mean": m, "ci": [m - 0.1, m + 0.1], "p_ttest": 0.04, "p_wilcoxon": 0.5}
+
+
+def _cond(name, shift):
+  per = {"concept": [0.2 + shift, 0.3 + shift], "nll": [3.0 + shift, 3.1 + shift]}
+  return {"audio": [f"audio/{name}_p{b}.wav" for b in range(2)], "per_prompt": per,
+          "stats": {k: _stat(shift) for k in per}}
+
+
+def _steer_dir(root):
+  os.makedirs(os.path.join(root, "audio"))
+  base = _cond("baseline", 0.0)
+  steer = {"run": "r", "site": "lm.layer.1", "layer": 1, "prompts": PROMPTS, "relative": True,
+           "strengths": [0.0, 4.0], "controls": {"count": 1, "norm": 1.0},
+           "concept": {"kind": "nearest centroid", "label_key": "emotion", "train_clips": 8,
+                       "loo_accuracy": 0.5, "chance": 0.25, "values": ["calm", "sad"]},
+           "features": [{"feature": 7, "label": "emotion=calm", "target": "calm",
+                         "baseline": {k: base[k] for k in ("audio", "per_prompt")},
+                         "steered": [{"alpha": 0.0, **base, "reused_baseline": True},
+                                     {"alpha": 4.0, **_cond("f7_a4", 0.25)}],
+                         "control": [{"control": 0, "alpha": 4.0, **_cond("control0_a4", -0.05)}]}]}
+  for c in (base, steer["features"][0]["steered"][1], steer["features"][0]["control"][0]):
+    for p in c["audio"]:
+      sf.write(os.path.join(root, p), np.zeros(1600, np.float32), 16000)
+  with open(os.path.join(root, "steer.json"), "w") as f:
+    json.dump(steer, f)
+
+
+def test_steering_section_spliced_once_with_players(tmp_path):
+  _steer_dir(tmp_path)
+  with open(tmp_path / "report.html", "w") as f:
+    f.write('<html><body><section id="summary">x</section></body></html>')
+  for _ in range(2):                                         # rerunning replaces, never stacks
+    path = report.update_steering(str(tmp_path))
+  page = open(path).read()
+  assert page.count(f'<section id="{report.STEERING_SECTION}">') == 1
+  assert '<section id="summary">' in page
+  assert "+0.25 [+0.15, +0.35] p=0.04" in page               # mean [CI] p of a paired change
+  assert "controls α=4 (range of 1)" in page and "loo_accuracy" not in page
+  srcs = re.findall(r'<audio controls preload="metadata" src="([^"]+)"', page)
+  assert len(srcs) == 2 * 3                                  # 2 prompts x (base, steered, control)
+  for s in srcs:
+    assert not os.path.isabs(s)
+    assert sf.info(os.path.join(tmp_path, s)).duration == 0.1   # the file decodes
+
+
+def test_steering_page_without_analyze(tmp_path):
+  _steer_dir(tmp_path)
+  page = open(report.update_steering(str(tmp_path))).read()
+  assert page.startswith("<!DOCTYPE html>") and 'id="steering"' in page

@@ -1,0 +1,41 @@
+"""launch.steer's experiment at the smallest size: text-conditioning directions (cond.proj)
+go through add_text_direction; one baseline per prompt, per-prompt measures, controls."""
+import json
+import os
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from bridge import steer_eval
+from configs import tiny
+
+
+def test_cond_proj_directions_steer_the_text_conditioning(tmp_path):
+  exp = tmp_path / "exports" / "tiny"
+  os.makedirs(exp)
+  d = torch.nn.functional.normalize(torch.randn(2, 64, generator=torch.Generator().manual_seed(0)), dim=1)
+  save_file({"directions": d.contiguous()}, str(exp / "directions.safetensors"))
+  json.dump({"format_version": 2, "run": "tiny", "site": "cond.proj", "layer": None,
+             "feature_ids": [5, 9], "labels": ["emotion=calm", "emotion=sad"], "mean_norm": 1.0,
+             "d": 64}, open(exp / "directions.json", "w"))
+  c = tiny.get_config()
+  c.steer.num_prompts, c.steer.controls, c.steer.concept_per_value = 2, 2, 0
+  c.steer.strengths, c.steer.duration, c.steer.save_audio = (0.0, 8.0), 0.4, True
+  res = steer_eval.run_steering(c, str(tmp_path))
+  saved = json.load(open(res["path"]))
+  assert saved["site"] == "cond.proj" and saved["layer"] is None
+  assert saved["concept"] == {"skipped": "steer.concept_per_value=0"}
+  wavs = sorted(os.listdir(tmp_path / "reports" / "tiny" / "audio"))
+  assert [w for w in wavs if w.startswith("baseline")] == ["baseline_p0.wav", "baseline_p1.wav"]
+  assert len(wavs) == 2 + 2 * 2 + 2 * 2                      # baseline, 2 feats, 2 controls
+  for f in saved["features"]:
+    zero, strong = f["steered"]
+    assert zero["reused_baseline"] and all(v["mean"] == 0 for v in zero["stats"].values())
+    assert "feature_act" not in strong["per_prompt"]          # no SAE probe on a text site
+    assert len(strong["per_prompt"]["nll"]) == 2 and len(f["control"]) == 2
+    assert np.isfinite(strong["stats"]["nll"]["mean"])
+  a = open(tmp_path / "reports" / "tiny" / "audio" / "baseline_p0.wav", "rb").read()
+  b = open(tmp_path / "reports" / "tiny" / "audio" / "f5_a8_p0.wav", "rb").read()
+  assert a != b                                              # the text push changed the music
+  assert os.path.exists(res["plot"])
