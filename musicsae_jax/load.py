@@ -29,11 +29,11 @@ def _is_run(path: str) -> bool:
 def _set(model, tensors: dict[str, np.ndarray], architecture: str):
   """Put raw-unit tensors (an export's layout) into the module's parameters."""
   for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-    getattr(model, name).value = jnp.asarray(tensors[name], jnp.float32)
+    getattr(model, name)[...] = jnp.asarray(tensors[name], jnp.float32)
   if architecture == "jumprelu":
-    model.log_threshold.value = jnp.log(jnp.asarray(tensors["threshold"], jnp.float32))
+    model.log_threshold[...] = jnp.log(jnp.asarray(tensors["threshold"], jnp.float32))
   elif architecture in ("batchtopk", "matryoshka"):
-    model.threshold.value = jnp.asarray(tensors["threshold"].reshape(-1)[0], jnp.float32)
+    model.threshold[...] = jnp.asarray(tensors["threshold"].reshape(-1)[0], jnp.float32)
   return model
 
 
