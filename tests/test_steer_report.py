@@ -4,10 +4,14 @@ import json
 import os
 import re
 
+import shutil
+
 import numpy as np
+import pytest
 import soundfile as sf
 
 from musicsae_jax.analysis import report
+from tests import browser
 
 PROMPTS = ["calm piano", "fast drums"]
 
@@ -63,3 +67,15 @@ def test_steering_page_without_analyze(tmp_path):
   _steer_dir(tmp_path)
   page = open(report.update_steering(str(tmp_path))).read()
   assert page.startswith("<!DOCTYPE html>") and 'id="steering"' in page
+
+
+@pytest.mark.skipif(browser.CHROMIUM is None, reason=browser.INSTALL)
+def test_players_load_in_headless_chromium_after_the_folder_moves(tmp_path):
+  """Moved elsewhere, the report's players still load: Chromium reports every duration."""
+  _steer_dir(tmp_path / "made")
+  with open(tmp_path / "made" / "report.html", "w") as f:
+    f.write('<html><body><section id="summary">x</section></body></html>')
+  report.update_steering(str(tmp_path / "made"))
+  shutil.move(str(tmp_path / "made"), str(tmp_path / "moved"))
+  durations = browser.audio_durations(str(tmp_path / "moved" / "report.html"))
+  assert durations == [0.1] * 6, durations
