@@ -45,7 +45,28 @@ def extract() -> ml_collections.ConfigDict:
   e.save_audio = False                 # activations/<dataset>/audio/<prompt_id>.wav
   e.flush_seconds = 0.0                # 0: publish every batch (resume loses nothing)
   e.torch_threads = 0                  # 0 = torch default
+  e.source = "prompts"                 # "prompts" (generate) | "audio" (encode clips, capture)
+  e.audio = audio()
   return e
+
+
+def audio() -> ml_collections.ConfigDict:
+  """`c.extract.audio`: clips from a dataset plugin (bridge.extract_audio), source=audio."""
+  a = ml_collections.ConfigDict()
+  a.dataset = ""                       # folder:<dir> | musiccaps:<dir> | song_describer:<dir>
+                                       # | mtg_jamendo:<tsv> | fma:<dir> | <plugin.py>[:<arg>]
+  a.audio_root = ""                    # where a built-in finds the audio ("" = its layout)
+  a.max_items = 0                      # first N items (0 = all)
+  a.missing = "error"                  # error | skip: items whose audio file is absent
+  a.conditioning = "caption"           # caption | fixed (a.text) | none (unconditional)
+  a.text = ""                          # the text when conditioning = fixed
+  a.window = "crop"                    # crop: one window of extract.duration per clip at
+                                       # its offset | segment: consecutive windows
+  a.offset_s = 0.0                     # added to every clip's own offset
+  a.max_segments = 0                   # window=segment: at most N per clip (0 = all)
+  a.stems_dir = ""                     # a separator's output (<stems_dir>/<name>/<stem>.wav,
+  a.stem = ""                          # Demucs layout), e.g. stem = no_vocals
+  return a
 
 
 def steer() -> ml_collections.ConfigDict:

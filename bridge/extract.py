@@ -6,6 +6,10 @@ A batch, not a prompt, is the unit because audiocraft samples a batch from one R
 its cross-attention attends over padded T5 positions, so a prompt's rows depend on its
 batch mates. Fixed batches make a resumed run, and N workers (batch b goes to worker
 b % N), write exactly the rows of one uninterrupted run.
+
+`extract.source = "audio"` reads clips from a dataset plugin instead of prompts and
+captures them teacher-forced (bridge/extract_audio.py); the store, batches, resume and
+worker split are the same.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bridge import audio_features, capture, models, prompts as prompts_lib
+from bridge import audio_features, capture, extract_audio, models, prompts as prompts_lib
 from musicsae_jax import progress, store
 
 AUDIO_SITE = "audio.descriptors"
@@ -87,6 +91,19 @@ def _set_generation(model, ecfg, info) -> dict:
   return params
 
 
+def _audio_generation(model, ecfg, info, site_names, record) -> dict:
+  """The manifest's `generation` record for audio input (what shaped the rows)."""
+  if ecfg.duration <= 0 or ecfg.duration > model.max_duration:
+    raise ExtractError(f"extract.duration={ecfg.duration} must be in (0, {model.max_duration}]")
+  text_sites = [s for s in site_names if s in capture.TEXT_SITES]
+  if text_sites and record["conditioning"] == "none":
+    raise ExtractError(f"extract.audio.conditioning='none' has no text: drop {text_sites} "
+                       f"from extract.sites")
+  two_step = bool(ecfg.get("two_step_cfg", False))   # keep='both': separate forwards
+  model.set_generation_params(duration=float(ecfg.duration), two_step_cfg=two_step)
+  return dict(record, duration=float(ecfg.duration), two_step_cfg=two_step)
+
+
 def _diff(have: dict, want: dict, prefix: str = "") -> list[str]:
   """'field: stored != requested' for every differing key (nested dicts flattened)."""
   out = []
@@ -127,7 +144,8 @@ def _open_or_create(path, sites, prompt_rows, model_meta, generation, num_worker
     problems.append(f"num_workers: {m.get('num_workers')} != {num_workers}")
   problems += _diff(m.get("generation") or {}, generation, "generation.")
   problems += _diff(m.get("model") or {}, model_meta, "model.")
-  if [(p["text"], p["seed"]) for p in ds.prompts] != [(p["text"], p["seed"]) for p in prompt_rows]:
+  key = lambda p: (p["text"], p["seed"], p.get("labels") or {})
+  if [key(p) for p in ds.prompts] != [key(p) for p in prompt_rows]:
     problems.append("prompt table differs")
   if problems:
     raise ExtractError(f"{path} exists but was made by a different config (stored != "
@@ -152,7 +170,13 @@ def extract(config, workdir, worker_index: int = 0, num_workers: int = 1,
   if not 0 <= worker_index < num_workers:
     raise ExtractError(f"--worker_index={worker_index} must be in [0, --num_workers={num_workers})")
   ecfg = config.extract
-  prompt_list = _prompt_list(ecfg)
+  source = ecfg.get("source", "prompts")
+  if source not in ("prompts", "audio"):
+    raise ExtractError(f"extract.source must be 'prompts' or 'audio', got {source!r}")
+  if source == "audio":
+    prompt_list, windows, audio_record = extract_audio.plan(ecfg, log)
+  else:
+    prompt_list = _prompt_list(ecfg)
   bs = int(ecfg.batch_size)
   if bs < 1:
     raise ExtractError(f"extract.batch_size must be >= 1, got {bs}")
@@ -168,18 +192,25 @@ def extract(config, workdir, worker_index: int = 0, num_workers: int = 1,
     model = build_model(config.model)
   info = models.model_info(model)
   site_names = _sites(ecfg, info)
-  gen = _set_generation(model, ecfg, info)
-  frames = int(gen["duration"] * info.frame_rate)
+  if source == "audio":
+    gen = _audio_generation(model, ecfg, info, site_names, audio_record)
+  else:
+    gen = _set_generation(model, ecfg, info)
+  frames = int(gen["duration"] * info.frame_rate)   # as audiocraft's total_gen_len
   dtype = ecfg.get("dtype", "float32")
   codec = ecfg.get("codec", "zstd")     # "none": ~5x faster reads, ~25% more disk (bench/store.py)
   sites = {s: store.SiteSpec(d=_site_dim(s, info), dtype=dtype if s != AUDIO_SITE else "float32",
                              codec=codec)
            for s in site_names}
   seed0 = int(ecfg.get("seed", 0))
-  prompt_rows = [dict(p, seed=seed0 * 1_000_003 + i // bs) for i, p in enumerate(prompt_list)]
+  if source == "audio":   # no sampling: nothing to seed
+    prompt_rows, seed_rule, path_mode = prompt_list, "none (teacher-forced, no sampling)", \
+        "teacher_forced"
+  else:
+    prompt_rows = [dict(p, seed=seed0 * 1_000_003 + i // bs) for i, p in enumerate(prompt_list)]
+    seed_rule = "batch b = prompt_id // batch_size uses seed*1000003 + b"
   generation = dict(gen, frames_per_prompt=frames, batch_size=bs, seed=seed0,
-                    seed_rule="batch b = prompt_id // batch_size uses seed*1000003 + b",
-                    keep=keep, capture=path_mode,
+                    seed_rule=seed_rule, keep=keep, capture=path_mode,
                     alignment=(f"lm.layer rows: one per frame; decoding step i -> frame i, last "
                                f"{info.max_delay} delay-pattern steps dropped; conditional half "
                                f"of the CFG batch" + (" (+ .uncond sites)" if keep == "both" else "")),
@@ -209,7 +240,10 @@ def extract(config, workdir, worker_index: int = 0, num_workers: int = 1,
       ids = list(range(b * bs, min((b + 1) * bs, len(prompt_rows))))
       texts = [prompt_rows[i]["text"] for i in ids]
       seed = prompt_rows[ids[0]]["seed"]
-      if path_mode == "hooks":
+      if source == "audio":
+        cap = extract_audio.capture_batch(model, [windows[i] for i in ids], ecfg.get("audio"),
+                                          model_sites, keep, info, frames)
+      elif path_mode == "hooks":
         cap = capture.generate_with_capture(model, texts, model_sites, keep=keep, seed=seed,
                                             return_audio=need_audio)
       else:
