@@ -139,3 +139,25 @@ def test_user_plugin_file(tmp_path):
   (tmp_path / "empty.py").write_text("x = 1\n")
   with pytest.raises(D.AudioDatasetError, match="must define iter_items"):
     D.load_items(f"{tmp_path / 'empty.py'}")
+
+
+def test_demo_chord_plugin_as_plugin_and_as_folder(tmp_path):
+  """examples/chord_plugin.py (the audio demo's data): arrays through the plugin, wav files
+  through the folder layout, same clips and labels."""
+  import importlib.util
+  import os
+  import soundfile as sf
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  plugin = os.path.join(root, "examples", "chord_plugin.py")
+  arrays = D.load_items(f"{plugin}:4")
+  assert [i.labels for i in arrays][:2] == [{"mode": "major", "register": "low", "root": "C"},
+                                            {"mode": "minor", "register": "low", "root": "C"}]
+  spec = importlib.util.spec_from_file_location("chord_plugin", plugin)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  mod.write_folder(str(tmp_path), 4)
+  files = D.load_items(f"folder:{tmp_path}")
+  assert [(i.id, i.caption, i.labels) for i in files] == \
+      [(i.id, i.caption, i.labels) for i in arrays]
+  y, sr = sf.read(files[3].audio, dtype="float32")
+  assert sr == arrays[3].sample_rate and np.abs(y - arrays[3].audio).max() < 1e-4  # 16-bit wav
