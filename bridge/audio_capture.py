@@ -39,7 +39,12 @@ def load_window(audio, sample_rate: int | None, target_sr: int, offset_s: float,
       y = librosa.resample(y, orig_sr=sample_rate, target_sr=target_sr)
   else:
     try:
-      y, _ = librosa.load(audio, sr=target_sr, mono=True, offset=offset_s, duration=duration_s)
+      if str(audio).lower().endswith(".mp3") and offset_s > 0:
+        # libsndfile's mp3 seek can return silence (seen with 1.2.2): decode from the start
+        y, sr = librosa.load(audio, sr=None, mono=True, duration=offset_s + duration_s)
+        y = librosa.resample(y[int(round(offset_s * sr)):], orig_sr=sr, target_sr=target_sr)
+      else:
+        y, _ = librosa.load(audio, sr=target_sr, mono=True, offset=offset_s, duration=duration_s)
     except FileNotFoundError:
       raise AudioInputError(f"{audio}: audio file not found") from None
     except Exception as e:  # noqa: BLE001 - soundfile/audioread raise many types

@@ -164,3 +164,39 @@ def test_segments_stems_and_bad_config(folder, tmp_path):
   c.extract.sites = ("lm.layer.0", "t5.pooled")
   with pytest.raises(X.ExtractError, match="has no text: drop"):
     X.extract(c, str(tmp_path), log=lambda s: None)
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac", "ogg", "mp3"])
+def test_formats_resample_mono_and_offset(tmp_path, ext):
+  """Each format loads mono at the model's rate; the window starts at the offset. Lossless
+  files match the array path; lossy ones (ogg, mp3: encoder delay shifts the phase) match
+  its loudness."""
+  sr, t = 22050, np.arange(22050) / 22050
+  left = 0.3 * np.sin(2 * np.pi * 440 * t) * np.linspace(0, 1, len(t))   # rising amplitude
+  stereo = np.stack([left, left], 1).astype(np.float32)
+  sf.write(tmp_path / f"x.{ext}", stereo, sr)
+  y, real = audio_capture.load_window(str(tmp_path / f"x.{ext}"), None, 16000, 0.5, 0.25)
+  ref, _ = audio_capture.load_window(stereo.T, sr, 16000, 0.5, 0.25)
+  assert y.shape == ref.shape == (4000,) and real == pytest.approx(0.25)
+  if ext in ("wav", "flac"):
+    np.testing.assert_allclose(y[:-16], ref[:-16], atol=1e-3)   # resampler edge at the cut
+  rms = lambda a: float(np.sqrt(np.mean(a ** 2)))
+  assert rms(y) == pytest.approx(rms(ref), rel=0.05)
+  head, _ = audio_capture.load_window(str(tmp_path / f"x.{ext}"), None, 16000, 0.0, 0.25)
+  assert rms(head) == pytest.approx(rms(audio_capture.load_window(stereo.T, sr, 16000, 0.0,
+                                                                  0.25)[0]), rel=0.1)
+  tail, real = audio_capture.load_window(str(tmp_path / f"x.{ext}"), None, 16000, 0.9, 0.25)
+  assert real == pytest.approx(0.1, abs=0.06) and not tail[-1000:].any()   # zero-padded
+
+
+def test_missing_audio_skip_or_error(folder, tmp_path):
+  d = tmp_path / "partial"
+  d.mkdir()
+  (d / "metadata.jsonl").write_text(
+      json.dumps({"id": "here", "path": str(folder / "wav/g0.wav"), "caption": "a"}) + "\n" +
+      json.dumps({"id": "gone", "path": "nope.wav", "caption": "b"}) + "\n")
+  with pytest.raises(extract_audio.AudioExtractError, match="1 of 2 audio files are missing"):
+    extract_audio.plan(audio_config(d).extract, print)
+  logs = []
+  rows, windows, _ = extract_audio.plan(audio_config(d, missing="skip").extract, logs.append)
+  assert [w.item.id for w in windows] == ["here"] and "1 of 2 items skipped" in logs[0]
