@@ -26,7 +26,6 @@ import csv
 import dataclasses
 import importlib.util
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
