@@ -213,7 +213,9 @@ def extract(config, workdir, worker_index: int = 0, num_workers: int = 1,
                     seed_rule=seed_rule, keep=keep, capture=path_mode,
                     alignment=(f"lm.layer rows: one per frame; decoding step i -> frame i, last "
                                f"{info.max_delay} delay-pattern steps dropped; conditional half "
-                               f"of the CFG batch" + (" (+ .uncond sites)" if keep == "both" else "")),
+                               f"of the CFG batch" + (" (+ .uncond sites)" if keep == "both" else "")
+                               + ("; audio: teacher-forced over the clip's codes, pattern step i "
+                                  "-> frame i" if source == "audio" else "")),
                     audio_descriptors=list(audio_features.FRAME_DESCRIPTORS)
                     if AUDIO_SITE in sites else [])
   model_meta = dict(info.to_dict(), source=config.model.name, **_model_build(config.model))
