@@ -429,8 +429,8 @@ def _jsonable(o):
 def seed_stability(workdir: str, run: str, other: str, *, threshold: float = 0.7,
                    method: str = "auto", step=None, other_step=None) -> dict:
   """Match the decoder rows of runs/<run> and runs/<other> (e.g. two seeds) one to one by
-  cosine; writes reports/<run>/stability.json. fraction_matched: share of <run>'s features
-  whose partner has cosine >= threshold."""
+  cosine; writes reports/<run>/stability.json and the report's seed-stability section.
+  fraction_matched: share of <run>'s features whose partner has cosine >= threshold."""
   _, _, pa, sa = load_run(workdir, run, step)
   _, _, pb, sb = load_run(workdir, other, other_step)
   r = validity.match_decoders(np.asarray(pa["W_dec"]), np.asarray(pb["W_dec"]), method=method,
@@ -440,12 +440,14 @@ def seed_stability(workdir: str, run: str, other: str, *, threshold: float = 0.7
          "other_step": sb, "method": r["method"], "threshold": r["threshold"],
          "fraction_matched": r["fraction_matched"], "median_cosine": r["median_cosine"],
          "cosine_quantiles": {q: float(np.nanquantile(cos, float(q))) for q in ("0.1", "0.5", "0.9")},
-         "match": r["b_of_a"], "cosine": cos}
+         "fraction_nearest": float(np.mean(r["best_cosine"] >= r["threshold"])),
+         "match": r["b_of_a"], "cosine": cos, "best_cosine": r["best_cosine"]}
   out_dir = os.path.join(workdir, "reports", run)
   os.makedirs(out_dir, exist_ok=True)
   out["path"] = os.path.join(out_dir, "stability.json")
   with open(out["path"], "w") as f:
     json.dump(out, f, indent=1, default=_jsonable)
+  out["report"] = report.update_stability(out_dir)
   return out
 
 

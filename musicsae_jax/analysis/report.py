@@ -254,6 +254,85 @@ def render(d: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------
+# Seed stability (reports/<run>/stability.json from launch.analyze --compare_run)
+# --------------------------------------------------------------------------------------
+STABILITY_SECTION = "stability"
+
+
+def stability_png(stab: dict) -> str:
+  """Histogram of each feature's one-to-one match cosine and of its nearest-row cosine in
+  the other run, with the threshold."""
+  plt = plots.pyplot()
+  fig, ax = plt.subplots(figsize=(6, 3.4))
+  bins = np.linspace(-0.2, 1.0, 49)
+  cos = np.asarray([c for c in stab["cosine"] if c is not None], np.float64)
+  ax.hist(np.clip(cos, -0.2, 1.0), bins=bins, alpha=0.7, label="one-to-one match")
+  if stab.get("best_cosine") is not None:
+    ax.hist(np.clip(np.asarray(stab["best_cosine"], np.float64), -0.2, 1.0), bins=bins,
+            histtype="step", color="C3", lw=1.5, label="nearest row (any)")
+  ax.axvline(stab["threshold"], color="k", ls="--", lw=1, label=f"threshold {stab['threshold']:g}")
+  ax.set_xlabel(f"decoder cosine with {stab['other']}")
+  ax.set_ylabel("features")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  return _png(fig)
+
+
+def stability_section(stab: dict) -> str:
+  """The seed-stability section: fraction matched above the threshold and the histogram."""
+  q = stab.get("cosine_quantiles", {})
+  rows = [["compared with", html.escape(f"{stab['other']} (step {stab.get('other_step')})")],
+          ["features", len(stab["cosine"])], ["matching", html.escape(str(stab["method"]))],
+          [f"fraction matched at cosine ≥ {stab['threshold']:g}", _f(stab["fraction_matched"])],
+          ["median match cosine", _f(stab["median_cosine"])],
+          ["match cosine 10 / 50 / 90 %", " / ".join(_f(q.get(k)) for k in ("0.1", "0.5", "0.9"))]]
+  if stab.get("fraction_nearest") is not None:
+    rows.append([f"fraction whose nearest row has cosine ≥ {stab['threshold']:g}",
+                 _f(stab["fraction_nearest"])])
+  note = ("Decoder rows of this run matched one to one with another run's (e.g. another seed) "
+          "by cosine (Hungarian assignment, greedy for very wide dictionaries): a feature is "
+          "stable when its partner has cosine at or above the threshold. AudioSAE (2026) "
+          "reports more than half of the features stable across seeds on audio models. The "
+          "outline is each feature's nearest row with no one-to-one constraint. Every match: "
+          "stability.json.")
+  return _section(STABILITY_SECTION, "Seed stability", note,
+                  _table(["", ""], rows) + img(stability_png(stab), "seed stability histogram"))
+
+
+def _splice(path: str, sid: str, section: str, before: tuple[str, ...] = (), title: str = "") -> str:
+  """Put `section` into the page at `path`, replacing an older section `sid`, before the
+  first section named in `before` that is present (else at the end); a page holding only
+  this section when there is none yet."""
+  import os
+  import re
+  if os.path.exists(path):
+    with open(path) as f:
+      page = f.read()
+    page = re.sub(rf'<section id="{sid}">.*?</section>(?=<section|</body>)', "", page, flags=re.S)
+    at = [page.index(f'<section id="{b}">') for b in before if f'<section id="{b}">' in page]
+    cut = min(at) if at else page.rindex("</body>")
+    page = page[:cut] + section + page[cut:]
+  else:
+    title = html.escape(f"musicsae report: {title}")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{title}</h1>{section}</body></html>")
+  with open(path, "w") as f:
+    f.write(page)
+  return path
+
+
+def update_stability(report_dir: str) -> str:
+  """Put the seed-stability section of `report_dir/stability.json` into
+  `report_dir/report.html` (before the steering section, replacing an older one)."""
+  import json
+  import os
+  with open(os.path.join(report_dir, "stability.json")) as f:
+    stab = json.load(f)
+  return _splice(os.path.join(report_dir, "report.html"), STABILITY_SECTION,
+                 stability_section(stab), before=(STEERING_SECTION,), title=stab.get("run", ""))
+
+
+# --------------------------------------------------------------------------------------
 # Steering (reports/<run>/steer.json from launch.steer, spliced into report.html)
 # --------------------------------------------------------------------------------------
 STEERING_SECTION = "steering"
