@@ -37,7 +37,7 @@ def test_demo_end_to_end(tmp_path):
                                         "emotion=sad"]
   steer = json.load(open(tmp_path / "reports" / "tiny" / "steer.json"))
   assert steer["concept"]["train_clips"] == 8 and steer["controls"]["count"] == 2
-  # two methods side by side on one baseline (configs/tiny.py: add, and set at 8 with 2 controls)
+  # two methods side by side on one baseline (launch.demo: add, and set at 8 with 2 controls)
   assert steer["method"] == "add,set" and [m["method"] for m in steer["methods"]] == ["add", "set"]
   assert [f["method"] for f in steer["features"]] == ["add"] * 4 + ["set"] * 4
   for f in steer["features"]:
