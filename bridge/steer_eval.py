@@ -1,9 +1,12 @@
 """The steering experiment behind `launch.steer`: per-prompt measures, controls, statistics.
 
 One unsteered baseline per prompt (same seed for every condition, so each steered clip
-has a paired baseline clip), then every exported direction x strength, and
-`steer.controls` random directions of the same norm x strength as the null. alpha = 0
-reuses the baseline (a zero-strength hook is bit-identical to no hook; tested).
+has a paired baseline clip), then, for each method of `steer.method` (one, or several
+comma-separated, side by side on that baseline), every exported direction x strength and
+`steer.controls` controls x strength as the null (random directions of the same norm for
+add; the same edit on other active features for scale/set/transplant). The identity
+strength (alpha 0 for add, 1 for scale) reuses the baseline (bit-identical to no hook;
+tested). Clip names carry the method (`audio_name`), so methods never overwrite each other.
 
 Every clip is measured (`MEASURES`): audio descriptors (librosa), the steered feature
 during generation and on an unhooked re-read, the token NLL of the generated codes under
