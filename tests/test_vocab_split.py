@@ -83,3 +83,13 @@ def test_analyze_reports_both_splits(tmp_path):
   html = open(paths["report"]).read()
   assert "<th>held-out vocabulary</th>" in html and "<th>AUROC held-out vocab</th>" in html
   assert 'alt="heatmap emotion (heldout_vocab)"' in html
+
+
+def test_store_keeps_the_split_and_writes_none_when_absent(tmp_path):
+  import pytest
+  ds = store.create(str(tmp_path / "ds"), {"t5.pooled": store.SiteSpec(d=2)},
+                    prompts=[{"text": "a"}, {"text": "b", "split": "heldout_vocab"}])
+  assert "split" not in ds.prompts[0] and ds.prompts[1]["split"] == "heldout_vocab"
+  with pytest.raises(store.StoreError, match="prompt 0: 'split' must be a string"):
+    store.create(str(tmp_path / "bad"), {"t5.pooled": store.SiteSpec(d=2)},
+                 prompts=[{"text": "a", "split": 1}])
