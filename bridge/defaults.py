@@ -85,7 +85,14 @@ def steer() -> ml_collections.ConfigDict:
   s.method = "add"                     # add: alpha x direction; scale: feature x alpha through
                                        # the SAE (1 = identity, 0 = ablate, <0 flips); set:
                                        # feature = alpha (raw latent units); both keep the
-                                       # SAE's error term (clamp_features)
+                                       # SAE's error term (clamp_features); several methods,
+                                       # comma-separated ("add,scale"), run side by side on
+                                       # one baseline into one steer.json
+  # Each method's strengths and number of controls (None: steer.strengths, steer.controls),
+  # e.g. --config.steer.per_method.scale.strengths="(1.0,0.0)".
+  s.per_method = ml_collections.ConfigDict({
+      m: {"strengths": config_dict.placeholder(tuple), "controls": config_dict.placeholder(int)}
+      for m in ("add", "scale", "set", "transplant")})
   s.transplant_from = ""               # method=transplant: the source prompt whose feature
                                        # pattern over time (x alpha) is imposed
   s.schedule = ""                      # "" every step | "every:N" | "ramp:N" (inside steps)

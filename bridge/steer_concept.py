@@ -58,8 +58,8 @@ def reference_prompts(label_key: str, per_value: int, exclude: list[str]) -> lis
     return []
   out, count, skip = [], {}, set(exclude)
   for p in pool:
-    v = p["labels"][label_key]
-    if p["text"] in skip or count.get(v, 0) >= per_value:
+    v = p["labels"].get(label_key)       # held-out-vocabulary prompts carry fewer labels
+    if v is None or p["text"] in skip or count.get(v, 0) >= per_value:
       continue
     count[v] = count.get(v, 0) + 1
     out.append(p)

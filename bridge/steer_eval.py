@@ -1,9 +1,12 @@
 """The steering experiment behind `launch.steer`: per-prompt measures, controls, statistics.
 
 One unsteered baseline per prompt (same seed for every condition, so each steered clip
-has a paired baseline clip), then every exported direction x strength, and
-`steer.controls` random directions of the same norm x strength as the null. alpha = 0
-reuses the baseline (a zero-strength hook is bit-identical to no hook; tested).
+has a paired baseline clip), then, for each method of `steer.method` (one, or several
+comma-separated, side by side on that baseline), every exported direction x strength and
+`steer.controls` controls x strength as the null (random directions of the same norm for
+add; the same edit on other active features for scale/set/transplant). The identity
+strength (alpha 0 for add, 1 for scale) reuses the baseline (bit-identical to no hook;
+tested). Clip names carry the method (`audio_name`), so methods never overwrite each other.
 
 Every clip is measured (`MEASURES`): audio descriptors (librosa), the steered feature
 during generation and on an unhooked re-read, the token NLL of the generated codes under
@@ -93,8 +96,35 @@ class _FeatureProbe(contextlib.AbstractContextManager):
 
 def _config(config) -> dict:
   sc = dict(steering.STEER_DEFAULTS)
-  sc.update({k: v for k, v in (config.get("steer") or {}).items() if v is not None})
+  sc.update({k: v.to_dict() if hasattr(v, "to_dict") else v
+             for k, v in (config.get("steer") or {}).items() if v is not None})
   return sc
+
+
+def methods_of(sc: dict) -> list[dict]:
+  """[{method, strengths, controls}] for `steer.method` ("add", or several comma-separated,
+  "add,scale"), each with its `steer.per_method` strengths and control count (None there:
+  steer.strengths / steer.controls)."""
+  names = [m.strip() for m in str(sc["method"]).split(",") if m.strip()]
+  bad = [m for m in names if m not in METHODS]
+  if not names or bad or len(set(names)) != len(names):
+    raise ValueError(f"--config.steer.method={sc['method']!r}; choose from {', '.join(METHODS)} "
+                     f"(several, each once, comma-separated: 'add,scale')")
+  per = sc.get("per_method") or {}
+  out = []
+  for m in names:
+    o = per.get(m) or {}
+    strengths = o.get("strengths") if o.get("strengths") is not None else sc["strengths"]
+    controls = o.get("controls") if o.get("controls") is not None else sc["controls"]
+    out.append({"method": m, "strengths": [float(a) for a in strengths],
+                "controls": int(controls)})
+  return out
+
+
+def audio_name(method: str, what: str, alpha: float) -> str:
+  """The clip name stem of one condition (`_p<i>.wav` is appended per prompt): the method
+  is part of it, so methods run side by side never overwrite each other's clips."""
+  return f"{method}_{what}_a{alpha:g}"
 
 
 def _label_key(labels) -> str | None:
@@ -121,22 +151,22 @@ def run_steering(config, workdir: str) -> dict:
                      f"nor a text-conditioning site ({', '.join(TEXT_SITES)})")
   texts = list(sc["prompts"] or [p["text"] for p in prompts_lib.emotion_prompts(1)][: sc["num_prompts"]])
   B, seed = len(texts), int(sc["seed"])
-  method = str(sc["method"])
-  if method not in METHODS:
-    raise ValueError(f"--config.steer.method={method!r}; choose from {', '.join(METHODS)}")
-  if text_site and method != "add":
-    raise ValueError(f"--config.steer.method={method!r}: text-conditioning directions "
+  plan = methods_of(sc)
+  names = [p["method"] for p in plan]
+  edits = [m for m in names if m != "add"]            # methods that edit SAE latents
+  if text_site and edits:
+    raise ValueError(f"--config.steer.method={edits[0]!r}: text-conditioning directions "
                      f"({text_site}) are added (method=add); SAE edits need an LM layer")
   if text_site:
     sae = None                # its features live on the text site: no per-step probe there
-  if method != "add" and sae is None:
-    raise ValueError(f"--config.steer.method={method!r} edits SAE latents but {exp_dir} has no "
+  if edits and sae is None:
+    raise ValueError(f"--config.steer.method={edits[0]!r} edits SAE latents but {exp_dir} has no "
                      f"SAE (cfg.json); export the SAE with launch.export")
   schedule = steering.parse_schedule(sc["schedule"])       # checked before the model loads
-  if method == "transplant" and not sc["transplant_from"]:
+  if "transplant" in names and not sc["transplant_from"]:
     raise ValueError("--config.steer.method=transplant needs --config.steer.transplant_from="
                      "'<source prompt>' (whose feature pattern is imposed)")
-  strengths = [float(a) for a in sc["strengths"]]
+  strengths = plan[0]["strengths"]
   threads = int(config.get("extract", {}).get("torch_threads", 0))
   if threads:
     torch.set_num_threads(threads)
@@ -155,7 +185,7 @@ def run_steering(config, workdir: str) -> dict:
                               top_k=int(config.get("extract", {}).get("top_k", 50)))
   rel = man["mean_norm"] if sc["relative"] else None
   source = None
-  if method == "transplant":            # every feature's pattern over time on the source
+  if "transplant" in names:             # every feature's pattern over time on the source
     _, source = steering.record_features(model, [str(sc["transplant_from"])], layer, sae,
                                          range(sae.m), seed=seed)
   out_dir = os.path.join(workdir, "reports", config.run)
@@ -193,18 +223,17 @@ def run_steering(config, workdir: str) -> dict:
 
   results = {"run": config.run, "site": man["site"], "layer": layer, "prompts": texts,
              "seed": seed, "mean_norm": man["mean_norm"], "relative": bool(sc["relative"]),
-             "strengths": strengths, "measures": list(MEASURES), "method": method,
+             "strengths": strengths, "measures": list(MEASURES), "method": ",".join(names),
              "directions_kind": kind, "transplant_from": sc["transplant_from"] or None,
              "schedule": sc["schedule"] or "every step", "steps": sc["steps"],
              "activation_units": "raw (feature_act*: the exported SAE's latents)",
              "nll_units": "nats per token, unsteered conditional LM"}
-  identity = IDENTITY.get(method)
-  nonzero = [a for a in strengths if a != identity]
-  n_ctrl = int(sc["controls"])
+  for p in plan:
+    p["nonzero"] = [a for a in p["strengths"] if a != IDENTITY.get(p["method"])]
   label_key = _label_key(man["labels"])
   refs = (steer_concept.reference_prompts(label_key, int(sc["concept_per_value"]), texts)
           if label_key and int(sc["concept_per_value"]) > 0 else [])
-  total = 1 + bool(refs) + len(sel) * len(nonzero) + n_ctrl * len(nonzero)
+  total = 1 + bool(refs) + sum((len(sel) + p["controls"]) * len(p["nonzero"]) for p in plan)
   bar = progress.Progress(total, "steer", "generation", warmup=1)
 
   # --- CLAP (optional; skipped with one line when no local model is named) --------------
@@ -266,13 +295,13 @@ def run_steering(config, workdir: str) -> dict:
     return {k: steer_stats.paired_summary(v, base["per_prompt"][k], seed=seed)
             for k, v in cond["per_prompt"].items() if k in base["per_prompt"]}
 
-  # --- baseline: once per prompt and seed ----------------------------------------------
-  others = [j for j in range(sae.m) if j not in fids] if method != "add" else []
+  # --- baseline: once per prompt and seed, shared by every method ----------------------
+  others = [j for j in range(sae.m) if j not in fids] if edits else []
   base_raw = generate(texts, contextlib.nullcontext(), fids + others, "baseline")
   bar.update(1)
 
-  def steer_ctx(target, a):
-    """`target`: a direction (add) or an SAE feature id (scale, set)."""
+  def steer_ctx(method, target, a):
+    """`target`: a direction (add) or an SAE feature id (scale, set, transplant)."""
     kw = dict(half=sc["half"], steps=sc["steps"], schedule=schedule)
     if text_site:
       return steering.add_text_direction(model, target, a, relative_to=rel, site=text_site,
@@ -285,53 +314,64 @@ def run_steering(config, workdir: str) -> dict:
     spec = ("scale", a) if method == "scale" else a
     return steering.clamp_features(model, layer, sae, {int(target): spec}, **kw)
 
-  # --- controls, shared by every feature -----------------------------------------------
-  g = torch.Generator().manual_seed(seed)
-  if method == "add":        # random directions of the features' norm
-    norm = float(dirs[sel].norm(dim=1).mean())
-    targets = []
-    for _ in range(n_ctrl):
-      rnd = torch.randn(dirs.shape[1], generator=g)
-      targets.append(rnd / rnd.norm() * norm)
-    results["controls"] = {"count": n_ctrl, "norm": norm,
-                           "kind": "isotropic Gaussian direction scaled to the features' norm"}
-  else:                      # the same edit on random other features active on the baseline
-    act = base_raw[0]["_probe"].mean(0)[len(fids):]
-    alive = [j for j, v in zip(others, act) if v > 0]
-    pick = torch.randperm(len(alive), generator=g)[:n_ctrl].tolist()
-    targets = [alive[p] for p in pick]
-    results["controls"] = {"count": len(targets), "features": targets,
-                           "kind": f"the same {method} on random other features active on the "
-                                   f"baseline ({len(alive)} candidates)"}
-    base_raw[0]["_probe"] = base_raw[0]["_probe"][:, :len(fids)]
-  controls_raw = []
-  for k, tgt in enumerate(targets):
-    for a in nonzero:
-      controls_raw.append((k, a, generate(texts, steer_ctx(tgt, a), fids, f"control{k}_a{a:g}")))
-      bar.update(1)
+  # --- controls per method, shared by every feature -----------------------------------
+  probe_others = base_raw[0].get("_probe")
+  if edits:
+    base_raw[0]["_probe"] = probe_others[:, :len(fids)]
+  controls_raw = {}
+  for p in plan:
+    method, n_ctrl = p["method"], p["controls"]
+    g = torch.Generator().manual_seed(seed)
+    if method == "add":        # random directions of the features' norm
+      norm = float(dirs[sel].norm(dim=1).mean())
+      targets = []
+      for _ in range(n_ctrl):
+        rnd = torch.randn(dirs.shape[1], generator=g)
+        targets.append(rnd / rnd.norm() * norm)
+      p["controls"] = {"count": n_ctrl, "norm": norm,
+                       "kind": "isotropic Gaussian direction scaled to the features' norm"}
+    else:                      # the same edit on random other features active on the baseline
+      act = probe_others.mean(0)[len(fids):]
+      alive = [j for j, v in zip(others, act) if v > 0]
+      pick = torch.randperm(len(alive), generator=g)[:n_ctrl].tolist()
+      targets = [alive[i] for i in pick]
+      p["controls"] = {"count": len(targets), "features": targets,
+                       "kind": f"the same {method} on random other features active on the "
+                               f"baseline ({len(alive)} candidates)"}
+    controls_raw[method] = []
+    for k, tgt in enumerate(targets):
+      for a in p["nonzero"]:
+        controls_raw[method].append((k, a, generate(texts, steer_ctx(method, tgt, a), fids,
+                                                    audio_name(method, f"control{k}", a))))
+        bar.update(1)
+  results["controls"] = plan[0]["controls"]
+  results["methods"] = [{k: p[k] for k in ("method", "strengths", "controls")} for p in plan]
 
   results["features"] = []
-  for pos, i in enumerate(sel):
-    fid, label = fids[pos], man["labels"][i]
-    target = str(label).split("=", 1)[1] if label and "=" in str(label) else None
-    base = with_concept(condition(*base_raw, pos), target)
-    entry = {"feature": fid, "label": label, "target": target, "baseline": base,
-             "steered": [], "control": []}
-    for a in strengths:
-      if a == identity:
-        cond = {**base, "reused_baseline": True}
-      else:
-        cond = with_concept(condition(*generate(texts, steer_ctx(dirs[i] if method == "add" else fid, a), fids,
-                                                f"f{fid}_a{a:g}"), pos), target)
-        bar.update(1)
-      entry["steered"].append({"alpha": a, **cond, "stats": stats(cond, base)})
-      s = entry["steered"][-1]["stats"]
-      bar.write(f"feature {fid} ({label}) alpha={a:g}: " + ", ".join(
-          f"Δ{k}={v['mean']:+.3g}" for k, v in s.items() if v["mean"] is not None))
-    for k, a, raw in controls_raw:
-      cond = with_concept(condition(*raw, pos), target)
-      entry["control"].append({"control": k, "alpha": a, **cond, "stats": stats(cond, base)})
-    results["features"].append(entry)
+  for p in plan:
+    method, identity = p["method"], IDENTITY.get(p["method"])
+    for pos, i in enumerate(sel):
+      fid, label = fids[pos], man["labels"][i]
+      target = str(label).split("=", 1)[1] if label and "=" in str(label) else None
+      base = with_concept(condition(*base_raw, pos), target)
+      entry = {"method": method, "feature": fid, "label": label, "target": target,
+               "baseline": base, "steered": [], "control": []}
+      for a in p["strengths"]:
+        if a == identity:
+          cond = {**base, "reused_baseline": True}
+        else:
+          raw = generate(texts, steer_ctx(method, dirs[i] if method == "add" else fid, a), fids,
+                         audio_name(method, f"f{fid}", a))
+          cond = with_concept(condition(*raw, pos), target)
+          bar.update(1)
+        entry["steered"].append({"alpha": a, **cond, "stats": stats(cond, base)})
+        s = entry["steered"][-1]["stats"]
+        bar.write(f"{method} feature {fid} ({label}) alpha={a:g}: " + ", ".join(
+            f"Δ{k}={v['mean']:+.3g}" for k, v in s.items() if v["mean"] is not None))
+      for k, a, raw in controls_raw[method]:
+        cond = with_concept(condition(*raw, pos), target)
+        entry["control"].append({"control": k, "alpha": a, **cond, "stats": stats(cond, base)})
+      results["features"].append(entry)
   bar.close()
   path = os.path.join(out_dir, "steer.json")
   with open(path, "w") as f:
@@ -391,7 +431,8 @@ def plot_steering(results: dict, path: str) -> str:
     ax.axhline(0, color="k", lw=0.5)
     ax.axvline(0, color="k", lw=0.5)
     tag = {"mean_difference": "caa", "probe": "probe"}.get(results.get("directions_kind"), "f")
-    ax.set_title(f"{tag}{f['feature']} {f['label'] or ''}", fontsize=9)
+    ax.set_title(f"{f.get('method', results.get('method', 'add'))}: {tag}{f['feature']} "
+                 f"{f['label'] or ''}", fontsize=9)
     ax.set_xlabel("Δ NLL (nats/token, unsteered LM)")
     ax.set_ylabel(f"Δ {y_m}" + (f" P({f['target']})" if y_m == "concept" else ""))
     if not pts and not ctrl:

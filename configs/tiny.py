@@ -50,4 +50,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- steer (bridge.steering) --------------------------------------------------------
   c.steer.strengths = (0.0, 4.0, 8.0)  # alpha; x the site's mean norm when relative
+  # method=set (the demo runs "add,set" side by side): the feature's latent = 8 raw units
+  # (the demo's features sit near 0 unsteered), 2 controls: 6 more clips than add alone.
+  c.steer.per_method.set.strengths = (8.0,)
+  c.steer.per_method.set.controls = 2
   return c

@@ -1,7 +1,8 @@
 """Analyse a trained SAE: `python -m launch.analyze --config=configs/tiny.py --workdir=DIR`.
 
 Writes reports/<run>/{features,selectivity,probes}.json and report.html (see WORKSPACE.md).
-Seed stability: `--compare_run=OTHER` matches the two runs' decoder rows (reports/<run>/stability.json);
+Seed stability: `--compare_run=OTHER` matches the two runs' decoder rows (reports/<run>/stability.json
+and a seed-stability section in report.html);
 `--compare_only=1` skips the rest. Override fields: `--config.analysis.label_keys="('emotion','genre')" --config.analysis.probe_folds=4`.
 """
 from absl import app, flags, logging
@@ -14,7 +15,8 @@ _CONFIG = common.define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workspace root (reports/<run>/ goes here).")
 _COMPARE = flags.DEFINE_string(
     "compare_run", None, "Seed stability: also match this run's decoder rows to config.run's "
-    "(Hungarian on cosine; greedy above 4096 features) and write reports/<run>/stability.json.")
+    "(Hungarian on cosine; greedy above 4096 features), write reports/<run>/stability.json and "
+    "add a seed-stability section (fraction matched, cosine histogram) to report.html.")
 _THRESHOLD = flags.DEFINE_float("match_threshold", 0.7, "Cosine for a --compare_run match.")
 _ONLY = flags.DEFINE_bool("compare_only", False, "With --compare_run: skip the analysis.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -35,6 +37,7 @@ def main(argv):
             f"{_COMPARE.value} at cosine >= {r['threshold']} ({r['method']}; median cosine "
             f"{r['median_cosine']:.3f})")
       paths["stability"] = r["path"]
+      paths["report"] = r["report"]
   for name, path in paths.items():
     print(f"{name}: {path}")
 

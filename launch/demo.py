@@ -20,6 +20,7 @@ from absl import app, flags
 from launch import common
 
 STAGES = ("extract", "train", "analyze", "export", "steer")
+DEMO_STEER_METHODS = "add,set"
 
 _CONFIG = flags.DEFINE_string("config", "configs/tiny.py", "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/musicsae-demo", "Workspace root.")
@@ -34,6 +35,10 @@ def stage_command(stage: str, config: str, workdir: str, overrides: list[str]) -
     # The tiny model is random: its label features do not pass the held-out null, so the
     # demo exports them anyway (each logged as a WARNING) to exercise steering.
     cmd += [f"--from_selectivity={_FEATURES_PER_LABEL.value}", "--allow_failing=1"]
+  if stage == "steer":
+    # Two methods side by side on one baseline: add, and set through the SAE (its strengths
+    # and controls: steer.per_method.set in the config). A later override wins.
+    cmd += [f"--config.steer.method={DEMO_STEER_METHODS}"]
   return cmd + overrides
 
 

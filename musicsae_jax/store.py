@@ -4,7 +4,7 @@ The torch bridge writes through this module and the JAX trainer streams from it,
 imports only numpy and tensorstore. The on-disk layout is the contract in WORKSPACE.md:
 
   <dataset>/manifest.json                  static description (format, model, sites, workers)
-  <dataset>/prompts.jsonl                  prompt_id, text, labels, seed
+  <dataset>/prompts.jsonl                  prompt_id, text, labels, seed[, split]
   <dataset>/commits/worker-<i>.json        what worker i has committed (rows per site, prompts)
   <dataset>/sites/<site>/acts, index       zarr3 arrays (one writer)
   <dataset>/sites/<site>/part-<i>/acts, index   (worker i of N > 1 writers)
@@ -283,7 +283,8 @@ def create(path: str, sites: Mapping[str, SiteSpec | Mapping[str, Any]], *,
            extra: Mapping[str, Any] | None = None) -> "Dataset":
   """Create an empty dataset: manifest, prompt table and one empty array pair per site/part.
 
-  prompts: dicts with `text`, optional `labels` (dict) and `seed`; prompt_id = position.
+  prompts: dicts with `text`, optional `labels` (dict), `seed` and `split` (str, e.g.
+  "heldout_vocab"; absent means "train"); prompt_id = position.
   """
   path = os.path.abspath(path)
   if os.path.exists(path):
@@ -334,7 +335,12 @@ def _prompt_row(i: int, p: Mapping[str, Any]) -> dict:
   labels = p.get("labels") or {}
   if not isinstance(labels, Mapping):
     raise StoreError(f"prompt {i}: 'labels' must be a dict, got {labels!r}")
-  return {"prompt_id": i, "text": p["text"], "labels": dict(labels), "seed": p.get("seed", i)}
+  row = {"prompt_id": i, "text": p["text"], "labels": dict(labels), "seed": p.get("seed", i)}
+  if p.get("split") is not None:        # e.g. "heldout_vocab" (analysis); absent = "train"
+    if not isinstance(p["split"], str):
+      raise StoreError(f"prompt {i}: 'split' must be a string, got {p['split']!r}")
+    row["split"] = p["split"]
+  return row
 
 
 def open_dataset(path: str) -> "Dataset":

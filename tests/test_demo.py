@@ -37,18 +37,26 @@ def test_demo_end_to_end(tmp_path):
                                         "emotion=sad"]
   steer = json.load(open(tmp_path / "reports" / "tiny" / "steer.json"))
   assert steer["concept"]["train_clips"] == 8 and steer["controls"]["count"] == 2
+  # two methods side by side on one baseline (launch.demo: add, and set at 8 with 2 controls)
+  assert steer["method"] == "add,set" and [m["method"] for m in steer["methods"]] == ["add", "set"]
+  assert [f["method"] for f in steer["features"]] == ["add"] * 4 + ["set"] * 4
   for f in steer["features"]:
-    zero = [s for s in f["steered"] if s["alpha"] == 0.0][0]
-    assert zero["reused_baseline"] and zero["audio"] == f["baseline"]["audio"]
-    assert all(v["mean"] == 0 for v in zero["stats"].values())    # alpha = 0 changes nothing
+    if f["method"] == "add":
+      zero = [s for s in f["steered"] if s["alpha"] == 0.0][0]
+      assert zero["reused_baseline"] and zero["audio"] == f["baseline"]["audio"]
+      assert all(v["mean"] == 0 for v in zero["stats"].values())  # alpha = 0 changes nothing
     strong = [s for s in f["steered"] if s["alpha"] == 8.0][0]
     assert strong["stats"]["feature_act"]["mean"] > 0              # steering moves its feature
     assert {"feature_act_replay", "nll", "concept", "tempo_bpm"} <= set(strong["per_prompt"])
     assert len(strong["per_prompt"]["nll"]) == 1                   # one value per prompt
     assert len(f["control"]) == 2                                  # controls x nonzero strengths
+    assert all(a.startswith(f"audio/{f['method']}_") for c in [strong] + f["control"]
+               for a in c["audio"])
   wavs = os.listdir(tmp_path / "reports" / "tiny" / "audio")
   assert sum(w.startswith("baseline_") for w in wavs) == 1         # one baseline per prompt
+  # baseline + per method (4 features + 2 controls) x 1 nonzero strength: no clip overwritten
+  assert len([w for w in wavs if not w[0].isdigit()]) == 1 + 6 + 6
   html = open(tmp_path / "reports" / "tiny" / "report.html").read()
-  assert html.count('<section id="steering">') == 1
+  assert html.count('<section id="steering">') == 1 and "<h3>set: f" in html
   assert html.count("data:image/png;base64,") >= 3
   assert (tmp_path / "reports" / "tiny" / "steer.png").exists()

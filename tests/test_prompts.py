@@ -53,3 +53,31 @@ def test_bad_files_name_file_and_line(tmp_path, name, body, match):
 def test_missing_file():
   with pytest.raises(P.PromptFileError, match="not found"):
     P.load_prompts("/nonexistent/prompts.txt")
+
+
+def test_heldout_vocabulary_prompts_share_no_emotion_words_with_training():
+  ps = P.emotion_prompts()
+  for emo in P.EMOTIONS:
+    mine = [p for p in ps if p["labels"]["emotion"] == emo]
+    held = [p for p in mine if p["split"] == P.HELDOUT_VOCAB]
+    assert len(held) == 30 and [p["split"] for p in mine[:4]] == ["train"] * 3 + [P.HELDOUT_VOCAB]
+    assert len({p["labels"]["instrument"] for p in held}) >= 8
+  assert P.heldout_vocab_violations(ps) == []
+  words = {w for p in ps if p["split"] == P.HELDOUT_VOCAB
+           for w in p["text"].lower().replace(",", " ").replace(":", " ").split()}
+  assert not words & set(P.EMOTIONS) and not words & {w for ws in P._MOOD_WORDS.values() for w in ws}
+  # the check can fail: a synonym's inflection, and a word only the sad/calm scenes use
+  bad = ps + [{"text": "Sorrowing cello in minor key", "labels": {"emotion": "sad"},
+               "split": P.HELDOUT_VOCAB}]
+  found = P.heldout_vocab_violations(bad)
+  assert len(found) == 2 and "'sorrowing'" in found[0] and "'in'" in found[1]
+  assert P.emotion_prompts(8, heldout_every=0) == [p for p in P.emotion_prompts(16)
+                                                  if p["split"] == "train"][:32]
+
+
+def test_jsonl_split_field(tmp_path):
+  (tmp_path / "s.jsonl").write_text('{"text": "x", "split": "heldout_vocab"}\n{"text": "y"}\n')
+  assert [p.get("split") for p in P.load_prompts(str(tmp_path / "s.jsonl"))] == ["heldout_vocab", None]
+  (tmp_path / "t.jsonl").write_text('{"text": "x", "split": "test"}\n')
+  with pytest.raises(P.PromptFileError, match=r't.jsonl:1: "split" must be'):
+    P.load_prompts(str(tmp_path / "t.jsonl"))

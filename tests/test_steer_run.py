@@ -36,6 +36,6 @@ def test_cond_proj_directions_steer_the_text_conditioning(tmp_path):
     assert len(strong["per_prompt"]["nll"]) == 2 and len(f["control"]) == 2
     assert np.isfinite(strong["stats"]["nll"]["mean"])
   a = open(tmp_path / "reports" / "tiny" / "audio" / "baseline_p0.wav", "rb").read()
-  b = open(tmp_path / "reports" / "tiny" / "audio" / "f5_a8_p0.wav", "rb").read()
+  b = open(tmp_path / "reports" / "tiny" / "audio" / "add_f5_a8_p0.wav", "rb").read()
   assert a != b                                              # the text push changed the music
   assert os.path.exists(res["plot"])

@@ -89,3 +89,19 @@ def test_plot_steering_writes_png(tmp_path, concept):
   assert steer_eval.concept_measure(res) == ("concept" if concept else "feature_act_replay")
   path = steer_eval.plot_steering(res, str(tmp_path / "steer.png"))
   assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_several_methods_get_their_own_strengths_controls_and_clip_names():
+  from bridge import steer_eval
+  from configs import tiny
+  c = tiny.get_config()
+  c.steer.method = "add, set"
+  plan = steer_eval.methods_of(steer_eval._config(c))
+  assert plan == [{"method": "add", "strengths": [0.0, 4.0, 8.0], "controls": 8},
+                  {"method": "set", "strengths": [8.0], "controls": 2}]   # steer.per_method.set
+  names = {steer_eval.audio_name(p["method"], "f3", 8.0) for p in plan}
+  assert names == {"add_f3_a8", "set_f3_a8"}
+  for bad in ("add,add", "add,nudge", ""):
+    c.steer.method = bad
+    with pytest.raises(ValueError, match="--config.steer.method="):
+      steer_eval.methods_of(steer_eval._config(c))

@@ -21,6 +21,7 @@ from musicsae_jax.analysis.stats import AnalysisError
 
 AUDIO_SITE = "audio.descriptors"
 FORMAT_VERSION = 2
+HELDOUT_VOCAB = "heldout_vocab"     # prompts.jsonl "split" of held-out-vocabulary prompts
 
 DEFAULTS = defaults.analysis().to_dict()   # every config.analysis field and its default
 
@@ -127,10 +128,13 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
     if s not in ds.sites:
       raise AnalysisError(f"analysis.probe_sites names {s!r}; store sites: {sorted(ds.sites)}")
   probe_sites.sort(key=_layer_key)
+  # Held-out-vocabulary prompts (split "heldout_vocab") never train a probe or choose a
+  # feature; they score what the training-vocabulary prompts chose (both splits reported).
+  vocab = np.array([p.get("split") == HELDOUT_VOCAB for p in prompts], bool)
   label_info = {}
   for key in a["label_keys"]:
     values, y = lab.label_vector(prompts, key)
-    probes.stratified_folds(y[y >= 0], int(a["probe_folds"]), 0, values)  # fail early
+    probes.stratified_folds(y[(y >= 0) & ~vocab], int(a["probe_folds"]), 0, values)  # fail early
     label_info[key] = (values, y)
 
   # --- streamed feature statistics -----------------------------------------------------
@@ -164,7 +168,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
   alpha = float(a["alpha"])
   for key, (values, y) in label_info.items():
     yk = np.where(has_rows, y, -1)
-    v = _validate_label(pm, yk, values, a)
+    v = _validate_label(pm, yk, values, a, vocab)
     sel, tops = v["heldout"], v["tops"]
     per_value = {}
     for k, val in enumerate(values):
@@ -179,17 +183,27 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
       per_value[val] = feats
     sel_out[key] = {"values": values, "counts": [int((yk == k).sum()) for k in range(len(values))],
                     "top_features": tops, "split": v["split"], "null": v["null"], "bh_features": v["bh_features"],
-                    "features": {val: [{k2: f[k2] for k2 in _SCORE_KEYS} for f in fs]
-                                 for val, fs in per_value.items()}}
+                    "features": {val: [{k2: f[k2] for k2 in _SCORE_KEYS + ("heldout_vocab",) if k2 in f}
+                                       for f in fs] for val, fs in per_value.items()}}
+    if "vocab" in v:
+      sel_out[key]["null_heldout_vocab"] = v["vocab"]["null"]
     top_out[key] = per_value
     best = [fs[0] for fs in per_value.values() if fs]
     log(f"selectivity {key}: chosen on {sum(v['split']['train_counts'])} training prompts, "
         f"scored on {sum(v['split']['heldout_counts'])} held-out; {sum(f['passes'] for f in best)}"
         f" of {len(best)} values' best features pass the best-of-{m} null (alpha {alpha}); "
         f"{sum(map(len, v['bh_features'].values()))} features listed at FDR {alpha} (BH)")
+    if "vocab" in v:
+      log(f"selectivity {key} on {sum(v['split']['heldout_vocab_counts'])} held-out-vocabulary "
+          f"prompts: {sum(f['heldout_vocab']['passes'] for f in best)} of {len(best)} values' "
+          f"best features pass")
     rows = sorted({f for val in values for f in tops[val]})
     heat[key] = report.heatmap_png(sel["auroc"][:, rows].T, [f"f{f}" for f in rows], values,
                                    f"{key}: held-out AUROC per feature")
+    if "vocab" in v:
+      heat[f"{key} ({HELDOUT_VOCAB})"] = report.heatmap_png(
+          v["vocab"]["sel"]["auroc"][:, rows].T, [f"f{f}" for f in rows], values,
+          f"{key}: held-out-vocabulary AUROC per feature")
 
   # --- position flags: top frames concentrated at one frame index vs a same-prompt null ----
   listed |= {f["id"] for per in top_out.values() for fs in per.values() for f in fs}
@@ -220,12 +234,14 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
       t0 = time.time()
       r = probes.cross_validate(x, yk, values, folds=int(a["probe_folds"]), l2=float(a["probe_l2"]),
                                 steps=int(a["probe_steps"]), shuffles=int(a["probe_shuffles"]),
-                                seed=int(a["seed"]))
+                                seed=int(a["seed"]), heldout=vocab)
       r["name"] = name
       res.append(r)
+      hv = (f"; held-out vocabulary {r['heldout_vocab']['accuracy']:.3f} on "
+            f"{r['heldout_vocab']['n']} prompts" if "heldout_vocab" in r else "")
       log(f"probe {key} on {name}: {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} "
-          f"(shuffled {r.get('shuffled_accuracy', float('nan')):.3f}, chance {r['chance']:.3f}) "
-          f"[{time.time() - t0:.1f}s]")
+          f"(shuffled {r.get('shuffled_accuracy', float('nan')):.3f}, chance {r['chance']:.3f}"
+          f"{hv}) [{time.time() - t0:.1f}s]")
       idx = np.nonzero(yk >= 0)[0]
       if len(idx) > int(a["cosine_max_prompts"]):
         idx = np.sort(rng.choice(idx, int(a["cosine_max_prompts"]), replace=False))
@@ -286,11 +302,17 @@ _SCORE_KEYS = ("id", "auroc", "auroc_train", "selectivity", "mean_in", "mean_out
                "p_fwer", "q_bh", "passes")
 
 
-def _validate_label(pm: np.ndarray, yk: np.ndarray, values: list[str], a: dict) -> dict:
+def _validate_label(pm: np.ndarray, yk: np.ndarray, values: list[str], a: dict,
+                    vocab: np.ndarray | None = None) -> dict:
   """Select on training prompts, score on held-out prompts, with the max-statistic null.
 
-  pm: [P, m] per-prompt means; yk: [P] label ids (-1: unlabelled or no rows).
+  pm: [P, m] per-prompt means; yk: [P] label ids (-1: unlabelled or no rows); vocab: [P]
+  held-out-vocabulary prompts. These take no part in the random split or the selection;
+  they are scored apart (`vocab`: selectivity, null, p_fwer) when they carry the label.
   """
+  vocab = np.zeros(len(yk), bool) if vocab is None else np.asarray(vocab, bool)
+  yv = np.where(vocab, yk, -1)
+  yk = np.where(vocab, -1, yk)
   train, held = validity.heldout_split(yk, float(a["heldout_fraction"]), int(a["seed"]))
   sel_tr = lab.selectivity(pm[train], yk[train], values)
   tops = lab.top_features_per_label(sel_tr, int(a["top_per_label"]))
@@ -310,18 +332,41 @@ def _validate_label(pm: np.ndarray, yk: np.ndarray, values: list[str], a: dict) 
                "max_auroc_median": {val: float(np.median(nm[:, k])) for k, val in enumerate(values)}}
   split = {"heldout_fraction": float(a["heldout_fraction"]), "seed": int(a["seed"]),
            "train_counts": sel_tr["counts"], "heldout_counts": sel_ho["counts"]}
-  return {"train": sel_tr, "heldout": sel_ho, "tops": tops, "null": null_info, "split": split,
-          "p_raw": null["p_raw"], "p_fwer": null["p_fwer"], "q_bh": q, "bh_features": bh}
+  out = {"train": sel_tr, "heldout": sel_ho, "tops": tops, "null": null_info, "split": split,
+         "p_raw": null["p_raw"], "p_fwer": null["p_fwer"], "q_bh": q, "bh_features": bh}
+  if len(np.unique(yv[yv >= 0])) >= 2:
+    on = yv >= 0
+    sel_v = lab.selectivity(pm[on], yv[on], values)
+    null_v = validity.auroc_null(pm[on], yv[on], len(values),
+                                 permutations=int(a["null_permutations"]), seed=int(a["seed"]))
+    nv = null_v["null_max"]
+    split["heldout_vocab_counts"] = sel_v["counts"]
+    out["vocab"] = {"sel": sel_v, "p_fwer": null_v["p_fwer"], "null": {
+        "permutations": null_v["permutations"], "alpha": alpha,
+        "max_auroc_threshold": {val: float(np.quantile(nv[:, k], 1 - alpha))
+                                for k, val in enumerate(values)}}}
+  return out
 
 
 def _feature_scores(v: dict, k: int, f: int, alpha: float) -> dict:
-  """Held-out scores of feature f for value k (selected on training prompts)."""
+  """Held-out scores of feature f for value k (selected on training prompts), and on the
+  held-out-vocabulary prompts when there are some."""
   ho = v["heldout"]
+  vocab = {}
+  if "vocab" in v:
+    sv = v["vocab"]["sel"]
+    vocab["heldout_vocab"] = {
+        "auroc": float(sv["auroc"][k, f]), "selectivity": float(sv["selectivity"][k, f]),
+        "mean_in": float(sv["mean_in"][k, f]), "mean_out": float(sv["mean_out"][k, f]),
+        "p_fwer": float(v["vocab"]["p_fwer"][k, f]),
+        "passes": bool(v["vocab"]["p_fwer"][k, f] <= alpha
+                       and sv["mean_in"][k, f] > sv["mean_out"][k, f])}
   return {"auroc": float(ho["auroc"][k, f]), "auroc_train": float(v["train"]["auroc"][k, f]),
           "selectivity": float(ho["selectivity"][k, f]), "mean_in": float(ho["mean_in"][k, f]),
           "mean_out": float(ho["mean_out"][k, f]), "p_raw": float(v["p_raw"][k, f]),
           "p_fwer": float(v["p_fwer"][k, f]), "q_bh": float(v["q_bh"][k, f]),
-          "passes": bool(v["p_fwer"][k, f] <= alpha and ho["mean_in"][k, f] > ho["mean_out"][k, f])}
+          "passes": bool(v["p_fwer"][k, f] <= alpha and ho["mean_in"][k, f] > ho["mean_out"][k, f]),
+          **vocab}
 
 
 def _prompt_entry(p: dict, value: float, audio_src: str, out_dir: str) -> dict:
@@ -384,8 +429,8 @@ def _jsonable(o):
 def seed_stability(workdir: str, run: str, other: str, *, threshold: float = 0.7,
                    method: str = "auto", step=None, other_step=None) -> dict:
   """Match the decoder rows of runs/<run> and runs/<other> (e.g. two seeds) one to one by
-  cosine; writes reports/<run>/stability.json. fraction_matched: share of <run>'s features
-  whose partner has cosine >= threshold."""
+  cosine; writes reports/<run>/stability.json and the report's seed-stability section.
+  fraction_matched: share of <run>'s features whose partner has cosine >= threshold."""
   _, _, pa, sa = load_run(workdir, run, step)
   _, _, pb, sb = load_run(workdir, other, other_step)
   r = validity.match_decoders(np.asarray(pa["W_dec"]), np.asarray(pb["W_dec"]), method=method,
@@ -395,12 +440,14 @@ def seed_stability(workdir: str, run: str, other: str, *, threshold: float = 0.7
          "other_step": sb, "method": r["method"], "threshold": r["threshold"],
          "fraction_matched": r["fraction_matched"], "median_cosine": r["median_cosine"],
          "cosine_quantiles": {q: float(np.nanquantile(cos, float(q))) for q in ("0.1", "0.5", "0.9")},
-         "match": r["b_of_a"], "cosine": cos}
+         "fraction_nearest": float(np.mean(r["best_cosine"] >= r["threshold"])),
+         "match": r["b_of_a"], "cosine": cos, "best_cosine": r["best_cosine"]}
   out_dir = os.path.join(workdir, "reports", run)
   os.makedirs(out_dir, exist_ok=True)
   out["path"] = os.path.join(out_dir, "stability.json")
   with open(out["path"], "w") as f:
     json.dump(out, f, indent=1, default=_jsonable)
+  out["report"] = report.update_stability(out_dir)
   return out
 
 

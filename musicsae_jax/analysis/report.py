@@ -85,6 +85,10 @@ def probe_png(results: list[dict], label_key: str) -> str:
     ax.errorbar(xs, [r["shuffled_accuracy"] for r in results],
                 yerr=[r["shuffled_std"] for r in results], fmt="s--", capsize=3,
                 color="gray", label="shuffled labels")
+  if any("heldout_vocab" in r for r in results):
+    hv = [(i, r["heldout_vocab"]["accuracy"]) for i, r in enumerate(results) if "heldout_vocab" in r]
+    ax.plot([i for i, _ in hv], [v for _, v in hv], "D-", color="C3",
+            label="held-out vocabulary (fit on the rest)")
   if results:
     ax.axhline(results[0]["chance"], color="k", lw=0.8, ls=":", label="chance 1/K")
   ax.set_xticks(xs, [r["name"] for r in results], rotation=30, ha="right", fontsize=8)
@@ -143,15 +147,24 @@ def render(d: dict) -> str:
   pr_body = ""
   for key, res in d["probes"].items():
     pr_body += f"<h3>{html.escape(key)}</h3>" + img(d["probe_pngs"][key], f"probes {key}")
-    pr_body += _table(["input", "accuracy", "± std", "shuffled", "chance", "n", "d"],
+    vocab = any("heldout_vocab" in r for r in res)
+    pr_body += _table(["input", "accuracy", "± std", "shuffled", "chance", "n", "d"]
+                      + (["held-out vocabulary", "its shuffled", "n held-out vocab"] if vocab else []),
                       [[html.escape(r["name"]), _f(r["accuracy"]), _f(r["accuracy_std"]),
                         _f(r.get("shuffled_accuracy")), _f(r["chance"]), r["n"], r["d"]]
+                       + ([_f(r.get("heldout_vocab", {}).get("accuracy")),
+                           _f(r.get("heldout_vocab", {}).get("shuffled_accuracy")),
+                           r.get("heldout_vocab", {}).get("n", "–")] if vocab else [])
                        for r in res])
   parts.append(_section("probes", "Linear probes",
                         "k-fold cross-validated multinomial logistic regression on per-prompt "
                         "mean-pooled raw activations per site, and on SAE latents. The shuffled "
                         "control must sit at chance; the gap between probe and control is the "
-                        "evidence.", pr_body))
+                        "evidence. Held-out vocabulary (when the prompt table has a "
+                        "<code>heldout_vocab</code> split): a probe fit on every "
+                        "training-vocabulary prompt scored on prompts that describe the music "
+                        "without the label words or their synonyms; a probe that reads the "
+                        "words scores well in the folds and near chance here.", pr_body))
   sim_rows = [[html.escape(f"{k} / {r['site']}" + (" (centred)" if r["centered"] else "")),
                _f(r["within"]), _f(r["between"]), _f(r["difference"], 4), _f(r["p_value"], 4)]
               for k, rs in d["similarity"].items() for r in rs]
@@ -166,15 +179,19 @@ def render(d: dict) -> str:
     tf_body += f"<h3>{html.escape(key)}</h3>"
     for value, feats in per.items():
       rows = []
+      vocab = any("heldout_vocab" in f for f in feats)
       for f in feats:
         prompts = "<br>".join(
             f"{html.escape(p['text'])} <i>({_f(p['mean'])})</i>"
             + (f' <audio controls preload="none" src="{html.escape(p["audio"])}"></audio>'
                if p.get("audio") else "") for p in f["top_prompts"])
+        hv = f.get("heldout_vocab") or {}
         rows.append([f["id"], _f(f.get("auroc_train")), _f(f["auroc"]), _f(f.get("p_fwer"), 3),
-                     _f(f.get("q_bh"), 3), "yes" if f.get("passes") else "no",
-                     html.escape(", ".join(f.get("flags", []))), _f(f["selectivity"], 2),
-                     _f(f["mean_in"]), html.escape(f.get("heuristic_label", "")), prompts])
+                     _f(f.get("q_bh"), 3), "yes" if f.get("passes") else "no"]
+                    + ([_f(hv.get("auroc")), _f(hv.get("p_fwer"), 3),
+                        ("yes" if hv.get("passes") else "no") if hv else "–"] if vocab else [])
+                    + [html.escape(", ".join(f.get("flags", []))), _f(f["selectivity"], 2),
+                       _f(f["mean_in"]), html.escape(f.get("heuristic_label", "")), prompts])
       null = (d.get("nulls") or {}).get(key, {})
       thr = null.get("max_auroc_threshold", {}).get(value)
       bh = null.get("bh_features", {}).get(value)
@@ -185,15 +202,23 @@ def render(d: dict) -> str:
                      f"{f' (+{len(bh) - 20} more)' if bh and len(bh) > 20 else ''}</p>"
                      if thr is not None else "")
                   + _table(["feature", "AUROC train", "AUROC held-out", "p (family-wise)",
-                            "q (BH)", "passes", "flags", "selectivity", "mean in label", "words",
-                            "top prompts (mean)"], rows))
+                            "q (BH)", "passes"]
+                           + (["AUROC held-out vocab", "p (fw) held-out vocab",
+                               "passes held-out vocab"] if vocab else [])
+                           + ["flags", "selectivity", "mean in label", "words",
+                              "top prompts (mean)"], rows))
   parts.append(_section("top-features", "Top features per label",
                         "Selected by AUROC on training prompts (ties: larger mean difference); "
                         "AUROC, selectivity (mean in label / mean elsewhere) and mean are measured "
                         "on held-out prompts. p (family-wise): share of label shuffles whose best "
                         "held-out AUROC over all features reaches this one; passes: p &le; alpha "
                         "and more active in the label. q (BH): Benjamini–Hochberg over all "
-                        "features. flags: position = top frames concentrated at one frame index. "
+                        "features. Held-out vocab (when the prompt table has a "
+                        "<code>heldout_vocab</code> split): the same scores on prompts that "
+                        "describe the music without the label words or synonyms the training "
+                        "prompts use; a feature that reads the words passes on held-out prompts "
+                        "and sits at AUROC 0.5 here. "
+                        "flags: position = top frames concentrated at one frame index. "
                         "Top prompts by the feature's per-prompt mean. "
                         "Activations are in raw units (those of the exported SAE, "
                         "load_sae, clamp_features and steering).",
@@ -226,6 +251,85 @@ def render(d: dict) -> str:
   title = html.escape(f"musicsae report: {s.get('run', '')}")
   return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
           f"<style>{_CSS}</style></head><body><h1>{title}</h1>{''.join(parts)}</body></html>")
+
+
+# --------------------------------------------------------------------------------------
+# Seed stability (reports/<run>/stability.json from launch.analyze --compare_run)
+# --------------------------------------------------------------------------------------
+STABILITY_SECTION = "stability"
+
+
+def stability_png(stab: dict) -> str:
+  """Histogram of each feature's one-to-one match cosine and of its nearest-row cosine in
+  the other run, with the threshold."""
+  plt = plots.pyplot()
+  fig, ax = plt.subplots(figsize=(6, 3.4))
+  bins = np.linspace(-0.2, 1.0, 49)
+  cos = np.asarray([c for c in stab["cosine"] if c is not None], np.float64)
+  ax.hist(np.clip(cos, -0.2, 1.0), bins=bins, alpha=0.7, label="one-to-one match")
+  if stab.get("best_cosine") is not None:
+    ax.hist(np.clip(np.asarray(stab["best_cosine"], np.float64), -0.2, 1.0), bins=bins,
+            histtype="step", color="C3", lw=1.5, label="nearest row (any)")
+  ax.axvline(stab["threshold"], color="k", ls="--", lw=1, label=f"threshold {stab['threshold']:g}")
+  ax.set_xlabel(f"decoder cosine with {stab['other']}")
+  ax.set_ylabel("features")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  return _png(fig)
+
+
+def stability_section(stab: dict) -> str:
+  """The seed-stability section: fraction matched above the threshold and the histogram."""
+  q = stab.get("cosine_quantiles", {})
+  rows = [["compared with", html.escape(f"{stab['other']} (step {stab.get('other_step')})")],
+          ["features", len(stab["cosine"])], ["matching", html.escape(str(stab["method"]))],
+          [f"fraction matched at cosine ≥ {stab['threshold']:g}", _f(stab["fraction_matched"])],
+          ["median match cosine", _f(stab["median_cosine"])],
+          ["match cosine 10 / 50 / 90 %", " / ".join(_f(q.get(k)) for k in ("0.1", "0.5", "0.9"))]]
+  if stab.get("fraction_nearest") is not None:
+    rows.append([f"fraction whose nearest row has cosine ≥ {stab['threshold']:g}",
+                 _f(stab["fraction_nearest"])])
+  note = ("Decoder rows of this run matched one to one with another run's (e.g. another seed) "
+          "by cosine (Hungarian assignment, greedy for very wide dictionaries): a feature is "
+          "stable when its partner has cosine at or above the threshold. AudioSAE (2026) "
+          "reports more than half of the features stable across seeds on audio models. The "
+          "outline is each feature's nearest row with no one-to-one constraint. Every match: "
+          "stability.json.")
+  return _section(STABILITY_SECTION, "Seed stability", note,
+                  _table(["", ""], rows) + img(stability_png(stab), "seed stability histogram"))
+
+
+def _splice(path: str, sid: str, section: str, before: tuple[str, ...] = (), title: str = "") -> str:
+  """Put `section` into the page at `path`, replacing an older section `sid`, before the
+  first section named in `before` that is present (else at the end); a page holding only
+  this section when there is none yet."""
+  import os
+  import re
+  if os.path.exists(path):
+    with open(path) as f:
+      page = f.read()
+    page = re.sub(rf'<section id="{sid}">.*?</section>(?=<section|</body>)', "", page, flags=re.S)
+    at = [page.index(f'<section id="{b}">') for b in before if f'<section id="{b}">' in page]
+    cut = min(at) if at else page.rindex("</body>")
+    page = page[:cut] + section + page[cut:]
+  else:
+    title = html.escape(f"musicsae report: {title}")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{title}</h1>{section}</body></html>")
+  with open(path, "w") as f:
+    f.write(page)
+  return path
+
+
+def update_stability(report_dir: str) -> str:
+  """Put the seed-stability section of `report_dir/stability.json` into
+  `report_dir/report.html` (before the steering section, replacing an older one)."""
+  import json
+  import os
+  with open(os.path.join(report_dir, "stability.json")) as f:
+    stab = json.load(f)
+  return _splice(os.path.join(report_dir, "report.html"), STABILITY_SECTION,
+                 stability_section(stab), before=(STEERING_SECTION,), title=stab.get("run", ""))
 
 
 # --------------------------------------------------------------------------------------
@@ -277,8 +381,11 @@ def steering_section(steer: dict, plot_b64: str | None) -> str:
               "mean over the other label values.")
   body = img(plot_b64, "steering: concept vs drift") if plot_b64 else "<p>no steer.png</p>"
   tag = {"mean_difference": "caa", "probe": "probe"}.get(steer.get("directions_kind"), "f")
+  methods = steer.get("methods") or [{"method": steer.get("method", "add"),
+                                      "controls": steer["controls"]}]
   for f in steer["features"]:
-    title = f"{tag}{f['feature']} {f.get('label') or ''}"
+    title = (f"{f['method']}: " if len(methods) > 1 else "") + \
+        f"{tag}{f['feature']} {f.get('label') or ''}"
     rows = []
     for s in f["steered"]:
       ctrl = [c for c in f["control"] if c["alpha"] == s["alpha"]]
@@ -312,15 +419,16 @@ def steering_section(steer: dict, plot_b64: str | None) -> str:
                   [_player(c[b]) if len(c) > b else "–" for c in cells])
     if ab:
       body += _table(["prompt", "α", "baseline", "steered", "control 0"], ab, cls="ab")
-  note = (f"launch.steer ({html.escape(str(steer.get('method', 'add')))}, "
-          f"{html.escape(str(steer.get('directions_kind', 'sae_decoder')))}, schedule "
-          f"{html.escape(str(steer.get('schedule', 'every step')))}) on "
-          f"{html.escape(str(steer['site']))}: every exported direction × strength "
-          f"(α: {_ALPHA.get(steer.get('method', 'add'), '')}"
-          f"{(' × the site mean norm' if steer.get('relative') else ', raw units') if steer.get('method', 'add') == 'add' else ''}) "
-          f"and {steer['controls']['count']} controls "
-          f"({html.escape(str(steer['controls'].get('kind', 'random directions of the same norm')))}), "
-          f"same prompts and seed "
+  per_method = "; ".join(
+      f"<b>{html.escape(m['method'])}</b>: α = {_ALPHA.get(m['method'], '')}"
+      f"{(' × the site mean norm' if steer.get('relative') else ', raw units') if m['method'] == 'add' else ''}"
+      f", {m['controls']['count']} controls "
+      f"({html.escape(str(m['controls'].get('kind', 'random directions of the same norm')))})"
+      for m in methods)
+  note = (f"launch.steer ({html.escape(str(steer.get('directions_kind', 'sae_decoder')))}, "
+          f"schedule {html.escape(str(steer.get('schedule', 'every step')))}) on "
+          f"{html.escape(str(steer['site']))}: every exported direction × method × strength "
+          f"and its controls ({per_method}), one shared baseline, same prompts and seed "
           f"({len(steer['prompts'])} prompts). Cells: mean paired change vs baseline over prompts "
           "[95% bootstrap CI] and paired t-test p. nll: token NLL of the generated codes under the "
           "unsteered model (drift; nats/token). feature_act_replay: the feature on an unhooked "

@@ -169,8 +169,9 @@ def match_decoders(W_a: np.ndarray, W_b: np.ndarray, *, method: str = "auto",
 
   method: "hungarian" (scipy's linear_sum_assignment, optimal), "greedy" (best pairs
   first), or "auto" (hungarian up to `hungarian_max` rows, greedy above: the assignment is
-  O(m^3)). Returns the match b_of_a [m_a] (-1 = unmatched), cosine [m_a], and the fraction
-  of A's features whose match has cosine >= threshold.
+  O(m^3)). Returns the match b_of_a [m_a] (-1 = unmatched), cosine [m_a], the fraction
+  of A's features whose match has cosine >= threshold, and best_cosine [m_a] (each row's
+  nearest row of B, not one to one: above the match's cosine where rows compete).
   """
   A = np.asarray(W_a, np.float64)
   B = np.asarray(W_b, np.float64)
@@ -193,7 +194,16 @@ def match_decoders(W_a: np.ndarray, W_b: np.ndarray, *, method: str = "auto",
   cos[ok] = np.einsum("ij,ij->i", A[ok], B[b_of_a[ok]])
   return {"method": method, "b_of_a": b_of_a, "cosine": cos, "threshold": float(threshold),
           "fraction_matched": float(np.mean(np.nan_to_num(cos, nan=-1.0) >= threshold)),
-          "median_cosine": float(np.nanmedian(cos))}
+          "median_cosine": float(np.nanmedian(cos)), "best_cosine": nearest_cosine(A, B)}
+
+
+def nearest_cosine(A: np.ndarray, B: np.ndarray, block_rows: int = 1024) -> np.ndarray:
+  """[m_a]: each row of A's best cosine with any row of B (unit rows; not one to one), in
+  row blocks so the m_a x m_b matrix is never held whole."""
+  out = np.empty(len(A))
+  for s in range(0, len(A), block_rows):
+    out[s:s + block_rows] = (A[s:s + block_rows] @ B.T).max(1)
+  return out
 
 
 def greedy_match(A: np.ndarray, B: np.ndarray, *, candidates: int = 8,
