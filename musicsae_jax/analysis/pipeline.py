@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from musicsae_jax import defaults, metrics, progress, store as store_lib
-from musicsae_jax.analysis import labels as lab, probes, report, stats, validity
+from musicsae_jax.analysis import labels as lab, layers, probes, report, stats, validity
 from musicsae_jax.analysis.stats import AnalysisError
 
 AUDIO_SITE = "audio.descriptors"
@@ -279,6 +279,10 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
   paths["report"] = os.path.join(out_dir, "report.html")
   with open(paths["report"], "w") as f:
     f.write(html_text)
+  tab = layers.table(probe_out, layers.sae_best_features(sel_out), dataset=a["dataset"],
+                     run=a["run"], settings=probes_json["settings"])
+  if tab["label_keys"]:                   # concepts across lm.layer.* sites (+ the SAE)
+    paths.update(layers.write(tab, out_dir))
   return paths
 
 
