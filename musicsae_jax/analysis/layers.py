@@ -147,10 +147,10 @@ def probe_store(ds, *, label_keys=(), sites=(), folds: int = 5, l2: float = 1e-3
                                 steps=steps, shuffles=shuffles, seed=seed)
       r["name"] = name
       results[key].append(r)
-    best = max(results[key], key=lambda r: r["accuracy"])
-    log(f"probe_layers {key} ({len(values)} classes): best {best['name']} "
-        f"{best['accuracy']:.3f} (shuffled {best.get('shuffled_accuracy', float('nan')):.3f}, "
-        f"chance {best['chance']:.3f})")
+    best = max((_row(r) for r in results[key]), key=lambda r: r["gap"])
+    log(f"probe_layers {key} ({len(values)} classes): best {best['site']} "
+        f"{best['accuracy']:.3f} (shuffled {best['shuffled_accuracy']:.3f}, "
+        f"chance {1 / len(values):.3f})")
   return results, skipped
 
 
@@ -163,7 +163,7 @@ def heatmap_png(tab: dict) -> str:
   keys, sites = tab["label_keys"], tab["sites"]
   gap = np.array([[r["gap"] for r in tab["table"][k]["layers"]] for k in keys])
   acc = np.array([[r["accuracy"] for r in tab["table"][k]["layers"]] for k in keys])
-  fig, ax = plt.subplots(figsize=(2.2 + 0.75 * len(sites), 1.2 + 0.45 * len(keys)))
+  fig, ax = plt.subplots(figsize=(max(5.0, 2.2 + 0.75 * len(sites)), 1.4 + 0.45 * len(keys)))
   im = ax.imshow(gap, cmap="viridis", vmin=0.0, vmax=max(1e-6, float(np.nanmax(gap)), 0.5),
                  aspect="auto")
   for i in range(len(keys)):
@@ -174,7 +174,7 @@ def heatmap_png(tab: dict) -> str:
   ax.set_yticks(range(len(keys)),
                 [f"{k} (K={len(tab['table'][k]['classes'])})" for k in keys], fontsize=8)
   ax.set_xlabel("layer")
-  ax.set_title("probe accuracy (text) and accuracy − shuffled-label control (colour)")
+  ax.set_title("probe accuracy (text); colour: accuracy − shuffled", fontsize=9)
   fig.colorbar(im, ax=ax, label="accuracy − shuffled")
   fig.tight_layout()
   return report._png(fig)   # pylint: disable=protected-access
