@@ -51,9 +51,12 @@ def usable(prompts: list[dict], key: str, folds: int) -> tuple[list[str], np.nda
   if len(values) < 2:
     return values, y, f"one value only ({values[0]!r})"
   counts = np.bincount(y[y >= 0], minlength=len(values))
+  if counts.max() == 1:
+    return values, y, f"a different value for each of its {len(values)} prompts (an identifier)"
   if counts.min() < folds:
-    small = ", ".join(f"{v} ({c})" for v, c in zip(values, counts) if c < folds)
-    return values, y, f"fewer than {folds} prompts for {small}"
+    small = [f"{v} ({c})" for v, c in zip(values, counts) if c < folds]
+    more = f", … ({len(small)} values)" if len(small) > 5 else ""
+    return values, y, f"fewer than {folds} prompts for {', '.join(small[:5])}{more}"
   return values, y, None
 
 
