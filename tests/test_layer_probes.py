@@ -1,6 +1,7 @@
 """Concepts across layers (musicsae_jax/analysis/layers.py): on a store where each concept
 is planted in one layer only, the cross-layer table finds it there and nowhere else, with a
-multiclass label, a label that cannot be probed, and the report's heatmap section."""
+multiclass label, a label that cannot be probed, the report's heatmap section, and the
+best SAE feature per value when a run exists."""
 import json
 import os
 from html.parser import HTMLParser
@@ -31,19 +32,34 @@ def _store(root):
   path = os.path.join(root, "activations", "planted")
   ds = store.create(path, {f"lm.layer.{i}": {"d": D, "dtype": "float32"} for i in range(LAYERS)},
                     prompts=prompts)
-  means = rng.normal(size=(4, D)) * 1.5
   pid = np.repeat(np.arange(P), FRAMES)
   index = np.stack([pid, np.tile(np.arange(FRAMES), P)], 1).astype(np.int32)
   with ds.writer() as w:
     for i in range(LAYERS):
       x = rng.normal(size=(len(pid), D))
       if i == 2:
-        x += means[key[pid]]
+        x[:, 8:12] += 3.0 * np.eye(4)[key[pid]]           # on axes 8..11: SAE features 8..11
       if i == 0:
         x[:, :4] += 3.0 * np.eye(4)[density[pid]]
       w.append(f"lm.layer.{i}", x.astype(np.float32), index)
     w.commit(range(P))
   return path
+
+
+def _run(root):
+  """A hand-built ReLU SAE on lm.layer.2 (encoder = identity on the first D latents)."""
+  from musicsae_jax import checkpoint as ckpt_lib
+  M = 2 * D
+  W_enc = np.concatenate([np.eye(D), np.zeros((D, M - D))], 1).astype(np.float32)
+  params = {"W_enc": W_enc, "b_enc": np.zeros(M, np.float32), "W_dec": W_enc.T.copy(),
+            "b_dec": np.zeros(D, np.float32)}
+  run_dir = os.path.join(root, "runs", "planted")
+  ck = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), async_save=False)
+  ck.save(1, {"params": params, "stats": {}}, None)
+  ck.close()
+  with open(os.path.join(run_dir, "config.json"), "w") as f:
+    json.dump({"run": "planted", "train": {"site": "lm.layer.2"},
+               "sae": {"architecture": "relu", "m": M}}, f)
 
 
 def _config():
@@ -66,7 +82,7 @@ class _Sections(HTMLParser):
 
 def test_planted_concepts_are_found_at_their_layer_only(tmp_path):
   _store(str(tmp_path))
-  paths = layers.probe_layers(_config(), str(tmp_path), log=lambda _: None)
+  paths = layers.probe_layers(_config(), str(tmp_path), run="", log=lambda _: None)
   tab = json.load(open(paths["probes_by_layer"]))
   assert tab["sites"] == [f"lm.layer.{i}" for i in range(LAYERS)]
   assert tab["run"] is None and tab["skipped"] == {"const": "one value only ('x')"}
@@ -86,6 +102,15 @@ def test_planted_concepts_are_found_at_their_layer_only(tmp_path):
   p = _Sections()
   p.feed(open(paths["report"]).read())
   assert p.sections == [layers.SECTION]
+  # With a trained run (found as config.run): its latents are probed too, and each key
+  # value's best feature is the axis it was planted on.
+  _run(str(tmp_path))
+  tab = json.load(open(layers.probe_layers(_config(), str(tmp_path),
+                                           log=lambda _: None)["probes_by_layer"]))
+  sae = tab["table"]["key"]["sae"]
+  assert tab["run"] == "planted" and sae["site"] == "lm.layer.2" and sae["accuracy"] >= 0.9
+  assert {v: f["id"] for v, f in sae["features"].items()} == {k: 8 + i for i, k in enumerate(KEYS)}
+  assert all(f["passes"] for f in sae["features"].values())
 
 
 def test_named_label_that_cannot_be_probed_is_an_error(tmp_path):
