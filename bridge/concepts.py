@@ -34,6 +34,7 @@ DYNAMICS = {"pp": 32, "mf": 72, "ff": 112}             # MIDI velocity per marki
 DYNAMIC_WORDS = {"pp": "very softly", "mf": "moderately loud", "ff": "very loudly"}
 DENSITY_WORDS = {1: "quarter notes", 2: "eighth notes", 3: "triplets", 4: "sixteenth notes"}
 FAMILIES = ("chord", "scale")
+LABEL_KEYS = ("family", "tempo", "key", "mode", "chord", "program", "density", "dynamics")
 FORMATS = ("flac", "wav")
 MISSING = ("the concept set needs the General MIDI synthesizer packages tinysoundfont and "
            "pretty_midi: `pip install pretty_midi` and `pip install --no-deps tinysoundfont` "
@@ -282,8 +283,6 @@ def make_concept_set(cfg, out: str, *, overwrite: bool = False,
   os.replace(tmp, meta_path)
   return summary
 
-
-LABEL_KEYS = ("family", "tempo", "key", "mode", "chord", "program", "density", "dynamics")
 
 
 def read_metadata(folder: str) -> Iterator[dict]:

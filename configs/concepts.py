@@ -6,9 +6,8 @@ the default `--config`); override any field, e.g. `--config.concepts.num_clips=6
 import ml_collections
 
 from bridge import defaults as bridge_defaults
+from bridge.concepts import LABEL_KEYS
 from configs import base
-
-CONCEPT_KEYS = ("family", "tempo", "key", "mode", "chord", "program", "density", "dynamics")
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -16,5 +15,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset = "concepts"
   c.run = "concepts"
   c.concepts = bridge_defaults.concepts()
-  c.analysis.label_keys = CONCEPT_KEYS
+  c.analysis.label_keys = LABEL_KEYS
   return c
