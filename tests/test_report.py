@@ -235,3 +235,4 @@ def test_layers_table_from_the_analysis_probes(result):
   assert tab["sites"] == ["lm.layer.0"] and e["best_site"] == "lm.layer.0"
   assert e["layers"][0]["accuracy"] > e["layers"][0]["shuffled_accuracy"]
   assert e["sae"]["site"] == "lm.layer.0" and e["sae"]["features"]["sad"]["id"] == 0
+  assert set(e["sae"]["random_directions"]["best"]) == set(EMOTIONS)   # the control

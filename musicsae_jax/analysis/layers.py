@@ -61,10 +61,12 @@ def usable(prompts: list[dict], key: str, folds: int) -> tuple[list[str], np.nda
 
 
 def table(probe_results: dict, sae_features: dict | None = None, *, dataset: str = "",
-          run: str | None = None, settings: dict | None = None, skipped: dict | None = None) -> dict:
+          run: str | None = None, settings: dict | None = None, skipped: dict | None = None,
+          random_directions: dict | None = None) -> dict:
   """probes_by_layer.json from per-key probe results (`probes.json["probes"]` layout: one
-  entry per input, `name` = site or `sae:<site>`) and optional best SAE features per key
-  (`{key: {value: {id, auroc, passes, ...}}}`, e.g. selectivity.json's first feature per value).
+  entry per input, `name` = site or `sae:<site>`), optional best SAE features per key
+  (`{key: {value: {id, auroc, passes, ...}}}`, e.g. selectivity.json's first feature per value)
+  and their random-direction control (`random_direction_features`).
   """
   out = {}
   sites = []
@@ -84,6 +86,8 @@ def table(probe_results: dict, sae_features: dict | None = None, *, dataset: str
                                                       if k != "site"}}
       if sae_features and key in sae_features:
         entry["sae"]["features"] = sae_features[key]
+      if random_directions and key in random_directions:
+        entry["sae"]["random_directions"] = random_directions[key]
     out[key] = entry
   return {"format_version": FORMAT_VERSION, "dataset": dataset, "run": run, "sites": sites,
           "label_keys": list(out), "table": out, "skipped": skipped or {},
@@ -98,6 +102,34 @@ def _row(r: dict) -> dict:
   return {"site": r["name"], "accuracy": r["accuracy"], "accuracy_std": r["accuracy_std"],
           "shuffled_accuracy": shuffled, "shuffled_std": r.get("shuffled_std", float("nan")),
           "gap": r["accuracy"] - shuffled if np.isfinite(shuffled) else r["accuracy"] - r["chance"]}
+
+
+def random_direction_features(x: np.ndarray, labels: dict, m: int, a: dict) -> dict:
+  """The control for "the best SAE feature per label value": the best of m random unit
+  directions of the SAE's site, chosen on the same training prompts and scored on the same
+  held-out prompts as the features (validity.heldout_split with analysis.heldout_fraction
+  and seed; ranked by training AUROC, more active in the label).
+
+  x: [P, d] per-prompt means of the raw site (a projection of the mean is the mean of the
+  projection); labels: {key: (values, y)} with y = -1 where unlabelled or without rows.
+  Returns {key: {"m", "seed", "best": {value: {id, auroc (held-out), auroc_train}}}}: an SAE
+  feature whose held-out AUROC beats this reads the label better than a random direction.
+  """
+  from musicsae_jax.analysis import validity
+  rng = np.random.default_rng([int(a["seed"]), 0xD1CE])
+  R = rng.normal(size=(x.shape[1], int(m)))
+  proj = np.asarray(x, np.float64) @ (R / np.linalg.norm(R, axis=0))
+  out = {}
+  for key, (values, y) in labels.items():
+    train, held = validity.heldout_split(y, float(a["heldout_fraction"]), int(a["seed"]))
+    sel_tr = lab.selectivity(proj[train], y[train], values)
+    sel_ho = lab.selectivity(proj[held], y[held], values)
+    tops = lab.top_features_per_label(sel_tr, 1)
+    out[key] = {"m": int(m), "seed": int(a["seed"]), "best": {
+        val: {"id": tops[val][0], "auroc": float(sel_ho["auroc"][k, tops[val][0]]),
+              "auroc_train": float(sel_tr["auroc"][k, tops[val][0]])}
+        for k, val in enumerate(values) if tops[val]}}
+  return out
 
 
 def sae_best_features(selectivity_labels: dict) -> dict:
@@ -196,8 +228,10 @@ def section(tab: dict) -> str:
     sae = e.get("sae")
     feats = ""
     if sae and sae.get("features"):
+      rand = (sae.get("random_directions") or {}).get("best", {})
       feats = ", ".join(f"{html.escape(str(v))}: f{x['id']} {f(x.get('auroc'), 2)}"
                         + ("" if x.get("passes", True) else "*")
+                        + (f" (random {f(rand[v].get('auroc'), 2)})" if v in rand else "")
                         for v, x in sae["features"].items())
     rows.append([html.escape(key), len(e["classes"]), f(e["chance"], 2), *cells,
                  html.escape(e["best_site"]),
@@ -212,7 +246,9 @@ def section(tab: dict) -> str:
           "shuffled-label control (sh) that must sit near chance 1/K. Colour: accuracy − "
           "control. The SAE columns probe the run's latents and name each value's best "
           "feature (selected on training prompts, AUROC on held-out ones; * = does not pass "
-          "the best-of-m permutation null). From probes_by_layer.json.")
+          "the best-of-m permutation null) beside its random-direction control: the best of "
+          "as many random directions of the site, chosen and scored the same way. From "
+          "probes_by_layer.json.")
   return report._section(SECTION, "Concepts across layers", note, body)  # pylint: disable=protected-access
 
 
@@ -267,9 +303,15 @@ def probe_layers(config, workdir: str, *, label_keys=(), sites=(), run: str | No
                                  l2=float(a["probe_l2"]), steps=int(a["probe_steps"]),
                                  shuffles=int(a["probe_shuffles"]), seed=int(a["seed"]),
                                  extra_inputs=extra, log=log)
-  feats = None
+  feats, rand = None, None
   if run:
     feats = {}
+    labels = {}
+    for key in results:
+      values, y = lab.label_vector(ds.prompts, key)
+      labels[key] = (values, np.where(has_rows, y, -1))
+    x_site, _ = stats.prompt_means(ds.site(sae_site), len(ds.prompts))
+    rand = random_direction_features(x_site, labels, pm.shape[1], a)
     for key in results:
       values, y = lab.label_vector(ds.prompts, key)
       v = pipeline._validate_label(pm, np.where(has_rows, y, -1), values, a)  # pylint: disable=protected-access
@@ -281,5 +323,5 @@ def probe_layers(config, workdir: str, *, label_keys=(), sites=(), run: str | No
       feats[key] = best
   settings = {k: a[k] for k in ("probe_folds", "probe_l2", "probe_steps", "probe_shuffles", "seed")}
   tab = table(results, feats, dataset=a["dataset"], run=run or None, settings=settings,
-              skipped=skipped)
+              skipped=skipped, random_directions=rand)
   return write(tab, os.path.join(workdir, "reports", run or a["run"]))
