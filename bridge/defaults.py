@@ -103,3 +103,33 @@ def steer() -> ml_collections.ConfigDict:
                                        # wiring only) | "" skip the CLAP measures
   s.save_audio = True
   return s
+
+
+def concepts() -> ml_collections.ConfigDict:
+  """`c.concepts`: the ground-truth concept set rendered from MIDI (launch.make_concepts,
+  bridge.concepts). The default is the full set (3000 clips); configs/concepts_tiny.py is
+  the one for tests and the demo."""
+  c = ml_collections.ConfigDict()
+  c.num_clips = 3000
+  c.seed = 0
+  c.duration = 4.0                     # seconds per clip
+  c.sample_rate = 32000                # MusicGen's rate (capture resamples anyway)
+  c.format = "flac"                    # flac | wav (16-bit PCM either way)
+  c.families = ("chord", "scale")      # triads struck on the grid | scales up and down
+  c.tempos = (60, 80, 100, 120, 140, 160)
+  c.tonics = (                       # label "key": the chord root or scale tonic
+      "C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+  c.modes = ("major", "minor")         # scale clips (natural minor)
+  c.chords = ("major", "minor", "diminished", "augmented")   # chord clips
+  # GM programs: piano, vibraphone, church organ, nylon guitar, violin, strings, trumpet, flute
+  c.programs = (0, 11, 19, 24, 40, 48, 56, 73)
+  c.densities = (1, 2, 4)              # onsets per beat
+  c.dynamics = ("pp", "mf", "ff")      # velocity 32 / 72 / 112
+  c.base_pitch = 60                    # MIDI pitch of root C (C4); roots span C4..B4
+  c.legato = 0.9                       # note length / onset spacing
+  c.captions = True                    # "" captions when False (unconditional capture)
+  c.soundfont = ""                     # "" = pretty_midi's TimGM6mb.sf2 (General MIDI)
+  c.gain_db = -6.0                     # synthesizer gain (dB): the loudest default clips peak
+                                       # near 0.6; no per-clip normalising (dynamics stay absolute)
+  c.write_midi = False                 # also write audio/<id>.mid
+  return c

@@ -100,7 +100,7 @@ def result(tmp_path_factory):
 
 def test_writes_json_with_planted_feature_first(result):
   root, params, paths, logs = result
-  assert set(paths) == {"features", "selectivity", "probes", "report"}
+  assert set(paths) == {"features", "selectivity", "probes", "probes_by_layer", "report"}
   assert all(p.startswith(os.path.join(root, "reports", "r")) for p in paths.values())
   assert any("block" in m and "rows/s" in m for m in logs)            # progress output
   sel = json.load(open(paths["selectivity"]))
@@ -224,3 +224,15 @@ def test_seed_stability_recovers_a_permuted_run(result):
   np.testing.assert_array_equal(perm[r["match"]], np.arange(M))
   saved = json.load(open(os.path.join(root, "reports", "r", "stability.json")))
   assert saved["fraction_matched"] == 1.0 and saved["other"] == "r_perm"
+
+
+def test_layers_table_from_the_analysis_probes(result):
+  """analyze's own probes, reorganised: the planted sad direction on lm.layer.0, the SAE
+  probe and each emotion's best feature (feature 0 for sad, as in selectivity.json)."""
+  root, _, paths, _ = result
+  tab = json.load(open(paths["probes_by_layer"]))
+  e = tab["table"]["emotion"]
+  assert tab["sites"] == ["lm.layer.0"] and e["best_site"] == "lm.layer.0"
+  assert e["layers"][0]["accuracy"] > e["layers"][0]["shuffled_accuracy"]
+  assert e["sae"]["site"] == "lm.layer.0" and e["sae"]["features"]["sad"]["id"] == 0
+  assert set(e["sae"]["random_directions"]["best"]) == set(EMOTIONS)   # the control

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from musicsae_jax import defaults, metrics, progress, store as store_lib
-from musicsae_jax.analysis import labels as lab, probes, report, stats, validity
+from musicsae_jax.analysis import labels as lab, layers, probes, report, stats, validity
 from musicsae_jax.analysis.stats import AnalysisError
 
 AUDIO_SITE = "audio.descriptors"
@@ -295,6 +295,14 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
   paths["report"] = os.path.join(out_dir, "report.html")
   with open(paths["report"], "w") as f:
     f.write(html_text)
+  raw = {name: (x, ok) for name, x, ok in inputs}
+  rand = layers.random_direction_features(raw[site_name][0], {
+      k: (v, np.where(has_rows & raw[site_name][1], y, -1)) for k, (v, y) in label_info.items()},
+      m, a) if site_name in raw else None
+  tab = layers.table(probe_out, layers.sae_best_features(sel_out), dataset=a["dataset"],
+                     run=a["run"], settings=probes_json["settings"], random_directions=rand)
+  if tab["label_keys"]:                   # concepts across lm.layer.* sites (+ the SAE)
+    paths.update(layers.write(tab, out_dir))
   return paths
 
 

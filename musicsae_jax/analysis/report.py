@@ -15,7 +15,8 @@ import numpy as np
 from musicsae_jax import plots
 
 SECTIONS = ("summary", "training", "density", "selectivity", "probes", "similarity",
-            "top-features", "discovery", "grounding")
+            "top-features", "discovery", "grounding",
+            "layers")   # concepts across lm.layer.* (analysis.layers, spliced in after render)
 SWEEP_SECTION = "sweep"     # after "training", only when the run is a sweep member
 
 
@@ -463,3 +464,24 @@ def update_steering(report_dir: str) -> str:
     f.write(page)
   return path
 
+
+
+def splice_section(report_dir: str, sid: str, section: str, title: str) -> str:
+  """Put `section` (id `sid`) into `report_dir/report.html`, replacing an older one with
+  that id; a page with this section only when there is no report yet."""
+  import os
+  import re
+  path = os.path.join(report_dir, "report.html")
+  if os.path.exists(path):
+    with open(path) as f:
+      page = f.read()
+    page = re.sub(rf'<section id="{re.escape(sid)}">.*?</section>(?=<section|</body>)', "",
+                  page, flags=re.S)
+    page = page.replace("</body>", section + "</body>", 1)
+  else:
+    title = html.escape(title)
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{title}</h1>{section}</body></html>")
+  with open(path, "w") as f:
+    f.write(page)
+  return path
