@@ -120,7 +120,9 @@ def render(d: dict) -> str:
   """One HTML page from the pipeline's results dict (see pipeline.analyze)."""
   parts = []
   s = d["summary"]
-  parts.append(_section("summary", "Summary", "What was analysed.", _table(
+  link = (f' <a href="{html.escape(d["browser"])}">Feature browser</a>: a page per feature '
+          "(top prompts with audio snippets, activation histogram, flags)." if d.get("browser") else "")
+  parts.append(_section("summary", "Summary", "What was analysed." + link, _table(
       ["field", "value"], [[html.escape(k), html.escape(str(v))] for k, v in s.items()])))
   tr = d.get("training_png")
   parts.append(_section("training", "Training curves",
@@ -340,6 +342,8 @@ def update_steering(report_dir: str) -> str:
     steer = json.load(f)
   png = os.path.join(report_dir, "steer.png")
   section = steering_section(steer, png_file(png) if os.path.exists(png) else None)
+  from musicsae_jax.analysis import browser
+  browser.update_steering(report_dir, steer)
   path = os.path.join(report_dir, "report.html")
   if os.path.exists(path):
     with open(path) as f:
