@@ -100,7 +100,7 @@ def result(tmp_path_factory):
 
 def test_writes_json_with_planted_feature_first(result):
   root, params, paths, logs = result
-  assert set(paths) == {"features", "selectivity", "probes", "report"}
+  assert set(paths) == {"features", "selectivity", "probes", "report", "browser"}
   assert all(p.startswith(os.path.join(root, "reports", "r")) for p in paths.values())
   assert any("block" in m and "rows/s" in m for m in logs)            # progress output
   sel = json.load(open(paths["selectivity"]))
@@ -162,6 +162,9 @@ def test_report_has_every_section_and_image(result):
   text = open(paths["report"]).read()
   assert "features at false-discovery rate 0.05 (BH): 0" in text      # the planted sad feature
   assert "<td>position</td>" in text                                 # the planted position feature
+  assert '<a href="browser/index.html">Feature browser</a>' in text    # relative: moves with it
+  index = open(paths["browser"]).read()
+  assert "<a href='features/1.html'>1</a>" in index and "position" in index
 
 
 @pytest.mark.parametrize("override,match", [

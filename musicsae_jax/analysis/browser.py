@@ -34,6 +34,12 @@ FLAGS = ("dead", "dense", "position", "onset", "silence")
 SNIPPET_GRID_S = 0.25      # snippet starts snap to this grid, so nearby examples share a file
 
 
+def defaults() -> dict:
+  """The `analysis.browser` fields and their defaults (musicsae_jax.defaults.browser)."""
+  from musicsae_jax import defaults as d
+  return d.browser().to_dict()
+
+
 def _fmt(x, nd=3) -> str:
   if x is None or (isinstance(x, float) and not np.isfinite(x)):
     return "–"
