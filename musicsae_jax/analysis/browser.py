@@ -467,7 +467,7 @@ def _index_page(rows, info, flags, top_n, label_scores) -> str:
           f"<p class='note'>{note}</p><p><input id='q' placeholder='filter (text)' "
           f"oninput='filterRows()'> <select id='flag' onchange='filterRows()'><option value=''>"
           f"any flag</option>{opts}</select> <label><input type='checkbox' id='dead' checked "
-          f"onchange='filterRows()'> show dead</label> <span id='shown'>{len(rows)}</span> "
+          f"onchange='filterRows()'> show dead</label> · <span id='shown'>{len(rows)}</span> "
           f"shown; each page shows the top {top_n} prompts.</p>"
           f"<table id='features'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
   return _page("feature browser", body, 0)
