@@ -136,8 +136,8 @@ class Snippets:
 
   def _prompt(self, p: int, windows: list[tuple[int, int]]) -> dict:
     import soundfile as sf
-    path = os.path.join(self.src, f"{p:06d}.wav")
-    if not os.path.exists(path):
+    path = os.path.join(self.src, f"{p:06d}.wav") if self.src else ""
+    if not path or not os.path.exists(path):
       return {(p, lo, n): None for lo, n in windows}
     y, sr = sf.read(path, dtype="float32", always_2d=True)
     y = np.clip(y.mean(1), -1, 1)
@@ -303,13 +303,14 @@ def nearest_decoders(W_dec: np.ndarray, n: int = 8, block: int = 2048) -> tuple[
 
 
 def build(out_dir: str, *, st: FeatureStats, source, encoder, prompts: list[dict],
-          audio_src: str, frame_rate: float, W_dec: np.ndarray, cfg: dict,
+          audio_src: str | None, frame_rate: float, W_dec: np.ndarray, cfg: dict,
           label_scores: dict | None = None, descriptor_names: list[str] | None = None,
           position: dict | None = None, position_kw: dict | None = None,
           dense_threshold: float = 0.1, info: dict | None = None,
           steer: dict | None = None, log=print) -> dict:
   """Write the browser into out_dir/browser/ (replacing an old one); returns its index path
-  and sizes. cfg: the `analysis.browser` fields (top_n, contrast_n, snippet_s,
+  and sizes. audio_src: the extracted clips' folder, None when the site's rows are not audio
+  frames (t5.*: tokens; no snippets then). cfg: the `analysis.browser` fields (top_n, contrast_n, snippet_s,
   audio_quality, neighbours, flag_min_r); position: `validity.position_flags` per feature
   (when None, computed here for every feature that fires, with `position_kw`)."""
   t0 = time.time()
@@ -477,7 +478,7 @@ def _example_html(e: dict, prompts: list[dict], snips: Snippets, top: float, ran
   p = prompts[e["prompt"]]
   src = snips.files.get((e["prompt"], e["lo"], e["n"]))
   player = (f"<audio controls preload='metadata' src='../{_esc(src)}'></audio>" if src
-            else "<span class='note'>no audio saved</span>")
+            else "<span class='note'>no audio</span>")
   mark = e["frame"] - e["lo"] if e["frame"] is not None and e["kind"] != "zero" else None
   labels = ", ".join(f"{k}={v}" for k, v in (p.get("labels") or {}).items())
   where = (f"frame {e['frame']}" if e["kind"] != "zero" else "never fires")

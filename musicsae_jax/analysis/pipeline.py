@@ -283,7 +283,8 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
     steer_path = os.path.join(out_dir, "steer.json")
     steer = json.load(open(steer_path)) if os.path.exists(steer_path) else None
     b = browser.build(out_dir, st=st, source=site, encoder=enc, prompts=prompts,
-                      audio_src=audio_src, frame_rate=float(ds.manifest.get("model", {}).get(
+                      audio_src=audio_src if site_name.startswith("lm.layer.") else None,
+                      frame_rate=float(ds.manifest.get("model", {}).get(
                           "frame_rate", 50.0)), W_dec=np.asarray(params["W_dec"]), cfg=bcfg,
                       label_scores=label_scores, descriptor_names=desc_names, position=pos,
                       dense_threshold=float(run_cfg.get("train", {}).get("dense_threshold", 0.1)),
