@@ -397,6 +397,7 @@ def build(out_dir: str, *, st: FeatureStats, source, encoder, prompts: list[dict
   base = {k: Counter(str((prompts[p].get("labels") or {}).get(k)) for p in np.nonzero(has_rows)[0]
                      if (prompts[p].get("labels") or {}).get(k) is not None) for k in keys}
   steered = _steered_features(steer)
+  fire_set = set(fires.tolist())
   rows, words = [], {}
   for f in range(m):
     f = int(f)
@@ -406,7 +407,7 @@ def build(out_dir: str, *, st: FeatureStats, source, encoder, prompts: list[dict
       words[f] = lab.word_label(texts, corpus, P)[0]
       page = _feature_page(f, st, examples[f], snips, flags[f], position.get(f), ac, top,
                            words[f], prompts, keys, base, corr, descriptor_names, nb_ids[f],
-                           nb_cos[f], fires, steered.get(f), m, info or {})
+                           nb_cos[f], fire_set, steered.get(f))
       with open(os.path.join(root, "features", f"{f}.html"), "w") as fh:
         fh.write(page)
     rows.append(_index_row(f, st, flags[f], top, words.get(f, ""), f in examples))
@@ -490,7 +491,7 @@ def _example_html(e: dict, prompts: list[dict], snips: Snippets, top: float, ran
 
 
 def _feature_page(f, st, ex, snips, fl, pos, ac, top, words, prompts, keys, base, corr,
-                  names, nb_ids, nb_cos, fires, steer_entries, m, info) -> str:
+                  names, nb_ids, nb_cos, fires: set, steer_entries) -> str:
   vmax = float(st.max[f])
   tops = [e for e in ex if e["kind"] == "top"]
   parts = [f"<nav><a href='../index.html'>index</a>"
