@@ -149,7 +149,9 @@ def test_flags_position_content_and_onset(built):
   assert "onset" in flags[3] and all("onset" not in flags[f] for f in (0, 1, 2, 4, 5))
   assert not any("silence" in fl for fl in flags.values())
   assert "dense" in flags[3] and "dense" not in flags[2]
-  assert "position" in open(os.path.join(root, "reports", "r", "browser", "features", "1.html")).read()
+  page = lambda f: open(os.path.join(root, "reports", "r", "browser", "features", f"{f}.html")).read()
+  assert "<span class='flag'>position</span>" in page(1)
+  assert "<span class='flag'>position</span>" not in page(0)
 
 
 @pytest.mark.skipif(chromium.CHROMIUM is None, reason=chromium.INSTALL)

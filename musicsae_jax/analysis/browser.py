@@ -510,8 +510,9 @@ def _feature_page(f, st, ex, snips, fl, pos, ac, top, words, prompts, keys, base
                   f"±{pos['window']} frames of one index, p = {_fmt(pos['p'])}"))
   for k in ("onset", "silence"):
     if k in ac["r"]:
-      facts.append((f"{k} test", f"r = {_fmt(float(ac['r'][k][f]), 2)} (shift-null max "
-                    f"{_fmt(float(ac['null_max'][k][f]), 2)})"))
+      facts.append((f"{k} test", f"r with {'onset_strength' if k == 'onset' else 'rms_db'} = "
+                    f"{_fmt(float(ac['r'][k][f]), 2)}; shift-null copies reach "
+                    f"{_fmt(float(ac['null_max'][k][f]), 2)}"))
   parts.append("<table>" + "".join(f"<tr><th>{a}</th><td>{b}</td></tr>" for a, b in facts)
                + "</table>")
   parts.append("<h2>Activation histogram</h2>" + hist_svg(st.hist[:, f], int(st.num_rows - st.fired[f])))
