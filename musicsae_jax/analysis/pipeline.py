@@ -2,8 +2,8 @@
 
 Writes `features.json` (discovery, position flags), `selectivity.json` (top features per
 label value, selected on training prompts and scored on held-out prompts with a
-max-statistic permutation null; ready for `export.export_directions`), `probes.json` (probes + cosine similarity) and
-`report.html`. Every input is checked before the long work starts.
+max-statistic permutation null; ready for `export.export_directions`), `probes.json` (probes + cosine similarity),
+`report.html` and the feature browser `browser/` (analysis.browser). Every input is checked before the long work starts.
 """
 from __future__ import annotations
 
