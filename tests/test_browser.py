@@ -154,6 +154,25 @@ def test_flags_position_content_and_onset(built):
   assert "<span class='flag'>position</span>" not in page(0)
 
 
+_SORT_AND_FILTER = """(() => {
+  const ths = document.querySelectorAll('#features th');
+  sortBy(ths[2]); sortBy(ths[2]);                       // max activation, twice: descending
+  const order = [...document.querySelectorAll('#features tbody tr')].map(r => r.cells[0].dataset.v);
+  document.getElementById('flag').value = 'position'; filterRows();
+  const shown = [...document.querySelectorAll('#features tbody tr')]
+      .filter(r => r.style.display !== 'none').map(r => r.cells[0].dataset.v);
+  return JSON.stringify({order, shown});
+})()"""
+
+
+@pytest.mark.skipif(chromium.CHROMIUM is None, reason=chromium.INSTALL)
+def test_index_sorts_and_filters_in_chromium(built):
+  _, st, _, _, res = built
+  got = chromium.evaluate(res["index"], _SORT_AND_FILTER)
+  assert [int(f) for f in got["order"]] == list(np.argsort(-st.max, kind="stable"))
+  assert got["shown"] == ["1"]                            # the one position feature
+
+
 @pytest.mark.skipif(chromium.CHROMIUM is None, reason=chromium.INSTALL)
 def test_moved_browser_plays_in_chromium(built, tmp_path):
   """Moved elsewhere, a feature page's players still load: every <audio> reports ~0.2 s."""
