@@ -397,6 +397,7 @@ def build(out_dir: str, *, st: FeatureStats, source, encoder, prompts: list[dict
   base = {k: Counter(str((prompts[p].get("labels") or {}).get(k)) for p in np.nonzero(has_rows)[0]
                      if (prompts[p].get("labels") or {}).get(k) is not None) for k in keys}
   steered = _steered_features(steer)
+  convert = _steer_audio(out_dir)
   fire_set = set(fires.tolist())
   rows, words = [], {}
   for f in range(m):
@@ -407,7 +408,8 @@ def build(out_dir: str, *, st: FeatureStats, source, encoder, prompts: list[dict
       words[f] = lab.word_label(texts, corpus, P)[0]
       page = _feature_page(f, st, examples[f], snips, flags[f], position.get(f), ac, top,
                            words[f], prompts, keys, base, corr, descriptor_names, nb_ids[f],
-                           nb_cos[f], fire_set, steered.get(f))
+                           nb_cos[f], fire_set,
+                           steering_html(steered.get(f), (steer or {}).get("prompts", []), convert))
       with open(os.path.join(root, "features", f"{f}.html"), "w") as fh:
         fh.write(page)
     rows.append(_index_row(f, st, flags[f], top, words.get(f, ""), f in examples))
@@ -491,7 +493,7 @@ def _example_html(e: dict, prompts: list[dict], snips: Snippets, top: float, ran
 
 
 def _feature_page(f, st, ex, snips, fl, pos, ac, top, words, prompts, keys, base, corr,
-                  names, nb_ids, nb_cos, fires: set, steer_entries) -> str:
+                  names, nb_ids, nb_cos, fires: set, steer_html: str) -> str:
   vmax = float(st.max[f])
   tops = [e for e in ex if e["kind"] == "top"]
   parts = [f"<nav><a href='../index.html'>index</a>"
@@ -546,21 +548,22 @@ def _feature_page(f, st, ex, snips, fl, pos, ac, top, words, prompts, keys, base
   nb = "".join(f"<tr><td><a href='{j}.html'>{j}</a></td><td>{c:+.3f}</td></tr>" if j in fires
                else f"<tr><td>{j}</td><td>{c:+.3f}</td></tr>" for j, c in zip(nb_ids, nb_cos))
   parts.append("<h2>Nearest features (decoder cosine)</h2><table>" + nb + "</table>")
-  parts.append(f"<section id='steering'>{steering_html(steer_entries)}</section>")
+  parts.append(f"<section id='steering'>{steer_html}</section>")
   return _page(f"feature {f}", "".join(parts), 1)
 
 
 # --- steering (reports/<run>/steer.json) -------------------------------------------------------
 
 
-def steering_html(entries: list[dict] | None) -> str:
-  """Steering results of one feature: the mean change per measure and strength (with the
-  controls' range), from steer.json; the players live in report.html."""
+def steering_html(entries: list[dict] | None, prompts: list[str] = (), audio=None) -> str:
+  """Steering results of one feature from steer.json: the mean change per measure and
+  strength (with the controls' range) and, when `audio` maps a report-relative wav to a
+  page-relative file (or None), baseline / steered players per prompt and strength."""
   if not entries:
     return ""
   out = "<h2>Steering</h2><p class='note'>launch.steer: mean paired change vs the unsteered " \
-        "baseline [95% CI], and the range of the random-direction controls at the same " \
-        "strength; clips in report.html.</p>"
+        "baseline [95% CI] over its prompts, and the range of the controls at the same " \
+        "strength; every measure and the control clips: steer.json and report.html.</p>"
   for e in entries:
     measures = sorted({k for s in e["steered"] for k in s["stats"]})
     rows = []
@@ -581,7 +584,40 @@ def steering_html(entries: list[dict] | None) -> str:
         rows.append(f"<tr class='note'><td>controls</td>" + "".join(f"<td>{c}</td>" for c in rng) + "</tr>")
     out += (f"<h3>{_esc(e.get('label') or '')}</h3><table><tr><th>strength</th>"
             + "".join(f"<th>Δ {_esc(k)}</th>" for k in measures) + "</tr>" + "".join(rows) + "</table>")
+    if audio is None:
+      continue
+    players = []
+    for b, text in enumerate(prompts):
+      for s in e["steered"]:
+        if s.get("reused_baseline") or len(s.get("audio") or []) <= b:
+          continue
+        base = (e["baseline"].get("audio") or [None] * (b + 1))[b]
+        cells = [audio(base) if base else None, audio(s["audio"][b])]
+        players.append(f"<tr><td>{_esc(text)}</td><td>α={s['alpha']:g}</td>" + "".join(
+            f"<td><audio controls preload='metadata' src='{_esc(c)}'></audio></td>" if c
+            else "<td>–</td>" for c in cells) + "</tr>")
+    if players:
+      out += ("<table><tr><th>prompt</th><th>strength</th><th>baseline</th><th>steered</th></tr>"
+              + "".join(players) + "</table>")
   return out
+
+
+def _steer_audio(report_dir: str):
+  """A function: steer.json's wav (relative to reports/<run>/) -> an OGG copy in
+  browser/audio/steer/, as a path relative to a feature page (None when the wav is missing)."""
+  def convert(rel: str) -> str | None:
+    import soundfile as sf
+    src = os.path.join(report_dir, rel)
+    name = os.path.splitext(os.path.basename(rel))[0] + ".ogg"
+    dst = os.path.join(report_dir, DIR, "audio", "steer", name)
+    if not os.path.exists(dst):
+      if not os.path.exists(src):
+        return None
+      y, sr = sf.read(src, dtype="float32", always_2d=True)
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      sf.write(dst, np.clip(y.mean(1), -1, 1), sr, format="OGG", subtype="VORBIS")
+    return f"../audio/steer/{name}"
+  return convert
 
 
 def _steered_features(steer: dict | None) -> dict[int, list[dict]]:
@@ -606,8 +642,9 @@ def update_steering(report_dir: str, steer: dict) -> list[str]:
       continue
     with open(path) as fh:
       page = fh.read()
+    html_ = steering_html(entries, steer.get("prompts", []), _steer_audio(report_dir))
     page = re.sub(r"<section id='steering'>.*?</section>",
-                  lambda _: f"<section id='steering'>{steering_html(entries)}</section>", page,
+                  lambda _: f"<section id='steering'>{html_}</section>", page,
                   flags=re.S)
     with open(path, "w") as fh:
       fh.write(page)
