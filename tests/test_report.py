@@ -173,6 +173,8 @@ def test_report_has_every_section_and_image(result):
     (dict(site="lm.layer.5"), r"'lm.layer.5'.*not in .*store sites"),
     (dict(site="t5.pooled"), r"width d=8 but store site 't5.pooled'.*d=6"),
     (dict(rate_band=(0.5, 0.1)), "rate_band"),
+    (dict(browser=dict(top_n=0)), r"analysis.browser.top_n=0; expected >= 1"),
+    (dict(browser=dict(colour="red")), r"unknown config.analysis.browser fields \['colour'\]"),
 ])
 def test_bad_input_errors(result, override, match):
   root = result[0]

@@ -18,7 +18,6 @@ rows gives (`clip_traces`: rows located through the per-prompt row spans of the 
 from __future__ import annotations
 
 import html
-import json
 import os
 import shutil
 import time
@@ -38,6 +37,20 @@ def defaults() -> dict:
   """The `analysis.browser` fields and their defaults (musicsae_jax.defaults.browser)."""
   from musicsae_jax import defaults as d
   return d.browser().to_dict()
+
+
+def check_config(cfg: dict) -> dict:
+  """The `analysis.browser` fields, checked before the long work starts."""
+  rules = {"top_n": (lambda v: v >= 1, ">= 1"), "contrast_n": (lambda v: v >= 0, ">= 0"),
+           "snippet_s": (lambda v: v > 0, "> 0 seconds"),
+           "audio_quality": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+           "neighbours": (lambda v: v >= 0, ">= 0"),
+           "flag_min_r": (lambda v: 0 < v <= 1, "in (0, 1]"),
+           "null_shifts": (lambda v: v >= 1, ">= 1")}
+  for k, (ok, expect) in rules.items():
+    if not ok(cfg[k]):
+      raise AnalysisError(f"analysis.browser.{k}={cfg[k]!r}; expected {expect}")
+  return cfg
 
 
 def _fmt(x, nd=3) -> str:

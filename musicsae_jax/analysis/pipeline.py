@@ -41,7 +41,7 @@ def resolve(config) -> dict:
   if unknown:
     raise AnalysisError(f"unknown config.analysis.browser fields {unknown}; known: "
                         f"{sorted(DEFAULTS['browser'])}")
-  a["browser"] = {**DEFAULTS["browser"], **b}
+  a["browser"] = browser.check_config({**DEFAULTS["browser"], **b})
   if isinstance(a["label_keys"], str):
     a["label_keys"] = (a["label_keys"],)
   lo, hi = a["rate_band"]
