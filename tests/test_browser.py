@@ -79,12 +79,12 @@ def built(tmp_path_factory):
                       audio_src=os.path.join(ds.path, "audio"), frame_rate=FPS, W_dec=W, cfg=cfg,
                       descriptor_names=["rms_db", "onset_strength"], position_kw={"window": 0},
                       log=lambda _: None)
-  return root, st, x, index, res
+  return root, st, x, index, res, site, ds.site("audio.descriptors")
 
 
 def test_streamed_top_prompts_equal_brute_force(built):
   """One pass, blocks of 32 rows over interleaved prompts == numpy over all rows at once."""
-  _, st, x, index, _ = built
+  _, st, x, index, _, _, _ = built
   z = _Relu()(x)
   assert st.row_span is not None and st.peak_vals.shape == (6, D)
   for f in range(D):
@@ -101,6 +101,17 @@ def test_streamed_top_prompts_equal_brute_force(built):
     assert tuple(st.row_span[p]) == (rows.min(), rows.max())
   counts = st.hist.sum(0)
   np.testing.assert_array_equal(counts, (z > 0).sum(0))
+  # the shift null: descriptors rotated within each block, correlated over all rows
+  site, desc = built[5], built[6]
+  a = desc.read_all().astype(np.float64)
+  shifted = np.empty((19,) + a.shape)
+  for i in range(site.num_blocks):
+    lo, hi = site.block_rows(i)
+    for j in range(1, 20):
+      shifted[j - 1, lo:hi] = np.roll(a[lo:hi], (j * (hi - lo)) // 20, axis=0)
+  want = np.array([[[np.corrcoef(z[:, f], sh[:, c])[0, 1] for c in (0, 1)] for f in range(D)]
+                   for sh in shifted])
+  np.testing.assert_allclose(st.shift_correlations(), want, atol=1e-9)
 
 
 class _Examples(HTMLParser):
@@ -138,7 +149,7 @@ def test_planted_feature_page_shows_its_planted_frames(built):
 
 
 def test_flags_position_content_and_onset(built):
-  root, _, _, _, res = built
+  root, _, _, _, res, _, _ = built
   with open(res["index"]) as fh:
     text = fh.read()
   flags = {int(f): fl.split() for fl, f in re.findall(r"<tr data-flags='([^']*)'><td data-v='(\d+)'", text)}
@@ -167,7 +178,7 @@ _SORT_AND_FILTER = """(() => {
 
 @pytest.mark.skipif(chromium.CHROMIUM is None, reason=chromium.INSTALL)
 def test_index_sorts_and_filters_in_chromium(built):
-  _, st, _, _, res = built
+  _, st, _, _, res, _, _ = built
   got = chromium.evaluate(res["index"], _SORT_AND_FILTER)
   assert [int(f) for f in got["order"]] == list(np.argsort(-st.max, kind="stable"))
   assert got["shown"] == ["1"]                            # the one position feature

@@ -368,8 +368,9 @@ def _ground(st: FeatureStats, source, descriptors, i: int, z: np.ndarray, index,
   g["sum_a2"] += (a * a).sum(0)
   g["sum_z2"] += (zd * zd).sum(0)
   g["sum_za"] += zd.T @ a
-  if "sum_za_shift" in g:
+  if "sum_za_shift" in g:                    # every shifted copy in one product (one read of z)
     a_null = a[:, g["null_columns"]]
-    S = len(g["sum_za_shift"])
-    for j in range(1, S + 1):
-      g["sum_za_shift"][j - 1] += zd.T @ np.roll(a_null, (j * len(a)) // (S + 1), axis=0)
+    S, q = len(g["sum_za_shift"]), a_null.shape[1]
+    rolled = np.concatenate([np.roll(a_null, (j * len(a)) // (S + 1), axis=0)
+                             for j in range(1, S + 1)], axis=1)           # [n, S * q]
+    g["sum_za_shift"] += (zd.T @ rolled).reshape(-1, S, q).transpose(1, 0, 2)
