@@ -163,6 +163,7 @@ def test_report_has_every_section_and_image(result):
   assert "features at false-discovery rate 0.05 (BH): 0" in text      # the planted sad feature
   assert "<td>position</td>" in text                                 # the planted position feature
   assert '<a href="browser/index.html">Feature browser</a>' in text    # relative: moves with it
+  assert '<td><a href="browser/features/1.html">1</a></td>' in text   # discovery links to pages
   index = open(paths["browser"]).read()
   assert "<a href='features/1.html'>1</a>" in index and "position" in index
 
