@@ -1,6 +1,7 @@
 """Analyse a trained SAE: `python -m launch.analyze --config=configs/tiny.py --workdir=DIR`.
 
-Writes reports/<run>/{features,selectivity,probes}.json and report.html (see WORKSPACE.md).
+Writes reports/<run>/{features,selectivity,probes}.json, report.html and the feature browser
+reports/<run>/browser/ (see WORKSPACE.md).
 Seed stability: `--compare_run=OTHER` matches the two runs' decoder rows (reports/<run>/stability.json
 and a seed-stability section in report.html);
 `--compare_only=1` skips the rest. Override fields: `--config.analysis.label_keys="('emotion','genre')" --config.analysis.probe_folds=4`.

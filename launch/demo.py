@@ -79,6 +79,8 @@ def main(argv):
     for f in files:
       if f == "report.html":
         print(f"  open the report: {os.path.join(root, f)}")
+      if f == "index.html" and os.path.basename(root) == "browser":
+        print(f"  open the feature browser: {os.path.join(root, f)}")
 
 
 if __name__ == "__main__":

@@ -124,4 +124,19 @@ def analysis() -> ml_collections.ConfigDict:
   a.grounding_top = 3
   a.batch_rows = 4096                  # rows per jitted encode call
   a.seed = 0
+  a.browser = browser()                # the feature browser (reports/<run>/browser/)
   return a
+
+
+def browser() -> ml_collections.ConfigDict:
+  """`c.analysis.browser`: the static feature browser (analysis.browser)."""
+  b = ml_collections.ConfigDict()
+  b.enabled = True
+  b.top_n = 20                         # top prompts per feature page (one per prompt, its peak)
+  b.contrast_n = 2                     # low and zero examples each, per page
+  b.snippet_s = 2.0                    # audio snippet around each example frame, seconds
+  b.audio_quality = 0.7                # OGG/Vorbis compression level 0..1 (1: smallest)
+  b.neighbours = 8                     # nearest features by decoder cosine, per page
+  b.flag_min_r = 0.3                   # onset / silence flags: |r| at least this ...
+  b.null_shifts = 19                   # ... and beyond all of this many circular-shift copies
+  return b

@@ -66,6 +66,16 @@ class _DevTools:
 def audio_durations(html_path: str, timeout: int = 120) -> list:
   """Durations (s) or 'error N' per <audio> of the page at `html_path`, as Chromium loads
   them from disk (relative paths resolve as they do for a reader who opens the file)."""
+  return _evaluate(html_path, _PROBE, timeout, "the page's audio did not report in Chromium")
+
+
+def evaluate(html_path: str, expression: str, timeout: int = 120):
+  """The JSON value of a JavaScript `expression` (a promise is awaited) evaluated in the page
+  at `html_path` once it has loaded from disk; the expression returns JSON.stringify(...)."""
+  return _evaluate(html_path, expression, timeout, "the page's script failed in Chromium")
+
+
+def _evaluate(html_path: str, expression: str, timeout: int, what: str):
   deadline = time.monotonic() + timeout
   to_r, to_w = os.pipe()      # we write, Chromium reads on fd 3
   from_r, from_w = os.pipe()  # Chromium writes on fd 4, we read
@@ -98,15 +108,15 @@ def audio_durations(html_path: str, timeout: int = 120) -> list:
       if time.monotonic() > deadline:
         raise TimeoutError(f"{html_path} did not finish loading in Chromium")
       time.sleep(0.1)
-    res = tools.call("Runtime.evaluate", deadline, session=session, expression=_PROBE,
+    res = tools.call("Runtime.evaluate", deadline, session=session, expression=expression,
                      awaitPromise=True, returnByValue=True)
     if "exceptionDetails" in res:
-      raise RuntimeError(f"the audio probe failed: {res['exceptionDetails']}")
+      raise RuntimeError(f"the page's script failed: {res['exceptionDetails']}")
     return json.loads(res["result"]["value"])
   except (TimeoutError, RuntimeError) as e:
     log.seek(0)
     tail = log.read().decode(errors="replace")[-1500:]
-    raise AssertionError(f"the page's audio did not report in Chromium: {e}\n{tail}") from None
+    raise AssertionError(f"{what}: {e}\n{tail}") from None
   finally:
     proc.kill()
     proc.wait()

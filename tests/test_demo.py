@@ -60,3 +60,7 @@ def test_demo_end_to_end(tmp_path):
   assert html.count('<section id="steering">') == 1 and "<h3>set: f" in html
   assert html.count("data:image/png;base64,") >= 3
   assert (tmp_path / "reports" / "tiny" / "steer.png").exists()
+  browser = tmp_path / "reports" / "tiny" / "browser"
+  assert 'href="browser/index.html"' in html and (browser / "index.html").exists()
+  for f in steer["features"]:                      # launch.steer adds its results to the pages
+    assert "<h2>Steering</h2>" in open(browser / "features" / f"{f['feature']}.html").read()

@@ -100,7 +100,7 @@ def result(tmp_path_factory):
 
 def test_writes_json_with_planted_feature_first(result):
   root, params, paths, logs = result
-  assert set(paths) == {"features", "selectivity", "probes", "probes_by_layer", "report"}
+  assert set(paths) == {"features", "selectivity", "probes", "probes_by_layer", "report", "browser"}
   assert all(p.startswith(os.path.join(root, "reports", "r")) for p in paths.values())
   assert any("block" in m and "rows/s" in m for m in logs)            # progress output
   sel = json.load(open(paths["selectivity"]))
@@ -162,6 +162,10 @@ def test_report_has_every_section_and_image(result):
   text = open(paths["report"]).read()
   assert "features at false-discovery rate 0.05 (BH): 0" in text      # the planted sad feature
   assert "<td>position</td>" in text                                 # the planted position feature
+  assert '<a href="browser/index.html">Feature browser</a>' in text    # relative: moves with it
+  assert '<td><a href="browser/features/1.html">1</a></td>' in text   # discovery links to pages
+  index = open(paths["browser"]).read()
+  assert "<a href='features/1.html'>1</a>" in index and "position" in index
 
 
 @pytest.mark.parametrize("override,match", [
@@ -170,6 +174,8 @@ def test_report_has_every_section_and_image(result):
     (dict(site="lm.layer.5"), r"'lm.layer.5'.*not in .*store sites"),
     (dict(site="t5.pooled"), r"width d=8 but store site 't5.pooled'.*d=6"),
     (dict(rate_band=(0.5, 0.1)), "rate_band"),
+    (dict(browser=dict(top_n=0)), r"analysis.browser.top_n=0; expected >= 1"),
+    (dict(browser=dict(colour="red")), r"unknown config.analysis.browser fields \['colour'\]"),
 ])
 def test_bad_input_errors(result, override, match):
   root = result[0]

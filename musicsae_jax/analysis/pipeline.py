@@ -2,8 +2,8 @@
 
 Writes `features.json` (discovery, position flags), `selectivity.json` (top features per
 label value, selected on training prompts and scored on held-out prompts with a
-max-statistic permutation null; ready for `export.export_directions`), `probes.json` (probes + cosine similarity) and
-`report.html`. Every input is checked before the long work starts.
+max-statistic permutation null; ready for `export.export_directions`), `probes.json` (probes + cosine similarity),
+`report.html` and the feature browser `browser/` (analysis.browser). Every input is checked before the long work starts.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from musicsae_jax import defaults, metrics, progress, store as store_lib
-from musicsae_jax.analysis import labels as lab, layers, probes, report, stats, validity
+from musicsae_jax.analysis import browser, labels as lab, layers, probes, report, stats, validity
 from musicsae_jax.analysis.stats import AnalysisError
 
 AUDIO_SITE = "audio.descriptors"
@@ -37,6 +37,12 @@ def resolve(config) -> dict:
     raise AnalysisError(f"unknown config.analysis fields {unknown}; known: {sorted(DEFAULTS)}")
   a["run"] = a["run"] or config.get("run")
   a["dataset"] = a["dataset"] or config.get("dataset")
+  b = dict(a["browser"].to_dict() if hasattr(a["browser"], "to_dict") else a["browser"])
+  unknown = sorted(set(b) - set(DEFAULTS["browser"]))
+  if unknown:
+    raise AnalysisError(f"unknown config.analysis.browser fields {unknown}; known: "
+                        f"{sorted(DEFAULTS['browser'])}")
+  a["browser"] = browser.check_config({**DEFAULTS["browser"], **b})
   if isinstance(a["label_keys"], str):
     a["label_keys"] = (a["label_keys"],)
   lo, hi = a["rate_band"]
@@ -149,7 +155,12 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
                   or [f"descriptor_{j}" for j in range(desc.d)])
   log(f"analyze: run {a['run']} (step {step}, d={d_run}, m={m}) on {site_name}: "
       f"{site.num_rows} rows, {P} prompts")
+  bcfg = a["browser"]
+  null_cols = [desc_names.index(n) for n in ("onset_strength", "rms_db")
+               if desc_names and n in desc_names]
   st = stats.feature_stats(site, enc, P, top_n=max(int(a["top_frames"]), 1), descriptors=desc,
+                           peak_n=int(bcfg["top_n"]) if bcfg["enabled"] else 0,
+                           null_columns=null_cols, null_shifts=int(bcfg["null_shifts"]),
                            progress=_progress(log, f"features {site_name}", bars))
 
   # --- discovery, selectivity ------------------------------------------------------------
@@ -160,7 +171,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
   listed = {f["id"] for f in disc["features"]}
   has_rows = st.prompt_count > 0
   pm = st.prompt_mean
-  sel_out, top_out, heat = {}, {}, {}
+  sel_out, top_out, heat, label_scores = {}, {}, {}, {}
   audio_src = os.path.join(ds_path, "audio")
   out_dir = os.path.join(workdir, "reports", a["run"])
   os.makedirs(out_dir, exist_ok=True)
@@ -170,6 +181,8 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
     yk = np.where(has_rows, y, -1)
     v = _validate_label(pm, yk, values, a, vocab)
     sel, tops = v["heldout"], v["tops"]
+    label_scores[key] = {"values": values, "auroc_train": v["train"]["auroc"],
+                         "auroc": sel["auroc"], "p_fwer": v["p_fwer"]}
     per_value = {}
     for k, val in enumerate(values):
       feats = []
@@ -207,6 +220,8 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
 
   # --- position flags: top frames concentrated at one frame index vs a same-prompt null ----
   listed |= {f["id"] for per in top_out.values() for fs in per.values() for f in fs}
+  if bcfg["enabled"]:                     # the browser flags every feature that fires
+    listed |= {int(f) for f in np.nonzero(st.fired > 0)[0]}
   pos = validity.position_flags(st, sorted(listed), top_n=int(a["top_frames"]),
                                 alpha=float(a["position_alpha"]),
                                 window=int(a["position_window"]), seed=int(a["seed"]))
@@ -279,6 +294,20 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
     paths[name] = os.path.join(out_dir, f"{name}.json")
     with open(paths[name], "w") as f:
       json.dump(obj, f, indent=2, default=_jsonable)
+  browser_link = None
+  if bcfg["enabled"]:
+    steer_path = os.path.join(out_dir, "steer.json")
+    steer = json.load(open(steer_path)) if os.path.exists(steer_path) else None
+    b = browser.build(out_dir, st=st, source=site, encoder=enc, prompts=prompts,
+                      audio_src=audio_src if site_name.startswith("lm.layer.") else None,
+                      frame_rate=float(ds.manifest.get("model", {}).get(
+                          "frame_rate", 50.0)), W_dec=np.asarray(params["W_dec"]), cfg=bcfg,
+                      label_scores=label_scores, descriptor_names=desc_names, position=pos,
+                      dense_threshold=float(run_cfg.get("train", {}).get("dense_threshold", 0.1)),
+                      info={"run": a["run"], "step": step, "site": site_name, "m": int(m),
+                            "rows": st.num_rows, "prompts": P}, steer=steer, log=log)
+    paths["browser"] = b["index"]
+    browser_link = os.path.relpath(b["index"], out_dir)
   tr_png = os.path.join(workdir, "runs", a["run"], "training_curves.png")
   training = report.png_file(tr_png) if os.path.exists(tr_png) else _training_from_metrics(
       os.path.join(workdir, "runs", a["run"], "metrics.jsonl"))
@@ -291,7 +320,8 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
       "rate_band": list(a["rate_band"]), "heatmaps": heat, "probes": probe_out,
       "probe_pngs": probe_pngs, "similarity": sim_out, "top_features": top_out,
       "nulls": {k: {**v["null"], "bh_features": v["bh_features"]} for k, v in sel_out.items()},
-      "discovery": disc, "grounding": grounding, "sweep": _sweep_of(workdir, a["run"])})
+      "discovery": disc, "grounding": grounding, "sweep": _sweep_of(workdir, a["run"]),
+      "browser": browser_link})
   paths["report"] = os.path.join(out_dir, "report.html")
   with open(paths["report"], "w") as f:
     f.write(html_text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 
 import numpy as np
 
@@ -125,7 +126,13 @@ def render(d: dict) -> str:
   """One HTML page from the pipeline's results dict (see pipeline.analyze)."""
   parts = []
   s = d["summary"]
-  parts.append(_section("summary", "Summary", "What was analysed.", _table(
+  pages = os.path.dirname(d["browser"]) if d.get("browser") else None
+
+  def fid(f):  # a feature id, linked to its browser page when there is one
+    return f'<a href="{html.escape(pages)}/features/{int(f)}.html">{int(f)}</a>' if pages else f
+  link = (f' <a href="{html.escape(d["browser"])}">Feature browser</a>: a page per feature '
+          "(top prompts with audio snippets, activation histogram, flags)." if d.get("browser") else "")
+  parts.append(_section("summary", "Summary", "What was analysed." + link, _table(
       ["field", "value"], [[html.escape(k), html.escape(str(v))] for k, v in s.items()])))
   tr = d.get("training_png")
   parts.append(_section("training", "Training curves",
@@ -187,7 +194,7 @@ def render(d: dict) -> str:
             + (f' <audio controls preload="none" src="{html.escape(p["audio"])}"></audio>'
                if p.get("audio") else "") for p in f["top_prompts"])
         hv = f.get("heldout_vocab") or {}
-        rows.append([f["id"], _f(f.get("auroc_train")), _f(f["auroc"]), _f(f.get("p_fwer"), 3),
+        rows.append([fid(f["id"]), _f(f.get("auroc_train")), _f(f["auroc"]), _f(f.get("p_fwer"), 3),
                      _f(f.get("q_bh"), 3), "yes" if f.get("passes") else "no"]
                     + ([_f(hv.get("auroc")), _f(hv.get("p_fwer"), 3),
                         ("yes" if hv.get("passes") else "no") if hv else "–"] if vocab else [])
@@ -224,7 +231,7 @@ def render(d: dict) -> str:
                         "Activations are in raw units (those of the exported SAE, "
                         "load_sae, clamp_features and steering).",
                         tf_body))
-  disc_rows = [[f["id"], _f(f["firing_rate"], 4), _f(f["max"]),
+  disc_rows = [[fid(f["id"]), _f(f["firing_rate"], 4), _f(f["max"]),
                 html.escape(", ".join(f.get("flags", []))), html.escape(f["heuristic_label"]),
                 html.escape(", ".join(f"{k}×{v}" for k, v in f["top_label_values"].items())),
                 html.escape(" | ".join(p["text"] for p in f["top_prompts"][:3]))]
@@ -240,7 +247,7 @@ def render(d: dict) -> str:
                                disc_rows)))
   g = d.get("grounding")
   if g:
-    g_rows = [[r["id"], html.escape(r.get("heuristic_label", "")),
+    g_rows = [[fid(r["id"]), html.escape(r.get("heuristic_label", "")),
                ", ".join(f"{html.escape(c['descriptor'])} ({c['r']:+.2f})" for c in r["acoustic"])]
               for r in g]
     g_body = _table(["feature", "words", "strongest descriptor correlations (Pearson r)"], g_rows)
@@ -449,6 +456,8 @@ def update_steering(report_dir: str) -> str:
     steer = json.load(f)
   png = os.path.join(report_dir, "steer.png")
   section = steering_section(steer, png_file(png) if os.path.exists(png) else None)
+  from musicsae_jax.analysis import browser
+  browser.update_steering(report_dir, steer)
   path = os.path.join(report_dir, "report.html")
   if os.path.exists(path):
     with open(path) as f:
