@@ -74,7 +74,7 @@ def patch_site(model, site: str, source: torch.Tensor, *, half: str = "cond", st
     if sae is None:
       return a
     with torch.no_grad():
-      return x.float() + sae(a.float())[0] - sae(x.float())[0]
+      return x.float() + (sae(a.float())[0] - sae(x.float())[0])   # exact 0 when a == x
   return interventions.replace_site(model, site, fn, half=half, steps=steps)
 
 
