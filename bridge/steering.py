@@ -329,13 +329,14 @@ class transplant_features(_Steerer):
     return out.to(x.dtype)
 
 
-def record_features(model, texts, layer: int, sae, ids, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def record_features(model, texts, layer, sae, ids, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
   """(tokens, pattern [B, T, F]): features `ids` at each step of an unsteered generation of
   `texts` (teacher-forced re-read: pass i reads frame i), the input of transplant_features."""
   from bridge import capture
   tokens = capture.generate_tokens(model, texts, seed=seed)
-  cap = capture.teacher_forced_capture(model, texts, tokens, [f"lm.layer.{layer}"])
-  rows = torch.from_numpy(np.stack(cap.acts[f"lm.layer.{layer}"])).float()
+  site = layer if isinstance(layer, str) else f"lm.layer.{layer}"
+  cap = capture.teacher_forced_capture(model, texts, tokens, [site])
+  rows = torch.from_numpy(np.stack(cap.acts[site])).float()
   with torch.no_grad():
     return tokens, sae.encode(rows)[..., [int(i) for i in ids]]
 
@@ -404,7 +405,9 @@ def _check_fits(model, dirs, layer: int, exp_dir: str, model_name: str) -> None:
     raise ValueError(f"{exp_dir}/directions.safetensors: directions are {dirs.shape[1]} wide "
                      f"but model {model_name!r} has d_model={info.d_model}; export from a run "
                      f"trained on this model's activations")
-  if not 0 <= layer < info.num_layers:
+  if isinstance(layer, str):
+    _site_module(_lm(model), layer)      # an attention site of a layer the model has
+  elif not 0 <= layer < info.num_layers:
     raise ValueError(f"{exp_dir}/directions.json: layer {layer} but model {model_name!r} has "
                      f"{info.num_layers} layers")
 

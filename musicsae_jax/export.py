@@ -65,9 +65,15 @@ def hook_module(site: str) -> str:
   layer = _layer_of(site.removesuffix(".uncond"))
   if layer is not None:
     return f"transformer.layers.{layer}"          # output [2B, T, D]: cond rows, then uncond
+  base, _, tail = site.removesuffix(".uncond").rpartition(".")
+  if tail in _ATTN_MODULES and _layer_of(base) is not None:   # lm.layer.<i>.attn / .cross_attn
+    return f"transformer.layers.{_layer_of(base)}.{_ATTN_MODULES[tail]}"
   text = "condition_provider.conditioners.description"
   return {"cond.proj": f"{text}.output_proj", "t5.hidden": f"{text}.t5",
           "t5.pooled": f"{text}.t5"}.get(site, site)
+
+
+_ATTN_MODULES = {"attn": "self_attn", "cross_attn": "cross_attention"}   # output (x, None)
 
 
 def _layer_of(site: str) -> int | None:
