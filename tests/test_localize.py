@@ -188,3 +188,40 @@ def test_steering_an_attention_site_adds_exactly_there(model, tokens):
   assert float((after["lm.layer.1"] - before["lm.layer.1"])[:B].abs().max()) > 0.1
   with pytest.raises(ValueError, match="lm.layer"):
     steering.add_direction(model, "lm.layer.1.mlp", v, alpha=1.0)
+
+
+def test_report_sections_from_the_json_files(model, tokens, tmp_path):
+  import json
+  from musicsae_jax.analysis import localize_report
+  sae = random_sae(model.lm.dim)
+  fid = {"run": "t", "texts": TEXTS, **fidelity.run(model, sae, TEXTS, tokens, cfg_coef=CFG,
+                                                    halves=("cond",))}
+  ab = {"run": "t", "texts": TEXTS, "teacher_forced": layer_ablation.teacher_forced(
+      model, TEXTS, tokens, [0, 3], ["zero"], cfg_coef=CFG)}
+  (tmp_path / "fidelity.json").write_text(json.dumps(fid))
+  (tmp_path / "ablation.json").write_text(json.dumps(ab))
+  layer_ablation.plot(ab, str(tmp_path / "ablation.png"))
+  page = open(localize_report.update(str(tmp_path))).read()
+  assert '<section id="fidelity">' in page and '<section id="layer-ablation">' in page
+  assert f"{fid['halves']['cond']['loss_recovered_mean']:.3f}" in page
+  assert page.count("<img") == 1
+  page2 = open(localize_report.update(str(tmp_path))).read()      # replaced, not duplicated
+  assert page2.count('<section id="fidelity">') == 1
+
+
+def test_layer_table_picks_the_best_site_per_label(tmp_path):
+  import json
+  from musicsae_jax.analysis import layer_table
+  for run, site, acc, lr in (("r-l1", "lm.layer.1", 0.4, 0.9), ("r-l2", "lm.layer.2", 0.7, 0.5)):
+    d = tmp_path / "reports" / run
+    d.mkdir(parents=True)
+    (d / "probes.json").write_text(json.dumps({"probes": {"emotion": [
+        {"name": site, "accuracy": acc - 0.1}, {"name": f"sae:{site}", "accuracy": acc}]}}))
+    (d / "fidelity.json").write_text(json.dumps({"halves": {"cond": {
+        "fvu": 0.1, "l0": 8.0, "loss_recovered_mean": lr}}}))
+  pj, pm = layer_table.write(str(tmp_path), "r-layers",
+                             [("lm.layer.1", "r-l1"), ("lm.layer.2", "r-l2")])
+  t = json.loads(open(pj).read())
+  assert t["best"]["emotion"]["site"] == "lm.layer.2"
+  assert t["rows"][0]["loss_recovered"] == 0.9 and t["rows"][1]["probe_raw"]["emotion"] == 0.6
+  assert "| lm.layer.2 | 0.100 | 8.0 | 0.500 | 0.700 / 0.600 |" in open(pm).read()
