@@ -76,6 +76,14 @@ def hook_module(site: str) -> str:
 _ATTN_MODULES = {"attn": "self_attn", "cross_attn": "cross_attention"}   # output (x, None)
 
 
+def _block_of(site: str) -> int | None:
+  """The transformer block of an LM site, attention sub-sites included (SAELens hook_layer)."""
+  base = site.removesuffix(".uncond")
+  for tail in _ATTN_MODULES:
+    base = base.removesuffix(f".{tail}")
+  return _layer_of(base)
+
+
 def _layer_of(site: str) -> int | None:
   tail = site.rsplit(".", 1)[-1]
   return int(tail) if site.startswith("lm.layer.") and tail.isdigit() else None
@@ -158,7 +166,7 @@ def export_sae(params: dict[str, Any], sae_cfg: Any = None, *, site: str, layer:
     sae_cfg = sae_cfg.to_dict()
   norm = dict(normalization or {})
   norm.update(scale=float(scale), folded=True)
-  hook_layer = layer if layer is not None else _layer_of(site)
+  hook_layer = layer if layer is not None else _block_of(site)
   k_out = int(k) if k is not None and architecture in ("topk", "batchtopk", "matryoshka") else None
   cfg = {
       # SAELens (v5 flat fields and v6 `metadata`): what an existing loader reads.
