@@ -61,6 +61,41 @@ def _sae(workdir: str, run: str, required: bool):
   return TorchSAE.from_export(exp), exp
 
 
+def sweep_members(workdir: str, run: str) -> list[str]:
+  """Members of the sweep `runs/<run>/sweep.json` that have an export (exports/<run>/<m>/)."""
+  p = os.path.join(workdir, "runs", run, "sweep.json")
+  if not os.path.exists(p):
+    return []
+  with open(p) as f:
+    names = [m["name"] for m in json.load(f).get("members", [])]
+  return [n for n in names
+          if os.path.exists(os.path.join(workdir, "exports", run, n, "cfg.json"))]
+
+
+def _fidelity_members(model, workdir, run, members, texts, tokens, cfg, halves, common, log):
+  """Fidelity of every exported sweep member: reports/<run>/<member>/fidelity.json and the
+  comparison reports/<run>/fidelity_members.json."""
+  from bridge import fidelity
+  from bridge.sae_torch import TorchSAE
+  written, rows = {}, []
+  for name in members:
+    sae = TorchSAE.from_export(os.path.join(workdir, "exports", run, name))
+    log(f"localize: fidelity of sweep member {name}")
+    res = fidelity.run(model, sae, texts, tokens, cfg_coef=cfg, halves=halves)
+    out = os.path.join(workdir, "reports", run, name)
+    os.makedirs(out, exist_ok=True)
+    written[f"fidelity:{name}"] = _write(os.path.join(out, "fidelity.json"),
+                                         {**common, "run": f"{run}/{name}", **res})
+    rows.append({"member": name, **{h: {"loss_recovered": r["loss_recovered_mean"],
+                                        "ce_sae": r["sae"]["ce_mean"], "kl_sae": r["sae"]["kl_mean"],
+                                        "fvu": r["fvu"], "l0": r["l0"]}
+                                    for h, r in res["halves"].items()}})
+  written["fidelity_members"] = _write(
+      os.path.join(workdir, "reports", run, "fidelity_members.json"),
+      {**common, "members": rows})
+  return written
+
+
 def run_localize(config, workdir: str, what=WHAT, log=print) -> dict[str, str]:
   """Run the chosen studies; returns {name: path written}."""
   from bridge import capture, extract, fidelity, layer_ablation, models, patching
@@ -69,7 +104,8 @@ def run_localize(config, workdir: str, what=WHAT, log=print) -> dict[str, str]:
   if bad or not what:
     raise ValueError(f"--what={','.join(what)}: choose from {', '.join(WHAT)}")
   lc = _config(config)
-  sae, exp = _sae(workdir, config.run, "fidelity" in what)
+  members = sweep_members(workdir, config.run)
+  sae, exp = _sae(workdir, config.run, "fidelity" in what and not members)
   if sae is not None and "fidelity" in what:
     fidelity.site_of(sae)                      # fail before the model loads
   bad = [h for h in lc["halves"] if h not in ("cond", "uncond", "both")]
@@ -107,7 +143,10 @@ def run_localize(config, workdir: str, what=WHAT, log=print) -> dict[str, str]:
     log(f"localize: generating {len(texts)} prompts x {lc['duration']} s (seed {seed})")
     tokens = capture.generate_tokens(model, texts, seed=seed)
   common = {"run": config.run, "model": info.to_dict(), "texts": texts, "seed": seed}
-  if "fidelity" in what:
+  if "fidelity" in what and members:
+    written.update(_fidelity_members(model, workdir, config.run, members, texts, tokens, cfg,
+                                     tuple(lc["halves"]), common, log))
+  if "fidelity" in what and sae is not None:
     log(f"localize: fidelity of {exp} on {fidelity.site_of(sae)[0]}")
     res = fidelity.run(model, sae, texts, tokens, cfg_coef=cfg, halves=tuple(lc["halves"]))
     written["fidelity"] = _write(os.path.join(out_dir, "fidelity.json"), {**common, **res})

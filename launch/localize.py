@@ -7,6 +7,8 @@ Reads `exports/<run>/` (the SAE: fidelity, SAE-feature patching), writes
 `reports/<run>/fidelity.json`, `ablation.json` + `ablation.png`, `patching.json` +
 `patching.png` (bridge/localize.py), then adds their sections to `report.html` in a
 separate process (the report code is on the JAX side; this process holds torch).
+For a sweep (`runs/<run>/sweep.json`), fidelity is measured for every exported member
+(`reports/<run>/<member>/fidelity.json`, compared in `reports/<run>/fidelity_members.json`).
 """
 import os
 import subprocess
@@ -33,10 +35,12 @@ def main(argv):
     written = localize.run_localize(_CONFIG.value, _WORKDIR.value, _WHAT.value)
   for path in written.values():
     print(path)
-  report_dir = os.path.join(_WORKDIR.value, "reports", _CONFIG.value.run)
-  report = subprocess.run([sys.executable, "-c", _REPORT, report_dir], cwd=common.REPO_ROOT)
-  if report.returncode:
-    sys.exit(f"results written, but adding them to report.html failed (exit {report.returncode})")
+  dirs = sorted({os.path.dirname(p) for k, p in written.items() if k != "fidelity_members"})
+  for report_dir in dirs:            # the run's folder, and each sweep member's
+    report = subprocess.run([sys.executable, "-c", _REPORT, report_dir], cwd=common.REPO_ROOT)
+    if report.returncode:
+      sys.exit(f"results written, but adding them to {report_dir}/report.html failed "
+               f"(exit {report.returncode})")
 
 
 if __name__ == "__main__":
