@@ -92,8 +92,9 @@ def localize() -> ml_collections.ConfigDict:
   lo.concepts = ("emotion:happy/sad", "emotion:calm/energetic", "instrument:piano/drums",
                  "genre:jazz/rock")    # KEY:A/B minimal pairs for patching
   lo.pairs = 4                         # prompt pairs per concept
-  lo.patch_sites = ("resid",)          # per layer: resid (lm.layer.<i>), attn, cross_attn
+  lo.patch_sites = ("resid", "cross_attn")   # per layer: resid (lm.layer.<i>), attn, cross_attn
   lo.patch_half = "cond"               # cond | uncond | both
   lo.patch_steps = config_dict.placeholder(tuple)   # (start, stop) positions; None: all
   lo.patch_sae = True                  # also patch only the exported SAE's features
+  lo.patch_features = ()               #   those feature ids only; () = all (x̂(a) − x̂(x))
   return lo

@@ -175,7 +175,8 @@ def run_localize(config, workdir: str, what=WHAT, log=print) -> dict[str, str]:
     log(f"localize: patching {len(lc['concepts'])} concepts x {len(sites)} sites")
     steps = tuple(lc["patch_steps"]) if lc["patch_steps"] else None
     res = patching.run(model, list(lc["concepts"]), sites, pairs=int(lc["pairs"]), seed=seed,
-                       cfg_coef=cfg, half=str(lc["patch_half"]), steps=steps, sae=psae)
+                       cfg_coef=cfg, half=str(lc["patch_half"]), steps=steps, sae=psae,
+                       features=[int(j) for j in lc["patch_features"]] or None)
     written["patching"] = _write(os.path.join(out_dir, "patching.json"), {**common, **res})
     written["patching_png"] = patching.plot(res, os.path.join(out_dir, "patching.png"))
   return written

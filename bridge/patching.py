@@ -66,20 +66,27 @@ def _rows(half: str, B: int) -> slice:
 
 
 def patch_site(model, site: str, source: torch.Tensor, *, half: str = "cond", steps=None,
-               sae=None) -> interventions.replace_site:
+               sae=None, features=None) -> interventions.replace_site:
   """An edit that puts `source` [2B, S, D] (run A's output of `site`) into run B at the same
-  rows and positions; with `sae`, only the SAE's part moves: x + x̂(a) − x̂(x)."""
+  rows and positions; with `sae`, only the SAE's part moves: x + x̂(a) − x̂(x), or with
+  `features` (ids) only theirs: x + Σ_j (z_j(a) − z_j(x)) W_dec[j]."""
+  ids = None if not features else torch.tensor([int(j) for j in features])
+
   def fn(x, rows, pos):
     a = source[rows][:, pos.to(source.device)].to(x.device)
     if sae is None:
       return a
     with torch.no_grad():
-      return x.float() + (sae(a.float())[0] - sae(x.float())[0])   # exact 0 when a == x
+      if ids is None:
+        return x.float() + (sae(a.float())[0] - sae(x.float())[0])   # exact 0 when a == x
+      dz = sae.encode(a.float())[..., ids] - sae.encode(x.float())[..., ids]
+      return x.float() + dz @ sae.W_dec[ids]
   return interventions.replace_site(model, site, fn, half=half, steps=steps)
 
 
 def patch_moved(model, texts_a, texts_b, tokens: torch.Tensor, sites, *, cfg_coef: float = 3.0,
-                half: str = "cond", steps=None, sae=None, sae_site: str | None = None) -> dict:
+                half: str = "cond", steps=None, sae=None, sae_site: str | None = None,
+                features=None) -> dict:
   """{row name: per-pair `moved`} for each site (and `<sae_site> (SAE)` if `sae`), with the
   unpatched gap KL(A || B) per pair."""
   tf_a = interventions.TeacherForced(model, texts_a, tokens, cfg_coef)
@@ -92,27 +99,30 @@ def patch_moved(model, texts_a, texts_b, tokens: torch.Tensor, sites, *, cfg_coe
   out = {"gap_kl": gap.tolist(), "moved": {}}
   jobs = [(s, s, None) for s in sites]
   if sae is not None:
-    jobs.append((f"{sae_site} (SAE)", sae_site, sae))
+    jobs.append((f"{sae_site} (SAE{' ' + ','.join(map(str, features)) if features else ''})",
+                 sae_site, sae))
   for name, site, s in jobs:
-    lp, _ = tf_b.log_probs(patch_site(model, site, src[site], half=half, steps=steps, sae=s))
+    lp, _ = tf_b.log_probs(patch_site(model, site, src[site], half=half, steps=steps, sae=s,
+                                      features=features))
     kl = kl_per_prompt(lp_a, lp, mask)
     out["moved"][name] = (1 - kl / gap.clamp(min=1e-12)).tolist()
   return out
 
 
 def run(model, concepts, sites, *, pairs: int, seed: int, cfg_coef: float = 3.0,
-        half: str = "cond", steps=None, sae=None) -> dict:
+        half: str = "cond", steps=None, sae=None, features=None) -> dict:
   """The layer × concept table: mean `moved` per site row and concept column."""
   from bridge import fidelity
   sae_site = fidelity.site_of(sae)[0] if sae is not None else None
   res = {"concepts": list(concepts), "sites": list(sites), "half": half,
          "steps": list(steps) if steps else None, "cfg_coef": float(cfg_coef),
-         "pairs": int(pairs), "per_concept": {}}
+         "pairs": int(pairs), "features": list(features) if features else None,
+         "per_concept": {}}
   for spec in concepts:
     ta, tb = concept_pairs(spec, pairs)
     tokens = capture.generate_tokens(model, tb, seed=seed)
     r = patch_moved(model, ta, tb, tokens, sites, cfg_coef=cfg_coef, half=half, steps=steps,
-                    sae=sae, sae_site=sae_site)
+                    sae=sae, sae_site=sae_site, features=features)
     r["texts_a"], r["texts_b"] = ta, tb
     res["per_concept"][spec] = r
   rows = list(next(iter(res["per_concept"].values()))["moved"]) if concepts else []

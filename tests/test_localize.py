@@ -132,9 +132,10 @@ def test_patching_a_run_into_itself_changes_nothing(model, tokens):
   sae = random_sae(model.lm.dim)
   for site in ("lm.layer.1", "lm.layer.1.attn", "lm.layer.2.cross_attn"):
     src = tf.record([site])[site]
-    for s in ((None, sae) if site == "lm.layer.1" else (None,)):
-      lp, _ = tf.log_probs(patching.patch_site(model, site, src, half="both", sae=s))
-      assert torch.equal(lp, clean), (site, s is not None)
+    for s, f in (((None, None), (sae, None), (sae, [0, 3])) if site == "lm.layer.1"
+                 else ((None, None),)):
+      lp, _ = tf.log_probs(patching.patch_site(model, site, src, half="both", sae=s, features=f))
+      assert torch.equal(lp, clean), (site, s is not None, f)
 
 
 def test_patching_the_last_layer_moves_all_the_way(model, tokens):
