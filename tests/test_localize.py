@@ -140,11 +140,16 @@ def test_patching_a_run_into_itself_changes_nothing(model, tokens):
 
 def test_patching_the_last_layer_moves_all_the_way(model, tokens):
   other = ["sad upbeat pop", "happy slow piano"]
-  r = patching.patch_moved(model, other, TEXTS, tokens, ["lm.layer.0", "lm.layer.3"],
+  r = patching.patch_moved(model, other, TEXTS, tokens,
+                           ["lm.layer.0", "lm.layer.0.cross_attn", "lm.layer.3"],
                            cfg_coef=CFG, half="cond")
   assert min(r["gap_kl"]) > 0
   np.testing.assert_allclose(r["moved"]["lm.layer.3"], 1.0, atol=1e-3)
   assert max(r["moved"]["lm.layer.0"]) < 0.999
+  # block 0's input and self-attention do not see the text: its cross-attention output
+  # carries all of the block's difference, so patching it equals patching the block.
+  np.testing.assert_allclose(r["moved"]["lm.layer.0.cross_attn"], r["moved"]["lm.layer.0"],
+                             atol=1e-5)
 
 
 def test_attention_sites_equal_a_manual_forward(model, tokens):

@@ -42,8 +42,8 @@ def fidelity_section(fid: dict) -> str:
             for c in conds]
     rows.append(["loss recovered"] + [_f(x) for x in r["loss_recovered"]] +
                 [_f(r["loss_recovered_mean"]), ""])
-    body.append(f"<h3>SAE output spliced into the {html.escape(half)} half"
-                f"{'' if half != 'both' else 'es'}</h3>")
+    where = "both halves" if half == "both" else f"the {html.escape(half)} half"
+    body.append(f"<h3>SAE output spliced into {where} of the CFG batch</h3>")
     body.append(report._table(["condition"] + [f"CE cb{k}" for k in range(K)] +
                               ["CE mean", "KL to clean"], rows))
     body.append(f"<p class='note'>FVU {_f(r['fvu'], 4)}, L0 {_f(r['l0'], 1)} on the spliced "
