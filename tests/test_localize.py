@@ -231,3 +231,15 @@ def test_layer_table_picks_the_best_site_per_label(tmp_path):
   assert t["best"]["emotion"]["site"] == "lm.layer.2"
   assert t["rows"][0]["loss_recovered"] == 0.9 and t["rows"][1]["probe_raw"]["emotion"] == 0.6
   assert "| lm.layer.2 | 0.100 | 8.0 | 0.500 | 0.700 / 0.600 |" in open(pm).read()
+
+
+def test_sweep_members_with_an_export_are_measured(tmp_path):
+  import json
+  from bridge import localize
+  (tmp_path / "runs" / "sw").mkdir(parents=True)
+  (tmp_path / "runs" / "sw" / "sweep.json").write_text(json.dumps(
+      {"members": [{"name": "k8"}, {"name": "k16"}]}))
+  (tmp_path / "exports" / "sw" / "k16").mkdir(parents=True)
+  (tmp_path / "exports" / "sw" / "k16" / "cfg.json").write_text("{}")
+  assert localize.sweep_members(str(tmp_path), "sw") == ["k16"]
+  assert localize.sweep_members(str(tmp_path), "other") == []
