@@ -97,4 +97,6 @@ def localize() -> ml_collections.ConfigDict:
   lo.patch_steps = config_dict.placeholder(tuple)   # (start, stop) positions; None: all
   lo.patch_sae = True                  # also patch only the exported SAE's features
   lo.patch_features = ()               #   those feature ids only; () = all (x̂(a) − x̂(x))
+  lo.patch_generate = False            # also patch during sampling, scored on the audio by
+  lo.patch_references = 4              #   a concept classifier on this many clips per value
   return lo

@@ -176,7 +176,9 @@ def run_localize(config, workdir: str, what=WHAT, log=print) -> dict[str, str]:
     steps = tuple(lc["patch_steps"]) if lc["patch_steps"] else None
     res = patching.run(model, list(lc["concepts"]), sites, pairs=int(lc["pairs"]), seed=seed,
                        cfg_coef=cfg, half=str(lc["patch_half"]), steps=steps, sae=psae,
-                       features=[int(j) for j in lc["patch_features"]] or None)
+                       features=[int(j) for j in lc["patch_features"]] or None,
+                       generate=bool(lc["patch_generate"]),
+                       references=int(lc["patch_references"]))
     written["patching"] = _write(os.path.join(out_dir, "patching.json"), {**common, **res})
     written["patching_png"] = patching.plot(res, os.path.join(out_dir, "patching.png"))
   return written

@@ -110,7 +110,8 @@ def patch_moved(model, texts_a, texts_b, tokens: torch.Tensor, sites, *, cfg_coe
 
 
 def run(model, concepts, sites, *, pairs: int, seed: int, cfg_coef: float = 3.0,
-        half: str = "cond", steps=None, sae=None, features=None) -> dict:
+        half: str = "cond", steps=None, sae=None, features=None, generate: bool = False,
+        references: int = 4) -> dict:
   """The layer × concept table: mean `moved` per site row and concept column."""
   from bridge import fidelity
   sae_site = fidelity.site_of(sae)[0] if sae is not None else None
@@ -129,28 +130,90 @@ def run(model, concepts, sites, *, pairs: int, seed: int, cfg_coef: float = 3.0,
   res["rows"] = rows
   res["matrix"] = [[float(np.mean(res["per_concept"][c]["moved"][r])) for c in concepts]
                    for r in rows]
+  if generate:
+    res["generation"] = {c: generation_moved(model, c, sites, pairs=pairs, seed=seed,
+                                             references=references, half=half, steps=steps)
+                         for c in concepts}
+    res["matrix_generation"] = [[res["generation"][c]["moved"][s] for c in concepts]
+                                for s in sites]
   return res
 
 
 def plot(result: dict, path: str) -> str:
-  """Heatmap: rows = patched sites, columns = concepts, colour = mean `moved`."""
+  """Heatmaps: rows = patched sites, columns = concepts, colour = mean `moved`
+  (teacher-forced; and from generation scored on the audio, when measured)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  m = np.array(result["matrix"], float)
-  rows, cols = result["rows"], result["concepts"]
-  fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(cols), 1.0 + 0.38 * len(rows)))
-  im = ax.imshow(m, cmap="viridis", vmin=min(0.0, np.nanmin(m)), vmax=max(1.0, np.nanmax(m)),
-                 aspect="auto")
-  for i in range(len(rows)):
-    for j in range(len(cols)):
-      ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
-              color="w" if m[i, j] < 0.6 else "k")
-  ax.set_xticks(range(len(cols)), cols, rotation=20, ha="right", fontsize=8)
-  ax.set_yticks(range(len(rows)), rows, fontsize=8)
-  ax.set_title("patching A into B: fraction moved toward A", fontsize=9)
-  fig.colorbar(im, ax=ax, fraction=0.04)
+  panels = [(np.array(result["matrix"], float), result["rows"],
+             "teacher-forced: fraction of KL(A‖B) closed")]
+  if result.get("matrix_generation"):
+    panels.append((np.array(result["matrix_generation"], float), result["sites"],
+                   "generation: audio concept score moved"))
+  cols = result["concepts"]
+  n = max(len(r) for _, r, _ in panels)
+  fig, axes = plt.subplots(1, len(panels), squeeze=False,
+                           figsize=((1.6 + 1.3 * len(cols)) * len(panels), 1.0 + 0.38 * n))
+  for ax, (m, rows, title) in zip(axes[0], panels):
+    im = ax.imshow(m, cmap="viridis", vmin=min(0.0, np.nanmin(m)),
+                   vmax=max(1.0, np.nanmax(m)), aspect="auto")
+    for i in range(len(rows)):
+      for j in range(len(cols)):
+        ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                color="w" if m[i, j] < 0.6 else "k")
+    ax.set_xticks(range(len(cols)), cols, rotation=20, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.04)
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)
   return path
+
+
+# --------------------------------------------------------------------------------------
+# During generation, scored on the audio
+# --------------------------------------------------------------------------------------
+def _wav_vectors(model, texts, seed: int, edit=None) -> np.ndarray:
+  """Clip vectors (audio descriptors, steer_concept's input) of one seeded generation."""
+  import contextlib
+  from bridge import audio_features
+  with (edit if edit is not None else contextlib.nullcontext()):
+    tokens = capture.generate_tokens(model, texts, seed=seed)
+  with torch.no_grad():
+    wav = model.generate_audio(tokens).float().mean(1).cpu().numpy()
+  return np.stack([audio_features.clip_vector(w, int(model.sample_rate),
+                                              float(model.frame_rate)) for w in wav])
+
+
+def generation_moved(model, spec: str, sites, *, pairs: int, seed: int, references: int = 4,
+                     half: str = "cond", steps=None) -> dict:
+  """Patch A's per-step activations into B's sampling (same seed, same steps) and score the
+  audio with a nearest-centroid classifier of the concept's two values trained on
+  reference clips of other contexts (bridge/steer_concept.py). Per site:
+  moved = (p_A(patched) − p_A(B)) / (p_A(A) − p_A(B)), p_A averaged over the pairs."""
+  from bridge import steer_concept, steering
+  if steering._two_step(model):
+    raise ValueError("generation patching records one [cond; uncond] call per step; "
+                     "two_step_cfg is not supported")
+  _, a, b = parse_concept(spec)
+  ta_all, tb_all = concept_pairs(spec, pairs + references)
+  ta, tb = ta_all[:pairs], tb_all[:pairs]
+  ref = np.concatenate([_wav_vectors(model, ta_all[pairs:], seed + 1),
+                        _wav_vectors(model, tb_all[pairs:], seed + 1)])
+  clf = steer_concept.CentroidClassifier(ref, [a] * references + [b] * references)
+  ia = clf.values.index(a)
+  lm = model.lm
+  with capture.LayerRecorder(lm, list(sites)) as rec:     # A's output of each site, per step
+    va = _wav_vectors(model, ta, seed)
+  source = {s: torch.stack(rec.calls[s], 1) for s in sites}    # [2B, steps, D]
+  vb = _wav_vectors(model, tb, seed)
+  pa, pb = clf.proba(va)[:, ia].mean(), clf.proba(vb)[:, ia].mean()
+  out = {"p_a": {"A": float(pa), "B": float(pb)}, "loo_accuracy": clf.loo_accuracy(),
+         "moved": {}}
+  for s in sites:
+    vp = _wav_vectors(model, tb, seed, patch_site(model, s, source[s], half=half, steps=steps))
+    pp = clf.proba(vp)[:, ia].mean()
+    out["p_a"][s] = float(pp)
+    out["moved"][s] = None if abs(pa - pb) < 1e-9 else float((pp - pb) / (pa - pb))
+  return out

@@ -243,3 +243,13 @@ def test_sweep_members_with_an_export_are_measured(tmp_path):
   (tmp_path / "exports" / "sw" / "k16" / "cfg.json").write_text("{}")
   assert localize.sweep_members(str(tmp_path), "sw") == ["k16"]
   assert localize.sweep_members(str(tmp_path), "other") == []
+
+
+def test_patching_the_last_layer_during_generation_gives_a_s_audio(model):
+  """Every step's last residual from A: B samples A's tokens (same seed), so the audio
+  concept score moves all the way."""
+  r = patching.generation_moved(model, "emotion:happy/sad", ["lm.layer.3"], pairs=2, seed=0,
+                                references=2)
+  assert r["p_a"]["A"] != r["p_a"]["B"]
+  assert r["p_a"]["lm.layer.3"] == pytest.approx(r["p_a"]["A"], abs=1e-9)
+  assert r["moved"]["lm.layer.3"] == pytest.approx(1.0, abs=1e-6)

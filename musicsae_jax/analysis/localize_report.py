@@ -97,7 +97,25 @@ def patching_section(pt: dict, plot: str) -> str:
   gaps = [[html.escape(c), _f(sum(p["gap_kl"]) / len(p["gap_kl"]), 4),
            html.escape(p["texts_a"][0]), html.escape(p["texts_b"][0])]
           for c, p in pt["per_concept"].items()]
+  if pt.get("matrix_generation"):
+    grows = [[html.escape(r)] + [_f(v) for v in vals]
+             for r, vals in zip(pt["sites"], pt["matrix_generation"])]
+    grows.append(["p_A: clean A / clean B"] + [
+        f"{_f(pt['generation'][c]['p_a']['A'])} / {_f(pt['generation'][c]['p_a']['B'])}"
+        for c in pt["concepts"]])
+    grows.append(["classifier LOO accuracy"] + [_f(pt["generation"][c]["loo_accuracy"])
+                                                for c in pt["concepts"]])
+    gen_table = ("<h3>During generation, scored on the audio</h3><p class='note'>A's "
+                 "activation at each decoding step replaces B's while B is sampled with the "
+                 "same seed; a nearest-centroid classifier of the concept's two values on "
+                 "audio descriptors (reference clips of other contexts) gives p_A; cell = "
+                 "(p_A(patched) − p_A(B)) / (p_A(A) − p_A(B)). Trust it only where the "
+                 "classifier's leave-one-out accuracy is well above 0.5.</p>" +
+                 report._table(["site"] + [html.escape(c) for c in pt["concepts"]], grows))
+  else:
+    gen_table = ""
   body = (plot + report._table(["site"] + [html.escape(c) for c in pt["concepts"]], rows) +
+          gen_table +
           "<h3>Pairs</h3>" + report._table(["concept", "KL(A ‖ B) unpatched", "A (first)",
                                             "B (first)"], gaps))
   note = (f"For {pt['pairs']} prompt pairs per concept that differ only in that word (A vs B), "
