@@ -114,6 +114,10 @@ def run_localize(config, workdir: str, what=WHAT, log=print) -> dict[str, str]:
   if "patching" in what:
     for c in lc["concepts"]:
       patching.parse_concept(c)
+    if lc["patch_half"] not in ("cond", "uncond", "both"):
+      raise ValueError(f"--config.localize.patch_half={lc['patch_half']!r}; choose from "
+                       f"cond, uncond, both")
+    _sites(lc, [0])
   bad = [m for m in list(lc["ablation_modes"]) + list(lc["ablation_generate"])
          if m not in ("zero", "mean", "resample")]
   if bad:
@@ -169,9 +173,13 @@ def run_localize(config, workdir: str, what=WHAT, log=print) -> dict[str, str]:
     written["ablation_png"] = layer_ablation.plot(res, os.path.join(out_dir, "ablation.png"))
   if "patching" in what:
     sites = _sites(lc, layers)
-    psae = sae if (lc["patch_sae"] and sae is not None) else None
-    if lc["patch_sae"] and psae is None:
-      psae, _ = _sae(workdir, config.run, False)
+    psae = sae if lc["patch_sae"] else None
+    if psae is not None:
+      try:
+        fidelity.site_of(psae)
+      except ValueError as e:                  # e.g. an SAE of a text-conditioning site
+        log(f"localize: no SAE row in patching: {e}")
+        psae = None
     log(f"localize: patching {len(lc['concepts'])} concepts x {len(sites)} sites")
     steps = tuple(lc["patch_steps"]) if lc["patch_steps"] else None
     res = patching.run(model, list(lc["concepts"]), sites, pairs=int(lc["pairs"]), seed=seed,
