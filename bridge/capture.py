@@ -1,6 +1,9 @@
 """Record MusicGen activations at named sites, one row per generated frame (or T5 token).
 
-Sites: `lm.layer.<i>` (residual stream after transformer block i), `t5.hidden` (T5 last
+Sites: `lm.layer.<i>` (residual stream after transformer block i), `lm.layer.<i>.attn`
+and `lm.layer.<i>.cross_attn` (the output of block i's self-attention / text cross-attention
+module: what that sub-block adds to the residual stream, MusicGen having no layer scale),
+`t5.hidden` (T5 last
 hidden state, per valid token), `t5.pooled` (its mean over valid tokens, per prompt),
 `cond.proj` (T5 after audiocraft's `output_proj` into the LM width, per valid token).
 
@@ -28,7 +31,32 @@ from bridge import models
 LAYER_PREFIX = "lm.layer."
 TEXT_SITES = ("t5.hidden", "t5.pooled", "cond.proj")
 UNCOND_SUFFIX = ".uncond"
-_LAYER_RE = re.compile(r"^lm\.layer\.(\d+)$")
+_LM_SITE_RE = re.compile(r"^lm\.layer\.(\d+)(?:\.(attn|cross_attn))?$")
+ATTN_MODULES = {"attn": "self_attn", "cross_attn": "cross_attention"}   # site tail -> module
+
+
+def is_lm_site(site: str) -> bool:
+  """A per-frame LM site: `lm.layer.<i>`, `lm.layer.<i>.attn` or `lm.layer.<i>.cross_attn`."""
+  return bool(_LM_SITE_RE.match(site))
+
+
+def lm_site_module(lm, site: str) -> torch.nn.Module:
+  """The module whose forward output is `site` (a layer, or its attention sub-module)."""
+  m = _LM_SITE_RE.match(site)
+  if not m:
+    raise UnknownSiteError(f"{site!r} is not an LM site (lm.layer.<i>[.attn|.cross_attn])")
+  layers = lm.transformer.layers
+  i = int(m.group(1))
+  if not 0 <= i < len(layers):
+    raise UnknownSiteError(f"site {site!r}: layer {i} out of range, the model has "
+                           f"{len(layers)} layers")
+  if m.group(2) is None:
+    return layers[i]
+  mod = getattr(layers[i], ATTN_MODULES[m.group(2)], None)
+  if mod is None:
+    raise UnknownSiteError(f"site {site!r}: layer {i} has no {ATTN_MODULES[m.group(2)]} "
+                           f"(a model without text cross-attention)")
+  return mod
 
 
 class UnknownSiteError(ValueError):
@@ -41,14 +69,14 @@ def parse_sites(sites, num_layers: int) -> list[str]:
     sites = [sites]
   out = []
   for s in sites:
-    m = _LAYER_RE.match(s)
+    m = _LM_SITE_RE.match(s)
     if m:
       i = int(m.group(1))
       if not 0 <= i < num_layers:
         raise UnknownSiteError(f"site {s!r}: layer {i} out of range, the model has "
                                f"{num_layers} layers (lm.layer.0 .. lm.layer.{num_layers - 1})")
     elif s not in TEXT_SITES:
-      raise UnknownSiteError(f"unknown site {s!r}: expected lm.layer.<i> (0 <= i < "
+      raise UnknownSiteError(f"unknown site {s!r}: expected lm.layer.<i>[.attn|.cross_attn] (0 <= i < "
                              f"{num_layers}) or one of {', '.join(TEXT_SITES)} (and, for "
                              f"extraction, audio.descriptors; extract.keep='both' adds "
                              f"lm.layer.<i>.uncond by itself)")
@@ -68,8 +96,8 @@ def site_dim(site: str, info: models.ModelInfo) -> int:
   raise UnknownSiteError(site)
 
 
-def _layers(sites) -> list[int]:
-  return [int(_LAYER_RE.match(s).group(1)) for s in sites if _LAYER_RE.match(s)]
+def _lm_sites(sites) -> list[str]:
+  return [s for s in sites if _LM_SITE_RE.match(s)]
 
 
 @dataclasses.dataclass
@@ -101,7 +129,10 @@ class _Hooks(contextlib.AbstractContextManager):
 
 
 class LayerRecorder(_Hooks):
-  """Appends the last position of every forward of the chosen LM layers (never overwrites)."""
+  """Appends the last position of every forward of the chosen LM layers (never overwrites).
+
+  `layers`: layer indices or LM site names (`lm.layer.<i>[.attn|.cross_attn]`); `calls` is
+  keyed by what was given."""
 
   def __init__(self, lm, layers, last_only: bool = True):
     self.lm, self.layers, self.last_only = lm, list(layers), last_only
@@ -116,7 +147,8 @@ class LayerRecorder(_Hooks):
 
   def __enter__(self):
     for i in self.layers:
-      self._handles.append(self.lm.transformer.layers[i].register_forward_hook(self._hook(i)))
+      mod = lm_site_module(self.lm, i) if isinstance(i, str) else self.lm.transformer.layers[i]
+      self._handles.append(mod.register_forward_hook(self._hook(i)))
     return self
 
 
@@ -194,7 +226,7 @@ def generate_with_capture(model, texts, sites, *, keep: str = "cond", seed: int 
     raise ValueError(f"keep must be 'cond' or 'both', got {keep!r}")
   info = models.model_info(model)
   sites = parse_sites(sites, info.num_layers)
-  layers, B = _layers(sites), len(texts)
+  layers, B = _lm_sites(sites), len(texts)
   two_step = model.generation_params.get("two_step_cfg") or model.lm.two_step_cfg
   with LayerRecorder(model.lm, layers) as lrec, \
        TextRecorder(models.text_conditioner(model)) as trec:
@@ -209,11 +241,11 @@ def generate_with_capture(model, texts, sites, *, keep: str = "cond", seed: int 
       both = torch.stack(calls, 1)
       cond, uncond = both[:B], both[B:]
     if cond.shape[1] != T + info.max_delay:
-      raise RuntimeError(f"layer {i}: {cond.shape[1]} decoding steps recorded for {T} frames; "
+      raise RuntimeError(f"{i}: {cond.shape[1]} decoding steps recorded for {T} frames; "
                          f"expected {T + info.max_delay} (delay pattern)")
-    acts[f"{LAYER_PREFIX}{i}"] = _np_rows(cond[:, :T])
+    acts[i] = _np_rows(cond[:, :T])
     if keep == "both":
-      acts[f"{LAYER_PREFIX}{i}{UNCOND_SUFFIX}"] = _np_rows(uncond[:, :T])
+      acts[f"{i}{UNCOND_SUFFIX}"] = _np_rows(uncond[:, :T])
   for s in _text_sites(sites):
     acts[s] = trec.rows(s, B)
   audio = model.generate_audio(tokens) if return_audio else None
@@ -232,7 +264,7 @@ def teacher_forced_capture(model, texts, tokens: torch.Tensor, sites, *,
     raise ValueError(f"keep must be 'cond' or 'both', got {keep!r}")
   info = models.model_info(model)
   sites = parse_sites(sites, info.num_layers)
-  layers, B = _layers(sites), len(texts)
+  layers, B = _lm_sites(sites), len(texts)
   lm = model.lm
   if tokens.shape[0] != B:
     raise ValueError(f"{tokens.shape[0]} token rows for {B} texts")
@@ -264,9 +296,9 @@ def teacher_forced_capture(model, texts, tokens: torch.Tensor, sites, *,
       cond = {i: v[:B] for i, v in both.items()}
       uncond = {i: v[B:] for i, v in both.items()}
   for i in layers:
-    acts[f"{LAYER_PREFIX}{i}"] = _np_rows(cond[i])
+    acts[i] = _np_rows(cond[i])
     if uncond is not None:
-      acts[f"{LAYER_PREFIX}{i}{UNCOND_SUFFIX}"] = _np_rows(uncond[i])
+      acts[f"{i}{UNCOND_SUFFIX}"] = _np_rows(uncond[i])
   for s in _text_sites(sites):
     acts[s] = trec.rows(s, B)
   return Capture(tokens=tokens.cpu(), acts=acts)

@@ -133,3 +133,28 @@ def concepts() -> ml_collections.ConfigDict:
                                        # near 0.6; no per-clip normalising (dynamics stay absolute)
   c.write_midi = False                 # also write audio/<id>.mid
   return c
+
+
+def localize() -> ml_collections.ConfigDict:
+  """`c.localize`: where a concept lives (launch.localize: fidelity, ablation, patching)."""
+  lo = ml_collections.ConfigDict()
+  lo.prompts = ()                      # texts for fidelity and ablation; () = the last
+  lo.num_prompts = 4                   #   num_prompts built-in emotion prompts (held out)
+  lo.duration = 2.0                    # seconds generated per prompt (the tokens scored)
+  lo.seed = 0
+  lo.cfg_coef = 3.0                    # guidance of the scored distribution (1 = cond only)
+  lo.halves = ("cond", "both")         # fidelity: CFG halves the SAE output is spliced into
+  lo.layers = ()                       # ablation / patching layers; () = every layer
+  lo.ablation_modes = ("zero", "mean", "resample")
+  lo.ablation_generate = ("zero", "mean")   # modes also sampled to measure audio change
+  lo.concepts = ("emotion:happy/sad", "emotion:calm/energetic", "instrument:piano/drums",
+                 "genre:jazz/rock")    # KEY:A/B minimal pairs for patching
+  lo.pairs = 4                         # prompt pairs per concept
+  lo.patch_sites = ("resid", "cross_attn")   # per layer: resid (lm.layer.<i>), attn, cross_attn
+  lo.patch_half = "cond"               # cond | uncond | both
+  lo.patch_steps = config_dict.placeholder(tuple)   # (start, stop) positions; None: all
+  lo.patch_sae = True                  # also patch only the exported SAE's features
+  lo.patch_features = ()               #   those feature ids only; () = all (x̂(a) − x̂(x))
+  lo.patch_generate = False            # also patch during sampling, scored on the audio by
+  lo.patch_references = 4              #   a concept classifier on this many clips per value
+  return lo

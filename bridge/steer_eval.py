@@ -35,7 +35,7 @@ MEASURES = ("concept", "clap_concept", "clap_prompt", "nll", "feature_act",
             "feature_act_replay") + AUDIO_MEASURES
 
 
-def unsteered_reread(model, texts, tokens: torch.Tensor, layer: int, sae, fids) -> dict:
+def unsteered_reread(model, texts, tokens: torch.Tensor, layer, sae, fids) -> dict:
   """Per-prompt token NLL of `tokens` and features `fids` on one unhooked teacher-forced pass.
 
   NLL: mean over valid (delay-pattern) positions and codebooks of -log p(code) under the
@@ -45,7 +45,7 @@ def unsteered_reread(model, texts, tokens: torch.Tensor, layer: int, sae, fids) 
   lm = steering._lm(model)
   attributes, _ = model._prepare_tokens_and_attributes(list(texts), None)
   seen = []
-  h = (lm.transformer.layers[layer].register_forward_hook(
+  h = (steering._site_module(lm, layer).register_forward_hook(
       lambda m, a, o: seen.append((o[0] if isinstance(o, tuple) else o).detach()))
        if layer is not None else None)
   try:
@@ -145,6 +145,8 @@ def run_steering(config, workdir: str) -> dict:
   sae = (TorchSAE.from_export(exp_dir) if kind == "sae_decoder" and
          os.path.exists(os.path.join(exp_dir, "cfg.json")) else None)
   layer = man["layer"]
+  if layer is None and capture.is_lm_site(man["site"]):
+    layer = man["site"]              # an attention site: lm.layer.<i>.attn / .cross_attn
   text_site = man["site"] if man["site"] in TEXT_SITES else None
   if layer is None and text_site is None:
     raise ValueError(f"{exp_dir}/directions.json: site {man['site']!r} is neither an LM layer "
@@ -192,7 +194,7 @@ def run_steering(config, workdir: str) -> dict:
   audio_dir = os.path.join(out_dir, "audio")
   os.makedirs(audio_dir, exist_ok=True)
   fids = [int(man["feature_ids"][i]) for i in sel]
-  layer_mod = steering._lm(model).transformer.layers[layer] if layer is not None else None
+  layer_mod = steering._site_module(steering._lm(model), layer) if layer is not None else None
 
   def generate(texts_, steer_ctx, probe_fids, name):
     """Tokens -> per-prompt measures and wav paths (relative to the report folder)."""

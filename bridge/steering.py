@@ -156,6 +156,7 @@ class _Steerer(contextlib.AbstractContextManager):
       return None
     w = None if bool((w == 1).all()) else w.to(o.device)
     self._cur_pos = torch.arange(offset, offset + o.shape[1])[keep.cpu()]   # steps being edited
+    self._cur_rows, self._cur_keep = rows, keep                             # for subclasses
     new = o.clone()
     blk = new[rows]                                   # view [r, S, D]
     sel = blk[:, keep]                                # copy [r, s, D]
@@ -177,22 +178,38 @@ class _Steerer(contextlib.AbstractContextManager):
     return False
 
 
-def _layer_kwargs(model, layer: int, half, steps, schedule=None) -> dict:
-  lm = _lm(model)
+def _site_module(lm, layer) -> torch.nn.Module:
+  """`layer`: an index (the residual stream after that block) or an LM site name
+  (`lm.layer.<i>`, `lm.layer.<i>.attn`, `lm.layer.<i>.cross_attn`)."""
+  from bridge import capture
+  if isinstance(layer, str):
+    try:
+      return capture.lm_site_module(lm, layer)
+    except capture.UnknownSiteError as e:
+      raise ValueError(str(e)) from None
   layers = lm.transformer.layers
   if not 0 <= int(layer) < len(layers):
     raise ValueError(f"layer={layer} out of range: the LM has {len(layers)} layers")
+  return layers[int(layer)]
+
+
+def _layer_kwargs(model, layer, half, steps, schedule=None) -> dict:
+  lm = _lm(model)
+  module = _site_module(lm, layer)
   state = lm.transformer._streaming_state
 
   def offset():
     o = state.get("offsets") if isinstance(state, dict) else None
     return int(o.reshape(-1)[0]) if o is not None else 0
-  return dict(module=layers[int(layer)], half=half, steps=steps, offset_fn=offset,
+  return dict(module=module, half=half, steps=steps, offset_fn=offset,
               two_step=_two_step(model), schedule=schedule)
 
 
 class add_direction(_Steerer):
   """Add `alpha · v` (× `relative_to`, e.g. the site's mean norm) at `lm.layer.<layer>`.
+
+  `layer` is an index (residual stream) or an LM site name: `"lm.layer.3.attn"` /
+  `"lm.layer.3.cross_attn"` steer the output of that block's attention module (as in SMITIN).
 
   Magnitudes: with `relative_to=man["mean_norm"]` (the site's RMS activation norm from
   directions.json) alpha is unit-free, and 2-8 is a strong push (the demo uses 4 and 8);
@@ -257,7 +274,10 @@ class clamp_features(_Steerer):
     bad = [j for j in features if not 0 <= int(j) < sae.m]
     if bad:
       raise ValueError(f"features {bad} out of range [0, {sae.m})")
-    if sae.layer is not None and int(sae.layer) != int(layer):
+    if isinstance(layer, str):
+      if sae.site is not None and sae.site != layer:
+        raise ValueError(f"the SAE was trained on site {sae.site}, not {layer}")
+    elif sae.layer is not None and int(sae.layer) != int(layer):
       raise ValueError(f"the SAE was trained on layer {sae.layer}, not {layer}")
     self.sae, self.features = sae, dict(features)
 
@@ -309,13 +329,14 @@ class transplant_features(_Steerer):
     return out.to(x.dtype)
 
 
-def record_features(model, texts, layer: int, sae, ids, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def record_features(model, texts, layer, sae, ids, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
   """(tokens, pattern [B, T, F]): features `ids` at each step of an unsteered generation of
   `texts` (teacher-forced re-read: pass i reads frame i), the input of transplant_features."""
   from bridge import capture
   tokens = capture.generate_tokens(model, texts, seed=seed)
-  cap = capture.teacher_forced_capture(model, texts, tokens, [f"lm.layer.{layer}"])
-  rows = torch.from_numpy(np.stack(cap.acts[f"lm.layer.{layer}"])).float()
+  site = layer if isinstance(layer, str) else f"lm.layer.{layer}"
+  cap = capture.teacher_forced_capture(model, texts, tokens, [site])
+  rows = torch.from_numpy(np.stack(cap.acts[site])).float()
   with torch.no_grad():
     return tokens, sae.encode(rows)[..., [int(i) for i in ids]]
 
@@ -384,7 +405,9 @@ def _check_fits(model, dirs, layer: int, exp_dir: str, model_name: str) -> None:
     raise ValueError(f"{exp_dir}/directions.safetensors: directions are {dirs.shape[1]} wide "
                      f"but model {model_name!r} has d_model={info.d_model}; export from a run "
                      f"trained on this model's activations")
-  if not 0 <= layer < info.num_layers:
+  if isinstance(layer, str):
+    _site_module(_lm(model), layer)      # an attention site of a layer the model has
+  elif not 0 <= layer < info.num_layers:
     raise ValueError(f"{exp_dir}/directions.json: layer {layer} but model {model_name!r} has "
                      f"{info.num_layers} layers")
 

@@ -1,6 +1,6 @@
 """The library's defaults for every stage: experiment config files start here.
 
-    c = base.get_config()      # every field of model, extract, sae, train, analysis, steer
+    c = base.get_config()      # every field of model, extract, sae, train, analysis, steer, localize
     c.sae.k = 16               # ... then set only what the experiment changes
 
 Because every field exists, any of them can be overridden on the command line, e.g.
@@ -24,4 +24,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.dataset = c.get_ref("dataset")     # follows --config.dataset
   c.analysis = jax_defaults.analysis()
   c.steer = bridge_defaults.steer()
+  c.localize = bridge_defaults.localize()
   return c

@@ -2,6 +2,7 @@
 
     python -m launch.demo --workdir=/tmp/musicsae-demo [--config=configs/tiny.py]
         [--stages=extract,train,analyze,export,steer] [--config.train.steps=300 ...]
+    python -m launch.demo --workdir=/tmp/musicsae-demo --stages=localize   # after the above
 
 Each stage is its own launch script run in a fresh process with the same config file,
 workdir and `--config.*` overrides, so the torch side and the JAX side never share a
@@ -19,12 +20,14 @@ from absl import app, flags
 
 from launch import common
 
-STAGES = ("extract", "train", "analyze", "export", "steer")
+STAGES = ("extract", "train", "analyze", "export", "steer", "localize")
+DEFAULT_STAGES = STAGES[:5]     # localize (fidelity, ablation, patching) on request
 DEMO_STEER_METHODS = "add,set"
 
 _CONFIG = flags.DEFINE_string("config", "configs/tiny.py", "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/musicsae-demo", "Workspace root.")
-_STAGES = flags.DEFINE_list("stages", list(STAGES), f"Stages to run, in order, from {STAGES}.")
+_STAGES = flags.DEFINE_list("stages", list(DEFAULT_STAGES),
+                            f"Stages to run, in order, from {STAGES}.")
 _FEATURES_PER_LABEL = flags.DEFINE_integer(
     "features_per_label", 1, "Top features per label value exported as steering directions.")
 

@@ -65,9 +65,23 @@ def hook_module(site: str) -> str:
   layer = _layer_of(site.removesuffix(".uncond"))
   if layer is not None:
     return f"transformer.layers.{layer}"          # output [2B, T, D]: cond rows, then uncond
+  base, _, tail = site.removesuffix(".uncond").rpartition(".")
+  if tail in _ATTN_MODULES and _layer_of(base) is not None:   # lm.layer.<i>.attn / .cross_attn
+    return f"transformer.layers.{_layer_of(base)}.{_ATTN_MODULES[tail]}"
   text = "condition_provider.conditioners.description"
   return {"cond.proj": f"{text}.output_proj", "t5.hidden": f"{text}.t5",
           "t5.pooled": f"{text}.t5"}.get(site, site)
+
+
+_ATTN_MODULES = {"attn": "self_attn", "cross_attn": "cross_attention"}   # output (x, None)
+
+
+def _block_of(site: str) -> int | None:
+  """The transformer block of an LM site, attention sub-sites included (SAELens hook_layer)."""
+  base = site.removesuffix(".uncond")
+  for tail in _ATTN_MODULES:
+    base = base.removesuffix(f".{tail}")
+  return _layer_of(base)
 
 
 def _layer_of(site: str) -> int | None:
@@ -152,7 +166,7 @@ def export_sae(params: dict[str, Any], sae_cfg: Any = None, *, site: str, layer:
     sae_cfg = sae_cfg.to_dict()
   norm = dict(normalization or {})
   norm.update(scale=float(scale), folded=True)
-  hook_layer = layer if layer is not None else _layer_of(site)
+  hook_layer = layer if layer is not None else _block_of(site)
   k_out = int(k) if k is not None and architecture in ("topk", "batchtopk", "matryoshka") else None
   cfg = {
       # SAELens (v5 flat fields and v6 `metadata`): what an existing loader reads.

@@ -69,6 +69,8 @@ def test_export_hook_names_are_modules_of_the_lm(tiny):
   """cfg.json's hook_name (SAELens) is a path a torch user can hook under MusicGen.lm."""
   from musicsae_jax import export
   for site, want in (("lm.layer.3", tiny.lm.transformer.layers[3]),
+                     ("lm.layer.2.attn", tiny.lm.transformer.layers[2].self_attn),
+                     ("lm.layer.2.cross_attn.uncond", tiny.lm.transformer.layers[2].cross_attention),
                      ("cond.proj", models.text_conditioner(tiny).output_proj)):
     assert tiny.lm.get_submodule(export.hook_module(site)) is want
   t5_path = export.hook_module("t5.hidden").split(".")         # an attribute, not a submodule

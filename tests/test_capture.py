@@ -71,7 +71,8 @@ def test_cond_rows_equal_a_conditional_only_forward(tiny, gen):
 def test_hooked_capture_equals_teacher_forced(tiny, two_step):
   tiny.set_generation_params(duration=0.4, top_k=50, two_step_cfg=two_step)
   try:
-    sites = ["lm.layer.0", "lm.layer.3", "t5.hidden", "t5.pooled", "cond.proj"]
+    sites = ["lm.layer.0", "lm.layer.3", "lm.layer.1.attn", "lm.layer.2.cross_attn",
+             "t5.hidden", "t5.pooled", "cond.proj"]
     g = capture.generate_with_capture(tiny, TEXTS, sites, keep="both", seed=3)
     f = capture.teacher_forced_capture(tiny, TEXTS, g.tokens, sites, keep="both")
   finally:
