@@ -68,8 +68,11 @@ class Backend:
   def info(self) -> models.ModelInfo:
     raise NotImplementedError
 
-  def num_layers(self) -> int:
-    return self.info.num_layers
+  def module_path(self, site: str) -> str:
+    """The exported `hook_name` of `site`: a module path from the model object (audiocraft:
+    `MusicGen.lm`; transformers: the MusicgenForConditionalGeneration)."""
+    from musicsae_jax import export          # numpy only: the one table of hook names
+    return export.hook_module(site, self.name)
 
 
 # --------------------------------------------------------------------------------------
@@ -100,15 +103,6 @@ class AudiocraftBackend(Backend):
 
   def proj_module(self):
     return models.text_conditioner(self.model).output_proj
-
-  def module_path(self, site: str) -> str:
-    from bridge import capture
-    i = capture.layer_index(site)
-    if i is not None:
-      return f"transformer.layers.{i}"
-    text = "condition_provider.conditioners.description"
-    return {"cond.proj": f"{text}.output_proj", "t5.hidden": f"{text}.t5",
-            "t5.pooled": f"{text}.t5"}[site]
 
   def step_offset(self, kwargs=None, S: int = 1) -> int:
     state = self.model.lm.transformer._streaming_state
@@ -201,14 +195,6 @@ class TransformersBackend(Backend):
       raise ValueError("this transformers MusicGen has no enc_to_dec_proj (T5 and the LM have "
                        "the same width): cond.proj equals t5.hidden; use t5.hidden")
     return proj
-
-  def module_path(self, site: str) -> str:
-    from bridge import capture
-    i = capture.layer_index(site)
-    if i is not None:
-      return f"decoder.model.decoder.layers.{i}"
-    return {"cond.proj": "enc_to_dec_proj", "t5.hidden": "text_encoder",
-            "t5.pooled": "text_encoder"}[site]
 
   def step_offset(self, kwargs=None, S: int = 1) -> int:
     """Position of the call's first row: the self-attention cache already holds this call's

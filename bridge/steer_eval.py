@@ -21,7 +21,7 @@ import os
 import numpy as np
 import torch
 
-from bridge import steer_stats, steering
+from bridge import backends, steer_stats, steering
 from musicsae_jax import progress
 
 TEXT_SITES = ("cond.proj", "t5.hidden")   # steered with add_text_direction (no steps)
@@ -39,24 +39,29 @@ def unsteered_reread(model, texts, tokens: torch.Tensor, layer: int, sae, fids) 
   conditional model (no classifier-free guidance mixing), nats per token. `feature_act_
   replay`: the features' mean over the first T positions of `layer` (pass i reads frame i).
   """
-  lm = steering._lm(model)
-  attributes, _ = model._prepare_tokens_and_attributes(list(texts), None)
+  be = backends.adapt(model)
   seen = []
-  h = (lm.transformer.layers[layer].register_forward_hook(
+  h = (be.layer_module(layer).register_forward_hook(
       lambda m, a, o: seen.append((o[0] if isinstance(o, tuple) else o).detach()))
        if layer is not None else None)
   try:
-    with torch.no_grad(), model.autocast:
-      provider = lm.condition_provider
-      ct = provider(provider.tokenize(attributes))
-      out = lm.compute_predictions(tokens.to(model.device), [], condition_tensors=ct)
+    if be.name == "audiocraft":
+      model, lm = be.model, be.model.lm
+      attributes, _ = model._prepare_tokens_and_attributes(list(texts), None)
+      with torch.no_grad(), model.autocast:
+        provider = lm.condition_provider
+        ct = provider(provider.tokenize(attributes))
+        out = lm.compute_predictions(tokens.to(model.device), [], condition_tensors=ct)
+      logits, mask = out.logits, out.mask
+    else:
+      logits, mask = be.conditional_logits(texts, tokens)
   finally:
     if h is not None:
       h.remove()
-  logp = torch.log_softmax(out.logits.float(), -1)
+  logp = torch.log_softmax(logits.float(), -1)
   codes = tokens.to(logp.device).long()
   nll_tok = -logp.gather(-1, codes.unsqueeze(-1)).squeeze(-1)          # [B, K, T]
-  mask = out.mask.to(nll_tok.device)
+  mask = mask.to(nll_tok.device)
   nll_tok = torch.where(mask, nll_tok, torch.zeros_like(nll_tok))
   nll = (nll_tok.sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)).cpu().numpy()
   res = {"nll": [float(v) for v in nll]}
@@ -162,7 +167,7 @@ def run_steering(config, workdir: str) -> dict:
   audio_dir = os.path.join(out_dir, "audio")
   os.makedirs(audio_dir, exist_ok=True)
   fids = [int(man["feature_ids"][i]) for i in sel]
-  layer_mod = steering._lm(model).transformer.layers[layer] if layer is not None else None
+  layer_mod = backends.adapt(model).layer_module(layer) if layer is not None else None
 
   def generate(texts_, steer_ctx, probe_fids, name):
     """Tokens -> per-prompt measures and wav paths (relative to the report folder)."""
