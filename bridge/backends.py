@@ -294,9 +294,13 @@ class TransformersBackend(Backend):
 
   def conditional_logits(self, texts, tokens: torch.Tensor):
     """(logits [B, K, T, card] aligned to `tokens` [B, K, T], valid mask [B, K, T]) of the
-    conditional model: codebook k of frame t is predicted at position t + k."""
+    conditional model over the first T decoding passes, as audiocraft's compute_predictions:
+    codebook k of frame t is predicted at pass t + k, so it is valid iff t + k < T."""
     B, K, T = tokens.shape
-    logits = self.forward(texts, self.delay_sequence(tokens.to(self.model.device), T + K - 1),
+    logits = self.forward(texts, self.delay_sequence(tokens.to(self.model.device), T),
                           cfg_batch=False)
+    logits = torch.cat([logits, logits.new_zeros(B, K, K, logits.shape[-1])], 2)
     aligned = torch.stack([logits[:, k, k:k + T] for k in range(K)], 1)
-    return aligned, torch.ones(B, K, T, dtype=torch.bool, device=aligned.device)
+    t = torch.arange(T, device=aligned.device)
+    mask = torch.stack([t + k < T for k in range(K)])[None].expand(B, K, T)
+    return aligned, mask

@@ -124,14 +124,15 @@ def load(name_or_dir: str, device: str = "cpu", dtype: torch.dtype | None = None
           src, **({"dtype": dtype} if dtype is not None else {}))
       tokenizer = AutoTokenizer.from_pretrained(src)
   except Exception as e:  # noqa: BLE001 - hub/network errors come in many types
+    why = " ".join(str(e).split())[:200]          # one line
     if local is not None:
       raise models.ModelLoadError(
           f"could not load the transformers MusicGen in {local} ({type(e).__name__}: "
-          f"{str(e)[:200]}); it must hold config.json, the weights and the T5 tokenizer "
+          f"{why}); it must hold config.json, the weights and the T5 tokenizer "
           f"files (save_pretrained of the model and its processor).") from e
     cache = os.environ.get("HF_HOME", "the default hub cache")
     raise models.ModelLoadError(
-        f"could not load {src!r} with transformers ({type(e).__name__}: {str(e)[:200]}). No "
+        f"could not load {src!r} with transformers ({type(e).__name__}: {why}). No "
         f"weights in {cache} and no network? Download {src} (config.json, model weights, "
         f"tokenizer files) on a connected machine into a directory and pass that directory, "
         f"or set HF_HOME to a cache that has them.") from e

@@ -145,7 +145,7 @@ class _Steerer(contextlib.AbstractContextManager):
     """x [r, s, D] -> edited x; `w` [s] schedule weights (None: all 1)."""
     raise NotImplementedError
 
-  def _hook(self, module, args, kwargs, output):
+  def _hook(self, module, args, output, kwargs=None):
     self.calls += 1
     out = output[0] if isinstance(output, tuple) else output
     squeeze = out.dim() == 2
@@ -169,7 +169,8 @@ class _Steerer(contextlib.AbstractContextManager):
     if self._handle is not None:
       raise RuntimeError("steering hook already active (contexts are not re-entrant)")
     self._seen.clear()
-    self._handle = self.module.register_forward_hook(self._hook, with_kwargs=True)
+    self._handle = self.module.register_forward_hook(
+        lambda m, a, kw, o: self._hook(m, a, o, kw), with_kwargs=True)
     return self
 
   def __exit__(self, *exc):
@@ -354,14 +355,14 @@ class add_text_direction(_Steerer):
   def edit(self, x, w=None):
     return x + self.vector.to(device=x.device, dtype=x.dtype)
 
-  def _hook(self, module, args, kwargs, output):
+  def _hook(self, module, args, output, kwargs=None):
     if self.site == "t5.hidden":         # a ModelOutput: edit last_hidden_state in place
       h = output.last_hidden_state
-      new = super()._hook(module, args, kwargs, h)
+      new = super()._hook(module, args, h, kwargs)
       if new is not None:
         output.last_hidden_state = new
       return output
-    return super()._hook(module, args, kwargs, output)
+    return super()._hook(module, args, output, kwargs)
 
 
 # --------------------------------------------------------------------------------------
