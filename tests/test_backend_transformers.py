@@ -157,6 +157,13 @@ def test_resume_and_worker_split_equal_one_run(full, tmp_path):
   _same(store.open_dataset(X.dataset_path(c, str(tmp_path / "w"))), full)
 
 
+def test_store_of_the_other_backend_is_refused(full):
+  sites = {n: store.SiteSpec(d=s.d, dtype=s.dtype, codec=s.codec) for n, s in full.sites.items()}
+  meta = dict(full.manifest["model"], backend="audiocraft")
+  with pytest.raises(X.ExtractError, match="model.backend: 'transformers' != 'audiocraft'"):
+    X._open_or_create(full.path, sites, full.prompts, meta, full.manifest["generation"], 1, False)
+
+
 # --- real weights: same clear offline error as audiocraft -----------------------------
 def test_known_name_offline_without_cache_says_what_to_do(tmp_path, monkeypatch):
   from huggingface_hub import constants as hc
