@@ -89,6 +89,8 @@ def audiocraft_to_transformers(model, audio_config=None):
     cfg = MusicgenConfig(text_encoder=cond.t5.config, audio_encoder=audio_config, decoder=dec_cfg)
     hf = MusicgenForConditionalGeneration(cfg, text_encoder=copy.deepcopy(cond.t5)).eval()
   hf.text_encoder.load_state_dict(cond.t5.state_dict())
+  # the shared text config is rebuilt from a dict, which drops the attention kernel choice
+  hf.config.text_encoder._attn_implementation = cond.t5.config._attn_implementation or "sdpa"
   dec, proj = lm_state_dict_to_transformers(lm.state_dict())
   missing, unexpected = hf.decoder.load_state_dict(dec, strict=False)
   missing = [k for k in missing if not k.endswith("embed_positions.weights")]

@@ -76,12 +76,6 @@ def load_directions(path: str) -> tuple[torch.Tensor, dict]:
     return load_file(p)["directions"], json.load(f)
 
 
-def _lm(model):
-  """audiocraft's LM of `model` (audiocraft only; other code goes through bridge.backends)."""
-  be = backends.adapt(model) if not hasattr(model, "transformer") else None
-  return model if be is None else be.model.lm
-
-
 def _as_vector(v, d: int) -> torch.Tensor:
   t = torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v).float()
   if t.shape != (d,):
