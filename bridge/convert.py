@@ -78,6 +78,7 @@ def audiocraft_to_transformers(model, audio_config=None):
       hidden_size=info.d_model, dropout=0.0, num_codebooks=info.n_q,
       pad_token_id=lm.special_token_id, bos_token_id=lm.special_token_id,
       decoder_start_token_id=lm.special_token_id)
+  audio_config_given = audio_config
   if audio_config is None:   # the codec is not part of the comparison: random, right sizes
     hop = round(info.sample_rate / info.frame_rate)
     audio_config = EncodecConfig(
@@ -85,12 +86,14 @@ def audiocraft_to_transformers(model, audio_config=None):
         upsampling_ratios=models._ratios(hop), codebook_size=info.card, codebook_dim=32,
         target_bandwidths=[info.n_q * info.frame_rate / 100.0], num_residual_layers=1,
         num_lstm_layers=1, use_causal_conv=False, normalize=False, compress=2)
-  with models_hf._quiet():   # a copy of T5: construction may re-initialise what it is given
-    cfg = MusicgenConfig(text_encoder=cond.t5.config, audio_encoder=audio_config, decoder=dec_cfg)
-    hf = MusicgenForConditionalGeneration(cfg, text_encoder=copy.deepcopy(cond.t5)).eval()
+  with models_hf._quiet():   # T5 built from its config (a module passed in keeps inner
+    # config objects the composite does not update: padding masks were ignored), then loaded
+    cfg = MusicgenConfig(text_encoder=copy.deepcopy(cond.t5.config), audio_encoder=audio_config,
+                         decoder=dec_cfg)
+    hf = MusicgenForConditionalGeneration(cfg).eval()
+  if audio_config_given is None:
+    models_hf.random_codebooks(hf, 0)
   hf.text_encoder.load_state_dict(cond.t5.state_dict())
-  # the shared text config is rebuilt from a dict, which drops the attention kernel choice
-  hf.config.text_encoder._attn_implementation = cond.t5.config._attn_implementation or "sdpa"
   dec, proj = lm_state_dict_to_transformers(lm.state_dict())
   missing, unexpected = hf.decoder.load_state_dict(dec, strict=False)
   missing = [k for k in missing if not k.endswith("embed_positions.weights")]

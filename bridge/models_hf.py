@@ -8,6 +8,7 @@ implementation runs. No audiocraft import here.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import shutil
 import tempfile
@@ -79,15 +80,28 @@ def build_tiny(seed: int = 0, device: str = "cpu", **sizes):
   cfg = tiny_config(vocab_size=vocab_size, **sizes)
   with _quiet():
     torch.manual_seed(seed)
-    t5 = T5EncoderModel(cfg.text_encoder)
+    t5 = T5EncoderModel(copy.deepcopy(cfg.text_encoder))
     torch.manual_seed(seed + 2)
-    model = MusicgenForConditionalGeneration(cfg, text_encoder=t5).eval().to(device)
+    # built whole from the config, T5 weights loaded after: a T5 module passed in keeps
+    # inner config objects the composite does not update (its padding mask was ignored)
+    model = MusicgenForConditionalGeneration(cfg).eval()
+    model.text_encoder.load_state_dict(t5.state_dict())
+    random_codebooks(model, seed + 3)
+    model = model.to(device)
   model.generation_config.update(pad_token_id=cfg.decoder.pad_token_id,
                                  decoder_start_token_id=cfg.decoder.decoder_start_token_id,
                                  bos_token_id=cfg.decoder.bos_token_id)
   be = backends.TransformersBackend(model, tokenizer, name="tiny")
   be.set_generation_params(duration=1.0, top_k=min(250, cfg.decoder.vocab_size))
   return be
+
+
+def random_codebooks(model, seed: int) -> None:
+  """EnCodec codebooks start as zeros (real ones come from a checkpoint), so every code
+  would decode to the same audio: give a random codec random codebooks."""
+  g = torch.Generator().manual_seed(seed)
+  for layer in model.audio_encoder.quantizer.layers:
+    layer.codebook.embed.copy_(torch.randn(layer.codebook.embed.shape, generator=g))
 
 
 def _resolve(name_or_dir: str) -> tuple[str, Path | None]:

@@ -25,6 +25,12 @@ def gen(hf):
   return capture.generate_with_capture(hf, TEXTS, SITES, keep="both", seed=3)
 
 
+def test_tiny_codec_decodes_codes_to_different_audio(hf):
+  tokens = torch.randint(0, 256, (2, 4, 10), generator=torch.Generator().manual_seed(0))
+  wav = hf.generate_audio(tokens)
+  assert wav.shape == (2, 1, 10 * 320) and (wav[0] - wav[1]).abs().max() > 1e-3
+
+
 def test_every_step_is_recorded_not_overwritten(hf):
   """The overwrite regression: one row set per decoding position, and the steps differ.
   transformers runs position 0 twice (a discarded prefill): positions, not calls, count."""
@@ -94,6 +100,9 @@ def test_export_hook_names_are_real_modules(hf):
     name = export.hook_module(site, "transformers")
     assert m.get_submodule(name) is want and hf.module_path(site) == name
   assert export.hook_module("lm.layer.3", "transformers") == "decoder.model.decoder.layers.3"
+  assert export.hook_module("lm.layer.3") == "transformer.layers.3"        # audiocraft default
+  with pytest.raises(export.ExportError, match="model.backend='jax'"):
+    export.hook_module("lm.layer.3", "jax")
 
 
 def test_unsteered_reread_nll_is_the_conditional_model(hf, gen):
@@ -206,7 +215,7 @@ def pair():
   return ac, tr
 
 
-def _both(pair, texts, sites=("lm.layer.0", "lm.layer.3", "cond.proj")):
+def _both(pair, texts, sites=("lm.layer.0", "lm.layer.3", "t5.hidden", "cond.proj")):
   ac, tr = pair
   tokens = capture.generate_tokens(ac, texts, seed=1)
   a = capture.teacher_forced_capture(ac, texts, tokens, sites, keep="both")
@@ -234,5 +243,33 @@ def test_parity_padded_prompts_differ_by_the_masking(pair):
   cross-attention, audiocraft attends to them (zero vectors), so only that prompt's LM
   activations differ; the text sites and the unconditional half still agree."""
   _, diff = _both(pair, ["happy piano song for a summer picnic", "calm"])
-  assert max(diff["lm.layer.3"][0], diff["cond.proj"][1], diff["lm.layer.3.uncond"][1]) < LAYER_TOL
+  assert max(diff["lm.layer.3"][0], diff["t5.hidden"][1], diff["cond.proj"][1],
+             diff["lm.layer.3.uncond"][1]) < LAYER_TOL
   assert diff["lm.layer.0"][1] > 1e-2 and diff["lm.layer.3"][1] > 1e-2, diff
+
+
+def test_steering_experiment_runs_on_transformers(tmp_path):
+  """launch.steer's experiment with layer directions on the transformers backend."""
+  import json
+  import os
+  from safetensors.torch import save_file
+  from bridge import steer_eval
+  from configs import tiny
+  exp = tmp_path / "exports" / "tiny"
+  os.makedirs(exp)
+  d = torch.nn.functional.normalize(torch.randn(1, 64, generator=torch.Generator().manual_seed(0)), dim=1)
+  save_file({"directions": d.contiguous()}, str(exp / "directions.safetensors"))
+  json.dump({"format_version": 2, "run": "tiny", "site": "lm.layer.3", "layer": 3,
+             "feature_ids": [5], "labels": ["emotion=calm"], "mean_norm": 1.0, "d": 64},
+            open(exp / "directions.json", "w"))
+  c = tiny.get_config()
+  c.model.backend = "transformers"
+  c.steer.num_prompts, c.steer.controls, c.steer.concept_per_value = 2, 1, 0
+  c.steer.strengths, c.steer.duration, c.steer.save_audio = (0.0, 8.0), 0.4, True
+  res = steer_eval.run_steering(c, str(tmp_path))
+  saved = json.load(open(res["path"]))
+  zero, strong = saved["features"][0]["steered"]
+  assert zero["reused_baseline"] and np.isfinite(strong["stats"]["nll"]["mean"])
+  a = open(tmp_path / "reports" / "tiny" / "audio" / "baseline_p0.wav", "rb").read()
+  b = open(tmp_path / "reports" / "tiny" / "audio" / "f5_a8_p0.wav", "rb").read()
+  assert a != b                                              # the push changed the music
