@@ -75,17 +75,26 @@ def unsteered_reread(model, texts, tokens: torch.Tensor, layer: int, sae, fids) 
 
 
 class _FeatureProbe(contextlib.AbstractContextManager):
-  """Per-prompt mean SAE activation of features on the conditional rows after all steering."""
+  """Per-prompt mean SAE activation of features on the conditional rows after all steering.
 
-  def __init__(self, module, sae, ids, B: int):
+  With `offset_fn` (transformers, whose generate runs pass 0 twice) calls are keyed by
+  decoding position, so a repeated pass counts once."""
+
+  def __init__(self, module, sae, ids, B: int, offset_fn=None):
     self.module, self.sae, self.ids, self.B, self.acts = module, sae, list(ids), B, []
+    self.offset_fn, self.by_pos = offset_fn, {}
 
   def __enter__(self):
-    def hook(mod, args, out):
+    def hook(mod, args, kwargs, out):
       out = out[0] if isinstance(out, tuple) else out
       cond = out[: self.B] if out.shape[0] == 2 * self.B else out
-      self.acts.append(self.sae.encode(cond.float())[..., self.ids].mean(1))   # [B, F]
-    self.h = self.module.register_forward_hook(hook)
+      z = self.sae.encode(cond.float())[..., self.ids].mean(1)                # [B, F]
+      if self.offset_fn is None:
+        self.acts.append(z)
+      else:
+        self.by_pos[self.offset_fn(kwargs, out.shape[1])] = z
+        self.acts = list(self.by_pos.values())
+    self.h = self.module.register_forward_hook(hook, with_kwargs=True)
     return self
 
   def __exit__(self, *exc):
@@ -167,11 +176,13 @@ def run_steering(config, workdir: str) -> dict:
   audio_dir = os.path.join(out_dir, "audio")
   os.makedirs(audio_dir, exist_ok=True)
   fids = [int(man["feature_ids"][i]) for i in sel]
-  layer_mod = backends.adapt(model).layer_module(layer) if layer is not None else None
+  be = backends.adapt(model)
+  layer_mod = be.layer_module(layer) if layer is not None else None
 
   def generate(texts_, steer_ctx, probe_fids, name):
     """Tokens -> per-prompt measures and wav paths (relative to the report folder)."""
-    probe = (_FeatureProbe(layer_mod, sae, probe_fids, len(texts_))
+    probe = (_FeatureProbe(layer_mod, sae, probe_fids, len(texts_), offset_fn=(
+        be.step_offset if be.name == "transformers" else None))
              if sae is not None and probe_fids else contextlib.nullcontext())
     with steer_ctx, probe as p:
       tokens = capture.generate_tokens(model, texts_, seed=seed)

@@ -262,6 +262,12 @@ def test_steering_experiment_runs_on_transformers(tmp_path):
   json.dump({"format_version": 2, "run": "tiny", "site": "lm.layer.3", "layer": 3,
              "feature_ids": [5], "labels": ["emotion=calm"], "mean_norm": 1.0, "d": 64},
             open(exp / "directions.json", "w"))
+  rng = np.random.default_rng(0)                 # an SAE export: the per-step feature probe
+  w = rng.normal(size=(64, 16)).astype(np.float32) / 8
+  export.export_sae({"W_enc": w, "b_enc": np.zeros(16, np.float32), "W_dec": w.T.copy(),
+                     "b_dec": np.zeros(64, np.float32)}, site="lm.layer.3", layer=3, d=64,
+                    m=16, k=4, architecture="topk", scale=1.0, out_dir=str(exp),
+                    backend="transformers")
   c = tiny.get_config()
   c.model.backend = "transformers"
   c.steer.num_prompts, c.steer.controls, c.steer.concept_per_value = 2, 1, 0
@@ -270,6 +276,7 @@ def test_steering_experiment_runs_on_transformers(tmp_path):
   saved = json.load(open(res["path"]))
   zero, strong = saved["features"][0]["steered"]
   assert zero["reused_baseline"] and np.isfinite(strong["stats"]["nll"]["mean"])
+  assert len(strong["per_prompt"]["feature_act"]) == 2
   a = open(tmp_path / "reports" / "tiny" / "audio" / "baseline_p0.wav", "rb").read()
   b = open(tmp_path / "reports" / "tiny" / "audio" / "f5_a8_p0.wav", "rb").read()
   assert a != b                                              # the push changed the music
