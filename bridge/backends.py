@@ -38,12 +38,13 @@ def adapt(model):
   if isinstance(model, Backend):
     return model
   cached = getattr(model, "__dict__", {}).get(_ATTR)
-  if cached is not None:
+  if cached is not None and cached.model is model:     # not the adapter of a copy's source
     return cached
   if hasattr(model, "lm") and hasattr(model, "compression_model"):
     be = AudiocraftBackend(model)
   elif type(model).__name__ == "MusicgenForConditionalGeneration":
-    be = TransformersBackend(model, None)
+    tok = cached.tokenizer if isinstance(cached, TransformersBackend) else None
+    be = TransformersBackend(model, tok)
   else:
     raise TypeError(f"not a MusicGen: {type(model).__name__} (expected an audiocraft MusicGen "
                     f"or a transformers MusicgenForConditionalGeneration)")

@@ -95,6 +95,7 @@ def test_alpha_zero_is_bit_identical_and_steps_are_positions(hf):
 def test_export_hook_names_are_real_modules(hf):
   """cfg.json's hook_name on the transformers backend resolves on the model a user holds."""
   m = hf.model
+  assert backends.adapt(m) is hf                        # a raw model finds its adapter
   for site, want in (("lm.layer.3", hf.layer_module(3)), ("cond.proj", m.enc_to_dec_proj),
                      ("t5.hidden", m.text_encoder), ("lm.layer.2.uncond", hf.layer_module(2))):
     name = export.hook_module(site, "transformers")
