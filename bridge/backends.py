@@ -79,6 +79,13 @@ class Backend:
 # --------------------------------------------------------------------------------------
 # audiocraft
 # --------------------------------------------------------------------------------------
+def streaming_offset(transformer) -> int:
+  """Decoding position of the current call of an audiocraft StreamingTransformer."""
+  state = transformer._streaming_state
+  o = state.get("offsets") if isinstance(state, dict) else None
+  return int(o.reshape(-1)[0]) if o is not None else 0
+
+
 class AudiocraftBackend(Backend):
   """audiocraft `MusicGen` (hook paths are relative to `MusicGen.lm`)."""
   name = "audiocraft"
@@ -106,9 +113,7 @@ class AudiocraftBackend(Backend):
     return models.text_conditioner(self.model).output_proj
 
   def step_offset(self, kwargs=None, S: int = 1) -> int:
-    state = self.model.lm.transformer._streaming_state
-    o = state.get("offsets") if isinstance(state, dict) else None
-    return int(o.reshape(-1)[0]) if o is not None else 0
+    return streaming_offset(self.model.lm.transformer)
 
   def set_generation_params(self, **params):
     self.model.set_generation_params(**params)

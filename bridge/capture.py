@@ -73,12 +73,6 @@ def site_dim(site: str, info: models.ModelInfo) -> int:
   raise UnknownSiteError(site)
 
 
-def layer_index(site: str) -> int | None:
-  """i of `lm.layer.<i>` (also with the .uncond suffix), else None."""
-  m = _LAYER_RE.match(site.removesuffix(UNCOND_SUFFIX))
-  return int(m.group(1)) if m else None
-
-
 def _layers(sites) -> list[int]:
   return [int(_LAYER_RE.match(s).group(1)) for s in sites if _LAYER_RE.match(s)]
 
@@ -122,12 +116,7 @@ class LayerRecorder(_Hooks):
     self.layers, self.last_only = list(layers), last_only
     if hasattr(model, "transformer") and hasattr(model, "condition_provider"):  # MusicGen.lm
       self.modules = {i: model.transformer.layers[i] for i in self.layers}
-      state = model.transformer
-
-      def offset(kwargs, S):
-        o = state._streaming_state.get("offsets") if isinstance(state._streaming_state, dict) else None
-        return int(o.reshape(-1)[0]) if o is not None else 0
-      self.offset = offset
+      self.offset = lambda kwargs, S: backends.streaming_offset(model.transformer)
     else:
       be = backends.adapt(model)
       self.modules = {i: be.layer_module(i) for i in self.layers}
