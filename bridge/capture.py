@@ -16,6 +16,11 @@ Two capture paths that give the same numbers (tests/test_capture.py):
   frame i and the last max_delay steps are dropped.
 - `teacher_forced_capture`: one batched forward over already generated tokens (the delay
   pattern sequence, first T steps), much faster when re-capturing many layers.
+
+Both work on either backend (bridge.backends: audiocraft or transformers). transformers'
+`generate` runs the first decoding pass twice (a prefill whose output it discards, then
+the loop), so on that backend the layer rows are keyed by decoding position (the cache
+length), not by call count; a position seen twice keeps its last call.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import re
 import numpy as np
 import torch
 
-from bridge import models
+from bridge import backends, models
 
 LAYER_PREFIX = "lm.layer."
 TEXT_SITES = ("t5.hidden", "t5.pooled", "cond.proj")
@@ -40,21 +45,25 @@ def is_lm_site(site: str) -> bool:
   return bool(_LM_SITE_RE.match(site))
 
 
-def lm_site_module(lm, site: str) -> torch.nn.Module:
-  """The module whose forward output is `site` (a layer, or its attention sub-module)."""
+def lm_site_module(lm, site: str, *, layers=None, attn_modules=None) -> torch.nn.Module:
+  """The module whose forward output is `site` (a layer, or its attention sub-module).
+
+  `lm` is audiocraft's `MusicGen.lm`; another backend passes its decoder `layers` and the
+  names of its attention sub-modules (`attn_modules`, site tail -> attribute)."""
   m = _LM_SITE_RE.match(site)
   if not m:
     raise UnknownSiteError(f"{site!r} is not an LM site (lm.layer.<i>[.attn|.cross_attn])")
-  layers = lm.transformer.layers
+  layers = lm.transformer.layers if layers is None else layers
+  attn_modules = ATTN_MODULES if attn_modules is None else attn_modules
   i = int(m.group(1))
   if not 0 <= i < len(layers):
     raise UnknownSiteError(f"site {site!r}: layer {i} out of range, the model has "
                            f"{len(layers)} layers")
   if m.group(2) is None:
     return layers[i]
-  mod = getattr(layers[i], ATTN_MODULES[m.group(2)], None)
+  mod = getattr(layers[i], attn_modules[m.group(2)], None)
   if mod is None:
-    raise UnknownSiteError(f"site {site!r}: layer {i} has no {ATTN_MODULES[m.group(2)]} "
+    raise UnknownSiteError(f"site {site!r}: layer {i} has no {attn_modules[m.group(2)]} "
                            f"(a model without text cross-attention)")
   return mod
 
@@ -129,40 +138,69 @@ class _Hooks(contextlib.AbstractContextManager):
 
 
 class LayerRecorder(_Hooks):
-  """Appends the last position of every forward of the chosen LM layers (never overwrites).
+  """Appends the last position of every forward of the chosen LM sites (never overwrites),
+  with the decoding position of each call in `offsets[i]`. `layers`: layer indices or LM
+  site names (`lm.layer.<i>[.attn|.cross_attn]`); `calls` is keyed by what was given.
 
-  `layers`: layer indices or LM site names (`lm.layer.<i>[.attn|.cross_attn]`); `calls` is
-  keyed by what was given."""
+  `model` is a MusicGen on either backend (or its adapter), or audiocraft's `MusicGen.lm`.
+  """
 
-  def __init__(self, lm, layers, last_only: bool = True):
-    self.lm, self.layers, self.last_only = lm, list(layers), last_only
+  def __init__(self, model, layers, last_only: bool = True):
+    self.layers, self.last_only = list(layers), last_only
+    if hasattr(model, "transformer") and hasattr(model, "condition_provider"):  # MusicGen.lm
+      self.modules = {i: lm_site_module(model, i) if isinstance(i, str)
+                      else model.transformer.layers[i] for i in self.layers}
+      self.offset = lambda kwargs, S: backends.streaming_offset(model.transformer)
+    else:
+      be = backends.adapt(model)
+      self.modules = {i: be.layer_module(i) for i in self.layers}
+      self.offset = be.step_offset
     self.calls: dict[int, list[torch.Tensor]] = {i: [] for i in self.layers}
+    self.offsets: dict[int, list[int]] = {i: [] for i in self.layers}
     self._handles = []
 
   def _hook(self, i):
-    def hook(module, args, output):
+    def hook(module, args, kwargs, output):
       out = output[0] if isinstance(output, tuple) else output
       self.calls[i].append((out[:, -1] if self.last_only else out).detach().clone())
+      S = out.shape[1] if out.dim() == 3 else 1
+      self.offsets[i].append(self.offset(kwargs, S) + (S - 1 if self.last_only else 0))
     return hook
 
   def __enter__(self):
     for i in self.layers:
-      mod = lm_site_module(self.lm, i) if isinstance(i, str) else self.lm.transformer.layers[i]
-      self._handles.append(mod.register_forward_hook(self._hook(i)))
+      self._handles.append(self.modules[i].register_forward_hook(self._hook(i), with_kwargs=True))
     return self
+
+  def by_position(self, i: int) -> torch.Tensor:
+    """[steps, B', D]: one row set per decoding position 0..n-1 (a repeated position keeps
+    its last call); raises if a position is missing."""
+    seen = dict(zip(self.offsets[i], self.calls[i]))
+    if sorted(seen) != list(range(len(seen))):
+      raise RuntimeError(f"layer {i}: decoding positions {sorted(seen)[:5]}... are not 0..n-1")
+    return torch.stack([seen[p] for p in range(len(seen))])
 
 
 
 class TextRecorder(_Hooks):
-  """Records T5 last hidden states, attention masks and `output_proj` outputs per call.
+  """Records T5 last hidden states, attention masks and projection outputs per call.
 
-  T5 lives in the conditioner's `__dict__` (not a submodule), so it is hooked directly.
+  audiocraft: T5 lives in the conditioner's `__dict__` (not a submodule), so it is hooked
+  directly; pass the conditioner. transformers: pass `t5=` and `proj=` modules.
   """
 
-  def __init__(self, conditioner):
-    self.cond = conditioner
+  def __init__(self, conditioner=None, *, t5=None, proj=None):
+    self.t5 = t5 if conditioner is None else conditioner.t5
+    self.proj_module = proj if conditioner is None else conditioner.output_proj
     self.hidden, self.masks, self.proj = [], [], []
     self._handles = []
+
+  @classmethod
+  def for_model(cls, model, sites=()):
+    be = backends.adapt(model)
+    if be.name == "audiocraft":
+      return cls(models.text_conditioner(be.model))
+    return cls(t5=be.text_module(), proj=be.proj_module() if "cond.proj" in sites else None)
 
   def _t5_hook(self, module, args, kwargs, output):
     self.hidden.append(output.last_hidden_state.detach().float().cpu())
@@ -172,8 +210,9 @@ class TextRecorder(_Hooks):
     self.proj.append(output.detach().float().cpu())
 
   def __enter__(self):
-    self._handles = [self.cond.t5.register_forward_hook(self._t5_hook, with_kwargs=True),
-                     self.cond.output_proj.register_forward_hook(self._proj_hook)]
+    self._handles = [self.t5.register_forward_hook(self._t5_hook, with_kwargs=True)]
+    if self.proj_module is not None:
+      self._handles.append(self.proj_module.register_forward_hook(self._proj_hook))
     return self
 
 
@@ -209,6 +248,10 @@ def _text_sites(sites):
 # --------------------------------------------------------------------------------------
 def generate_tokens(model, texts, seed: int | None = None) -> torch.Tensor:
   """Sample codes [B, K, T] for `texts` (one batch), seeding torch's RNG first if given."""
+  be = backends.adapt(model)
+  if be.name != "audiocraft":
+    return be.generate_tokens(texts, seed)
+  model = be.model
   if model.duration > model.max_duration:
     raise ValueError(f"duration {model.duration}s exceeds the model's window "
                      f"{model.max_duration}s; extended generation re-encodes context and "
@@ -224,22 +267,25 @@ def generate_with_capture(model, texts, sites, *, keep: str = "cond", seed: int 
   """Generate `texts` as one batch with `model`'s generation params, recording `sites`."""
   if keep not in ("cond", "both"):
     raise ValueError(f"keep must be 'cond' or 'both', got {keep!r}")
-  info = models.model_info(model)
+  be = backends.adapt(model)
+  info = be.info
   sites = parse_sites(sites, info.num_layers)
   layers, B = _lm_sites(sites), len(texts)
-  two_step = model.generation_params.get("two_step_cfg") or model.lm.two_step_cfg
-  with LayerRecorder(model.lm, layers) as lrec, \
-       TextRecorder(models.text_conditioner(model)) as trec:
-    tokens = generate_tokens(model, texts, seed)
+  two_step = be.two_step
+  with LayerRecorder(be, layers) as lrec, TextRecorder.for_model(be, sites) as trec:
+    tokens = be.generate_tokens(texts, seed)
   T = tokens.shape[-1]
   acts: dict[str, list[np.ndarray]] = {}
   for i in layers:
     calls = lrec.calls[i]
     if two_step:  # [B, D] per call, cond then uncond
       cond, uncond = torch.stack(calls[0::2], 1), torch.stack(calls[1::2], 1)
-    else:         # [2B, D] per call
-      both = torch.stack(calls, 1)
-      cond, uncond = both[:B], both[B:]
+    else:         # [2B, D] per decoding position ([B, D] without guidance on transformers)
+      both = (torch.stack(calls, 1) if be.name == "audiocraft"
+              else lrec.by_position(i).transpose(0, 1))
+      cond, uncond = both[:B], (both[B:] if both.shape[0] == 2 * B else None)
+      if keep == "both" and uncond is None:
+        raise ValueError("keep='both' needs classifier-free guidance (cfg_coef > 1)")
     if cond.shape[1] != T + info.max_delay:
       raise RuntimeError(f"{i}: {cond.shape[1]} decoding steps recorded for {T} frames; "
                          f"expected {T + info.max_delay} (delay pattern)")
@@ -248,7 +294,7 @@ def generate_with_capture(model, texts, sites, *, keep: str = "cond", seed: int 
       acts[f"{i}{UNCOND_SUFFIX}"] = _np_rows(uncond[:, :T])
   for s in _text_sites(sites):
     acts[s] = trec.rows(s, B)
-  audio = model.generate_audio(tokens) if return_audio else None
+  audio = be.generate_audio(tokens) if return_audio else None
   return Capture(tokens=tokens, acts=acts, audio=audio)
 
 
@@ -258,6 +304,10 @@ def generate_with_capture(model, texts, sites, *, keep: str = "cond", seed: int 
 def teacher_forced_capture(model, texts, tokens: torch.Tensor, sites, *,
                            keep: str = "cond") -> Capture:
   """One forward over the delay-pattern sequence of `tokens` [B, K, T]; same rows as hooks."""
+  be = backends.adapt(model)
+  if be.name != "audiocraft":
+    return _teacher_forced_transformers(be, texts, tokens, sites, keep=keep)
+  model = be.model
   audiocraft = models.import_audiocraft()  # noqa: F841
   from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
   if keep not in ("cond", "both"):
@@ -299,6 +349,33 @@ def teacher_forced_capture(model, texts, tokens: torch.Tensor, sites, *,
     acts[i] = _np_rows(cond[i])
     if uncond is not None:
       acts[f"{i}{UNCOND_SUFFIX}"] = _np_rows(uncond[i])
+  for s in _text_sites(sites):
+    acts[s] = trec.rows(s, B)
+  return Capture(tokens=tokens.cpu(), acts=acts)
+
+
+def _teacher_forced_transformers(be, texts, tokens, sites, *, keep: str) -> Capture:
+  """The transformers twin of teacher_forced_capture: decoder inputs rebuilt with the delay
+  pattern (be.delay_sequence), text encoded once, the zero unconditional half appended as
+  `generate` does when keep='both'."""
+  if keep not in ("cond", "both"):
+    raise ValueError(f"keep must be 'cond' or 'both', got {keep!r}")
+  info = be.info
+  sites = parse_sites(sites, info.num_layers)
+  layers, B = _lm_sites(sites), len(texts)
+  if tokens.shape[0] != B:
+    raise ValueError(f"{tokens.shape[0]} token rows for {B} texts")
+  T = tokens.shape[-1]
+  seq = be.delay_sequence(tokens.to(be.device), T)
+  with LayerRecorder(be, layers, last_only=False) as rec, \
+       TextRecorder.for_model(be, sites) as trec:
+    be.forward(texts, seq, cfg_batch=keep == "both")
+  acts: dict[str, list[np.ndarray]] = {}
+  for i in layers:
+    out = rec.calls[i][0]
+    acts[i] = _np_rows(out[:B])
+    if keep == "both":
+      acts[f"{i}{UNCOND_SUFFIX}"] = _np_rows(out[B:])
   for s in _text_sites(sites):
     acts[s] = trec.rows(s, B)
   return Capture(tokens=tokens.cpu(), acts=acts)

@@ -12,6 +12,7 @@ def model() -> ml_collections.ConfigDict:
   """`c.model`: which MusicGen (bridge.extract.build_model)."""
   m = ml_collections.ConfigDict()
   m.name = "tiny"                      # "tiny" | "facebook/musicgen-small" | a local dir
+  m.backend = "audiocraft"             # "audiocraft" | "transformers" (README: Which backend?)
   m.device = "cpu"
   m.dtype = ""                         # "" = audiocraft's choice (fp16 LM on CUDA)
   m.seed = 0                           # the tiny model's weights come from this seed

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bridge import audio_features, capture, extract_audio, models, prompts as prompts_lib
+from bridge import audio_features, backends, capture, extract_audio, models, prompts as prompts_lib
 from musicsae_jax import progress, store
 
 AUDIO_SITE = "audio.descriptors"
@@ -37,13 +37,25 @@ def dataset_path(config, workdir) -> str:
 
 
 def build_model(mcfg):
-  """The model named by `config.model`: 'tiny' (random, offline) or a real MusicGen."""
-  if mcfg.name == "tiny":
-    sizes = dict(mcfg.get("tiny", {}) or {})
-    return models.build_tiny_musicgen(seed=int(mcfg.get("seed", 0)), device=mcfg.device, **sizes)
+  """The model named by `config.model` on `config.model.backend`, as a bridge.backends
+  adapter: 'tiny' (random, offline) or a real MusicGen."""
+  backend = mcfg.get("backend", "audiocraft")
+  if backend not in backends.BACKENDS:
+    raise ExtractError(f"--config.model.backend={backend!r}; expected one of "
+                       f"{', '.join(backends.BACKENDS)}")
+  sizes = dict(mcfg.get("tiny", {}) or {})
   dtype = mcfg.get("dtype", None)
-  return models.load_musicgen(mcfg.name, device=mcfg.device,
-                              dtype=getattr(torch, dtype) if dtype else None)
+  dtype = getattr(torch, dtype) if dtype else None
+  if backend == "transformers":
+    from bridge import models_hf
+    if mcfg.name == "tiny":
+      return models_hf.build_tiny(seed=int(mcfg.get("seed", 0)), device=mcfg.device, **sizes)
+    return models_hf.load(mcfg.name, device=mcfg.device, dtype=dtype)
+  if mcfg.name == "tiny":
+    model = models.build_tiny_musicgen(seed=int(mcfg.get("seed", 0)), device=mcfg.device, **sizes)
+  else:
+    model = models.load_musicgen(mcfg.name, device=mcfg.device, dtype=dtype)
+  return backends.adapt(model)
 
 
 def _model_build(mcfg) -> dict:
@@ -143,7 +155,9 @@ def _open_or_create(path, sites, prompt_rows, model_meta, generation, num_worker
   if m.get("num_workers") != num_workers:
     problems.append(f"num_workers: {m.get('num_workers')} != {num_workers}")
   problems += _diff(m.get("generation") or {}, generation, "generation.")
-  problems += _diff(m.get("model") or {}, model_meta, "model.")
+  stored_model = dict(m.get("model") or {})
+  stored_model.setdefault("backend", "audiocraft")      # stores made before the field existed
+  problems += _diff(stored_model, model_meta, "model.")
   key = lambda p: (p["text"], p["seed"], p.get("labels") or {})
   if [key(p) for p in ds.prompts] != [key(p) for p in prompt_rows]:
     problems.append("prompt table differs")
@@ -188,9 +202,10 @@ def extract(config, workdir, worker_index: int = 0, num_workers: int = 1,
   t0 = time.time()
   if ecfg.get("torch_threads", 0):  # small models on shared cores: 1 thread is far faster
     torch.set_num_threads(int(ecfg.torch_threads))
-  with progress.phase(f"extract: loading model {config.model.name}", log):
+  with progress.phase(f"extract: loading model {config.model.name} "
+                      f"({config.model.get('backend', 'audiocraft')})", log):
     model = build_model(config.model)
-  info = models.model_info(model)
+  info = model.info
   site_names = _sites(ecfg, info)
   if source == "audio":
     gen = _audio_generation(model, ecfg, info, site_names, audio_record)

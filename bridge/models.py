@@ -103,6 +103,7 @@ class ModelInfo:
   sample_rate: int
   t5_dim: int
   max_delay: int
+  backend: str = "audiocraft"     # which implementation produced the activations
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -117,6 +118,13 @@ def text_conditioner(model):
 
 
 def model_info(model) -> ModelInfo:
+  """Sizes and rates of a MusicGen on either backend (audiocraft MusicGen, transformers
+  MusicgenForConditionalGeneration, or a bridge.backends adapter of either)."""
+  from bridge import backends
+  be = backends.adapt(model)
+  if be.name != "audiocraft":
+    return be.info
+  model = be.model
   lm = model.lm
   delays = getattr(lm.pattern_provider, "delays", [0])
   return ModelInfo(

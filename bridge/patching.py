@@ -192,8 +192,8 @@ def generation_moved(model, spec: str, sites, *, pairs: int, seed: int, referenc
   audio with a nearest-centroid classifier of the concept's two values trained on
   reference clips of other contexts (bridge/steer_concept.py). Per site:
   moved = (p_A(patched) − p_A(B)) / (p_A(A) − p_A(B)), p_A averaged over the pairs."""
-  from bridge import steer_concept, steering
-  if steering._two_step(model):
+  from bridge import backends, steer_concept
+  if backends.adapt(model).two_step:
     raise ValueError("generation patching records one [cond; uncond] call per step; "
                      "two_step_cfg is not supported")
   _, a, b = parse_concept(spec)

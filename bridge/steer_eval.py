@@ -24,7 +24,7 @@ import os
 import numpy as np
 import torch
 
-from bridge import steer_stats, steering
+from bridge import backends, steer_stats, steering
 from musicsae_jax import progress
 
 TEXT_SITES = ("cond.proj", "t5.hidden")   # steered with add_text_direction (no steps)
@@ -42,24 +42,29 @@ def unsteered_reread(model, texts, tokens: torch.Tensor, layer, sae, fids) -> di
   conditional model (no classifier-free guidance mixing), nats per token. `feature_act_
   replay`: the features' mean over the first T positions of `layer` (pass i reads frame i).
   """
-  lm = steering._lm(model)
-  attributes, _ = model._prepare_tokens_and_attributes(list(texts), None)
+  be = backends.adapt(model)
   seen = []
-  h = (steering._site_module(lm, layer).register_forward_hook(
+  h = (steering._site_module(be, layer).register_forward_hook(
       lambda m, a, o: seen.append((o[0] if isinstance(o, tuple) else o).detach()))
        if layer is not None else None)
   try:
-    with torch.no_grad(), model.autocast:
-      provider = lm.condition_provider
-      ct = provider(provider.tokenize(attributes))
-      out = lm.compute_predictions(tokens.to(model.device), [], condition_tensors=ct)
+    if be.name == "audiocraft":
+      model, lm = be.model, be.model.lm
+      attributes, _ = model._prepare_tokens_and_attributes(list(texts), None)
+      with torch.no_grad(), model.autocast:
+        provider = lm.condition_provider
+        ct = provider(provider.tokenize(attributes))
+        out = lm.compute_predictions(tokens.to(model.device), [], condition_tensors=ct)
+      logits, mask = out.logits, out.mask
+    else:
+      logits, mask = be.conditional_logits(texts, tokens)
   finally:
     if h is not None:
       h.remove()
-  logp = torch.log_softmax(out.logits.float(), -1)
+  logp = torch.log_softmax(logits.float(), -1)
   codes = tokens.to(logp.device).long()
   nll_tok = -logp.gather(-1, codes.unsqueeze(-1)).squeeze(-1)          # [B, K, T]
-  mask = out.mask.to(nll_tok.device)
+  mask = mask.to(nll_tok.device)
   nll_tok = torch.where(mask, nll_tok, torch.zeros_like(nll_tok))
   nll = (nll_tok.sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)).cpu().numpy()
   res = {"nll": [float(v) for v in nll]}
@@ -73,17 +78,26 @@ def unsteered_reread(model, texts, tokens: torch.Tensor, layer, sae, fids) -> di
 
 
 class _FeatureProbe(contextlib.AbstractContextManager):
-  """Per-prompt mean SAE activation of features on the conditional rows after all steering."""
+  """Per-prompt mean SAE activation of features on the conditional rows after all steering.
 
-  def __init__(self, module, sae, ids, B: int):
+  With `offset_fn` (transformers, whose generate runs pass 0 twice) calls are keyed by
+  decoding position, so a repeated pass counts once."""
+
+  def __init__(self, module, sae, ids, B: int, offset_fn=None):
     self.module, self.sae, self.ids, self.B, self.acts = module, sae, list(ids), B, []
+    self.offset_fn, self.by_pos = offset_fn, {}
 
   def __enter__(self):
-    def hook(mod, args, out):
+    def hook(mod, args, kwargs, out):
       out = out[0] if isinstance(out, tuple) else out
       cond = out[: self.B] if out.shape[0] == 2 * self.B else out
-      self.acts.append(self.sae.encode(cond.float())[..., self.ids].mean(1))   # [B, F]
-    self.h = self.module.register_forward_hook(hook)
+      z = self.sae.encode(cond.float())[..., self.ids].mean(1)                # [B, F]
+      if self.offset_fn is None:
+        self.acts.append(z)
+      else:
+        self.by_pos[self.offset_fn(kwargs, out.shape[1])] = z
+        self.acts = list(self.by_pos.values())
+    self.h = self.module.register_forward_hook(hook, with_kwargs=True)
     return self
 
   def __exit__(self, *exc):
@@ -194,11 +208,13 @@ def run_steering(config, workdir: str) -> dict:
   audio_dir = os.path.join(out_dir, "audio")
   os.makedirs(audio_dir, exist_ok=True)
   fids = [int(man["feature_ids"][i]) for i in sel]
-  layer_mod = steering._site_module(steering._lm(model), layer) if layer is not None else None
+  be = backends.adapt(model)
+  layer_mod = steering._site_module(be, layer) if layer is not None else None
 
   def generate(texts_, steer_ctx, probe_fids, name):
     """Tokens -> per-prompt measures and wav paths (relative to the report folder)."""
-    probe = (_FeatureProbe(layer_mod, sae, probe_fids, len(texts_))
+    probe = (_FeatureProbe(layer_mod, sae, probe_fids, len(texts_), offset_fn=(
+        be.step_offset if be.name == "transformers" else None))
              if sae is not None and probe_fids else contextlib.nullcontext())
     with steer_ctx, probe as p:
       tokens = capture.generate_tokens(model, texts_, seed=seed)

@@ -8,11 +8,13 @@ output of the previous one, in entry order)::
     with add_direction(model, 3, d[0], alpha=4.0, relative_to=man["mean_norm"]):
         wav = model.generate(["calm piano"])
 
-LM layer hooks sit on `model.lm.transformer.layers[i]` (audiocraft
-`StreamingTransformerLayer`, output `[B', S, D]`). With classifier-free guidance the
-batch is `[cond; uncond]` (rows `[:B'/2]` are conditional); with `two_step_cfg` each
-step makes a conditional call then an unconditional one. A step is the position of the
-frame being decoded: the transformer's streaming offset plus the row's position in S, so
+LM layer hooks sit on the backend's decoder layer (bridge.backends: audiocraft
+`model.lm.transformer.layers[i]`, transformers `model.decoder.model.decoder.layers[i]`;
+output `[B', S, D]`). With classifier-free guidance the batch is `[cond; uncond]` (rows
+`[:B'/2]` are conditional) on both; with audiocraft's `two_step_cfg` each step makes a
+conditional call then an unconditional one. A step is the position of the frame being
+decoded: the call's decoding offset (audiocraft's streaming offset, transformers' cache
+length) plus the row's position in S, so
 `steps=(start, stop)` means decoding passes start..stop-1 (delay pattern: pass i predicts
 codebook 0 of frame i) and also applies position-wise to a teacher-forced forward.
 `schedule` shapes the edit inside that window (`parse_schedule`): every step (default),
@@ -31,7 +33,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from bridge import defaults
+from bridge import backends, defaults
 
 HALVES = ("cond", "uncond", "both")
 SCHEDULES = ("every", "ramp")
@@ -74,15 +76,6 @@ def load_directions(path: str) -> tuple[torch.Tensor, dict]:
     return load_file(p)["directions"], json.load(f)
 
 
-def _lm(model):
-  return model.lm if hasattr(model, "lm") else model
-
-
-def _two_step(model) -> bool:
-  gp = getattr(model, "generation_params", None) or {}
-  return bool(gp.get("two_step_cfg") or getattr(_lm(model), "two_step_cfg", False))
-
-
 def _as_vector(v, d: int) -> torch.Tensor:
   t = torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v).float()
   if t.shape != (d,):
@@ -98,14 +91,15 @@ class _Steerer(contextlib.AbstractContextManager):
 
   def __init__(self, module: torch.nn.Module, *, half: str = "cond",
                steps: tuple[int | None, int | None] | None = None,
-               offset_fn: Callable[[], int] | None = None, two_step: bool = False,
-               schedule=None):
+               offset_fn: Callable[[dict, int], int] | None = None, two_step: bool = False,
+               schedule=None, rows_fn: Callable[[int], slice | None] | None = None):
     if half not in HALVES:
       raise ValueError(f"half={half!r}; allowed: {', '.join(HALVES)}")
     self.module, self.half, self.two_step = module, half, two_step
     start, stop = steps if steps is not None else (None, None)
     self.start, self.stop = (0 if start is None else int(start)), stop
-    self.offset_fn = offset_fn or (lambda: 0)
+    self.offset_fn = offset_fn or (lambda kwargs, S: 0)
+    self.rows_fn = rows_fn          # overrides the half -> rows rule (text encoder calls)
     self.schedule = parse_schedule(schedule)
     self.calls = 0            # hook calls seen (tests, debugging)
     self._handle = None
@@ -113,6 +107,8 @@ class _Steerer(contextlib.AbstractContextManager):
 
   # -- which rows and positions --------------------------------------------------------
   def _rows(self, n: int, offset: int) -> slice | None:
+    if self.rows_fn is not None:
+      return self.rows_fn(n)
     if self.two_step:        # one half per call: cond first, then uncond, at each offset
       k = self._seen.get(offset, 0)
       if offset == 0 and k >= 2:          # a new generation restarts at offset 0
@@ -143,12 +139,12 @@ class _Steerer(contextlib.AbstractContextManager):
     """x [r, s, D] -> edited x; `w` [s] schedule weights (None: all 1)."""
     raise NotImplementedError
 
-  def _hook(self, module, args, output):
+  def _hook(self, module, args, output, kwargs=None):
     self.calls += 1
     out = output[0] if isinstance(output, tuple) else output
     squeeze = out.dim() == 2
     o = out.unsqueeze(1) if squeeze else out
-    offset = int(self.offset_fn())
+    offset = int(self.offset_fn(kwargs, o.shape[1]))
     rows = self._rows(o.shape[0], offset)
     keep, w = self._positions(o.shape[1], offset)
     keep = keep.to(o.device)
@@ -168,7 +164,8 @@ class _Steerer(contextlib.AbstractContextManager):
     if self._handle is not None:
       raise RuntimeError("steering hook already active (contexts are not re-entrant)")
     self._seen.clear()
-    self._handle = self.module.register_forward_hook(self._hook)
+    self._handle = self.module.register_forward_hook(
+        lambda m, a, kw, o: self._hook(m, a, o, kw), with_kwargs=True)
     return self
 
   def __exit__(self, *exc):
@@ -178,31 +175,26 @@ class _Steerer(contextlib.AbstractContextManager):
     return False
 
 
-def _site_module(lm, layer) -> torch.nn.Module:
+def _site_module(model, layer) -> torch.nn.Module:
   """`layer`: an index (the residual stream after that block) or an LM site name
-  (`lm.layer.<i>`, `lm.layer.<i>.attn`, `lm.layer.<i>.cross_attn`)."""
+  (`lm.layer.<i>`, `lm.layer.<i>.attn`, `lm.layer.<i>.cross_attn`), on either backend."""
   from bridge import capture
+  be = backends.adapt(model)
   if isinstance(layer, str):
     try:
-      return capture.lm_site_module(lm, layer)
+      return be.layer_module(layer)
     except capture.UnknownSiteError as e:
       raise ValueError(str(e)) from None
-  layers = lm.transformer.layers
-  if not 0 <= int(layer) < len(layers):
-    raise ValueError(f"layer={layer} out of range: the LM has {len(layers)} layers")
-  return layers[int(layer)]
+  n = be.info.num_layers
+  if not 0 <= int(layer) < n:
+    raise ValueError(f"layer={layer} out of range: the LM has {n} layers")
+  return be.layer_module(int(layer))
 
 
 def _layer_kwargs(model, layer, half, steps, schedule=None) -> dict:
-  lm = _lm(model)
-  module = _site_module(lm, layer)
-  state = lm.transformer._streaming_state
-
-  def offset():
-    o = state.get("offsets") if isinstance(state, dict) else None
-    return int(o.reshape(-1)[0]) if o is not None else 0
-  return dict(module=module, half=half, steps=steps, offset_fn=offset,
-              two_step=_two_step(model), schedule=schedule)
+  be = backends.adapt(model)
+  return dict(module=_site_module(be, layer), half=half, steps=steps,
+              offset_fn=be.step_offset, two_step=be.two_step, schedule=schedule)
 
 
 class add_direction(_Steerer):
@@ -221,7 +213,7 @@ class add_direction(_Steerer):
                schedule=None):
     kw = _layer_kwargs(model, layer, half, steps, schedule)
     super().__init__(**kw)
-    d = int(_lm(model).dim)
+    d = int(backends.adapt(model).info.d_model)
     self.alpha = float(alpha) * (1.0 if relative_to is None else float(relative_to))
     self.vector = self.alpha * _as_vector(direction, d)
     self._cast: torch.Tensor | None = None
@@ -347,19 +339,30 @@ class add_text_direction(_Steerer):
   `'t5.hidden'` (the T5 last hidden state, 768-d for T5-base). Every token of the chosen
   half's prompts is shifted; `steps` does not apply (conditioning is computed once).
   Magnitudes as for `add_direction`: alpha x `relative_to` (that site's RMS norm), or raw
-  units of the site without it."""
+  units of the site without it.
+
+  transformers: T5 runs on the B prompts only (the unconditional half is zeros appended
+  after it, fully masked in cross-attention), and the projection runs at every step on
+  `[2B]` rows; so half='cond' there means every T5 row, and half='uncond' is refused (a
+  masked half cannot be steered)."""
 
   def __init__(self, model, direction, alpha: float, relative_to: float | None = None,
                site: str = "cond.proj", half: str = "cond"):
-    from bridge import models
-    cond = models.text_conditioner(model)
-    if site == "cond.proj":
-      module, d = cond.output_proj, cond.output_proj.out_features
-    elif site == "t5.hidden":
-      module, d = cond.t5, cond.dim
-    else:
+    be = backends.adapt(model)
+    if site not in ("cond.proj", "t5.hidden"):
       raise ValueError(f"site={site!r}; allowed: 'cond.proj', 't5.hidden'")
-    super().__init__(module, half=half)
+    info, rows_fn = be.info, None
+    if site == "cond.proj":
+      module, d = be.proj_module(), info.d_model
+    else:
+      module, d = be.text_module(), info.t5_dim
+    if be.name == "transformers":
+      if half == "uncond":
+        raise ValueError("half='uncond' on the transformers backend: its unconditional text "
+                         "is zeros fully masked in cross-attention, so steering it does nothing")
+      if site == "t5.hidden":
+        rows_fn = lambda n: slice(0, n)   # noqa: E731 - T5 sees only the conditional prompts
+    super().__init__(module, half=half, rows_fn=rows_fn)
     self.site = site
     self.vector = float(alpha) * (1.0 if relative_to is None else float(relative_to)) * \
         _as_vector(direction, d)
@@ -367,14 +370,14 @@ class add_text_direction(_Steerer):
   def edit(self, x, w=None):
     return x + self.vector.to(device=x.device, dtype=x.dtype)
 
-  def _hook(self, module, args, output):
+  def _hook(self, module, args, output, kwargs=None):
     if self.site == "t5.hidden":         # a ModelOutput: edit last_hidden_state in place
       h = output.last_hidden_state
-      new = super()._hook(module, args, h)
+      new = super()._hook(module, args, h, kwargs)
       if new is not None:
         output.last_hidden_state = new
       return output
-    return super()._hook(module, args, output)
+    return super()._hook(module, args, output, kwargs)
 
 
 # --------------------------------------------------------------------------------------
@@ -406,7 +409,7 @@ def _check_fits(model, dirs, layer: int, exp_dir: str, model_name: str) -> None:
                      f"but model {model_name!r} has d_model={info.d_model}; export from a run "
                      f"trained on this model's activations")
   if isinstance(layer, str):
-    _site_module(_lm(model), layer)      # an attention site of a layer the model has
+    _site_module(model, layer)      # an attention site of a layer the model has
   elif not 0 <= layer < info.num_layers:
     raise ValueError(f"{exp_dir}/directions.json: layer {layer} but model {model_name!r} has "
                      f"{info.num_layers} layers")

@@ -6,8 +6,10 @@ they are self-describing and in the layout SAELens users already load::
     exports/<run>/sae_weights.safetensors   W_enc [d, m], b_enc [m], W_dec [m, d], b_dec [d],
                                       threshold [m] (jumprelu, batchtopk, matryoshka)
     exports/<run>/cfg.json            architecture (SAELens inference name), d_in, d_sae,
-                                      k, hook_name (a module path under MusicGen.lm, e.g.
-                                      transformer.layers.12), hook_layer, dtype, metadata,
+                                      k, hook_name (a module path on the backend's model:
+                                      audiocraft MusicGen.lm transformer.layers.12,
+                                      transformers MusicgenForConditionalGeneration
+                                      decoder.model.decoder.layers.12), hook_layer, metadata,
                                       musicsae (our site name, e.g. lm.layer.12, and more)
 
 `sae_lens.SAE.load_from_disk(exports/<run>)` loads it (tests/test_saelens.py).
@@ -55,14 +57,32 @@ class ExportError(ValueError):
   """Bad export input or a malformed export directory (names the file and the problem)."""
 
 
-def hook_module(site: str) -> str:
-  """The torch module a user hooks to read `site`, as a path relative to `MusicGen.lm`
-  (audiocraft's LMModel): `lm.get_submodule(path)` for the layers and `cond.proj`.
+# The object a hook_name is relative to, per backend (`model.backend` in the config).
+HOOK_ROOTS = {"audiocraft": "MusicGen.lm (audiocraft LMModel)",
+              "transformers": "MusicgenForConditionalGeneration (transformers)"}
 
-  The T5 sites name the conditioner's `t5` attribute (not a registered submodule: reach it
-  with attribute access); `t5.pooled` is its output mean-pooled over valid tokens.
+
+def hook_module(site: str, backend: str = "audiocraft") -> str:
+  """The torch module a user hooks to read `site`, as a path relative to `HOOK_ROOTS[backend]`.
+
+  audiocraft: relative to `MusicGen.lm`, `lm.get_submodule(path)` for the layers and
+  `cond.proj`; the T5 sites name the conditioner's `t5` attribute (not a registered
+  submodule: reach it with attribute access). transformers: relative to the
+  `MusicgenForConditionalGeneration`, `model.get_submodule(path)` for every site.
+  `t5.pooled` is the T5 output mean-pooled over valid tokens. Layer outputs are
+  `[2B, T, D]` under guidance on both: conditional rows, then unconditional.
   """
+  if backend not in HOOK_ROOTS:
+    raise ExportError(f"model.backend={backend!r}; expected one of {', '.join(HOOK_ROOTS)}")
   layer = _layer_of(site.removesuffix(".uncond"))
+  if backend == "transformers":
+    if layer is not None:
+      return f"decoder.model.decoder.layers.{layer}"
+    base, _, tail = site.removesuffix(".uncond").rpartition(".")
+    if tail in _HF_ATTN_MODULES and _layer_of(base) is not None:
+      return f"decoder.model.decoder.layers.{_layer_of(base)}.{_HF_ATTN_MODULES[tail]}"
+    return {"cond.proj": "enc_to_dec_proj", "t5.hidden": "text_encoder",
+            "t5.pooled": "text_encoder"}.get(site, site)
   if layer is not None:
     return f"transformer.layers.{layer}"          # output [2B, T, D]: cond rows, then uncond
   base, _, tail = site.removesuffix(".uncond").rpartition(".")
@@ -74,6 +94,7 @@ def hook_module(site: str) -> str:
 
 
 _ATTN_MODULES = {"attn": "self_attn", "cross_attn": "cross_attention"}   # output (x, None)
+_HF_ATTN_MODULES = {"attn": "self_attn", "cross_attn": "encoder_attn"}    # output (x, weights)
 
 
 def _block_of(site: str) -> int | None:
@@ -149,7 +170,7 @@ def fold_params(params: dict[str, Any], architecture: str, scale: float) -> dict
 def export_sae(params: dict[str, Any], sae_cfg: Any = None, *, site: str, layer: int | None,
                d: int, m: int, k: int | None, architecture: str, scale: float, out_dir: str,
                normalization: dict | None = None, model_name: str = "",
-               extra: dict | None = None) -> str:
+               extra: dict | None = None, backend: str = "audiocraft") -> str:
   """Write `sae_weights.safetensors` + `cfg.json` (normalisation folded in); returns out_dir.
 
   `params` are training-space arrays (`W_enc`, `b_enc`, `W_dec`, `b_dec`, plus
@@ -174,13 +195,13 @@ def export_sae(params: dict[str, Any], sae_cfg: Any = None, *, site: str, layer:
       "d_in": int(d), "d_sae": int(m), "dtype": "float32", "device": "cpu",
       "apply_b_dec_to_input": True,
       "normalize_activations": "none",          # folded in: feed raw activations
-      "hook_name": hook_module(site), "hook_layer": hook_layer, "hook_head_index": None,
+      "hook_name": hook_module(site, backend), "hook_layer": hook_layer, "hook_head_index": None,
       "model_name": model_name,
       "activation_fn_str": {"relu": "relu", "topk": "topk"}.get(SAELENS_ARCH[architecture], "relu"),
       "activation_fn_kwargs": {"k": k_out} if architecture == "topk" else {},
-      "metadata": {"model_name": model_name, "hook_name": hook_module(site),
+      "metadata": {"model_name": model_name, "hook_name": hook_module(site, backend),
                    "hook_layer": hook_layer, "hook_head_index": None, "musicsae_site": site,
-                   "hook_module_root": "MusicGen.lm (audiocraft LMModel)"},
+                   "hook_module_root": HOOK_ROOTS[backend], "model_backend": backend},
       # This project: the training architecture and how to undo the folding.
       "musicsae": {
           "format_version": FORMAT_VERSION, "architecture": architecture, "k": k_out,
@@ -342,11 +363,12 @@ def export_run(workdir: str, run: str, out: str | None = None, *, step: int | No
   bad = [i for i in ids if not 0 <= i < m]
   if bad:          # checked before anything is written: a failed export leaves the old one
     raise ExportError(f"feature ids {bad} out of range [0, {m}) for run {run!r}")
-  model_name = config.get("model", {}).get("name", "") if isinstance(config.get("model"), dict) else ""
+  mcfg = config.get("model") if isinstance(config.get("model"), dict) else {}
+  model_name, backend = mcfg.get("name", ""), mcfg.get("backend", "audiocraft")
   export_sae(params, resolved, site=site, layer=_layer_of(site), d=d, m=m,
              k=resolved.get("k"), architecture=arch, scale=float(norm.get("scale", 1.0)),
              out_dir=out, normalization=norm, model_name=model_name,
-             extra={"run": run, "step": step})
+             extra={"run": run, "step": step}, backend=backend)
   if ids:
     export_directions(params, ids, labels, site, _layer_of(site), _mean_norm(norm), out,
                       run=run, step=step)
