@@ -1,9 +1,16 @@
 """Analyse a trained SAE: `python -m launch.analyze --config=configs/tiny.py --workdir=DIR`.
 
 Writes reports/<run>/{features,selectivity,probes}.json and report.html (see WORKSPACE.md).
+Feature labels (`--config.analysis.labelers="('words','clap','llm')"`): after the analysis, the
+CLAP embeddings run in a separate torch process (`python -m bridge.label_clap REPORT_DIR`), then
+reports/<run>/labels.json and the report's labels section are written (README, "Feature labels").
 Seed stability: `--compare_run=OTHER` matches the two runs' decoder rows (reports/<run>/stability.json);
 `--compare_only=1` skips the rest. Override fields: `--config.analysis.label_keys="('emotion','genre')" --config.analysis.probe_folds=4`.
 """
+import os
+import subprocess
+import sys
+
 from absl import app, flags, logging
 
 from launch import common
@@ -13,11 +20,26 @@ from musicsae_jax import analysis
 _CONFIG = common.define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workspace root (reports/<run>/ goes here).")
 _COMPARE = flags.DEFINE_string(
-    "compare_run", None, "Seed stability: also match this run's decoder rows to config.run's "
+    "compare_run", None, "Feature labels (`--config.analysis.labelers="('words','clap','llm')"`): after the analysis, the
+CLAP embeddings run in a separate torch process (`python -m bridge.label_clap REPORT_DIR`), then
+reports/<run>/labels.json and the report's labels section are written (README, "Feature labels").
+Seed stability: also match this run's decoder rows to config.run's "
     "(Hungarian on cosine; greedy above 4096 features) and write reports/<run>/stability.json.")
 _THRESHOLD = flags.DEFINE_float("match_threshold", 0.7, "Cosine for a --compare_run match.")
 _ONLY = flags.DEFINE_bool("compare_only", False, "With --compare_run: skip the analysis.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _labels(paths: dict) -> dict:
+  """CLAP embeddings in a torch process (the bridge), then labels.json + report section."""
+  from musicsae_jax.analysis import labelers, pipeline
+  s = labelers.resolve(pipeline.resolve(_CONFIG.value))
+  report_dir = os.path.dirname(paths["report"])
+  if "clap" in s["labelers"] and paths.get("label_examples"):
+    r = subprocess.run([sys.executable, "-m", "bridge.label_clap", report_dir], cwd=common.REPO_ROOT)
+    if r.returncode:
+      sys.exit(f"CLAP labels failed (exit {r.returncode}); rerun: python -m bridge.label_clap {report_dir}")
+  return {"labels": labelers.write_labels(report_dir, s, _WORKDIR.value, log=logging.info)}
 
 
 def main(argv):
@@ -27,6 +49,7 @@ def main(argv):
   with common.user_errors():
     if not _ONLY.value:
       paths = analysis.analyze(_CONFIG.value, _WORKDIR.value, log=logging.info, bars=True)
+      paths.update(_labels(paths))
     if _COMPARE.value:
       from musicsae_jax.analysis import pipeline
       r = pipeline.seed_stability(_WORKDIR.value, _CONFIG.value.run, _COMPARE.value,
@@ -40,4 +63,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  from musicsae_jax.analysis.labelers import llm
+  common.run(main, extra=(llm.LLMError,))

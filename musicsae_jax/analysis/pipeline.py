@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from musicsae_jax import defaults, metrics, progress, store as store_lib
-from musicsae_jax.analysis import labels as lab, probes, report, stats, validity
+from musicsae_jax.analysis import labelers, labels as lab, probes, report, stats, validity
 from musicsae_jax.analysis.stats import AnalysisError
 
 AUDIO_SITE = "audio.descriptors"
@@ -127,6 +127,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
     if s not in ds.sites:
       raise AnalysisError(f"analysis.probe_sites names {s!r}; store sites: {sorted(ds.sites)}")
   probe_sites.sort(key=_layer_key)
+  lab_cfg = labelers.resolve(a)
   label_info = {}
   for key in a["label_keys"]:
     values, y = lab.label_vector(prompts, key)
@@ -145,7 +146,10 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
                   or [f"descriptor_{j}" for j in range(desc.d)])
   log(f"analyze: run {a['run']} (step {step}, d={d_run}, m={m}) on {site_name}: "
       f"{site.num_rows} rows, {P} prompts")
-  st = stats.feature_stats(site, enc, P, top_n=max(int(a["top_frames"]), 1), descriptors=desc,
+  top_n = max(int(a["top_frames"]), 1)
+  if "clap" in lab_cfg["labelers"] or "llm" in lab_cfg["labelers"]:
+    top_n = max(top_n, int(lab_cfg["scan_frames"]))   # example frames for the labelers
+  st = stats.feature_stats(site, enc, P, top_n=top_n, descriptors=desc,
                            progress=_progress(log, f"features {site_name}", bars))
 
   # --- discovery, selectivity ------------------------------------------------------------
@@ -263,6 +267,11 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
     paths[name] = os.path.join(out_dir, f"{name}.json")
     with open(paths[name], "w") as f:
       json.dump(obj, f, indent=2, default=_jsonable)
+  req = labelers.write_request(out_dir, st, disc["features"], lab_cfg, site=site_name,
+                               frame_rate=ds.manifest.get("model", {}).get("frame_rate"),
+                               dataset_path=ds_path)
+  if req:
+    paths["label_examples"] = req
   tr_png = os.path.join(workdir, "runs", a["run"], "training_curves.png")
   training = report.png_file(tr_png) if os.path.exists(tr_png) else _training_from_metrics(
       os.path.join(workdir, "runs", a["run"], "metrics.jsonl"))
