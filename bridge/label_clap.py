@@ -24,7 +24,7 @@ from bridge import steer_clap
 
 REQUEST, OUT = "label_examples.json", "clap_embeddings"
 # The random test model, shrunk: 16 kHz input, 2 s windows, a small spectrogram image.
-TINY = {"sampling_rate": 16000, "spec_size": 128, "max_length_s": 2.0}
+TINY = {"sampling_rate": 16000, "spec_size": 128, "max_length_s": 2}
 
 
 def _write(report_dir: str, meta: dict, audio=None, text=None) -> None:

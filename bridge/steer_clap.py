@@ -20,7 +20,7 @@ TINY = "tiny"
 
 
 def _tiny(seed: int = 0, words=(), sampling_rate: int = 48000, spec_size: int = 256,
-          max_length_s: float = 10.0):
+          max_length_s: int = 10):
   """The random test CLAP. `words`: extra tokenizer words (a label vocabulary: words outside
   the tokenizer all read as <unk>); the other arguments shrink the audio side for speed."""
   import re

@@ -20,10 +20,7 @@ from musicsae_jax import analysis
 _CONFIG = common.define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workspace root (reports/<run>/ goes here).")
 _COMPARE = flags.DEFINE_string(
-    "compare_run", None, "Feature labels (`--config.analysis.labelers="('words','clap','llm')"`): after the analysis, the
-CLAP embeddings run in a separate torch process (`python -m bridge.label_clap REPORT_DIR`), then
-reports/<run>/labels.json and the report's labels section are written (README, "Feature labels").
-Seed stability: also match this run's decoder rows to config.run's "
+    "compare_run", None, "Seed stability: also match this run's decoder rows to config.run's "
     "(Hungarian on cosine; greedy above 4096 features) and write reports/<run>/stability.json.")
 _THRESHOLD = flags.DEFINE_float("match_threshold", 0.7, "Cosine for a --compare_run match.")
 _ONLY = flags.DEFINE_bool("compare_only", False, "With --compare_run: skip the analysis.")

@@ -122,7 +122,7 @@ class _Stub(http.server.BaseHTTPRequestHandler):
     user = body["messages"][-1]["content"]
     if "JSON list" in user:
       lines = [ln for ln in user.splitlines() if ln[:1].isdigit()]
-      content = json.dumps([int("guitar" in ln) for ln in lines])
+      content = json.dumps([int('caption "guitar' in ln) for ln in lines])
     else:
       content = '"guitar sounds"\n'
     reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()

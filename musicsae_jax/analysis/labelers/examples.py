@@ -6,7 +6,9 @@ Per feature, from the streamed statistics of the analysis:
   `explain` (the labeller sees them) and `heldout_pos` (only the scorer sees them), so no
   prompt is in both;
 - non-activating clips: prompts where the feature never fires (prompt max = 0), a random
-  frame each, split into `contrast` (shown to the LLM labeller) and `heldout_neg`;
+  frame each; when too few clips are silent, the clips with the weakest maximum fill in
+  (`clip_max` records it; the snippet's own activation is at most that). They are split
+  into `contrast` (shown to the LLM labeller) and `heldout_neg`;
 - `random`: snippets drawn uniformly over all prompts and frames, shared by every feature:
   the chance reference for "closer than chance".
 A snippet is `[prompt_id, start_frame, num_frames]` (a window of `snippet_seconds` inside
@@ -57,13 +59,17 @@ def choose(st, feature_ids: list[int], *, frame_rate: float, examples: int, cont
         act.append({"snippet": snip.add(p, fr), "prompt_id": p, "frame": fr, "activation": a})
     explain, heldout_pos = act[0::2][:examples], act[1::2][:examples]
     frng = np.random.default_rng([seed, f])
-    silent = with_rows[np.asarray(st.prompt_max)[with_rows, f] <= 0]
-    silent = frng.permutation(silent)[: 2 * contrast]
+    pmax = np.asarray(st.prompt_max)[:, f]
+    cand = np.array([p for p in with_rows if p not in seen], np.int64)
+    silent = frng.permutation(cand[pmax[cand] <= 0])
+    if len(silent) < 2 * contrast:                       # too few silent clips: the weakest
+      weak = cand[pmax[cand] > 0]
+      silent = np.concatenate([silent, weak[np.argsort(pmax[weak], kind="stable")]])
     neg = []
-    for p in silent:
+    for p in frng.permutation(silent[: 2 * contrast]):
       fr = int(frng.integers(counts[p]))
       neg.append({"snippet": snip.add(int(p), fr), "prompt_id": int(p), "frame": fr,
-                  "activation": 0.0})
+                  "activation": 0.0, "clip_max": float(pmax[p])})
     half = (len(neg) + 1) // 2
     out.append({"id": f, "explain": explain, "heldout_pos": heldout_pos,
                 "contrast": neg[:half], "heldout_neg": neg[half:]})
