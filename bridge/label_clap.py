@@ -91,8 +91,6 @@ def main(argv: list[str]) -> int:
           file=sys.stderr)
     return 2
   try:
-    import torch
-    torch.set_num_threads(min(torch.get_num_threads(), 4))
     embed(argv[1])
   except (FileNotFoundError, ValueError) as e:
     print(f"bridge.label_clap: {e}", file=sys.stderr)

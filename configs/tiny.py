@@ -48,6 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- analysis (musicsae_jax.analysis): the defaults, plus CLAP labels ---------------
   c.analysis.labeling.clap = "tiny"    # the random test CLAP (wiring only; README "Feature labels")
+  c.analysis.labeling.threads = 1      # tiny ops only lose from threads (10x on a busy box)
 
   # --- steer (bridge.steering) --------------------------------------------------------
   c.steer.strengths = (0.0, 4.0, 8.0)  # alpha; x the site's mean norm when relative

@@ -33,7 +33,12 @@ def _labels(paths: dict) -> dict:
   s = labelers.resolve(pipeline.resolve(_CONFIG.value))
   report_dir = os.path.dirname(paths["report"])
   if "clap" in s["labelers"] and paths.get("label_examples"):
-    r = subprocess.run([sys.executable, "-m", "bridge.label_clap", report_dir], cwd=common.REPO_ROOT)
+    env = dict(os.environ)
+    if int(s["threads"]) > 0:          # read at start-up by OpenBLAS, OpenMP and torch
+      env.update({v: str(int(s["threads"])) for v in
+                  ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+    r = subprocess.run([sys.executable, "-m", "bridge.label_clap", report_dir],
+                       cwd=common.REPO_ROOT, env=env)
     if r.returncode:
       sys.exit(f"CLAP labels failed (exit {r.returncode}); rerun: python -m bridge.label_clap {report_dir}")
   return {"labels": labelers.write_labels(report_dir, s, _WORKDIR.value, log=logging.info)}

@@ -147,6 +147,8 @@ def labeling() -> ml_collections.ConfigDict:
   b.snippet_seconds = 2.0              # audio cut around each example frame
   b.scan_frames = 256                  # top frames tracked per feature to find example frames
   b.top_words = 5                      # CLAP candidates kept per feature
+  b.threads = 0                        # >0: BLAS/OpenMP/torch threads of the CLAP process
+                                       # (tiny models only lose from threads); 0: defaults
   b.llm_timeout = 60.0                 # seconds per request
   b.llm_retries = 3                    # on 5xx / timeouts, with exponential backoff
   b.llm_backoff = 1.0                  # first retry delay, seconds

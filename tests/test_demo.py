@@ -52,3 +52,7 @@ def test_demo_end_to_end(tmp_path):
   assert html.count('<section id="steering">') == 1
   assert html.count("data:image/png;base64,") >= 3
   assert (tmp_path / "reports" / "tiny" / "steer.png").exists()
+  labels = json.load(open(tmp_path / "reports" / "tiny" / "labels.json"))   # words + tiny CLAP
+  assert labels["labelers"]["clap"]["status"] == "ok" and len(labels["features"]) == 5
+  assert {lab["source"] for f in labels["features"] for lab in f["labels"]} == {"words", "clap"}
+  assert labels["detection"]["clap"]["n"] == 5 and html.count('<section id="labels">') == 1

@@ -147,7 +147,8 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
   log(f"analyze: run {a['run']} (step {step}, d={d_run}, m={m}) on {site_name}: "
       f"{site.num_rows} rows, {P} prompts")
   top_n = max(int(a["top_frames"]), 1)
-  if "clap" in lab_cfg["labelers"] or "llm" in lab_cfg["labelers"]:
+  if (("clap" in lab_cfg["labelers"] or "llm" in lab_cfg["labelers"])
+      and site_name.startswith("lm.layer.") and os.path.isdir(os.path.join(ds_path, "audio"))):
     top_n = max(top_n, int(lab_cfg["scan_frames"]))   # example frames for the labelers
   st = stats.feature_stats(site, enc, P, top_n=top_n, descriptors=desc,
                            progress=_progress(log, f"features {site_name}", bars))

@@ -383,10 +383,10 @@ def labels_section(labels: dict) -> str:
   for f in labels.get("features", []):
     cells = {}
     for lab_ in f["labels"]:
-      extra = (f", margin {lab_['margin']:+.3f}, z {lab_['z']:.1f}" if "margin" in lab_ else "")
+      extra = (f", margin {lab_['margin']:+.2g}, z {lab_['z']:.1f}" if "margin" in lab_ else "")
       cells[lab_["source"]] = (f"{html.escape(lab_['label'])} <i>({_f(lab_.get('score'), 2)}"
                                f"{extra})</i>")
-    cands = ", ".join(f"{html.escape(c['word'])} ({c['margin']:+.3f})"
+    cands = ", ".join(f"{html.escape(c['word'])} ({c['margin']:+.2g})"
                       for c in f.get("clap_candidates", [])[1:])
     rows.append([f["id"]] + [cells.get(s, "–") for s in ("words", "clap", "llm")] + [cands])
   body += _table(["feature", "words", "CLAP", "LLM", "next CLAP candidates (margin)"], rows)
