@@ -188,3 +188,18 @@ def test_llm_client_gives_up_with_one_line(tmp_path, stub_server):
   assert labelers.resolve({"labelers": ("words",)})["labelers"] == ("words",)
   with pytest.raises(labelers.AnalysisError, match="unknown"):
     labelers.resolve({"labelers": ("words", "gpt")})
+
+
+def test_without_audio_the_labels_say_why_and_keep_the_words(tmp_path):
+  out, s = _workspace(tmp_path)
+  os.rmdir(tmp_path / "activations" / "toy" / "audio")
+  assert labelers.write_request(str(out), FakeStats(), [{"id": 0}], s, frame_rate=50.0,
+                                dataset_path=str(tmp_path / "activations" / "toy"),
+                                site="lm.layer.3") is None
+  lines = []
+  labelers.write_labels(str(out), s, str(tmp_path), log=lines.append)
+  res = json.load(open(out / "labels.json"))
+  assert "save_audio" in res["labelers"]["clap"]["skipped"] and lines == [
+      f"labels: clap skipped: {res['labelers']['clap']['skipped']}"]
+  assert [f["labels"] for f in res["features"]][0] == [
+      {"source": "words", "label": "guitar tune", "score": None}]

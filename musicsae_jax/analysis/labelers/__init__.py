@@ -63,8 +63,9 @@ def vocabulary(path: str) -> list[str]:
 
 def write_request(out_dir: str, st, features: list[dict], s: dict, *, frame_rate: float | None,
                   dataset_path: str, site: str) -> str | None:
-  """label_examples.json for `features` (features.json entries); None if no labeler needs it.
-  Without audio frames to cut (a text site, no saved audio) it holds {"skipped": reason}."""
+  """label_examples.json for `features` (features.json entries): its path, or None when no
+  labeler needs it or there are no audio frames to cut (a text site, no saved audio: then
+  the file holds {"skipped": reason} for `write_labels`)."""
   path = os.path.join(out_dir, REQUEST)
   for stale in (path, os.path.join(out_dir, EMBEDDINGS + ".json")):
     if os.path.exists(stale):
@@ -79,7 +80,7 @@ def write_request(out_dir: str, st, features: list[dict], s: dict, *, frame_rate
   if why:
     with open(path, "w") as f:
       json.dump({"skipped": why}, f)
-    return path
+    return None
   feats = features[: int(s["max_features"])]
   req = examples.choose(st, [f["id"] for f in feats], frame_rate=frame_rate,
                         examples=int(s["examples"]), contrast=int(s["contrast"]),
