@@ -117,7 +117,9 @@ def describe(ex: dict, prompts: list[dict], frame_rate: float, window: list[int]
   if clap_words:
     parts.append("CLAP hears: " + ", ".join(clap_words))
   if with_activation:
-    parts.append(f"activation {ex['activation']:.3g}")
+    weak = ex.get("clip_max", 0.0)
+    parts.append(f"activation at most {weak:.3g} (a weak clip)" if weak > 0
+                 else f"activation {ex['activation']:.3g}")
   return "; ".join(parts)
 
 
@@ -125,7 +127,7 @@ def explain_messages(feature: dict, top: list[str], contrast: list[str], context
   lines = [f"Feature {feature['id']}."] + context
   lines += ["Snippets where it is most active:"] + [f"{i + 1}. {t}" for i, t in enumerate(top)]
   if contrast:
-    lines += ["Snippets where it is silent (activation 0):"]
+    lines += ["Snippets where it is silent or weakest:"]
     lines += [f"{i + 1}. {t}" for i, t in enumerate(contrast)]
   lines.append("In at most 8 words, what does this feature detect in the music? Reply with "
                "the description only.")
