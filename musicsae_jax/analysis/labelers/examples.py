@@ -60,7 +60,8 @@ def choose(st, feature_ids: list[int], *, frame_rate: float, examples: int, cont
     explain, heldout_pos = act[0::2][:examples], act[1::2][:examples]
     frng = np.random.default_rng([seed, f])
     pmax = np.asarray(st.prompt_max)[:, f]
-    cand = np.array([p for p in with_rows if p not in seen], np.int64)
+    used = {e["prompt_id"] for e in explain + heldout_pos}
+    cand = np.array([p for p in with_rows if p not in used], np.int64)
     silent = frng.permutation(cand[pmax[cand] <= 0])
     if len(silent) < 2 * contrast:                       # too few silent clips: the weakest
       weak = cand[pmax[cand] > 0]
