@@ -55,32 +55,54 @@ def embed(report_dir: str, batch: int = 32, log=print) -> dict:
     return meta
   import soundfile as sf
   t0 = time.time()
-  fr, snippets, clips = float(req["frame_rate"]), req["snippets"], {}
-  wavs, sr = [], None
-  for pid, start, length in snippets:
-    if pid not in clips:
+  fr, snippets = float(req["frame_rate"]), req["snippets"]
+  audio, sr, clip = None, None, (None, None, None)
+  batch_ids, batch_wavs = [], []
+
+  done, last = 0, [time.time()]
+
+  def flush():
+    nonlocal audio, done
+    emb = scorer.audio(batch_wavs, sr)
+    if audio is None:
+      audio = np.zeros((len(snippets), emb.shape[1]), np.float32)
+    audio[batch_ids] = emb
+    done += len(batch_ids)
+    batch_ids.clear(), batch_wavs.clear()
+    if time.time() - last[0] > 10 and done < len(snippets):
+      last[0] = time.time()
+      rate = done / (time.time() - t0)
+      log(f"labels: CLAP {done}/{len(snippets)} snippets, {rate:.1f}/s, "
+          f"ETA {(len(snippets) - done) / rate:.0f} s")
+
+  # one clip in memory at a time: snippets in prompt order, embedded in batches
+  for i in sorted(range(len(snippets)), key=lambda j: snippets[j][0]):
+    pid, start, length = snippets[i]
+    if clip[0] != pid:
       wav_path = os.path.join(req["audio_dir"], f"{pid:06d}.wav")
       if not os.path.exists(wav_path):
         raise FileNotFoundError(f"{wav_path} not found: CLAP labels need the extracted audio "
                                 f"(extract with --config.extract.save_audio=True)")
-      clips[pid] = sf.read(wav_path, dtype="float32", always_2d=True)
-    y, rate = clips[pid]
+      clip = (pid, *sf.read(wav_path, dtype="float32", always_2d=True))
+    _, y, rate = clip
     if sr is None:
       sr = rate
     elif rate != sr:
       raise ValueError(f"{req['audio_dir']}: clips at {sr} and {rate} Hz; expected one rate")
     a, b = int(round(start / fr * rate)), int(round((start + length) / fr * rate))
-    wavs.append(y[a:max(b, a + 1)].mean(1))
-  audio = []
-  for i in range(0, len(wavs), batch):
-    audio.append(scorer.audio(wavs[i:i + batch], sr))
+    batch_ids.append(i), batch_wavs.append(y[a:max(b, a + 1)].mean(1))
+    if len(batch_ids) == batch:
+      flush()
+  if batch_ids:
+    flush()
   template = req["clap"].get("template", "{}")
   text = scorer.text([template.format(t) for t in req["clap"]["texts"]])
-  audio = np.concatenate(audio) if audio else np.zeros((0, text.shape[1]), np.float32)
-  meta = {"model": scorer.name, "snippets": len(wavs), "texts": len(req["clap"]["texts"]),
+  if audio is None:
+    audio = np.zeros((0, text.shape[1]), np.float32)
+  meta = {"model": scorer.name, "snippets": len(snippets), "texts": len(req["clap"]["texts"]),
           "sample_rate": sr, "seconds": round(time.time() - t0, 2), "request_sha256": digest}
   _write(report_dir, meta, audio, text)
-  log(f"labels: CLAP ({scorer.name}) embedded {len(wavs)} snippets and "
+  log(f"labels: CLAP ({scorer.name}) embedded {len(snippets)} snippets and "
       f"{meta['texts']} texts in {meta['seconds']:.1f} s")
   return meta
 
