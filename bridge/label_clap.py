@@ -47,7 +47,7 @@ def embed(report_dir: str, batch: int = 32, log=print) -> dict:
   digest = hashlib.sha256(raw).hexdigest()
   words = [w for t in req["clap"]["texts"] for w in t.split()]
   scorer, what = steer_clap.ClapScorer.load(req["clap"]["model"], field="analysis.labeling.clap",
-                                            tiny={**TINY, "words": words})
+                                            tiny={**TINY, "extra_words": words})
   if scorer is None:
     meta = {"skipped": what, "request_sha256": digest}
     _write(report_dir, meta)

@@ -19,16 +19,16 @@ import torch
 TINY = "tiny"
 
 
-def _tiny(seed: int = 0, words=(), sampling_rate: int = 48000, spec_size: int = 256,
+def _tiny(seed: int = 0, extra_words=(), sampling_rate: int = 48000, spec_size: int = 256,
           max_length_s: int = 10):
-  """The random test CLAP. `words`: extra tokenizer words (a label vocabulary: words outside
+  """The random test CLAP. `extra_words`: more tokenizer words (a label vocabulary: words outside
   the tokenizer all read as <unk>); the other arguments shrink the audio side for speed."""
   import re
   from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
   from bridge import prompts as prompts_lib
   from transformers import (ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel,
                             ClapTextConfig, PreTrainedTokenizerFast)
-  corpus = " ".join(p["text"] for p in prompts_lib.emotion_prompts(8)) + " music " + " ".join(words)
+  corpus = " ".join(p["text"] for p in prompts_lib.emotion_prompts(8)) + " music " + " ".join(extra_words)
   words = ["<pad>", "<s>", "</s>", "<unk>"] + sorted(set(re.findall(r"\w+", corpus.lower())))
   tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
   tok.normalizer = normalizers.Lowercase()               # the built-in prompts' vocabulary

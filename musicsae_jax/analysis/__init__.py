@@ -2,7 +2,8 @@
 discovery, label selectivity, linear probes, cosine similarity, acoustic grounding and the
 HTML report. Modules: `stats` (streaming), `labels` (selectivity, cosine, discovery),
 `validity` (held-out split, max-statistic null, BH, position flags, decoder matching),
-`probes` (k-fold logistic regression), `report` (HTML), `pipeline` (`analyze`).
+`probes` (k-fold logistic regression), `report` (HTML), `pipeline` (`analyze`), `labelers`
+(feature labels from words, CLAP and an LLM, scored by detection: labels.json).
 """
 from musicsae_jax.analysis.stats import AnalysisError, Encoder, FeatureStats, feature_stats, \
     prompt_means, sae_from_params
