@@ -19,13 +19,16 @@ import torch
 TINY = "tiny"
 
 
-def _tiny(seed: int = 0):
+def _tiny(seed: int = 0, extra_words=(), sampling_rate: int = 48000, spec_size: int = 256,
+          max_length_s: int = 10):
+  """The random test CLAP. `extra_words`: more tokenizer words (a label vocabulary: words outside
+  the tokenizer all read as <unk>); the other arguments shrink the audio side for speed."""
   import re
   from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
   from bridge import prompts as prompts_lib
   from transformers import (ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel,
                             ClapTextConfig, PreTrainedTokenizerFast)
-  corpus = " ".join(p["text"] for p in prompts_lib.emotion_prompts(8)) + " music"
+  corpus = " ".join(p["text"] for p in prompts_lib.emotion_prompts(8)) + " music " + " ".join(extra_words)
   words = ["<pad>", "<s>", "</s>", "<unk>"] + sorted(set(re.findall(r"\w+", corpus.lower())))
   tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
   tok.normalizer = normalizers.Lowercase()               # the built-in prompts' vocabulary
@@ -35,13 +38,14 @@ def _tiny(seed: int = 0):
   text = ClapTextConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1,
                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
                         projection_dim=16)
-  audio = ClapAudioConfig(spec_size=256, patch_size=4, num_mel_bins=64, hidden_size=32,
+  audio = ClapAudioConfig(spec_size=spec_size, patch_size=4, num_mel_bins=64, hidden_size=32,
                           patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[2, 2],
                           window_size=4, enable_fusion=False, projection_dim=16)
   torch.manual_seed(seed)
   model = ClapModel(ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(),
                                projection_dim=16)).eval()
-  fe = ClapFeatureExtractor(feature_size=64, sampling_rate=48000, truncation="rand_trunc")
+  fe = ClapFeatureExtractor(feature_size=64, sampling_rate=sampling_rate, truncation="rand_trunc",
+                            max_length_s=max_length_s)
   return model, fe, tokenizer
 
 
@@ -52,22 +56,24 @@ class ClapScorer:
     self.model, self.fe, self.tokenizer, self.name = model, feature_extractor, tokenizer, name
 
   @classmethod
-  def load(cls, spec: str) -> tuple["ClapScorer | None", str]:
-    """(scorer, description) or (None, why it is skipped)."""
+  def load(cls, spec: str, *, field: str = "steer.clap",
+           tiny: dict | None = None) -> tuple["ClapScorer | None", str]:
+    """(scorer, description) or (None, why it is skipped). `field` names the config field in
+    the messages; `tiny`: keyword arguments of the random test model (`_tiny`)."""
     if not spec:
-      return None, ("steer.clap is empty (set a local ClapModel directory saved with "
+      return None, (f"{field} is empty (set a local ClapModel directory saved with "
                     "save_pretrained, or 'tiny' for the random test model)")
     if spec == TINY:
-      return cls(*_tiny(), name="tiny random ClapModel (wiring only)"), "tiny"
+      return cls(*_tiny(**(tiny or {})), name="tiny random ClapModel (wiring only)"), "tiny"
     if not os.path.isdir(spec):
-      return None, f"steer.clap={spec!r} is not a local directory (no download is attempted)"
+      return None, f"{field}={spec!r} is not a local directory (no download is attempted)"
     from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
     try:
       model = ClapModel.from_pretrained(spec, local_files_only=True).eval()
       fe = ClapFeatureExtractor.from_pretrained(spec, local_files_only=True)
       tok = AutoTokenizer.from_pretrained(spec, local_files_only=True)
     except (OSError, ValueError) as e:
-      return None, f"steer.clap={spec!r} could not be loaded: {str(e).splitlines()[0]}"
+      return None, f"{field}={spec!r} could not be loaded: {str(e).splitlines()[0]}"
     return cls(model, fe, tok, name=spec), spec
 
   @staticmethod

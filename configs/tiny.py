@@ -46,7 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.dead_tokens = 50_000
   c.train.shuffle_mb = 64.0
 
-  # --- analysis (musicsae_jax.analysis): the defaults ----------------------------------
+  # --- analysis (musicsae_jax.analysis): the defaults, plus CLAP labels ---------------
+  c.analysis.labeling.clap = "tiny"    # the random test CLAP (wiring only; README "Feature labels")
+  c.analysis.labeling.threads = 1      # tiny ops only lose from threads (10x on a busy box)
 
   # --- steer (bridge.steering) --------------------------------------------------------
   c.steer.strengths = (0.0, 4.0, 8.0)  # alpha; x the site's mean norm when relative

@@ -2,10 +2,17 @@
 
 Writes reports/<run>/{features,selectivity,probes}.json, report.html and the feature browser
 reports/<run>/browser/ (see WORKSPACE.md).
+Feature labels (`--config.analysis.labelers="('words','clap','llm')"`): after the analysis, the
+CLAP embeddings run in a separate torch process (`python -m bridge.label_clap REPORT_DIR`), then
+reports/<run>/labels.json and the report's labels section are written (README, "Feature labels").
 Seed stability: `--compare_run=OTHER` matches the two runs' decoder rows (reports/<run>/stability.json
 and a seed-stability section in report.html);
 `--compare_only=1` skips the rest. Override fields: `--config.analysis.label_keys="('emotion','genre')" --config.analysis.probe_folds=4`.
 """
+import os
+import subprocess
+import sys
+
 from absl import app, flags, logging
 
 from launch import common
@@ -23,6 +30,23 @@ _ONLY = flags.DEFINE_bool("compare_only", False, "With --compare_run: skip the a
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _labels(paths: dict) -> dict:
+  """CLAP embeddings in a torch process (the bridge), then labels.json + report section."""
+  from musicsae_jax.analysis import labelers, pipeline
+  s = labelers.resolve(pipeline.resolve(_CONFIG.value))
+  report_dir = os.path.dirname(paths["report"])
+  if "clap" in s["labelers"] and paths.get("label_examples"):
+    env = dict(os.environ)
+    if int(s["threads"]) > 0:          # read at start-up by OpenBLAS, OpenMP and torch
+      env.update({v: str(int(s["threads"])) for v in
+                  ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+    r = subprocess.run([sys.executable, "-m", "bridge.label_clap", report_dir],
+                       cwd=common.REPO_ROOT, env=env)
+    if r.returncode:
+      sys.exit(f"CLAP labels failed (exit {r.returncode}); rerun: python -m bridge.label_clap {report_dir}")
+  return {"labels": labelers.write_labels(report_dir, s, _WORKDIR.value, log=logging.info)}
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -30,6 +54,7 @@ def main(argv):
   with common.user_errors():
     if not _ONLY.value:
       paths = analysis.analyze(_CONFIG.value, _WORKDIR.value, log=logging.info, bars=True)
+      paths.update(_labels(paths))
     if _COMPARE.value:
       from musicsae_jax.analysis import pipeline
       r = pipeline.seed_stability(_WORKDIR.value, _CONFIG.value.run, _COMPARE.value,
@@ -44,4 +69,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  from musicsae_jax.analysis.labelers import llm
+  common.run(main, extra=(llm.LLMError,))

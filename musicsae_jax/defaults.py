@@ -125,6 +125,10 @@ def analysis() -> ml_collections.ConfigDict:
   a.batch_rows = 4096                  # rows per jitted encode call
   a.seed = 0
   a.browser = browser()                # the feature browser (reports/<run>/browser/)
+  a.labelers = ("words", "clap", "llm")  # feature labels in reports/<run>/labels.json; clap
+                                       # needs labeling.clap, llm the MUSICSAE_LLM_URL env var
+                                       # (each is skipped with one line without them)
+  a.labeling = labeling()
   return a
 
 
@@ -139,4 +143,29 @@ def browser() -> ml_collections.ConfigDict:
   b.neighbours = 8                     # nearest features by decoder cosine, per page
   b.flag_min_r = 0.3                   # onset / silence flags: |r| at least this ...
   b.null_shifts = 19                   # ... and beyond all of this many circular-shift copies
+  return b
+
+
+def labeling() -> ml_collections.ConfigDict:
+  """`c.analysis.labeling`: CLAP zero-shot and LLM labels, detection scoring (labelers/)."""
+  b = ml_collections.ConfigDict()
+  b.clap = ""                          # local ClapModel dir (save_pretrained) | "tiny" (random,
+                                       # wiring only) | "" skip the CLAP labeler
+  b.vocabulary = ""                    # a text file, one descriptor a line ('#' comments);
+                                       # "": the shipped labelers/vocabulary.txt
+  b.template = "{} music"              # the text CLAP embeds for a descriptor or a label
+  b.max_features = 50                  # label the first N discovered features
+  b.examples = 8                       # activating clips per feature to label from, and as
+                                       # many held out (other prompts) for detection
+  b.contrast = 8                       # non-activating clips per feature (explain and held out)
+  b.random_snippets = 64               # shared random snippets: the chance reference
+  b.snippet_seconds = 2.0              # audio cut around each example frame
+  b.scan_frames = 256                  # top frames tracked per feature to find example frames
+  b.top_words = 5                      # CLAP candidates kept per feature
+  b.threads = 0                        # >0: BLAS/OpenMP/torch threads of the CLAP process
+                                       # (tiny models only lose from threads); 0: defaults
+  b.llm_timeout = 60.0                 # seconds per request
+  b.llm_retries = 3                    # on 5xx / timeouts, with exponential backoff
+  b.llm_backoff = 1.0                  # first retry delay, seconds
+  b.seed = 0
   return b

@@ -64,3 +64,7 @@ def test_demo_end_to_end(tmp_path):
   assert 'href="browser/index.html"' in html and (browser / "index.html").exists()
   for f in steer["features"]:                      # launch.steer adds its results to the pages
     assert "<h2>Steering</h2>" in open(browser / "features" / f"{f['feature']}.html").read()
+  labels = json.load(open(tmp_path / "reports" / "tiny" / "labels.json"))   # words + tiny CLAP
+  assert labels["labelers"]["clap"]["status"] == "ok" and len(labels["features"]) == 5
+  assert {lab["source"] for f in labels["features"] for lab in f["labels"]} == {"words", "clap"}
+  assert labels["detection"]["clap"]["n"] == 5 and html.count('<section id="labels">') == 1

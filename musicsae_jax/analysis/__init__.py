@@ -3,7 +3,8 @@ discovery, label selectivity, linear probes, cosine similarity, acoustic groundi
 HTML report. Modules: `stats` (streaming), `labels` (selectivity, cosine, discovery),
 `validity` (held-out split, max-statistic null, BH, position flags, decoder matching),
 `probes` (k-fold logistic regression), `report` (HTML), `browser` (the static feature
-browser: what each page shows) with `browser_html` (its pages), `pipeline` (`analyze`).
+browser: what each page shows) with `browser_html` (its pages), `pipeline` (`analyze`), `labelers`
+(feature labels from words, CLAP and an LLM, scored by detection: labels.json).
 """
 from musicsae_jax.analysis.stats import AnalysisError, Encoder, FeatureStats, feature_stats, \
     prompt_means, sae_from_params

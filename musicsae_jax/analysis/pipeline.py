@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from musicsae_jax import defaults, metrics, progress, store as store_lib
-from musicsae_jax.analysis import browser, labels as lab, layers, probes, report, stats, validity
+from musicsae_jax.analysis import browser, labelers, labels as lab, layers, probes, report, stats, validity
 from musicsae_jax.analysis.stats import AnalysisError
 
 AUDIO_SITE = "audio.descriptors"
@@ -137,6 +137,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
   # Held-out-vocabulary prompts (split "heldout_vocab") never train a probe or choose a
   # feature; they score what the training-vocabulary prompts chose (both splits reported).
   vocab = np.array([p.get("split") == HELDOUT_VOCAB for p in prompts], bool)
+  lab_cfg = labelers.resolve(a)
   label_info = {}
   for key in a["label_keys"]:
     values, y = lab.label_vector(prompts, key)
@@ -158,7 +159,11 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
   bcfg = a["browser"]
   null_cols = [desc_names.index(n) for n in ("onset_strength", "rms_db")
                if desc_names and n in desc_names]
-  st = stats.feature_stats(site, enc, P, top_n=max(int(a["top_frames"]), 1), descriptors=desc,
+  top_n = max(int(a["top_frames"]), 1)
+  if (("clap" in lab_cfg["labelers"] or "llm" in lab_cfg["labelers"])
+      and site_name.startswith("lm.layer.") and os.path.isdir(os.path.join(ds_path, "audio"))):
+    top_n = max(top_n, int(lab_cfg["scan_frames"]))   # example frames for the labelers
+  st = stats.feature_stats(site, enc, P, top_n=top_n, descriptors=desc,
                            peak_n=int(bcfg["top_n"]) if bcfg["enabled"] else 0,
                            null_columns=null_cols, null_shifts=int(bcfg["null_shifts"]),
                            progress=_progress(log, f"features {site_name}", bars))
@@ -308,6 +313,11 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
                             "rows": st.num_rows, "prompts": P}, steer=steer, log=log)
     paths["browser"] = b["index"]
     browser_link = os.path.relpath(b["index"], out_dir)
+  req = labelers.write_request(out_dir, st, disc["features"], lab_cfg, site=site_name,
+                               frame_rate=ds.manifest.get("model", {}).get("frame_rate"),
+                               dataset_path=ds_path)
+  if req:
+    paths["label_examples"] = req
   tr_png = os.path.join(workdir, "runs", a["run"], "training_curves.png")
   training = report.png_file(tr_png) if os.path.exists(tr_png) else _training_from_metrics(
       os.path.join(workdir, "runs", a["run"], "metrics.jsonl"))

@@ -1,0 +1,271 @@
+"""Feature labels with scores: `words` (prompt-text lift), `clap` (zero-shot descriptors),
+`llm` (explanations from an OpenAI-compatible endpoint), each scored by detection.
+
+The flow (`launch.analyze` runs it; `analysis.labelers` selects the labelers):
+1. `pipeline.analyze` writes features.json and, when clap or llm is selected,
+   `label_examples.json` (`write_request`): per feature the snippets to label from and the
+   held-out ones to score on (`examples.choose`), the shared random snippets, and the texts
+   CLAP must embed (the descriptor vocabulary and the word labels).
+2. The bridge embeds them with CLAP in a torch process (`python -m bridge.label_clap
+   REPORT_DIR` -> `clap_embeddings.npz` + `.json`; a one-line skip without weights).
+3. `write_labels` ranks the vocabulary (`clap.rank`), asks the LLM (`llm`), scores every
+   label by detection on held-out snippets (`scoring`), writes `labels.json` and puts the
+   `labels` section into report.html.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Callable
+
+import numpy as np
+
+from musicsae_jax import defaults
+from musicsae_jax.analysis.labelers import clap, examples, llm, scoring
+from musicsae_jax.analysis.stats import AnalysisError
+
+LABELERS = ("words", "clap", "llm")
+FORMAT_VERSION = 1
+REQUEST, EMBEDDINGS, OUTPUT = "label_examples.json", "clap_embeddings", "labels.json"
+DEFAULT_VOCABULARY = os.path.join(os.path.dirname(__file__), "vocabulary.txt")
+
+
+def resolve(a: dict) -> dict:
+  """`analysis.labelers` (checked) and `analysis.labeling` merged with its defaults."""
+  names = a.get("labelers", LABELERS)
+  names = (names,) if isinstance(names, str) else tuple(names)
+  bad = [n for n in names if n not in LABELERS]
+  if bad:
+    raise AnalysisError(f"analysis.labelers={names}: unknown {bad}; choose from {LABELERS}")
+  s = defaults.labeling().to_dict()
+  given = dict(a.get("labeling") or {})
+  unknown = sorted(set(given) - set(s))
+  if unknown:
+    raise AnalysisError(f"unknown analysis.labeling fields {unknown}; known: {sorted(s)}")
+  s.update(given)
+  s["labelers"] = names
+  return s
+
+
+def vocabulary(path: str) -> list[str]:
+  """Descriptors of a vocabulary file: one a line, '#' comments, blank lines skipped."""
+  path = path or DEFAULT_VOCABULARY
+  if not os.path.isfile(path):
+    raise AnalysisError(f"analysis.labeling.vocabulary={path!r}: no such file (one descriptor a line)")
+  with open(path) as f:
+    words = [ln.split("#", 1)[0].strip() for ln in f]
+  words = list(dict.fromkeys(w for w in words if w))
+  if len(words) < 2:
+    raise AnalysisError(f"analysis.labeling.vocabulary={path!r}: needs at least 2 descriptors")
+  return words
+
+
+def write_request(out_dir: str, st, features: list[dict], s: dict, *, frame_rate: float | None,
+                  dataset_path: str, site: str) -> str | None:
+  """label_examples.json for `features` (features.json entries): its path, or None when no
+  labeler needs it or there are no audio frames to cut (a text site, no saved audio: then
+  the file holds {"skipped": reason} for `write_labels`)."""
+  path = os.path.join(out_dir, REQUEST)
+  for stale in (path, os.path.join(out_dir, EMBEDDINGS + ".json")):
+    if os.path.exists(stale):
+      os.remove(stale)
+  if "clap" not in s["labelers"] and "llm" not in s["labelers"]:
+    return None
+  audio_dir = os.path.join(dataset_path, "audio")
+  why = (f"site {site!r} has no audio frames (labels from audio need an lm.layer.* site)"
+         if not site.startswith("lm.layer.") or not frame_rate else
+         f"{audio_dir} not found (extract with --config.extract.save_audio=True)"
+         if not os.path.isdir(audio_dir) else None)
+  if why:
+    with open(path, "w") as f:
+      json.dump({"skipped": why}, f)
+    return None
+  feats = features[: int(s["max_features"])]
+  req = examples.choose(st, [f["id"] for f in feats], frame_rate=frame_rate,
+                        examples=int(s["examples"]), contrast=int(s["contrast"]),
+                        random_snippets=int(s["random_snippets"]),
+                        snippet_seconds=float(s["snippet_seconds"]), seed=int(s["seed"]))
+  vocab = vocabulary(s["vocabulary"])
+  word_labels = sorted({f["heuristic_label"] for f in feats if f.get("heuristic_label")})
+  req.update({"dataset_path": dataset_path, "audio_dir": audio_dir,
+              "vocabulary": {"path": s["vocabulary"] or DEFAULT_VOCABULARY,
+                                                     "words": vocab},
+              "clap": {"model": s["clap"] if "clap" in s["labelers"] else "",
+                       "template": s["template"], "texts": vocab + word_labels}})
+  with open(path, "w") as f:
+    json.dump(req, f)
+  return path
+
+
+def request_digest(out_dir: str) -> str:
+  """SHA-256 of label_examples.json: the embeddings name the request they answer."""
+  with open(os.path.join(out_dir, REQUEST), "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def _load_embeddings(out_dir: str, req: dict) -> tuple[dict | None, str]:
+  meta_path = os.path.join(out_dir, EMBEDDINGS + ".json")
+  if not req["clap"]["model"]:
+    return None, "not selected (analysis.labelers)"
+  if not os.path.exists(meta_path):
+    return None, f"no {EMBEDDINGS}.json (run python -m bridge.label_clap {out_dir})"
+  with open(meta_path) as f:
+    meta = json.load(f)
+  if "skipped" in meta:
+    return None, meta["skipped"]
+  with np.load(os.path.join(out_dir, EMBEDDINGS + ".npz")) as z:
+    emb = {"audio": z["audio"].astype(np.float64), "text": z["text"].astype(np.float64)}
+  if meta.get("request_sha256") != request_digest(out_dir):
+    return None, f"{EMBEDDINGS}.npz is older than {REQUEST} (rerun python -m bridge.label_clap)"
+  texts = req["clap"]["texts"]
+  if emb["audio"].shape[0] != len(req["snippets"]) or emb["text"].shape[0] != len(texts):
+    return None, f"{EMBEDDINGS}.npz does not match {REQUEST} (rerun python -m bridge.label_clap)"
+  emb["text_index"] = {t: i for i, t in enumerate(texts)}
+  emb["model"] = meta.get("model", "")
+  return emb, emb["model"]
+
+
+def write_labels(out_dir: str, s: dict, workdir: str, log: Callable[[str], None] = print) -> str:
+  """labels.json (and the report section) from features.json, label_examples.json and the
+  CLAP embeddings; returns the path."""
+  with open(os.path.join(out_dir, "features.json")) as f:
+    feats_json = json.load(f)
+  features = feats_json["features"][: int(s["max_features"])]
+  req, no_req = None, "not selected (analysis.labelers)"
+  if os.path.exists(os.path.join(out_dir, REQUEST)):
+    with open(os.path.join(out_dir, REQUEST)) as f:
+      req = json.load(f)
+    if "skipped" in req:
+      req, no_req = None, req["skipped"]
+  status, emb, client = {}, None, None
+  status["words"] = ({"status": "ok", "what": "words over-represented in the top prompts' text "
+                     "(features.json heuristic_label)"} if "words" in s["labelers"]
+                     else {"skipped": "not selected (analysis.labelers)"})
+  if "clap" in s["labelers"] and req is not None:
+    emb, what = _load_embeddings(out_dir, req)
+    status["clap"] = {"status": "ok", "model": what} if emb else {"skipped": what}
+  else:
+    status["clap"] = {"skipped": no_req if "clap" in s["labelers"] else "not selected (analysis.labelers)"}
+  if "llm" in s["labelers"] and req is not None:
+    client, what = llm.Client.from_env(os.path.join(workdir, "cache", "llm"),
+                                       timeout=s["llm_timeout"], retries=s["llm_retries"],
+                                       backoff=s["llm_backoff"])
+    status["llm"] = {"status": "ok", "model": what} if client else {"skipped": what}
+  else:
+    status["llm"] = {"skipped": no_req if "llm" in s["labelers"] else "not selected (analysis.labelers)"}
+  for name, st in status.items():
+    if "skipped" in st and name in s["labelers"]:
+      log(f"labels: {name} skipped: {st['skipped']}")
+
+  vocab = req["vocabulary"]["words"] if req else []
+  per_req = {e["id"]: e for e in req["features"]} if req else {}
+  if emb:
+    vec = lambda t: emb["text"][emb["text_index"][t]]          # noqa: E731
+    vocab_text = np.stack([vec(w) for w in vocab])
+    snip_words = clap.snippet_words(emb["audio"], req["random"], vocab_text, vocab)
+  rng = np.random.default_rng(int(s["seed"]))
+  out_feats, control = [], []
+  for feat in features:
+    ex = per_req.get(feat["id"])
+    entry = {"id": feat["id"], "labels": []}
+    idx = (lambda k: [e["snippet"] for e in ex[k]]) if ex else None   # noqa: E731
+    if "words" in s["labelers"] and feat.get("heuristic_label"):
+      lab_ = {"source": "words", "label": feat["heuristic_label"], "score": None}
+      if emb:
+        lab_["detection"] = clap.detection(emb["audio"], vec(feat["heuristic_label"]),
+                                           idx("heldout_pos"), idx("heldout_neg"))
+        lab_["score"] = lab_["detection"]["auroc"]
+      entry["labels"].append(lab_)
+    if emb and ex:
+      cands = clap.rank(emb["audio"], idx("explain"), req["random"], vocab_text, vocab,
+                        int(s["top_words"]))
+      entry["clap_candidates"] = cands
+      if cands:
+        best = cands[0]
+        det = clap.detection(emb["audio"], vec(best["word"]), idx("heldout_pos"), idx("heldout_neg"))
+        entry["labels"].append({"source": "clap", "label": best["word"], "score": det["auroc"],
+                                "margin": best["margin"], "z": best["z"], "detection": det})
+        w = vocab[int(rng.integers(len(vocab)))]
+        control.append(clap.detection(emb["audio"], vec(w), idx("heldout_pos"),
+                                      idx("heldout_neg"))["auroc"])
+    if client and ex and ex["explain"]:
+      entry["labels"].append(_llm_label(client, feat, ex, entry, req, feats_json, emb,
+                                        snip_words if emb else None, s))
+    out_feats.append(entry)
+
+  dist = {}
+  for src in LABELERS:
+    scores = [l_["score"] for e in out_feats for l_ in e["labels"] if l_["source"] == src]
+    if scores:
+      dist[src] = scoring.distribution(scores)
+  if control:
+    dist["control_random_word"] = scoring.distribution(control)
+  out = {"format_version": FORMAT_VERSION,
+         **{k: feats_json.get(k) for k in ("run", "step", "dataset", "site")},
+         "labelers": status, "settings": {k: v for k, v in s.items()},
+         "vocabulary": ({"path": req["vocabulary"]["path"], "size": len(vocab)} if req else None),
+         "score_kinds": {"words": "CLAP detection AUROC on held-out snippets",
+                         "clap": "CLAP detection AUROC on held-out snippets",
+                         "llm": "LLM detection balanced accuracy on held-out snippets"},
+         "detection": dist, "features": out_feats}
+  if client:
+    out["llm_requests"] = {"sent": client.requests, "cached": client.cache_hits}
+  path = os.path.join(out_dir, OUTPUT)
+  with open(path, "w") as f:
+    json.dump(out, f, indent=2)
+  for src, d in dist.items():
+    if d.get("n"):
+      log(f"labels {src}: detection median {d['quantiles']['0.5']:.3f} over {d['n']} features "
+          f"({100 * d['above_0.5']:.0f}% above 0.5)")
+  from musicsae_jax.analysis import report
+  report.update_labels(out_dir)
+  return path
+
+
+def _llm_label(client, feat, ex, entry, req, feats_json, emb, snip_words, s) -> dict:
+  """Explain from the explain/contrast snippets, then detect on the held-out ones."""
+  prompts = _prompts(feats_json, req)
+  fr, snips = req["frame_rate"], req["snippets"]
+  desc = lambda e, act: llm.describe(e, prompts, fr, snips[e["snippet"]],  # noqa: E731
+                                     snip_words[e["snippet"]] if snip_words else None, act)
+  context = [f"Firing rate {feat.get('firing_rate', 0):.4f} of frames."]
+  if feat.get("heuristic_label"):
+    context.append(f"Words over-represented in its top prompts: {feat['heuristic_label']}.")
+  if entry.get("clap_candidates"):
+    context.append("CLAP descriptors closest to its snippets (margin over random audio): " +
+                   ", ".join(f"{c['word']} ({c['margin']:+.3f})" for c in entry["clap_candidates"]))
+  if feat.get("acoustic"):
+    context.append("Correlation with acoustic descriptors over frames: " +
+                   ", ".join(f"{c['descriptor']} r={c['r']:+.2f}" for c in feat["acoustic"]))
+  explanation = llm.clean_label(client.chat(llm.explain_messages(
+      feat, [desc(e, True) for e in ex["explain"]], [desc(e, True) for e in ex["contrast"]],
+      context)))
+  held = [(e, 1) for e in ex["heldout_pos"]] + [(e, 0) for e in ex["heldout_neg"]]
+  order = np.random.default_rng([int(s["seed"]), feat["id"]]).permutation(len(held))
+  held = [held[i] for i in order]
+  det = {"scorer": "llm", "n_pos": len(ex["heldout_pos"]), "n_neg": len(ex["heldout_neg"])}
+  if held:
+    reply = client.chat(llm.detect_messages(explanation, [desc(e, False) for e, _ in held]))
+    answers = llm.parse_answers(reply, len(held))
+    truth = [t for _, t in held]
+    if answers is None:
+      det["error"] = f"no list of {len(held)} 0/1 answers in the reply: {reply[:120]!r}"
+    else:
+      det["balanced_accuracy"] = scoring.balanced_accuracy(truth, answers)
+      det["auroc"] = scoring.auroc([a for a, t in zip(answers, truth) if t],
+                                   [a for a, t in zip(answers, truth) if not t])
+  return {"source": "llm", "label": explanation, "score": det.get("balanced_accuracy"),
+          "detection": det}
+
+
+_PROMPTS_CACHE: dict = {}
+
+
+def _prompts(feats_json: dict, req: dict) -> list[dict]:
+  """The dataset's prompt table."""
+  path = os.path.join(req["dataset_path"], "prompts.jsonl")
+  if path not in _PROMPTS_CACHE:
+    with open(path) as f:
+      _PROMPTS_CACHE[path] = [json.loads(ln) for ln in f if ln.strip()]
+  return _PROMPTS_CACHE[path]

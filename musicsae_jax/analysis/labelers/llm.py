@@ -1,0 +1,159 @@
+"""LLM explanations of features and LLM detection scoring, over plain HTTP.
+
+Any OpenAI-compatible `/v1/chat/completions` endpoint (vLLM, Ollama, llama.cpp server, a
+hosted API), set by environment variables:
+  MUSICSAE_LLM_URL      base URL, e.g. http://localhost:8000/v1 (or the full
+                        .../chat/completions URL); unset: the LLM labeler is skipped
+  MUSICSAE_LLM_MODEL    the served model name (required with a URL)
+  MUSICSAE_LLM_API_KEY  optional bearer token
+Each response is cached on disk under the SHA-256 of its request (URL + JSON payload), so
+a rerun sends nothing; 5xx, 429 and timeouts are retried with exponential backoff.
+Examples reach the model as text: the prompt caption and labels, the time window, CLAP's
+closest descriptors for the snippet and (for explanation) the activation.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+
+ENV_URL, ENV_MODEL, ENV_KEY = "MUSICSAE_LLM_URL", "MUSICSAE_LLM_MODEL", "MUSICSAE_LLM_API_KEY"
+
+
+class LLMError(RuntimeError):
+  """The endpoint refused or kept failing (one line: URL and what came back)."""
+
+
+class Client:
+  """`chat(messages) -> str` with an on-disk cache and retries."""
+
+  def __init__(self, url: str, model: str, api_key: str = "", *, cache_dir: str,
+               timeout: float = 60.0, retries: int = 3, backoff: float = 1.0,
+               temperature: float = 0.0, max_tokens: int = 256):
+    url = url.rstrip("/")
+    self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
+    self.model, self.api_key, self.cache_dir = model, api_key, cache_dir
+    self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
+    self.temperature, self.max_tokens = temperature, max_tokens
+    self.requests = self.cache_hits = 0
+
+  @classmethod
+  def from_env(cls, cache_dir: str, **kw) -> tuple["Client | None", str]:
+    """(client, description) or (None, why the LLM labeler is skipped)."""
+    url = os.environ.get(ENV_URL, "")
+    if not url:
+      return None, f"{ENV_URL} is not set (an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1)"
+    model = os.environ.get(ENV_MODEL, "")
+    if not model:
+      raise LLMError(f"{ENV_URL} is set but {ENV_MODEL} is not: name the served model")
+    c = cls(url, model, os.environ.get(ENV_KEY, ""), cache_dir=cache_dir, **kw)
+    return c, f"{model} at {c.url}"
+
+  def payload(self, messages: list[dict]) -> dict:
+    return {"model": self.model, "messages": messages, "temperature": self.temperature,
+            "max_tokens": self.max_tokens}
+
+  def chat(self, messages: list[dict]) -> str:
+    body = json.dumps(self.payload(messages), sort_keys=True)
+    key = hashlib.sha256(f"{self.url}\n{body}".encode()).hexdigest()
+    path = os.path.join(self.cache_dir, key[:2], key + ".json")
+    if os.path.exists(path):
+      self.cache_hits += 1
+      with open(path) as f:
+        return json.load(f)["content"]
+    content = self._post(body)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+      json.dump({"request": json.loads(body), "content": content}, f)
+    os.replace(tmp, path)
+    return content
+
+  def _post(self, body: str) -> str:
+    headers = {"Content-Type": "application/json"}
+    if self.api_key:
+      headers["Authorization"] = f"Bearer {self.api_key}"
+    last = ""
+    for attempt in range(self.retries + 1):
+      if attempt:
+        time.sleep(self.backoff * 2 ** (attempt - 1))
+      self.requests += 1
+      req = urllib.request.Request(self.url, data=body.encode(), headers=headers, method="POST")
+      try:
+        with urllib.request.urlopen(req, timeout=self.timeout) as r:
+          reply = json.loads(r.read().decode())
+        return reply["choices"][0]["message"]["content"] or ""
+      except urllib.error.HTTPError as e:
+        last = f"HTTP {e.code} {e.reason}"
+        if e.code < 500 and e.code != 429:
+          raise LLMError(f"{self.url}: {last}: {e.read()[:200].decode(errors='replace')}") from e
+      except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
+        last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+      except (KeyError, IndexError, ValueError) as e:
+        raise LLMError(f"{self.url}: not an OpenAI-compatible chat completion reply ({e!r})") from e
+    raise LLMError(f"{self.url}: failed after {self.retries + 1} attempts (last: {last})")
+
+
+# --- prompts ---------------------------------------------------------------------------------
+
+SYSTEM = ("You explain features of a sparse autoencoder trained on a music generation model's "
+          "activations. Each example is a short audio snippet of generated music, described "
+          "in text.")
+
+
+def describe(ex: dict, prompts: list[dict], frame_rate: float, window: list[int],
+             clap_words: list[str] | None, with_activation: bool) -> str:
+  """One example as a line of text."""
+  p = prompts[ex["prompt_id"]]
+  labels = ", ".join(f"{k}={v}" for k, v in (p.get("labels") or {}).items())
+  t0, t1 = window[1] / frame_rate, (window[1] + window[2]) / frame_rate
+  parts = [f'caption "{p.get("text", "")}"'] + ([f"labels {labels}"] if labels else [])
+  parts.append(f"time {t0:.1f}-{t1:.1f} s")
+  if clap_words:
+    parts.append("CLAP hears: " + ", ".join(clap_words))
+  if with_activation:
+    weak = ex.get("clip_max", 0.0)
+    parts.append(f"activation at most {weak:.3g} (a weak clip)" if weak > 0
+                 else f"activation {ex['activation']:.3g}")
+  return "; ".join(parts)
+
+
+def explain_messages(feature: dict, top: list[str], contrast: list[str], context: list[str]) -> list[dict]:
+  lines = [f"Feature {feature['id']}."] + context
+  lines += ["Snippets where it is most active:"] + [f"{i + 1}. {t}" for i, t in enumerate(top)]
+  if contrast:
+    lines += ["Snippets where it is silent or weakest:"]
+    lines += [f"{i + 1}. {t}" for i, t in enumerate(contrast)]
+  lines.append("In at most 8 words, what does this feature detect in the music? Reply with "
+               "the description only.")
+  return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
+
+
+def detect_messages(explanation: str, examples: list[str]) -> list[dict]:
+  lines = [f'A feature is described as: "{explanation}".',
+           "For each snippet below, answer 1 if the feature is likely active in it, else 0."]
+  lines += [f"{i + 1}. {t}" for i, t in enumerate(examples)]
+  lines.append(f"Reply with only a JSON list of {len(examples)} integers (0 or 1), in order.")
+  return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
+
+
+def clean_label(text: str) -> str:
+  line = next((ln for ln in text.strip().splitlines() if ln.strip()), "")
+  return line.strip().strip('"\'').strip()[:120]
+
+
+def parse_answers(text: str, n: int) -> list[int] | None:
+  """The first JSON list of n 0/1 values in the reply, or None."""
+  for m in re.finditer(r"\[[^\[\]]*\]", text):
+    try:
+      v = json.loads(m.group(0))
+    except ValueError:
+      continue
+    if isinstance(v, list) and len(v) == n and all(x in (0, 1, True, False) for x in v):
+      return [int(x) for x in v]
+  return None

@@ -1,0 +1,205 @@
+"""Feature labelers: CLAP ranking on a planted association, detection scores against
+sklearn, the LLM client against a local stub server (payload, retry, cache)."""
+import http.server
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from musicsae_jax.analysis import labelers
+from musicsae_jax.analysis.labelers import llm, scoring
+
+E, FRAMES, P = 16, 100, 40
+VOCAB = ["guitar", "drums", "piano", "calm", "fast", "noise"]
+FIRES = {0: range(0, 10), 1: range(10, 20)}            # feature -> prompts where it fires
+TEXTS = ["guitar tune"] * 10 + ["drum beat"] * 10 + ["quiet song"] * 20
+
+
+class FakeStats:
+  """What examples.choose reads from FeatureStats: counts, prompt maxima, top frames."""
+
+  def __init__(self, m=3):
+    self.prompt_count = np.full(P, FRAMES)
+    self.prompt_max = np.zeros((P, m), np.float32)
+    for f, ps in FIRES.items():
+      self.prompt_max[list(ps), f] = 1.0 + np.arange(len(ps))[::-1]
+
+  def top_frames(self, f):
+    return [(float(self.prompt_max[p, f]), p, 37) for p in np.argsort(-self.prompt_max[:, f])
+            if self.prompt_max[p, f] > 0]
+
+
+def _workspace(tmp_path, labelers_=("words", "clap")):
+  ds = tmp_path / "activations" / "toy"
+  (ds / "audio").mkdir(parents=True)
+  with open(ds / "prompts.jsonl", "w") as f:
+    for i, t in enumerate(TEXTS):
+      f.write(json.dumps({"prompt_id": i, "text": t, "labels": {}, "seed": 0}) + "\n")
+  (tmp_path / "vocab.txt").write_text("# test vocabulary\n" + "\n".join(VOCAB) + "\n")
+  out = tmp_path / "reports" / "toy"
+  out.mkdir(parents=True)
+  feats = [{"id": f, "firing_rate": 0.1, "heuristic_label": TEXTS[FIRES[f][0]],
+            "acoustic": [{"descriptor": "rms_db", "r": 0.5}]} for f in FIRES]
+  with open(out / "features.json", "w") as f:
+    json.dump({"run": "toy", "step": 1, "features": feats}, f)
+  s = labelers.resolve({"labelers": labelers_, "labeling": {
+      "clap": "test", "vocabulary": str(tmp_path / "vocab.txt"), "examples": 4, "contrast": 4,
+      "random_snippets": 16, "llm_backoff": 0.01, "llm_retries": 2}})
+  labelers.write_request(str(out), FakeStats(), feats, s, frame_rate=50.0,
+                         dataset_path=str(ds), site="lm.layer.3")
+  return out, s
+
+
+def _plant_embeddings(out):
+  """Audio of the prompts where feature 0 (1) fires lies near 'guitar' ('drums')."""
+  req = json.load(open(out / "label_examples.json"))
+  rng = np.random.default_rng(0)
+  unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)   # noqa: E731
+  text = unit(rng.normal(size=(len(req["clap"]["texts"]), E)))
+  planted = {p: text[VOCAB.index(w)] for f, w in ((0, "guitar"), (1, "drums")) for p in FIRES[f]}
+  audio = unit(np.stack([planted.get(pid, 0) + 0.7 * unit(rng.normal(size=E))
+                         for pid, _, _ in req["snippets"]]))
+  np.savez(out / "clap_embeddings.npz", audio=audio, text=text)
+  json.dump({"model": "planted", "request_sha256": labelers.request_digest(str(out))},
+            open(out / "clap_embeddings.json", "w"))
+
+
+def test_clap_ranking_recovers_a_planted_association(tmp_path):
+  out, s = _workspace(tmp_path)
+  req = json.load(open(out / "label_examples.json"))
+  f0 = req["features"][0]
+  assert {e["prompt_id"] for e in f0["explain"]}.isdisjoint(e["prompt_id"] for e in f0["heldout_pos"])
+  assert not {e["prompt_id"] for e in f0["heldout_neg"] + f0["contrast"]} & set(FIRES[0])  # silent
+  assert req["snippets"][f0["explain"][0]["snippet"]] == [0, 0, FRAMES]  # strongest; 2 s = the whole clip
+  _plant_embeddings(out)
+  labelers.write_labels(str(out), s, str(tmp_path), log=lambda m: None)
+  res = json.load(open(out / "labels.json"))
+  assert res["labelers"]["clap"] == {"status": "ok", "model": "planted"}
+  for feat, word in zip(res["features"], ("guitar", "drums")):
+    clap = next(lab for lab in feat["labels"] if lab["source"] == "clap")
+    assert clap["label"] == word and clap["margin"] > 0.3 and clap["z"] > 2  # random audio is 1/4 planted
+    assert clap["score"] == clap["detection"]["auroc"] == 1.0          # held-out prompts
+    assert [lab["source"] for lab in feat["labels"]] == ["words", "clap"]
+  assert res["detection"]["clap"]["n"] == 2 and "control_random_word" in res["detection"]
+  page = open(out / "report.html").read()
+  assert '<section id="labels">' in page and "guitar" in page
+  labelers.write_labels(str(out), s, str(tmp_path), log=lambda m: None)    # replaced, not added
+  assert open(out / "report.html").read().count('<section id="labels">') == 1
+
+
+def test_detection_scores_equal_sklearn():
+  metrics = pytest.importorskip("sklearn.metrics")
+  rng = np.random.default_rng(1)
+  for n_pos, n_neg in ((5, 7), (30, 12)):
+    pos, neg = rng.integers(0, 4, n_pos) + 0.5, rng.integers(0, 4, n_neg).astype(float)  # ties
+    y = np.r_[np.ones(n_pos), np.zeros(n_neg)]
+    assert scoring.auroc(pos, neg) == pytest.approx(metrics.roc_auc_score(y, np.r_[pos, neg]), abs=1e-12)
+    pred = rng.integers(0, 2, n_pos + n_neg)
+    assert scoring.balanced_accuracy(y, pred) == pytest.approx(
+        metrics.balanced_accuracy_score(y, pred), abs=1e-12)
+  assert scoring.auroc([], [1.0]) is None and scoring.balanced_accuracy([1, 1], [0, 1]) is None
+  d = scoring.distribution([0.5, 1.0, None, 0.75])
+  assert d["n"] == 3 and d["quantiles"]["0.5"] == 0.75 and d["above_0.5"] == pytest.approx(2 / 3)
+
+
+class _Stub(http.server.BaseHTTPRequestHandler):
+  """An OpenAI-compatible chat endpoint: fails the first request with 500, then answers
+  explanations with 'guitar sounds' and detection with 1 for snippets whose caption says
+  guitar."""
+  seen: list = []
+  fail_next = True
+
+  def do_POST(self):
+    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    type(self).seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+    if type(self).fail_next:
+      type(self).fail_next = False
+      self.send_response(500)
+      self.end_headers()
+      return
+    user = body["messages"][-1]["content"]
+    if "JSON list" in user:
+      lines = [ln for ln in user.splitlines() if ln[:1].isdigit()]
+      content = json.dumps([int('caption "guitar' in ln) for ln in lines])
+    else:
+      content = '"guitar sounds"\n'
+    reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+    self.send_response(200)
+    self.send_header("Content-Type", "application/json")
+    self.send_header("Content-Length", str(len(reply)))
+    self.end_headers()
+    self.wfile.write(reply)
+
+  def log_message(self, *args):
+    pass
+
+
+@pytest.fixture
+def stub_server():
+  _Stub.seen, _Stub.fail_next = [], True
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
+  thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+  thread.start()
+  yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+  server.shutdown()
+  server.server_close()
+
+
+def test_llm_labels_through_a_stub_server_retry_and_cache(tmp_path, stub_server, monkeypatch):
+  monkeypatch.setenv(llm.ENV_URL, stub_server)
+  monkeypatch.setenv(llm.ENV_MODEL, "stub-model")
+  monkeypatch.setenv(llm.ENV_KEY, "secret")
+  out, s = _workspace(tmp_path, ("words", "clap", "llm"))
+  _plant_embeddings(out)
+  labelers.write_labels(str(out), s, str(tmp_path), log=lambda m: None)
+  seen = list(_Stub.seen)
+  # 2 features x (explain + detect) + the retried first request
+  assert len(seen) == 5 and seen[0]["body"] == seen[1]["body"]
+  first = seen[1]
+  assert first["path"] == "/v1/chat/completions" and first["auth"] == "Bearer secret"
+  assert first["body"]["model"] == "stub-model" and first["body"]["temperature"] == 0.0
+  user = first["body"]["messages"][-1]["content"]
+  assert "most active" in user and 'caption "guitar tune"' in user and "activation" in user
+  assert "silent or weakest" in user and 'caption "quiet song"' in user          # contrast examples
+  assert "CLAP descriptors closest" in user and "guitar (+" in user   # CLAP top words
+  assert "rms_db r=+0.50" in user
+  detect = seen[2]["body"]["messages"][-1]["content"]
+  assert "guitar sounds" in detect and "activation" not in detect     # held out, values hidden
+  res = json.load(open(out / "labels.json"))
+  assert res["labelers"]["llm"]["status"] == "ok"
+  f0 = next(lab for lab in res["features"][0]["labels"] if lab["source"] == "llm")
+  assert f0["label"] == "guitar sounds" and f0["score"] == 1.0        # stub answers by caption
+  f1 = next(lab for lab in res["features"][1]["labels"] if lab["source"] == "llm")
+  assert f1["score"] == 0.5                                           # 'guitar' never in drums
+  assert res["llm_requests"] == {"sent": 5, "cached": 0}
+  labelers.write_labels(str(out), s, str(tmp_path), log=lambda m: None)   # rerun: from the cache
+  assert len(_Stub.seen) == 5
+  assert json.load(open(out / "labels.json"))["llm_requests"] == {"sent": 0, "cached": 4}
+
+
+def test_llm_client_gives_up_with_one_line(tmp_path, stub_server):
+  _Stub.fail_next = True
+  client = llm.Client(stub_server + "/nowhere", "m", cache_dir=str(tmp_path), retries=0)
+  with pytest.raises(llm.LLMError, match="failed after 1 attempts") as e:
+    client.chat([{"role": "user", "content": "hi"}])
+  assert "\n" not in str(e.value)
+  assert labelers.resolve({"labelers": ("words",)})["labelers"] == ("words",)
+  with pytest.raises(labelers.AnalysisError, match="unknown"):
+    labelers.resolve({"labelers": ("words", "gpt")})
+
+
+def test_without_audio_the_labels_say_why_and_keep_the_words(tmp_path):
+  out, s = _workspace(tmp_path)
+  os.rmdir(tmp_path / "activations" / "toy" / "audio")
+  assert labelers.write_request(str(out), FakeStats(), [{"id": 0}], s, frame_rate=50.0,
+                                dataset_path=str(tmp_path / "activations" / "toy"),
+                                site="lm.layer.3") is None
+  lines = []
+  labelers.write_labels(str(out), s, str(tmp_path), log=lines.append)
+  res = json.load(open(out / "labels.json"))
+  assert "save_audio" in res["labelers"]["clap"]["skipped"] and lines == [
+      f"labels: clap skipped: {res['labelers']['clap']['skipped']}"]
+  assert [f["labels"] for f in res["features"]][0] == [
+      {"source": "words", "label": "guitar tune", "score": None}]
