@@ -242,3 +242,28 @@ def test_layers_table_from_the_analysis_probes(result):
   assert e["layers"][0]["accuracy"] > e["layers"][0]["shuffled_accuracy"]
   assert e["sae"]["site"] == "lm.layer.0" and e["sae"]["features"]["sad"]["id"] == 0
   assert set(e["sae"]["random_directions"]["best"]) == set(EMOTIONS)   # the control
+
+
+def test_rerun_keeps_spliced_sections_with_contents(result):
+  """Sections other launchers splice in (steering, localisation) survive a rerun of the
+  analysis, and the contents list links every section present. Last in this file: it
+  rewrites the shared report."""
+  from musicsae_jax.analysis import report
+  root, _, paths, _ = result
+  rd = os.path.join(root, "reports", "r")
+  report.splice_section(rd, "steering", '<section id="steering"><h2>Steering</h2>s</section>')
+  report.splice_section(rd, "fidelity", '<section id="fidelity"><h2>Fidelity</h2>f</section>',
+                        before=("steering",))
+  page = open(paths["report"]).read()
+  assert page.count('<nav id="contents">') == 1 and '<a href="#steering">Steering</a>' in page
+  before = _Collect()
+  before.feed(page)
+  extra = [s for s in before.sections if s not in SECTIONS]   # stability too, if spliced above
+  assert extra[-2:] == ["fidelity", "steering"]
+  analyze(_config(), root, log=lambda m: None)
+  page = open(paths["report"]).read()
+  p = _Collect()
+  p.feed(page)
+  assert p.sections == list(SECTIONS) + extra
+  assert page.count('<nav id="contents">') == 1
+  assert all(f'<a href="#{s}">' in page for s in p.sections)

@@ -260,7 +260,8 @@ def write(tab: dict, out_dir: str) -> dict:
   with open(path, "w") as f:
     json.dump(tab, f, indent=1, default=float)
   html_path = report.splice_section(out_dir, SECTION, section(tab),
-                                    f"musicsae report: {tab.get('run') or tab.get('dataset')}")
+                                    f"musicsae report: {tab.get('run') or tab.get('dataset')}",
+                                    before=report.LATER_SECTIONS)
   return {"probes_by_layer": path, "report": html_path}
 
 

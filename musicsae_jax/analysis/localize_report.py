@@ -10,7 +10,6 @@ from __future__ import annotations
 import html
 import json
 import os
-import re
 
 from musicsae_jax.analysis import report
 
@@ -141,19 +140,8 @@ def update(report_dir: str) -> str:
   if pt is not None:
     sections.append((PATCHING_SECTION,
                      patching_section(pt, _img(report_dir, "patching.png", "patching heatmap"))))
+  run = (fid or ab or pt or {}).get("run", "")
   path = os.path.join(report_dir, "report.html")
-  if os.path.exists(path):
-    with open(path) as f:
-      page = f.read()
-  else:
-    run = (fid or ab or pt or {}).get("run", "")
-    title = html.escape(f"musicsae report: {run}")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{report._CSS}</style></head><body><h1>{title}</h1></body></html>")
   for sid, sec in sections:
-    page = re.sub(rf'<section id="{sid}">.*?</section>(?=<section|</body>)', "", page,
-                  flags=re.S)
-    page = page.replace("</body>", sec + "</body>", 1)
-  with open(path, "w") as f:
-    f.write(page)
+    path = report.splice_section(report_dir, sid, sec, f"musicsae report: {run}")
   return path

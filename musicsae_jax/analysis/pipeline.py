@@ -333,6 +333,9 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
       "discovery": disc, "grounding": grounding, "sweep": _sweep_of(workdir, a["run"]),
       "browser": browser_link})
   paths["report"] = os.path.join(out_dir, "report.html")
+  if os.path.exists(paths["report"]):   # keep what other launchers spliced in (steering, ...)
+    with open(paths["report"]) as f:
+      html_text = report.carry_sections(f.read(), html_text)
   with open(paths["report"], "w") as f:
     f.write(html_text)
   raw = {name: (x, ok) for name, x, ok in inputs}

@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import os
+import re
 
 import numpy as np
 
@@ -19,6 +20,9 @@ SECTIONS = ("summary", "training", "density", "selectivity", "probes", "similari
             "top-features", "discovery", "grounding",
             "layers")   # concepts across lm.layer.* (analysis.layers, spliced in after render)
 SWEEP_SECTION = "sweep"     # after "training", only when the run is a sweep member
+# Sections other steps splice in after the analysis, in this order; a rerun of the analysis
+# keeps them (carry_sections) and puts its own spliced sections before them.
+LATER_SECTIONS = ("labels", "stability", "steering", "fidelity", "layer-ablation", "patching")
 
 
 def _png(fig) -> str:
@@ -114,7 +118,64 @@ def _f(x, nd=3) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;
 padding:3px 6px;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}
-.note{color:#555;font-size:13px}audio{height:28px}"""
+.note{color:#555;font-size:13px}audio{height:28px}
+#contents{font-size:13px;line-height:1.8;padding:.4em .6em;background:#f7f7f7;
+border:1px solid #ddd}"""
+
+
+_SECTION_RE = r'<section id="{}">.*?</section>(?=<section|<footer|</body>)'
+_TOC_RE = re.compile(r'<nav id="contents">.*?</nav>', re.S)
+
+
+def _page(title: str, body: str) -> str:
+  """A whole report page (title escaped here) with its table of contents."""
+  title = html.escape(title)
+  return with_contents(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
+                       f"<style>{_CSS}</style></head><body><h1>{title}</h1>{body}</body></html>")
+
+
+def with_contents(page: str) -> str:
+  """`page` with a fresh table of contents under its title: a link to every section present
+  (sections spliced in later by other launchers included)."""
+  page = _TOC_RE.sub("", page)
+  found = re.findall(r'<section id="([^"]+)"><h2>(.*?)</h2>', page, flags=re.S)
+  if not found:
+    return page
+  links = " · ".join(f'<a href="#{sid}">{title}</a>' for sid, title in found)
+  nav = f'<nav id="contents"><b>Contents</b>: {links}</nav>'
+  at = page.find("</h1>")
+  return page[:at + 5] + nav + page[at + 5:] if at >= 0 else page
+
+
+def carry_sections(old_page: str, new_page: str) -> str:
+  """`new_page` plus every section of `old_page` it lacks (steering, localisation, stability,
+  labels: written by other launchers), so rerunning the analysis keeps them."""
+  have = set(re.findall(r'<section id="([^"]+)">', new_page)) | set(SECTIONS)
+  kept = [m.group(0) for m in re.finditer(r'<section id="([^"]+)">.*?</section>(?=<section|<footer|</body>)',
+                                          old_page, flags=re.S) if m.group(1) not in have]
+  if not kept:
+    return new_page
+  return with_contents(new_page.replace("</body>", "".join(kept) + "</body>", 1))
+
+
+def splice_section(report_dir: str, sid: str, section: str, title: str = "",
+                   before: tuple[str, ...] = ()) -> str:
+  """Put `section` (id `sid`) into `report_dir/report.html`, replacing an older one with that
+  id, before the first section named in `before` that is present (else at the end); a page
+  with this section only when there is no report yet. The contents list is refreshed."""
+  path = os.path.join(report_dir, "report.html")
+  if os.path.exists(path):
+    with open(path) as f:
+      page = f.read()
+    page = re.sub(_SECTION_RE.format(re.escape(sid)), "", page, flags=re.S)
+    at = [page.index(f'<section id="{b}">') for b in before if f'<section id="{b}">' in page]
+    cut = min(at) if at else page.rindex("</body>")
+    page = with_contents(page[:cut] + section + page[cut:])
+  else:
+    page = _page(title, section)
+  with open(path, "w") as f:
+    f.write(page)
+  return path
 
 
 def _section(sid: str, title: str, note: str, body: str) -> str:
@@ -256,9 +317,7 @@ def render(d: dict) -> str:
   parts.append(_section("grounding", "Acoustic grounding",
                         "Pearson correlation over frames between each feature and the acoustic "
                         "descriptors measured on the generated audio (same rows).", g_body))
-  title = html.escape(f"musicsae report: {s.get('run', '')}")
-  return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
-          f"<style>{_CSS}</style></head><body><h1>{title}</h1>{''.join(parts)}</body></html>")
+  return _page(f"musicsae report: {s.get('run', '')}", "".join(parts))
 
 
 # --------------------------------------------------------------------------------------
@@ -307,28 +366,6 @@ def stability_section(stab: dict) -> str:
                   _table(["", ""], rows) + img(stability_png(stab), "seed stability histogram"))
 
 
-def _splice(path: str, sid: str, section: str, before: tuple[str, ...] = (), title: str = "") -> str:
-  """Put `section` into the page at `path`, replacing an older section `sid`, before the
-  first section named in `before` that is present (else at the end); a page holding only
-  this section when there is none yet."""
-  import os
-  import re
-  if os.path.exists(path):
-    with open(path) as f:
-      page = f.read()
-    page = re.sub(rf'<section id="{sid}">.*?</section>(?=<section|</body>)', "", page, flags=re.S)
-    at = [page.index(f'<section id="{b}">') for b in before if f'<section id="{b}">' in page]
-    cut = min(at) if at else page.rindex("</body>")
-    page = page[:cut] + section + page[cut:]
-  else:
-    title = html.escape(f"musicsae report: {title}")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{title}</h1>{section}</body></html>")
-  with open(path, "w") as f:
-    f.write(page)
-  return path
-
-
 def update_stability(report_dir: str) -> str:
   """Put the seed-stability section of `report_dir/stability.json` into
   `report_dir/report.html` (before the steering section, replacing an older one)."""
@@ -336,8 +373,8 @@ def update_stability(report_dir: str) -> str:
   import os
   with open(os.path.join(report_dir, "stability.json")) as f:
     stab = json.load(f)
-  return _splice(os.path.join(report_dir, "report.html"), STABILITY_SECTION,
-                 stability_section(stab), before=(STEERING_SECTION,), title=stab.get("run", ""))
+  return splice_section(report_dir, STABILITY_SECTION, stability_section(stab),
+                        f"musicsae report: {stab.get('run', '')}", before=(STEERING_SECTION,))
 
 
 # --------------------------------------------------------------------------------------
@@ -450,50 +487,14 @@ def update_steering(report_dir: str) -> str:
   """Put the steering section of `report_dir/steer.json` into `report_dir/report.html`
   (replacing an older one; a page with this section only if launch.analyze has not run)."""
   import json
-  import os
-  import re
   with open(os.path.join(report_dir, "steer.json")) as f:
     steer = json.load(f)
   png = os.path.join(report_dir, "steer.png")
   section = steering_section(steer, png_file(png) if os.path.exists(png) else None)
   from musicsae_jax.analysis import browser
   browser.update_steering(report_dir, steer)
-  path = os.path.join(report_dir, "report.html")
-  if os.path.exists(path):
-    with open(path) as f:
-      page = f.read()
-    page = re.sub(rf'<section id="{STEERING_SECTION}">.*?</section>(?=<section|</body>)', "",
-                  page, flags=re.S)
-    page = page.replace("</body>", section + "</body>", 1)
-  else:
-    title = html.escape(f"musicsae report: {steer.get('run', '')}")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{title}</h1>{section}</body></html>")
-  with open(path, "w") as f:
-    f.write(page)
-  return path
-
-
-
-def splice_section(report_dir: str, sid: str, section: str, title: str) -> str:
-  """Put `section` (id `sid`) into `report_dir/report.html`, replacing an older one with
-  that id; a page with this section only when there is no report yet."""
-  import os
-  import re
-  path = os.path.join(report_dir, "report.html")
-  if os.path.exists(path):
-    with open(path) as f:
-      page = f.read()
-    page = re.sub(rf'<section id="{re.escape(sid)}">.*?</section>(?=<section|</body>)', "",
-                  page, flags=re.S)
-    page = page.replace("</body>", section + "</body>", 1)
-  else:
-    title = html.escape(title)
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{title}</h1>{section}</body></html>")
-  with open(path, "w") as f:
-    f.write(page)
-  return path
+  return splice_section(report_dir, STEERING_SECTION, section,
+                        f"musicsae report: {steer.get('run', '')}")
 
 
 # --------------------------------------------------------------------------------------
