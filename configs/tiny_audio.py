@@ -1,7 +1,6 @@
 """The audio-input demo: the tiny random MusicGen captures synthesized chords (no generation).
 
-    python -m launch.demo --config=configs/tiny_audio.py --workdir=/tmp/musicsae-audio \
-        --stages=extract,train,analyze
+    python -m launch.demo --config=configs/tiny_audio.py --workdir=/tmp/musicsae-audio
 
 Clips come from the dataset plugin examples/chord_plugin.py (exact labels: mode, register,
 root); each is encoded by the model's own EnCodec and captured in one teacher-forced forward

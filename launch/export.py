@@ -24,7 +24,9 @@ _FROM_SEL = flags.DEFINE_integer(
 _ALLOW_FAILING = flags.DEFINE_bool(
     "allow_failing", False, "With --from_selectivity: export features that do not pass the "
     "held-out null too (each is logged as a WARNING); default: refuse.")
-_LABEL_KEY = flags.DEFINE_string("label_key", "emotion", "Label key for --from_selectivity.")
+_LABEL_KEY = flags.DEFINE_string(
+    "label_key", None, "Label key for --from_selectivity (default: the config's first "
+    "analysis.label_keys).")
 _MEAN_DIFF = flags.DEFINE_string(
     "mean_diff", None, "Label key: export difference-of-means (CAA) vectors of every value of "
     "this label on the run's site, from the store, to <workdir>/exports/<run>-meandiff (no SAE).")
@@ -65,7 +67,9 @@ def main(argv):
     if not os.path.exists(sel):
       raise app.UsageError(f"--from_selectivity: {sel} does not exist; run launch.analyze first")
     with common.user_errors():
-      ids, labels = pipeline.selected_features(sel, _LABEL_KEY.value, _FROM_SEL.value,
+      key = _LABEL_KEY.value or (tuple(_CONFIG.value.analysis.get("label_keys") or ())
+                                 or ("emotion",))[0]
+      ids, labels = pipeline.selected_features(sel, key, _FROM_SEL.value,
                                                allow_failing=_ALLOW_FAILING.value,
                                                warn=logging.warning)
     logging.info("directions from %s: %s", sel, list(zip(ids, labels)))
