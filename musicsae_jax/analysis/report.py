@@ -252,7 +252,7 @@ def render(d: dict) -> str:
       for f in feats:
         prompts = "<br>".join(
             f"{html.escape(p['text'])} <i>({_f(p['mean'])})</i>"
-            + (f' <audio controls preload="none" src="{html.escape(p["audio"])}"></audio>'
+            + (f' <audio controls preload="metadata" src="{html.escape(p["audio"])}"></audio>'
                if p.get("audio") else "") for p in f["top_prompts"])
         hv = f.get("heldout_vocab") or {}
         rows.append([fid(f["id"]), _f(f.get("auroc_train")), _f(f["auroc"]), _f(f.get("p_fwer"), 3),
