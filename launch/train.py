@@ -55,7 +55,7 @@ def main(argv):
     print(final)
   if final.get("preempted"):       # checkpointed on SIGTERM: not done, rerun to resume
     from musicsae_jax import preemption
-    raise SystemExit(preemption.EXIT_STATUS)
+    preemption.exit_preempted()
 
 
 if __name__ == "__main__":
