@@ -57,6 +57,8 @@ def train() -> ml_collections.ConfigDict:
   t.decay_frac = 0.2              # the last fraction of steps decays; constant before
   t.final_lr_frac = 0.0
   t.grad_clip = 1.0
+  t.l1_warmup_frac = 0.05         # relu: L1 coefficient ramps 0 -> l1_coeff over this
+                                  # fraction of the steps (0: full from the first step)
   t.adam_b1, t.adam_b2, t.adam_eps = 0.9, 0.999, 1e-8
   t.seed = 0                      # model init
   t.data_seed = 0                 # block order, shuffles, eval split, normalisation sample

@@ -525,13 +525,16 @@ class SAE(nnx.Module):
         }
 
     # -- ReLU + L1 -----------------------------------------------------------------------
-    def loss(self, x: jax.Array, dead_mask=None, train: bool = True):
+    def loss(self, x: jax.Array, dead_mask=None, train: bool = True,
+             sparsity_scale=1.0):
         """MSE + l1_coeff * mean_b sum_i z_i ||W_dec_i|| (norm-weighted so it can't be
-        cheated by shrinking z and growing decoder rows)."""
+        cheated by shrinking z and growing decoder rows). ``sparsity_scale`` multiplies
+        the coefficient: the train step ramps it 0 -> 1 over ``train.l1_warmup_frac`` of
+        the run (the other architectures take and ignore it)."""
         x_hat, z = self(x)
         mse = _sq_err(x, x_hat)
         sparsity = jnp.mean(z @ jnp.linalg.norm(self.W_dec[...], axis=-1))
-        loss = mse + self.l1_coeff * sparsity
+        loss = mse + self.l1_coeff * sparsity_scale * sparsity
         return loss, self._metrics(loss, x, x_hat, z, mse, jnp.zeros(()), sparsity)
 
 
@@ -572,7 +575,7 @@ class TopKSAE(SAE):
         return sparse_pre_acts(x, self.b_dec[...], self.W_enc[...], self.b_enc[...], pre_sg,
                                rows, cols)
 
-    def loss(self, x, dead_mask=None, train: bool = True):
+    def loss(self, x, dead_mask=None, train: bool = True, sparsity_scale=1.0):
         """MSE + aux_coeff * AuxK. Only the encoder forward is dense: the k latents are
         picked on a stop-gradient pre, their values get a sparse encoder backward
         (:func:`sparse_pre_acts`) and the decode is a k-row gather (:func:`sparse_decode`)."""
@@ -681,7 +684,7 @@ class BatchTopKSAE(TopKSAE):
         z = self._dense_z(vals.reshape(-1), rows.reshape(-1), cols.reshape(-1), b)
         return x_hat, z, (vals, cols)
 
-    def loss(self, x, dead_mask=None, train: bool = True):
+    def loss(self, x, dead_mask=None, train: bool = True, sparsity_scale=1.0):
         """Train: batch top-B·k with sparse encoder backward and sparse decode.
         Eval: threshold encode, dense decode."""
         pre = self.pre_acts(x)
@@ -746,7 +749,7 @@ class MatryoshkaSAE(BatchTopKSAE):
             parts = jnp.stack([z[:, lo:hi] @ W[lo:hi] for lo, hi in zip(bounds, bounds[1:])], 1)
         return jnp.cumsum(parts, axis=1) + self.b_dec[...], z, pairs
 
-    def loss(self, x, dead_mask=None, train: bool = True):
+    def loss(self, x, dead_mask=None, train: bool = True, sparsity_scale=1.0):
         pre = self.pre_acts(x)
         if train:
             pre = jax.lax.stop_gradient(pre)
@@ -798,7 +801,7 @@ class JumpReLUSAE(SAE):
     def encode(self, x):
         return jumprelu(self.pre_acts(x), jnp.exp(self.log_threshold[...]), self.bandwidth)
 
-    def loss(self, x, dead_mask=None, train: bool = True):
+    def loss(self, x, dead_mask=None, train: bool = True, sparsity_scale=1.0):
         pre = self.pre_acts(x)
         theta = jnp.exp(self.log_threshold[...])
         z = jumprelu(pre, theta, self.bandwidth)

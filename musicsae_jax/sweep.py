@@ -63,7 +63,7 @@ from musicsae_jax import train as train_lib
 MEMBER_TRAIN_FIELDS = ("lr", "seed", "warmup_steps", "warmup_frac", "warmup_max", "decay",
                        "decay_frac", "final_lr_frac", "grad_clip",
                        "adam_b1", "adam_b2", "adam_eps", "dead_tokens", "dense_threshold",
-                       "b_dec_init")
+                       "b_dec_init", "l1_warmup_frac")
 # Member fields that may differ inside one vmapped group (values, not Python constants).
 VMAPPED_FIELDS = ("train.lr", "train.seed")
 SWEEP_FILE = "sweep.json"
@@ -258,7 +258,7 @@ def make_group_step(graphdef, t, lrs: np.ndarray, how: str = "vmap"):
   def member_step(state, x, lr):
     tx, _ = member_optimizer(t, lr)
     step = train_lib.make_train_step(graphdef, tx, int(t.dead_tokens),
-                                     float(t.dense_threshold))
+                                     float(t.dense_threshold), train_lib.l1_warmup_steps(t))
     return step(state, x)
 
   if how == "map":
