@@ -468,7 +468,7 @@ class SAE(nnx.Module):
 
     architecture = "relu"
 
-    def __init__(self, d: int, m: int, *, rngs: nnx.Rngs, l1_coeff: float = 5.0,
+    def __init__(self, d: int, m: int, *, rngs: nnx.Rngs, l1_coeff: float = 2.0,
                  dtype=jnp.float32, **_unused):
         self.d, self.m = int(d), int(m)
         w = _unit_rows(jax.random.normal(rngs.params(), (self.m, self.d), dtype))
