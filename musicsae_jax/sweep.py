@@ -549,12 +549,19 @@ def _train_sweep(config, workdir, axes, members, base, t, run_dir, member_step):
     for p in member_dirs:
       train_lib._trim_metrics(os.path.join(p, "metrics.jsonl"), start)
 
+  # Several processes: one member's save at a time. Orbax's multi-process async save
+  # syncs the processes through a coordination barrier of a fixed name, so concurrent
+  # saves of several members collide ("Barrier ... is already ongoing").
+  one_at_a_time = jax.process_count() > 1
+
   def save(step, states, evals):
     for c in ckpts:                              # every member holds the previous step
       c.wait_until_finished()
     for g, s in zip(groups, states):
       for j, i in enumerate(g.members):
         ckpts[i].save(step, g.take(s, j), (evals[i] or {}).get("fvu"))
+        if one_at_a_time:
+          ckpts[i].wait_until_finished()
 
   # --- train + evals --------------------------------------------------------------------
   def log_rows(rows):
