@@ -50,9 +50,10 @@ def main(argv):
   import jax
   if jax.process_index() != 0:              # one voice: process 0 reports progress
     logging.set_verbosity(logging.WARNING)
-  from musicsae_jax import sweep
-  record = sweep.train_sweep(_CONFIG.value, _WORKDIR.value, _SWEEP.value,  # SweepError: 1 line
-                             _MEMBER_STEP.value, overwrite=_OVERWRITE.value)
+  from musicsae_jax import checkpoint, sweep
+  with common.user_errors(checkpoint.CheckpointSaveError):         # one line, as in train
+    record = sweep.train_sweep(_CONFIG.value, _WORKDIR.value, _SWEEP.value,  # SweepError too
+                               _MEMBER_STEP.value, overwrite=_OVERWRITE.value)
   if jax.process_index() == 0:
     for r in record["members"]:
       print(json.dumps({k: r.get(k) for k in ("run", "fvu", "l0", "dead_frac", "pareto")}))

@@ -637,7 +637,7 @@ class BatchTopKSAE(TopKSAE):
         than k of the winners.)
         """
         b, m, n = pre.shape[0], self.m, pre.shape[0] * self.k
-        kr = min(m, per_row or 2 * self.k)
+        kr = min(m, max(per_row or 2 * self.k, self.k))             # >= B·k candidates
         if kr >= m:
             return _by_token(*self.select_batch(pre))
         cv, ci = jax.lax.top_k(pre, kr)                              # [B, kr] sorted
