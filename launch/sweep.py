@@ -8,8 +8,9 @@ the same 'field=v1,v2' strings; a flag replaces the config's axis over the same 
 a member, trained as the ordinary run `runs/<run>/<member>/`; `runs/<run>/sweep.json`
 and `sweep.png` compare them (FVU vs L0 with the Pareto front, dead % per member).
 Analyse/export a member with `--config.run=<run>/<member>`. Re-running resumes.
-Members may differ in sae.* and train.{lr, seed, warmup_steps, decay, final_lr_frac,
-grad_clip, adam_*, dead_tokens, dense_threshold, b_dec_init}; the data, batch, steps and
+Members may differ in sae.* and in the train fields of
+musicsae_jax.sweep.MEMBER_TRAIN_FIELDS (lr, seed, the schedule's shape, grad_clip, adam_*,
+dead_tokens, dense_threshold, b_dec_init, l1_warmup_frac); the data, batch, steps and
 mesh are shared. See musicsae_jax/sweep.py for how members are grouped and placed.
 
 Run safety as for launch.train: one live sweep per run (a second one, or a single run of
