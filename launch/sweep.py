@@ -8,15 +8,23 @@ the same 'field=v1,v2' strings; a flag replaces the config's axis over the same 
 a member, trained as the ordinary run `runs/<run>/<member>/`; `runs/<run>/sweep.json`
 and `sweep.png` compare them (FVU vs L0 with the Pareto front, dead % per member).
 Analyse/export a member with `--config.run=<run>/<member>`. Re-running resumes.
-Members may differ in sae.* and train.{lr, seed, warmup_steps, decay, final_lr_frac,
-grad_clip, adam_*, dead_tokens, dense_threshold, b_dec_init}; the data, batch, steps and
+Members may differ in sae.* and in the train fields of
+musicsae_jax.sweep.MEMBER_TRAIN_FIELDS (lr, seed, the schedule's shape, grad_clip, adam_*,
+dead_tokens, dense_threshold, b_dec_init, l1_warmup_frac); the data, batch, steps and
 mesh are shared. See musicsae_jax/sweep.py for how members are grouped and placed.
+
+Run safety as for launch.train: one live sweep per run (a second one, or a single run of
+a member, fails at once); a resumed member whose experiment changed is refused with the
+differing fields (`--overwrite` starts the whole sweep over). Multi-host: run the same
+command on every host, as for launch.train (`--multihost`, or the environment).
 """
 import json
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from launch import common
+
+from musicsae_jax import distributed
 
 _CONFIG = common.define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workspace root (runs/<run>/ goes here).")
@@ -28,16 +36,25 @@ _MEMBER_STEP = flags.DEFINE_enum(
     "How a group of same-shaped members steps: vmap (batched into every op; accelerators, "
     "members split over 'model'), map (the single-run step once per member, one jitted "
     "step; fastest on CPU), auto (map on CPU unless members are split over devices).")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Delete runs/<run>/ (every member and its checkpoints) first.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", None, "Join a multi-process job (default: when the environment shows one).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from musicsae_jax import sweep
-  record = sweep.train_sweep(_CONFIG.value, _WORKDIR.value, _SWEEP.value,  # SweepError: 1 line
-                             _MEMBER_STEP.value)
+  if _MULTIHOST.value is not False:          # before anything touches devices
+    distributed.initialize(distributed.detect(force=bool(_MULTIHOST.value)))
   import jax
+  if jax.process_index() != 0:              # one voice: process 0 reports progress
+    logging.set_verbosity(logging.WARNING)
+  from musicsae_jax import checkpoint, sweep
+  with common.user_errors(checkpoint.CheckpointSaveError):         # one line, as in train
+    record = sweep.train_sweep(_CONFIG.value, _WORKDIR.value, _SWEEP.value,  # SweepError too
+                               _MEMBER_STEP.value, overwrite=_OVERWRITE.value)
   if jax.process_index() == 0:
     for r in record["members"]:
       print(json.dumps({k: r.get(k) for k in ("run", "fvu", "l0", "dead_frac", "pareto")}))

@@ -24,7 +24,8 @@ def sae() -> ml_collections.ConfigDict:
   s.m = _none(int)                     # None: expansion * d
   s.expansion = 16
   s.k = 32                             # topk / batchtopk / matryoshka: active latents per row
-  s.l1_coeff = 5.0                     # relu: L1 penalty on decoder-norm-weighted latents
+  s.l1_coeff = 2.0                     # relu: L1 penalty on decoder-norm-weighted latents
+                                       # (L0 ~40 on bench/quality.py activations, README)
   s.target_l0 = _none(float)           # jumprelu: the L0 its thresholds steer to (None: k;
                                        # 0: off, the fixed-penalty recipe)
   s.l0_coeff = 1e-3                    # jumprelu: L0 penalty
@@ -57,6 +58,8 @@ def train() -> ml_collections.ConfigDict:
   t.decay_frac = 0.2              # the last fraction of steps decays; constant before
   t.final_lr_frac = 0.0
   t.grad_clip = 1.0
+  t.l1_warmup_frac = 0.05         # relu: L1 coefficient ramps 0 -> l1_coeff over this
+                                  # fraction of the steps (0: full from the first step)
   t.adam_b1, t.adam_b2, t.adam_eps = 0.9, 0.999, 1e-8
   t.seed = 0                      # model init
   t.data_seed = 0                 # block order, shuffles, eval split, normalisation sample

@@ -54,6 +54,8 @@ def validate_train_config(t) -> None:
       problems.append(f"train.{k}={t[k]} must be > 0")
   if t.warmup_steps is not None and int(t.warmup_steps) < 0:
     problems.append(f"train.warmup_steps={t.warmup_steps} must be >= 0")
+  if not 0 <= float(t.get("l1_warmup_frac", 0.0)) <= 1:
+    problems.append(f"train.l1_warmup_frac={t.l1_warmup_frac} must be in [0, 1]")
   if t.dead_tokens is not None and int(t.dead_tokens) <= 0:
     problems.append(f"train.dead_tokens={t.dead_tokens} must be > 0 (or None for the default)")
   if problems:

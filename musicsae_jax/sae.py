@@ -409,12 +409,66 @@ def _sum_to(g: jax.Array, shape) -> jax.Array:
 # --------------------------------------------------------------------------------------
 
 
+def _by_token(vals, rows, cols):
+    """Pairs reordered by token (stable), the layout :meth:`select_batch_fast` returns."""
+    order = jnp.argsort(rows, stable=True)
+    return vals[order], rows[order], cols[order]
+
+
+def _nth_largest(arrays: Sequence[jax.Array], n: int) -> jax.Array:
+    """The n-th largest value (with multiplicity) over ``arrays`` of non-negative floats;
+    negative entries are left out. Bisection on the float bits (monotone for x >= 0):
+    32 passes of a compare-and-count instead of sorting the values. Needs at least n
+    entries >= 0."""
+    bits = [jnp.where(a > 0, jax.lax.bitcast_convert_type(a, jnp.int32),
+                      jnp.where(a < 0, -1, 0)) for a in arrays]       # -0.0 counts as 0
+
+    def count(t):
+        return sum(jnp.sum(bb >= t, dtype=jnp.int32) for bb in bits)
+
+    def body(_, lh):                      # invariant: count(lo) >= n > count(hi)
+        lo, hi = lh
+        mid = lo + (hi - lo) // 2
+        ok = count(mid) >= n
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, 32, body, (jnp.int32(0), jnp.int32(0x7F800001)))
+    return jax.lax.bitcast_convert_type(lo, jnp.float32).astype(arrays[0].dtype)
+
+
+def _first_per_row(cv, ci, cv2, ci2, deep, tau, n):
+    """(vals, rows, cols) [n], ordered by token: each row's first c_r sorted candidates,
+    c_r = its candidates > tau plus its share of the ties at tau (given out in row order
+    until n are taken). Rows in ``deep`` (may be None) take theirs from cv2/ci2."""
+    b, kr = cv.shape
+    gt, eq = jnp.sum(cv > tau, 1), jnp.sum(cv == tau, 1)
+    if deep is not None:
+        gt = gt.at[deep].set(jnp.sum(cv2 > tau, 1))
+        eq = eq.at[deep].set(jnp.sum(cv2 == tau, 1))
+    need = n - jnp.sum(gt)
+    ties = jnp.clip(need - (jnp.cumsum(eq) - eq), 0, eq)
+    ends = jnp.cumsum(gt + ties)                                      # [B], ends[-1] = n
+    pos = jnp.arange(n, dtype=ends.dtype)
+    rows = jnp.searchsorted(ends, pos, side="right").astype(jnp.int32)
+    rows = jnp.minimum(rows, b - 1)
+    j = pos - (ends - gt - ties)[rows]                                # rank within the row
+    vals, cols = cv[rows, jnp.minimum(j, kr - 1)], ci[rows, jnp.minimum(j, kr - 1)]
+    if deep is not None:
+        slot = jnp.full((b,), -1, jnp.int32).at[deep].set(jnp.arange(deep.shape[0],
+                                                                     dtype=jnp.int32))
+        s = slot[rows]
+        s0, j2 = jnp.maximum(s, 0), jnp.minimum(j, cv2.shape[1] - 1)
+        vals = jnp.where(s >= 0, cv2[s0, j2], vals)
+        cols = jnp.where(s >= 0, ci2[s0, j2], cols)
+    return vals, rows, cols
+
+
 class SAE(nnx.Module):
     """Shared layout and the ReLU + decoder-norm-weighted L1 architecture."""
 
     architecture = "relu"
 
-    def __init__(self, d: int, m: int, *, rngs: nnx.Rngs, l1_coeff: float = 5.0,
+    def __init__(self, d: int, m: int, *, rngs: nnx.Rngs, l1_coeff: float = 2.0,
                  dtype=jnp.float32, **_unused):
         self.d, self.m = int(d), int(m)
         w = _unit_rows(jax.random.normal(rngs.params(), (self.m, self.d), dtype))
@@ -471,13 +525,16 @@ class SAE(nnx.Module):
         }
 
     # -- ReLU + L1 -----------------------------------------------------------------------
-    def loss(self, x: jax.Array, dead_mask=None, train: bool = True):
+    def loss(self, x: jax.Array, dead_mask=None, train: bool = True,
+             sparsity_scale=1.0):
         """MSE + l1_coeff * mean_b sum_i z_i ||W_dec_i|| (norm-weighted so it can't be
-        cheated by shrinking z and growing decoder rows)."""
+        cheated by shrinking z and growing decoder rows). ``sparsity_scale`` multiplies
+        the coefficient: the train step ramps it 0 -> 1 over ``train.l1_warmup_frac`` of
+        the run (the other architectures take and ignore it)."""
         x_hat, z = self(x)
         mse = _sq_err(x, x_hat)
         sparsity = jnp.mean(z @ jnp.linalg.norm(self.W_dec[...], axis=-1))
-        loss = mse + self.l1_coeff * sparsity
+        loss = mse + self.l1_coeff * sparsity_scale * sparsity
         return loss, self._metrics(loss, x, x_hat, z, mse, jnp.zeros(()), sparsity)
 
 
@@ -518,7 +575,7 @@ class TopKSAE(SAE):
         return sparse_pre_acts(x, self.b_dec[...], self.W_enc[...], self.b_enc[...], pre_sg,
                                rows, cols)
 
-    def loss(self, x, dead_mask=None, train: bool = True):
+    def loss(self, x, dead_mask=None, train: bool = True, sparsity_scale=1.0):
         """MSE + aux_coeff * AuxK. Only the encoder forward is dense: the k latents are
         picked on a stop-gradient pre, their values get a sparse encoder backward
         (:func:`sparse_pre_acts`) and the decode is a k-row gather (:func:`sparse_decode`)."""
@@ -561,46 +618,47 @@ class BatchTopKSAE(TopKSAE):
 
     def select_batch_fast(self, pre: jax.Array, per_row: int | None = None,
                           deep_rows: int | None = None, deep_k: int | None = None):
-        """Same selection as :meth:`select_batch` (ties aside) without a top-B·k over all
-        B·m values, which costs about as much as the rest of the step.
+        """Same selection as :meth:`select_batch` (ties aside), as pairs ordered by token,
+        without a top-B·k over all B·m values (which costs about as much as the rest of
+        the step) and without sorting the winners.
 
         Candidates: each row's top ``per_row`` (default 2k) pre-activations, and for the
         ``deep_rows`` rows (default B/32) whose last candidate is largest (the rows most
         likely to hold more winners: high-norm tokens) their top ``deep_k`` (default 8k).
-        The batch top-B·k is taken among these ~B·2k candidates. Exact, because every
-        value left out is at most its row's last candidate, and the selection is only
-        used when all those bounds are <= the B·k-th selected value; otherwise
-        ``lax.cond`` runs :meth:`select_batch` (rare: more than deep_rows rows each with
-        more than 2k winners). ReLU commutes with top-k, so it is applied to candidates.
-        (Per-row top-k alone would not do: a row may hold more than k of the winners.)
+        The threshold τ, the B·k-th largest candidate, is found by bisection on the
+        float bits (:func:`_nth_largest`, a few cheap passes over the ~B·2k candidates);
+        since every row's candidates are sorted, the winners are the first c_r
+        candidates of each row (c_r: the candidates > τ, plus ties at τ in row order up
+        to B·k), laid out row after row. Exact, because every value left out is at most
+        its row's last candidate, and the selection is only used when all those bounds
+        are <= τ; otherwise ``lax.cond`` runs :meth:`select_batch` (rare: more than
+        deep_rows rows each with more than 2k winners). ReLU commutes with top-k, so it
+        is applied to candidates. (Per-row top-k alone would not do: a row may hold more
+        than k of the winners.)
         """
         b, m, n = pre.shape[0], self.m, pre.shape[0] * self.k
-        kr = min(m, per_row or 2 * self.k)
+        kr = min(m, max(per_row or 2 * self.k, self.k))             # >= B·k candidates
         if kr >= m:
-            return self.select_batch(pre)
+            return _by_token(*self.select_batch(pre))
         cv, ci = jax.lax.top_k(pre, kr)                              # [B, kr] sorted
         cv = jax.nn.relu(cv)
         last = cv[:, -1]
         r = min(b - 1, deep_rows if deep_rows is not None else max(1, b // 32))
         k2 = min(m, deep_k or 8 * self.k)
         if r < 1 or k2 <= kr:                                        # one tier only
-            vals, pos = jax.lax.top_k(cv.reshape(-1), n)
-            fast = (vals, pos // kr, ci.reshape(-1)[pos])
-            ok = jnp.all(last <= vals[-1])
-            return jax.lax.cond(ok, lambda: fast, lambda: self.select_batch(pre))
+            tau = _nth_largest((cv,), n)
+            fast = _first_per_row(cv, ci, None, None, None, tau, n)
+            return jax.lax.cond(jnp.all(last <= tau), lambda: fast,
+                                lambda: _by_token(*self.select_batch(pre)))
         bound, deep = jax.lax.top_k(last, r + 1)
         deep, bound = deep[:r], bound[r]                              # rows left: last <= bound
         cv2, ci2 = jax.lax.top_k(pre[deep], k2)                       # [r, k2]
         cv2 = jax.nn.relu(cv2)
-        cv1 = cv.at[deep].set(-1.0)                                   # superseded by tier 2
-        n1 = b * kr
-        vals, pos = jax.lax.top_k(jnp.concatenate([cv1.reshape(-1), cv2.reshape(-1)]), n)
-        in1, p2 = pos < n1, jnp.maximum(pos - n1, 0)
-        rows = jnp.where(in1, pos // kr, deep[p2 // k2])
-        cols = jnp.where(in1, ci.reshape(-1)[jnp.minimum(pos, n1 - 1)], ci2.reshape(-1)[p2])
-        tau = vals[-1]
+        is_deep = jnp.zeros((b,), bool).at[deep].set(True)
+        tau = _nth_largest((jnp.where(is_deep[:, None], -1.0, cv), cv2), n)
+        fast = _first_per_row(cv, ci, cv2, ci2, deep, tau, n)
         ok = (bound <= tau) & (jnp.all(cv2[:, -1] <= tau) | (k2 >= m))
-        return jax.lax.cond(ok, lambda: (vals, rows, cols), lambda: self.select_batch(pre))
+        return jax.lax.cond(ok, lambda: fast, lambda: _by_token(*self.select_batch(pre)))
 
     def encode(self, x):
         pre = self.pre_acts(x)
@@ -612,12 +670,11 @@ class BatchTopKSAE(TopKSAE):
 
     def _train_select(self, x, pre_sg):
         """Batch top-B·k on the stop-gradient pre, as [k, B] chunks of pairs; values
-        with the sparse encoder backward. Pairs are ordered by token: the row gathers
+        with the sparse encoder backward. Pairs come ordered by token: the row gathers
         and scatter-adds of the sparse decode and its backward then walk memory in order
         (about 20% less CPU time for them at B=4096, d=1024 than in selection order)."""
-        _, rows, cols = self.select_batch_fast(pre_sg)
-        order = jnp.argsort(rows, stable=True)
-        rows, cols = rows[order].reshape(self.k, -1), cols[order].reshape(self.k, -1)
+        _, rows, cols = self.select_batch_fast(pre_sg)                # ordered by token
+        rows, cols = rows.reshape(self.k, -1), cols.reshape(self.k, -1)
         return jax.nn.relu(self._sparse_pre(x, pre_sg, rows, cols)), rows, cols
 
     def _train_recon(self, x, pre):
@@ -627,7 +684,7 @@ class BatchTopKSAE(TopKSAE):
         z = self._dense_z(vals.reshape(-1), rows.reshape(-1), cols.reshape(-1), b)
         return x_hat, z, (vals, cols)
 
-    def loss(self, x, dead_mask=None, train: bool = True):
+    def loss(self, x, dead_mask=None, train: bool = True, sparsity_scale=1.0):
         """Train: batch top-B·k with sparse encoder backward and sparse decode.
         Eval: threshold encode, dense decode."""
         pre = self.pre_acts(x)
@@ -692,7 +749,7 @@ class MatryoshkaSAE(BatchTopKSAE):
             parts = jnp.stack([z[:, lo:hi] @ W[lo:hi] for lo, hi in zip(bounds, bounds[1:])], 1)
         return jnp.cumsum(parts, axis=1) + self.b_dec[...], z, pairs
 
-    def loss(self, x, dead_mask=None, train: bool = True):
+    def loss(self, x, dead_mask=None, train: bool = True, sparsity_scale=1.0):
         pre = self.pre_acts(x)
         if train:
             pre = jax.lax.stop_gradient(pre)
@@ -744,7 +801,7 @@ class JumpReLUSAE(SAE):
     def encode(self, x):
         return jumprelu(self.pre_acts(x), jnp.exp(self.log_threshold[...]), self.bandwidth)
 
-    def loss(self, x, dead_mask=None, train: bool = True):
+    def loss(self, x, dead_mask=None, train: bool = True, sparsity_scale=1.0):
         pre = self.pre_acts(x)
         theta = jnp.exp(self.log_threshold[...])
         z = jumprelu(pre, theta, self.bandwidth)

@@ -32,6 +32,7 @@ step and drops later checkpoints and log rows, exactly as a single run does.
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import datetime
 import itertools
@@ -53,6 +54,7 @@ from musicsae_jax import checkpoint as ckpt_lib
 from musicsae_jax import data as data_lib
 from musicsae_jax import mesh as mesh_lib
 from musicsae_jax import plots
+from musicsae_jax import runs
 from musicsae_jax import sae as sae_lib
 from musicsae_jax import train as train_lib
 
@@ -61,7 +63,7 @@ from musicsae_jax import train as train_lib
 MEMBER_TRAIN_FIELDS = ("lr", "seed", "warmup_steps", "warmup_frac", "warmup_max", "decay",
                        "decay_frac", "final_lr_frac", "grad_clip",
                        "adam_b1", "adam_b2", "adam_eps", "dead_tokens", "dense_threshold",
-                       "b_dec_init")
+                       "b_dec_init", "l1_warmup_frac")
 # Member fields that may differ inside one vmapped group (values, not Python constants).
 VMAPPED_FIELDS = ("train.lr", "train.seed")
 SWEEP_FILE = "sweep.json"
@@ -173,16 +175,22 @@ def _jsonable(o):
   raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
-def resolve_members(members: list[Member], d: int) -> None:
-  """Resolve each member's train and SAE config for inputs of width d (clear errors)."""
-  for mb in members:
+def resolve_members(members: list[Member], d: int,
+                    recorded: Sequence[dict] | None = None) -> None:
+  """Resolve each member's train and SAE config for inputs of width d (clear errors).
+
+  `recorded`: each member's recorded `train` block ({} when new), so a resumed member
+  keeps the warm-up, AuxK window and lr it started with, as a resumed single run does."""
+  for i, mb in enumerate(members):
     try:
       mb.t = train_lib.resolve_train_config(mb.config.get("train"))
       mb.sae_cfg = train_lib._sae_cfg(mb.config)
       mb.m = sae_lib.resolve_config(mb.sae_cfg, d)["m"]
+      runs.validate_train_config(mb.t)
     except ValueError as e:
       raise SweepError(f"sweep member {mb.name} ({mb.overrides}): {e}") from e
-    train_lib.fill_run_defaults(mb.t, mb.m)      # lr, warm-up, dead_tokens as a run resolves them
+    train_lib.fill_run_defaults(mb.t, mb.m,      # lr, warm-up, dead_tokens as a run resolves them
+                                recorded[i] if recorded else None)
 
 
 def _group_key(mb: Member) -> str:
@@ -250,7 +258,7 @@ def make_group_step(graphdef, t, lrs: np.ndarray, how: str = "vmap"):
   def member_step(state, x, lr):
     tx, _ = member_optimizer(t, lr)
     step = train_lib.make_train_step(graphdef, tx, int(t.dead_tokens),
-                                     float(t.dense_threshold))
+                                     float(t.dense_threshold), train_lib.l1_warmup_steps(t))
     return step(state, x)
 
   if how == "map":
@@ -355,25 +363,54 @@ def _check_grid(path: str, names: list[str]) -> None:
                      "use another config.run for a different grid")
 
 
+def _member_record(mb: Member, data_streams: int, sweep_run: str) -> dict:
+  """What a member's config.json records (and what a resume is checked against)."""
+  mt = ml_collections.ConfigDict(mb.t.to_dict())
+  mt.data_streams = data_streams
+  return {**json.loads(mb.config.to_json_best_effort()),
+          "train": json.loads(mt.to_json_best_effort()),
+          "sweep_member": {"sweep": sweep_run, "member": mb.name, "overrides": mb.overrides}}
+
+
 def train_sweep(config: ml_collections.ConfigDict, workdir: str,
-                sweep: Sequence[str] = (), member_step: str = "auto") -> dict[str, Any]:
+                sweep: Sequence[str] = (), member_step: str = "auto",
+                overwrite: bool = False) -> dict[str, Any]:
   """Train (or resume) every member of the sweep `<workdir>/runs/<config.run>`.
 
   `sweep`: extra axes ('sae.k=16,32') on top of `config.sweep`; `member_step`: how a
-  group steps its members ('auto' | 'vmap' | 'map', see `choose_member_step`). Returns
-  the sweep.json record (members with their final metrics, the Pareto front).
+  group steps its members ('auto' | 'vmap' | 'map', see `choose_member_step`);
+  `overwrite`: delete an earlier sweep of this name first. Returns the sweep.json record
+  (members with their final metrics, the Pareto front).
+
+  Run safety as in `train.train_and_evaluate` (`musicsae_jax.runs`): configs are
+  validated before anything is written; process 0 holds the lock of the sweep directory
+  and of every member directory for the whole sweep (a second sweep, or a single run of
+  a member, fails at once); a member whose recorded experiment differs is refused.
   """
   axes = sweep_axes(config, sweep)
   members = expand(config, axes)
-  names = [mb.name for mb in members]
   run_dir = os.path.abspath(os.path.join(workdir, "runs", config.run))
-  sweep_path = os.path.join(run_dir, SWEEP_FILE)
-  _check_grid(sweep_path, names)
   base = ml_collections.ConfigDict({k: v for k, v in config.to_dict().items() if k != "sweep"})
   t = train_lib.resolve_train_config(base.get("train"))     # the shared loop's fields
+  runs.validate_train_config(t)
+  mesh_lib.maybe_initialize_distributed(base)       # before anything touches devices
+  if jax.process_index() != 0:                      # only process 0 writes run files
+    return _train_sweep(config, workdir, axes, members, base, t, run_dir, member_step)
+  with contextlib.ExitStack() as locks:             # a failed start leaves no empty dir
+    locks.enter_context(runs.RunLock(run_dir))
+    if overwrite:
+      runs.clear_run(run_dir, t.checkpoint_dir)
+    for mb in members:
+      locks.enter_context(runs.RunLock(os.path.join(run_dir, mb.name)))
+    return _train_sweep(config, workdir, axes, members, base, t, run_dir, member_step)
+
+
+def _train_sweep(config, workdir, axes, members, base, t, run_dir, member_step):
+  names = [mb.name for mb in members]
+  sweep_path = os.path.join(run_dir, SWEEP_FILE)
+  _check_grid(sweep_path, names)
 
   # --- mesh --------------------------------------------------------------------------------
-  mesh_lib.maybe_initialize_distributed(base)
   is_main = jax.process_index() == 0
   devices = jax.devices()[: t.num_devices] if t.get("num_devices") else None
   mesh = mesh_lib.make_mesh(t.mesh_data, t.mesh_model, devices=devices)
@@ -384,10 +421,15 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str,
   # --- input (shared by every member: read once) --------------------------------------
   source, extras = train_lib._source(base, t, workdir)
   d = source.d
-  resolve_members(members, d)
-  _check_shared(members)
-  groups_idx = group_members(members)
   member_dirs = [os.path.join(run_dir, n) for n in names]
+  resolve_members(members, d, [train_lib._recorded_train(p) for p in member_dirs])
+  _check_shared(members)
+  if is_main:                                      # before any run file is written
+    train_defaults = train_lib.default_config().to_dict()
+    for mb, p in zip(members, member_dirs):
+      runs.check_resume(p, _member_record(mb, int(t.data_streams), config.run),
+                        train_defaults)
+  groups_idx = group_members(members)
   for idx in groups_idx:
     if member_axis and len(idx) % mesh.shape["model"]:
       raise mesh_lib.MeshError(
@@ -441,14 +483,8 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str,
       os.makedirs(member_dirs[i], exist_ok=True)
       if not os.path.exists(os.path.join(member_dirs[i], "normalization.json")):
         data_lib.save_normalization(os.path.join(member_dirs[i], "normalization.json"), norm)
-      mt = ml_collections.ConfigDict(mb.t.to_dict())
-      mt.data_streams = t.data_streams
-      resolved = {**json.loads(mb.config.to_json_best_effort()),
-                  "train": json.loads(mt.to_json_best_effort()),
-                  "sweep_member": {"sweep": config.run, "member": mb.name,
-                                   "overrides": mb.overrides}}
       with open(os.path.join(member_dirs[i], "config.json"), "w") as f:
-        json.dump(resolved, f, indent=2)
+        json.dump(_member_record(mb, t.data_streams, config.run), f, indent=2)
     with open(sweep_path, "w") as f:
       json.dump(summarize(config.run, axes, members, groups_idx, None, member_step=how),
                 f, indent=2)
@@ -513,12 +549,19 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str,
     for p in member_dirs:
       train_lib._trim_metrics(os.path.join(p, "metrics.jsonl"), start)
 
+  # Several processes: one member's save at a time. Orbax's multi-process async save
+  # syncs the processes through a coordination barrier of a fixed name, so concurrent
+  # saves of several members collide ("Barrier ... is already ongoing").
+  one_at_a_time = jax.process_count() > 1
+
   def save(step, states, evals):
     for c in ckpts:                              # every member holds the previous step
       c.wait_until_finished()
     for g, s in zip(groups, states):
       for j, i in enumerate(g.members):
         ckpts[i].save(step, g.take(s, j), (evals[i] or {}).get("fvu"))
+        if one_at_a_time:
+          ckpts[i].wait_until_finished()
 
   # --- train + evals --------------------------------------------------------------------
   def log_rows(rows):

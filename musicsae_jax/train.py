@@ -171,20 +171,31 @@ def _source(config, t, workdir):
   raise ValueError(f"train.source={t.source!r}; allowed: 'synthetic', 'store'")
 
 
+def l1_warmup_steps(t) -> int:
+  """Steps over which ReLU's L1 coefficient ramps up: train.l1_warmup_frac of the run."""
+  return int(round(float(t.l1_warmup_frac) * int(t.steps)))
+
+
 def make_train_step(graphdef, tx: optax.GradientTransformation, dead_tokens: int,
-                    dense_threshold: float = 0.1):
+                    dense_threshold: float = 0.1, l1_warmup: int = 0):
   """The pure train step (state, x) -> (state, scalar metrics); jit it with shardings.
 
   state = {'params', 'stats' (nnx split), 'opt', 'since_fired' [m] int32, 'step'}.
+  `l1_warmup`: the sparsity coefficient (ReLU's L1) grows linearly from 1/l1_warmup to
+  full over the first l1_warmup steps (Anthropic's April 2024 recipe: a full penalty
+  from the first step kills latents before they have found a direction).
   """
   dense_thr = float(dense_threshold)
+  warm = int(l1_warmup)
 
   def train_step(state, x):
     dead = state["since_fired"] >= dead_tokens
+    scale = (jnp.minimum(1.0, (state["step"] + 1).astype(jnp.float32) / warm)
+             if warm > 0 else 1.0)
 
     def loss_fn(p):
-      loss, metrics = nnx.merge(graphdef, p, state["stats"]).loss(x, dead_mask=dead,
-                                                                  train=True)
+      loss, metrics = nnx.merge(graphdef, p, state["stats"]).loss(
+          x, dead_mask=dead, train=True, sparsity_scale=scale)
       return loss, metrics
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -410,7 +421,8 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
 
   # --- step ------------------------------------------------------------------------------
   dense_thr = float(t.dense_threshold)
-  train_step = make_train_step(graphdef, tx, int(t.dead_tokens), dense_thr)
+  train_step = make_train_step(graphdef, tx, int(t.dead_tokens), dense_thr,
+                               l1_warmup_steps(t))
 
   p_train_step = jax.jit(train_step, in_shardings=(state_sh, batch_sh),
                          out_shardings=(state_sh, replicated), donate_argnums=(0,))

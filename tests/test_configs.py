@@ -117,4 +117,4 @@ def test_launch_config_prints_the_resolved_config_from_any_directory(tmp_path):
   assert r.returncode == 0, r.stderr
   lines = r.stdout.splitlines()
   assert "train.decay = 'constant'" in lines and "train.grad_clip = 1.0" in lines
-  assert "sae.l1_coeff = 5.0" in lines and "steer.features = None" in lines
+  assert "sae.l1_coeff = 2.0" in lines and "steer.features = None" in lines

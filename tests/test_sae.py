@@ -500,8 +500,9 @@ def _pairs(out):
 
 @pytest.mark.parametrize("case", ["plain", "outlier_rows", "many_outliers", "few_positive"])
 def test_select_batch_fast_is_exact(case, monkeypatch):
-    """The candidate selection (per-row top-2k, deeper rows, cond fallback) equals the
-    full batch top-B·k (numpy), and takes the fallback only when it must."""
+    """The candidate selection (per-row top-2k, deeper rows, bisected threshold, cond
+    fallback) equals the full batch top-B·k (numpy), ordered by token, and takes the
+    fallback only when it must."""
     b, m, k = 64, 256, 8
     model = sae.make_sae(dict(architecture="batchtopk", m=m, k=k), d=D, rngs=nnx.Rngs(0))
     pre = np.random.default_rng(7).normal(size=(b, m)).astype(np.float32)
@@ -512,8 +513,10 @@ def test_select_batch_fast_is_exact(case, monkeypatch):
     if case == "few_positive":        # fewer than B·k positive values at all
         pre = pre - 3.0
     want = _ref_batch_pairs(pre, b * k)
-    got = _pairs(model.select_batch_fast(jnp.asarray(pre)))
+    out = model.select_batch_fast(jnp.asarray(pre))
+    got = _pairs(out)
     assert got.keys() == want.keys()
+    assert np.all(np.diff(np.asarray(out[1])) >= 0)              # ordered by token
     np.testing.assert_array_equal([got[p] for p in want], [want[p] for p in want])
     assert case != "few_positive" or len(want) < b * k
     assert case == "few_positive" or len(want) == b * k

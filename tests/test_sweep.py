@@ -196,3 +196,60 @@ def test_launch_script_writes_the_sweep_picture(tmp_path):
   bad = subprocess.run(cmd[:5] + ["--sweep=train.steps=1,2"], cwd=ROOT, capture_output=True,
                        text=True, timeout=120, env=env)
   assert bad.returncode != 0 and "train.steps" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_run_safety_lock_and_changed_experiment(one_device, tmp_path):
+  """As launch.train: a second writer (of the sweep or of one member) fails at once, a
+  changed experiment is refused before anything is written."""
+  from musicsae_jax import runs
+  wd, _ = one_device
+  run = os.path.join(wd, "runs", "synthetic_tiny")
+  before = {n: open(os.path.join(run, n, "config.json")).read() for n in NAMES}
+  for held in (run, os.path.join(run, NAMES[2])):
+    with runs.RunLock(held):
+      with pytest.raises(runs.RunLockedError, match="another live process"):
+        sweep.train_sweep(_cfg(num_devices=1), wd, AXES)
+  with pytest.raises(runs.RunConfigError, match=r"train.grad_clip: 1.0 -> 0.5"):
+    sweep.train_sweep(_cfg(num_devices=1, grad_clip=0.5), wd, AXES)
+  assert {n: open(os.path.join(run, n, "config.json")).read() for n in NAMES} == before
+  with pytest.raises(sweep.SweepError, match="train.lr=-0.001 must be > 0"):
+    sweep.train_sweep(_cfg(num_devices=1), str(tmp_path), ["train.lr=-1e-3"])
+  assert not (tmp_path / "runs").exists()            # nothing half-written
+
+
+def test_two_processes_match_one_process(tmp_path):
+  """launch.sweep as 2 JAX processes (localhost coordinator, 1 CPU device each, as in
+  tests/test_multihost.py) against the same sweep on 2 devices of this process; both read
+  2 data streams, so they see the same global batches. rtol 1e-5: cross-process
+  all-reduces sum in another order (float32 rounding)."""
+  from tests import test_multihost as mh
+  over = {"steps": 4, "eval_every": 4, "checkpoint_every": 4, "data_streams": 2}
+  axes = ["train.lr=1e-3,3e-3"]
+  ref = sweep.train_sweep(_cfg(num_devices=2, **over), str(tmp_path / "ref"), axes)
+  c = _cfg(**over)
+  flat = {f"train.{k}": v for k, v in c.train.items() if k != "synthetic"}
+  flat.update({f"train.synthetic.{k}": v for k, v in c.train.synthetic.items()})
+  flat.update({f"sae.{k}": c.sae[k] for k in ("m", "k", "k_aux")})
+  args = [sys.executable, "-m", "launch.sweep", "--config=configs/synthetic_tiny.py",
+          f"--workdir={tmp_path}"] + [f"--sweep={a}" for a in axes] + [
+          f"--config.{k}={v}" for k, v in flat.items() if v is not None and k not in (
+              "train.num_devices", "train.stop_after", "train.checkpoint_dir")]
+  port = mh._free_port()
+  procs = []
+  for rank in range(2):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1",
+           "MASTER_ADDR": "localhost", "MASTER_PORT": "1", "JAX_COORDINATOR_PORT": str(port),
+           "RANK": str(rank), "WORLD_SIZE": "2"}
+    log = open(tmp_path / f"proc{rank}.log", "w")
+    procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT))
+  mh._wait(procs, str(tmp_path), timeout=150)
+  assert "process 1 of 2" not in mh._log(str(tmp_path), 1)    # one voice
+  got = json.load(open(tmp_path / "runs" / "synthetic_tiny" / "sweep.json"))
+  assert [r["name"] for r in got["members"]] == ["lr0.001", "lr0.003"]
+  for name in ("lr0.001", "lr0.003"):
+    for key in ("loss", "l0"):
+      np.testing.assert_allclose(_col(str(tmp_path), _member(name), key),
+                                 _col(str(tmp_path / "ref"), _member(name), key), rtol=1e-5)
+  np.testing.assert_allclose([r["fvu"] for r in got["members"]],
+                             [r["fvu"] for r in ref["members"]], rtol=1e-5)

@@ -228,3 +228,28 @@ def test_schedule_and_dead_window_follow_the_run_length():
   assert train.default_dead_tokens(long) == 10_000_000
   const = train.resolve_train_config({"steps": 100, "lr": 1.0, "decay": "constant"})
   assert float(train.make_schedule(const)[0](99)) == 1.0
+
+
+def test_relu_l1_coefficient_warms_up():
+  """ReLU's L1 coefficient ramps linearly over train.l1_warmup_frac of the steps: the
+  logged loss is mse + l1_coeff * min(1, step / warm-up) * sparsity, full from then on."""
+  import jax
+  import optax
+  from flax import nnx
+  from musicsae_jax import sae as sae_lib
+  t = train.default_config()
+  t.steps = 80
+  assert train.l1_warmup_steps(t) == 4                      # 5 % of 80
+  model = sae_lib.make_sae(dict(architecture="relu", m=32, l1_coeff=3.0), d=8,
+                           rngs=nnx.Rngs(0))
+  graphdef, params, stats = nnx.split(model, nnx.Param, ...)
+  tx = optax.sgd(0.0)                                       # parameters stay put
+  step = jax.jit(train.make_train_step(graphdef, tx, 10**6, l1_warmup=4))
+  state = train.init_state(params, stats, tx, 32)
+  x = np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32)
+  for i in range(1, 7):
+    state, met = step(state, x)
+    want = met["mse"] + 3.0 * min(1.0, i / 4) * met["sparsity_loss"]
+    np.testing.assert_allclose(met["loss"], want, rtol=1e-6)
+  t.l1_warmup_frac = 0.0
+  assert train.l1_warmup_steps(t) == 0
