@@ -8,9 +8,10 @@ The flow (`launch.analyze` runs it; `analysis.labelers` selects the labelers):
    CLAP must embed (the descriptor vocabulary and the word labels).
 2. The bridge embeds them with CLAP in a torch process (`python -m bridge.label_clap
    REPORT_DIR` -> `clap_embeddings.npz` + `.json`; a one-line skip without weights).
-3. `write_labels` ranks the vocabulary (`clap.rank`), asks the LLM (`llm`), scores every
-   label by detection on held-out snippets (`scoring`), writes `labels.json` and puts the
-   `labels` section into report.html.
+3. `write_labels` ranks the vocabulary (`clap.rank`), asks the LLM (`llm`), has the bridge
+   embed the LLM labels (`--label_texts`), scores every label by every scorer available
+   (CLAP AUROC, LLM balanced accuracy) by detection on held-out snippets (`scoring`), writes
+   `labels.json` and puts the `labels` section into report.html.
 """
 from __future__ import annotations
 
