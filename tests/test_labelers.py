@@ -233,6 +233,13 @@ def test_llm_labels_through_a_stub_server_retry_and_cache(tmp_path, stub_server,
   assert len(_Stub.seen) == sent and len(calls) == 1                  # nothing sent, nothing embedded
   assert json.load(open(out / "labels.json"))["llm_requests"] == {"sent": 0, "cached": calls_made}
   assert json.load(open(out / "labels.json"))["features"] == res["features"]
+  os.remove(out / "clap_label_texts.json")                            # no second CLAP pass:
+  lines = []
+  labelers.write_labels(str(out), s, str(tmp_path), log=lines.append)  # LLM labels lack a CLAP score
+  lab = next(lab for lab in json.load(open(out / "labels.json"))["features"][0]["labels"]
+             if lab["source"] == "llm")
+  assert lab["scores"] == {"clap": None, "llm": 1.0} and "--label_texts" in lab["detection"]["clap"]["skipped"]
+  assert any("--label_texts" in ln for ln in lines) and (out / "label_texts.json").exists()
 
 
 def test_llm_explain_request_carries_the_snippets_as_wav(tmp_path, stub_server, monkeypatch):

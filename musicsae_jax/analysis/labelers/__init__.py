@@ -161,11 +161,12 @@ def _label_vectors(out_dir: str, req: dict, emb: dict, texts: list[str],
                  f"(python -m bridge.label_clap {out_dir} --label_texts)")
 
   got, why = load()
-  if why and embed_label_texts is not None:
+  if why:
     with open(os.path.join(out_dir, LABEL_TEXTS), "w") as f:
       json.dump({"texts": missing}, f, indent=2)
-    embed_label_texts(out_dir)
-    got, why = load()
+    if embed_label_texts is not None:
+      embed_label_texts(out_dir)
+      got, why = load()
   vecs.update({t: got[t] for t in missing if t in got})
   return vecs, why
 
