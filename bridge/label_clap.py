@@ -9,6 +9,11 @@ and `clap_embeddings.json` (model, counts, the request's SHA-256). Without weigh
 empty model field, a missing directory) it writes `{"skipped": reason}`, prints that one
 line and exits 0: the labels then carry the reason, never imitated scores.
 The ranking and scoring are numpy on the JAX side (musicsae_jax.analysis.labelers).
+
+`python -m bridge.label_clap REPORT_DIR --label_texts` embeds the labels that came later
+(LLM explanations, listed in `REPORT_DIR/label_texts.json` by the labelers) with the same
+model, so CLAP can score them too: `clap_label_texts.npz` (`text [texts, e]`) and
+`clap_label_texts.json` (model, texts, both requests' SHA-256).
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import numpy as np
 from bridge import steer_clap
 
 REQUEST, OUT = "label_examples.json", "clap_embeddings"
+TEXTS_REQUEST, TEXTS_OUT = "label_texts.json", "clap_label_texts"
 # The random test model, shrunk: 16 kHz input, 2 s windows, a small spectrogram image.
 TINY = {"sampling_rate": 16000, "spec_size": 128, "max_length_s": 2}
 
@@ -36,18 +42,26 @@ def _write(report_dir: str, meta: dict, audio=None, text=None) -> None:
     json.dump(meta, f, indent=2)
 
 
-def embed(report_dir: str, batch: int = 32, log=print) -> dict:
-  """Embed the request's snippets and texts; returns the metadata written."""
-  path = os.path.join(report_dir, REQUEST)
+def _read(path: str, what: str) -> tuple[dict, str]:
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: run launch.analyze with 'clap' in analysis.labelers")
+    raise FileNotFoundError(f"{path} not found: {what}")
   with open(path, "rb") as f:
     raw = f.read()
-  req = json.loads(raw)
-  digest = hashlib.sha256(raw).hexdigest()
+  return json.loads(raw), hashlib.sha256(raw).hexdigest()
+
+
+def _scorer(req: dict):
+  """The request's CLAP; the tiny test model is rebuilt from the same words (same weights)."""
   words = [w for t in req["clap"]["texts"] for w in t.split()]
-  scorer, what = steer_clap.ClapScorer.load(req["clap"]["model"], field="analysis.labeling.clap",
-                                            tiny={**TINY, "extra_words": words})
+  return steer_clap.ClapScorer.load(req["clap"]["model"], field="analysis.labeling.clap",
+                                    tiny={**TINY, "extra_words": words})
+
+
+def embed(report_dir: str, batch: int = 32, log=print) -> dict:
+  """Embed the request's snippets and texts; returns the metadata written."""
+  req, digest = _read(os.path.join(report_dir, REQUEST),
+                      "run launch.analyze with 'clap' in analysis.labelers")
+  scorer, what = _scorer(req)
   if scorer is None:
     meta = {"skipped": what, "request_sha256": digest}
     _write(report_dir, meta)
@@ -107,13 +121,40 @@ def embed(report_dir: str, batch: int = 32, log=print) -> dict:
   return meta
 
 
+def embed_label_texts(report_dir: str, log=print) -> dict:
+  """Embed label_texts.json's texts with label_examples.json's CLAP; returns the metadata."""
+  req, digest = _read(os.path.join(report_dir, REQUEST),
+                      "run launch.analyze with 'clap' in analysis.labelers")
+  texts_req, texts_digest = _read(os.path.join(report_dir, TEXTS_REQUEST),
+                                  "the labelers write it when LLM labels need CLAP scores")
+  scorer, what = _scorer(req)
+  meta = {"request_sha256": digest, "texts_sha256": texts_digest}
+  if scorer is None:
+    meta["skipped"] = what
+    log(f"labels: CLAP skipped: {what}")
+  else:
+    t0 = time.time()
+    texts = list(texts_req["texts"])
+    template = req["clap"].get("template", "{}")
+    text = scorer.text([template.format(t) for t in texts]) if texts else np.zeros((0, 0))
+    tmp = os.path.join(report_dir, f"{TEXTS_OUT}.tmp-{os.getpid()}.npz")
+    np.savez(tmp, text=text.astype(np.float32))
+    os.replace(tmp, os.path.join(report_dir, TEXTS_OUT + ".npz"))
+    meta.update({"model": scorer.name, "texts": texts, "seconds": round(time.time() - t0, 2)})
+    log(f"labels: CLAP ({scorer.name}) embedded {len(texts)} label texts")
+  with open(os.path.join(report_dir, TEXTS_OUT + ".json"), "w") as f:
+    json.dump(meta, f, indent=2)
+  return meta
+
+
 def main(argv: list[str]) -> int:
-  if len(argv) != 2:
-    print("usage: python -m bridge.label_clap REPORT_DIR (holding label_examples.json)",
-          file=sys.stderr)
+  args = [a for a in argv[1:] if a != "--label_texts"]
+  if len(args) != 1:
+    print("usage: python -m bridge.label_clap REPORT_DIR [--label_texts] (REPORT_DIR holding "
+          "label_examples.json)", file=sys.stderr)
     return 2
   try:
-    embed(argv[1])
+    (embed_label_texts if "--label_texts" in argv else embed)(args[0])
   except (FileNotFoundError, ValueError) as e:
     print(f"bridge.label_clap: {e}", file=sys.stderr)
     return 1

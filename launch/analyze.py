@@ -31,20 +31,27 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _labels(paths: dict) -> dict:
-  """CLAP embeddings in a torch process (the bridge), then labels.json + report section."""
+  """CLAP embeddings in a torch process (the bridge), then labels.json + report section (a
+  second bridge pass embeds the LLM labels, so CLAP scores them too)."""
   from musicsae_jax.analysis import labelers, pipeline
   s = labelers.resolve(pipeline.resolve(_CONFIG.value))
   report_dir = os.path.dirname(paths["report"])
-  if "clap" in s["labelers"] and paths.get("label_examples"):
-    env = dict(os.environ)
-    if int(s["threads"]) > 0:          # read at start-up by OpenBLAS, OpenMP and torch
-      env.update({v: str(int(s["threads"])) for v in
-                  ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
-    r = subprocess.run([sys.executable, "-m", "bridge.label_clap", report_dir],
+  env = dict(os.environ)
+  if int(s["threads"]) > 0:            # read at start-up by OpenBLAS, OpenMP and torch
+    env.update({v: str(int(s["threads"])) for v in
+                ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+
+  def bridge(*extra):
+    r = subprocess.run([sys.executable, "-m", "bridge.label_clap", report_dir, *extra],
                        cwd=common.REPO_ROOT, env=env)
     if r.returncode:
-      sys.exit(f"CLAP labels failed (exit {r.returncode}); rerun: python -m bridge.label_clap {report_dir}")
-  return {"labels": labelers.write_labels(report_dir, s, _WORKDIR.value, log=logging.info)}
+      sys.exit(f"CLAP labels failed (exit {r.returncode}); rerun: python -m bridge.label_clap "
+               f"{' '.join([report_dir, *extra])}")
+
+  if "clap" in s["labelers"] and paths.get("label_examples"):
+    bridge()
+  return {"labels": labelers.write_labels(report_dir, s, _WORKDIR.value, log=logging.info,
+                                          embed_label_texts=lambda _: bridge("--label_texts"))}
 
 
 def main(argv):

@@ -170,5 +170,7 @@ def labeling() -> ml_collections.ConfigDict:
   b.llm_timeout = 60.0                 # seconds per request
   b.llm_retries = 3                    # on 5xx / timeouts, with exponential backoff
   b.llm_backoff = 1.0                  # first retry delay, seconds
+  b.llm_audio = False                  # True: an audio-capable endpoint; the explain request
+                                       # also carries each snippet (OpenAI input_audio, WAV)
   b.seed = 0
   return b

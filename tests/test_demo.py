@@ -67,4 +67,4 @@ def test_demo_end_to_end(tmp_path):
   labels = json.load(open(tmp_path / "reports" / "tiny" / "labels.json"))   # words + tiny CLAP
   assert labels["labelers"]["clap"]["status"] == "ok" and len(labels["features"]) == 5
   assert {lab["source"] for f in labels["features"] for lab in f["labels"]} == {"words", "clap"}
-  assert labels["detection"]["clap"]["n"] == 5 and html.count('<section id="labels">') == 1
+  assert labels["detection"]["clap"]["clap"]["n"] == 5 and html.count('<section id="labels">') == 1

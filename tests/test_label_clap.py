@@ -50,3 +50,16 @@ def test_without_weights_one_line_and_no_embeddings(tmp_path):
   assert len(lines) == 1 and "\n" not in lines[0]
   assert json.loads((out / "clap_embeddings.json").read_text())["skipped"] == meta["skipped"]
   assert not (out / "clap_embeddings.npz").exists()
+
+
+def test_label_texts_pass_reuses_the_same_tiny_model(tmp_path):
+  out = _request(tmp_path, "tiny")
+  label_clap.embed(str(out), batch=4, log=lambda m: None)
+  (out / "label_texts.json").write_text(json.dumps({"texts": ["drums", "calm piano", "bright guitar"]}))
+  assert label_clap.main(["label_clap", str(out), "--label_texts"]) == 0
+  meta = json.loads((out / "clap_label_texts.json").read_text())
+  assert meta["texts"] == ["drums", "calm piano", "bright guitar"] and meta["model"].startswith("tiny")
+  assert meta["request_sha256"] == hashlib.sha256((out / "label_examples.json").read_bytes()).hexdigest()
+  first, again = np.load(out / "clap_embeddings.npz")["text"], np.load(out / "clap_label_texts.npz")["text"]
+  np.testing.assert_allclose(again[:2], first[1:], atol=1e-5)   # same weights as the first pass
+  assert again.shape == (3, 16) and not np.allclose(again[2], again[0], atol=1e-3)

@@ -1,6 +1,9 @@
 """Feature labelers: CLAP ranking on a planted association, detection scores against
-sklearn, the LLM client against a local stub server (payload, retry, cache)."""
+sklearn, the LLM client against a local stub server (payload, retry, cache, every label
+scored by both scorers, snippets as audio)."""
+import base64
 import http.server
+import io
 import json
 import os
 import threading
@@ -31,7 +34,7 @@ class FakeStats:
             if self.prompt_max[p, f] > 0]
 
 
-def _workspace(tmp_path, labelers_=("words", "clap")):
+def _workspace(tmp_path, labelers_=("words", "clap"), **labeling):
   ds = tmp_path / "activations" / "toy"
   (ds / "audio").mkdir(parents=True)
   with open(ds / "prompts.jsonl", "w") as f:
@@ -46,7 +49,7 @@ def _workspace(tmp_path, labelers_=("words", "clap")):
     json.dump({"run": "toy", "step": 1, "features": feats}, f)
   s = labelers.resolve({"labelers": labelers_, "labeling": {
       "clap": "test", "vocabulary": str(tmp_path / "vocab.txt"), "examples": 4, "contrast": 4,
-      "random_snippets": 16, "llm_backoff": 0.01, "llm_retries": 2}})
+      "random_snippets": 16, "llm_backoff": 0.01, "llm_retries": 2, **labeling}})
   labelers.write_request(str(out), FakeStats(), feats, s, frame_rate=50.0,
                          dataset_path=str(ds), site="lm.layer.3")
   return out, s
@@ -64,6 +67,21 @@ def _plant_embeddings(out):
   np.savez(out / "clap_embeddings.npz", audio=audio, text=text)
   json.dump({"model": "planted", "request_sha256": labelers.request_digest(str(out))},
             open(out / "clap_embeddings.json", "w"))
+  return text
+
+
+def _plant_label_texts(out, text, calls):
+  """What `bridge.label_clap --label_texts` writes: a label naming guitar (drums) lies on
+  'guitar' ('drums'), any other on a random direction."""
+  calls.append(json.load(open(out / "label_texts.json"))["texts"])
+  rng = np.random.default_rng(1)
+  vec = lambda t: next((text[VOCAB.index(w)] for w in ("guitar", "drums") if w in t),  # noqa: E731
+                       None)
+  rows = [vec(t) if vec(t) is not None else rng.normal(size=E) for t in calls[-1]]
+  np.savez(out / "clap_label_texts.npz", text=np.stack(rows) / np.linalg.norm(rows, axis=1)[:, None])
+  json.dump({"model": "planted", "texts": calls[-1],
+             "request_sha256": labelers.request_digest(str(out))},
+            open(out / "clap_label_texts.json", "w"))
 
 
 def test_clap_ranking_recovers_a_planted_association(tmp_path):
@@ -80,9 +98,11 @@ def test_clap_ranking_recovers_a_planted_association(tmp_path):
   for feat, word in zip(res["features"], ("guitar", "drums")):
     clap = next(lab for lab in feat["labels"] if lab["source"] == "clap")
     assert clap["label"] == word and clap["margin"] > 0.3 and clap["z"] > 2  # random audio is 1/4 planted
-    assert clap["score"] == clap["detection"]["auroc"] == 1.0          # held-out prompts
+    assert clap["scores"] == {"clap": clap["detection"]["clap"]["auroc"]} == {"clap": 1.0}  # held out
     assert [lab["source"] for lab in feat["labels"]] == ["words", "clap"]
-  assert res["detection"]["clap"]["n"] == 2 and "control_random_word" in res["detection"]
+    assert set(feat["control"]["scores"]) == {"clap"}
+  assert res["detection"]["clap"]["clap"]["n"] == 2 and res["detection"]["clap"]["words"]["n"] == 2
+  assert res["detection"]["clap"]["control_random_word"]["n"] == 2 and "llm" not in res["detection"]
   page = open(out / "report.html").read()
   assert '<section id="labels">' in page and "guitar" in page
   labelers.write_labels(str(out), s, str(tmp_path), log=lambda m: None)    # replaced, not added
@@ -104,10 +124,16 @@ def test_detection_scores_equal_sklearn():
   assert d["n"] == 3 and d["quantiles"]["0.5"] == 0.75 and d["above_0.5"] == pytest.approx(2 / 3)
 
 
+def _user_text(body):
+  content = body["messages"][-1]["content"]
+  return content if isinstance(content, str) else "\n".join(
+      p["text"] for p in content if p["type"] == "text")
+
+
 class _Stub(http.server.BaseHTTPRequestHandler):
   """An OpenAI-compatible chat endpoint: fails the first request with 500, then answers
-  explanations with 'guitar sounds' and detection with 1 for snippets whose caption says
-  guitar."""
+  explanations with 'guitar sounds' and detection with 1 for snippets whose caption holds a
+  word of the label."""
   seen: list = []
   fail_next = True
 
@@ -119,10 +145,11 @@ class _Stub(http.server.BaseHTTPRequestHandler):
       self.send_response(500)
       self.end_headers()
       return
-    user = body["messages"][-1]["content"]
+    user = _user_text(body)
     if "JSON list" in user:
+      words = user.split('described as: "', 1)[1].split('"', 1)[0].split()
       lines = [ln for ln in user.splitlines() if ln[:1].isdigit()]
-      content = json.dumps([int('caption "guitar' in ln) for ln in lines])
+      content = json.dumps([int(any(w in ln.split('"')[1].split() for w in words)) for ln in lines])
     else:
       content = '"guitar sounds"\n'
     reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
@@ -147,16 +174,23 @@ def stub_server():
   server.server_close()
 
 
+def _detected(seen):
+  """{label: number of detect requests} over the stub's requests."""
+  labels = [_user_text(r["body"]).split('described as: "', 1)[1].split('"', 1)[0]
+            for r in seen if "JSON list" in _user_text(r["body"])]
+  return {lab: labels.count(lab) for lab in labels}
+
+
 def test_llm_labels_through_a_stub_server_retry_and_cache(tmp_path, stub_server, monkeypatch):
   monkeypatch.setenv(llm.ENV_URL, stub_server)
   monkeypatch.setenv(llm.ENV_MODEL, "stub-model")
   monkeypatch.setenv(llm.ENV_KEY, "secret")
   out, s = _workspace(tmp_path, ("words", "clap", "llm"))
-  _plant_embeddings(out)
-  labelers.write_labels(str(out), s, str(tmp_path), log=lambda m: None)
+  text, calls = _plant_embeddings(out), []
+  labelers.write_labels(str(out), s, str(tmp_path), log=lambda m: None,
+                        embed_label_texts=lambda d: _plant_label_texts(out, text, calls))
   seen = list(_Stub.seen)
-  # 2 features x (explain + detect) + the retried first request
-  assert len(seen) == 5 and seen[0]["body"] == seen[1]["body"]
+  assert seen[0]["body"] == seen[1]["body"]                           # the 500 was retried
   first = seen[1]
   assert first["path"] == "/v1/chat/completions" and first["auth"] == "Bearer secret"
   assert first["body"]["model"] == "stub-model" and first["body"]["temperature"] == 0.0
@@ -165,18 +199,74 @@ def test_llm_labels_through_a_stub_server_retry_and_cache(tmp_path, stub_server,
   assert "silent or weakest" in user and 'caption "quiet song"' in user          # contrast examples
   assert "CLAP descriptors closest" in user and "guitar (+" in user   # CLAP top words
   assert "rms_db r=+0.50" in user
-  detect = seen[2]["body"]["messages"][-1]["content"]
-  assert "guitar sounds" in detect and "activation" not in detect     # held out, values hidden
+  detect = next(_user_text(r["body"]) for r in seen if "JSON list" in _user_text(r["body"]))
+  assert "activation" not in detect                                   # held out, values hidden
+  # the LLM scores every source's label (identical requests are answered from the cache)
+  assert {"guitar tune", "drum beat", "guitar", "drums", "guitar sounds"} <= set(_detected(seen))
+  bodies = [json.dumps(r["body"], sort_keys=True) for r in seen[1:]]
+  assert len(set(bodies)) == len(bodies)                              # each request sent once
+  assert calls == [["guitar sounds"]]                                 # CLAP embeds the LLM label
   res = json.load(open(out / "labels.json"))
   assert res["labelers"]["llm"]["status"] == "ok"
-  f0 = next(lab for lab in res["features"][0]["labels"] if lab["source"] == "llm")
-  assert f0["label"] == "guitar sounds" and f0["score"] == 1.0        # stub answers by caption
-  f1 = next(lab for lab in res["features"][1]["labels"] if lab["source"] == "llm")
-  assert f1["score"] == 0.5                                           # 'guitar' never in drums
-  assert res["llm_requests"] == {"sent": 5, "cached": 0}
-  labelers.write_labels(str(out), s, str(tmp_path), log=lambda m: None)   # rerun: from the cache
-  assert len(_Stub.seen) == 5
-  assert json.load(open(out / "labels.json"))["llm_requests"] == {"sent": 0, "cached": 4}
+  by = {(f["id"], lab["source"]): lab for f in res["features"] for lab in f["labels"]}
+  assert by[0, "llm"]["label"] == "guitar sounds"
+  assert by[0, "llm"]["scores"] == {"clap": 1.0, "llm": 1.0}          # stub answers by caption
+  assert by[1, "llm"]["scores"]["llm"] == 0.5                         # 'guitar' never in drums
+  req, audio = json.load(open(out / "label_examples.json")), np.load(out / "clap_embeddings.npz")["audio"]
+  f1 = req["features"][1]
+  assert by[1, "llm"]["scores"]["clap"] == scoring.auroc(             # its text lies on 'guitar'
+      audio[[e["snippet"] for e in f1["heldout_pos"]]] @ text[VOCAB.index("guitar")],
+      audio[[e["snippet"] for e in f1["heldout_neg"]]] @ text[VOCAB.index("guitar")])
+  assert by[0, "words"]["scores"] == {"clap": by[0, "words"]["detection"]["clap"]["auroc"], "llm": 1.0}
+  assert by[1, "clap"]["scores"] == {"clap": 1.0, "llm": 0.5}        # 'drums' is not in 'drum beat'
+  assert by[1, "clap"]["detection"]["llm"]["n_pos"] == 4
+  for scorer in ("clap", "llm"):
+    assert set(res["detection"][scorer]) == {"words", "clap", "llm", "control_random_word"}
+    assert all(d["n"] == 2 for d in res["detection"][scorer].values())
+  sent = len(seen)
+  assert res["llm_requests"]["sent"] == sent and res["llm_requests"]["cached"] >= 0
+  calls_made = sent - 1 + res["llm_requests"]["cached"]               # chat() calls
+  page = open(out / "report.html").read()
+  assert "<th>scorer</th>" in page and "llm 1.00" in page and "clap 1.00" in page
+  labelers.write_labels(str(out), s, str(tmp_path), log=lambda m: None,   # rerun: from the cache
+                        embed_label_texts=lambda d: _plant_label_texts(out, text, calls))
+  assert len(_Stub.seen) == sent and len(calls) == 1                  # nothing sent, nothing embedded
+  assert json.load(open(out / "labels.json"))["llm_requests"] == {"sent": 0, "cached": calls_made}
+  assert json.load(open(out / "labels.json"))["features"] == res["features"]
+  os.remove(out / "clap_label_texts.json")                            # no second CLAP pass:
+  lines = []
+  labelers.write_labels(str(out), s, str(tmp_path), log=lines.append)  # LLM labels lack a CLAP score
+  lab = next(lab for lab in json.load(open(out / "labels.json"))["features"][0]["labels"]
+             if lab["source"] == "llm")
+  assert lab["scores"] == {"clap": None, "llm": 1.0} and "--label_texts" in lab["detection"]["clap"]["skipped"]
+  assert any("--label_texts" in ln for ln in lines) and (out / "label_texts.json").exists()
+
+
+def test_llm_explain_request_carries_the_snippets_as_wav(tmp_path, stub_server, monkeypatch):
+  sf = pytest.importorskip("soundfile")
+  monkeypatch.setenv(llm.ENV_URL, stub_server)
+  monkeypatch.setenv(llm.ENV_MODEL, "stub-model")
+  out, s = _workspace(tmp_path, ("llm",), llm_audio=True, snippet_seconds=1.0)
+  sr, clips = 8000, {}
+  for pid in range(P):                          # 2 s clips (100 frames at 50 Hz), each its own ramp
+    clips[pid] = (np.linspace(-0.5, 0.5, 2 * sr) * (pid + 1) / P).astype(np.float32)
+    sf.write(str(tmp_path / "activations" / "toy" / "audio" / f"{pid:06d}.wav"), clips[pid], sr)
+  labelers.write_labels(str(out), s, str(tmp_path), log=lambda m: None)
+  req = json.load(open(out / "label_examples.json"))
+  explain = [r["body"] for r in _Stub.seen[1:] if "JSON list" not in _user_text(r["body"])]
+  assert len(explain) == 2
+  for body, feat in zip(explain, req["features"]):
+    parts = body["messages"][-1]["content"]
+    assert parts[0]["type"] == "text" and "most active" in parts[0]["text"]
+    audio = [p["input_audio"] for p in parts if p["type"] == "input_audio"]
+    shown = feat["explain"] + feat["contrast"]
+    assert len(audio) == len(shown) == 8 and all(a["format"] == "wav" for a in audio)
+    for a, e in zip(audio, shown):
+      y, rate = sf.read(io.BytesIO(base64.b64decode(a["data"])), dtype="float32")
+      pid, start, length = req["snippets"][e["snippet"]]
+      assert rate == sr and length == 50 and len(y) == sr                # 1 s snippets
+      lo = int(round(start / 50 * sr))
+      np.testing.assert_allclose(y, clips[pid][lo:lo + sr], atol=1 / 32768)  # 16-bit PCM
 
 
 def test_llm_client_gives_up_with_one_line(tmp_path, stub_server):
@@ -202,4 +292,4 @@ def test_without_audio_the_labels_say_why_and_keep_the_words(tmp_path):
   assert "save_audio" in res["labelers"]["clap"]["skipped"] and lines == [
       f"labels: clap skipped: {res['labelers']['clap']['skipped']}"]
   assert [f["labels"] for f in res["features"]][0] == [
-      {"source": "words", "label": "guitar tune", "score": None}]
+      {"source": "words", "label": "guitar tune", "scores": {}, "detection": {}}]

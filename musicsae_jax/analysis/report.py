@@ -504,40 +504,43 @@ LABELS_SECTION = "labels"
 
 
 def labels_section(labels: dict) -> str:
-  """Every feature's labels by source with their detection scores; the score distribution
-  per source next to the random-word control."""
+  """Every feature's labels by source with their detection scores by each scorer; the score
+  distribution per (scorer, source) next to the scorer's random-word control."""
   status = labels.get("labelers", {})
   notes = []
   for name, st in status.items():
     notes.append(f"{html.escape(name)}: " + (f"skipped ({html.escape(str(st['skipped']))})"
                                              if "skipped" in st else
                                              html.escape(str(st.get("model") or st.get("status")))))
-  dist = labels.get("detection", {})
-  d_rows = [[html.escape(src), d.get("n", 0), _f(d.get("mean")),
-             _f(d.get("quantiles", {}).get("0.1")), _f(d.get("quantiles", {}).get("0.5")),
-             _f(d.get("quantiles", {}).get("0.9")), _f(d.get("above_0.5"), 2)]
-            for src, d in dist.items()]
-  body = (_table(["source", "features", "mean", "q10", "median", "q90", "share > 0.5"], d_rows)
+  d_rows = []
+  for scorer, by_src in labels.get("detection", {}).items():
+    for src, d in by_src.items():
+      d_rows.append([html.escape(scorer), html.escape(src), d.get("n", 0), _f(d.get("mean")),
+                     _f(d.get("quantiles", {}).get("0.1")), _f(d.get("quantiles", {}).get("0.5")),
+                     _f(d.get("quantiles", {}).get("0.9")), _f(d.get("above_0.5"), 2)])
+  body = (_table(["scorer", "source", "features", "mean", "q10", "median", "q90", "share > 0.5"],
+                 d_rows)
           if d_rows else "<p>no detection scores (CLAP and LLM scorers skipped)</p>")
   rows = []
   for f in labels.get("features", []):
     cells = {}
     for lab_ in f["labels"]:
-      extra = (f", margin {lab_['margin']:+.2g}, z {lab_['z']:.1f}" if "margin" in lab_ else "")
-      cells[lab_["source"]] = (f"{html.escape(lab_['label'])} <i>({_f(lab_.get('score'), 2)}"
-                               f"{extra})</i>")
+      scores = ", ".join(f"{html.escape(sc)} {_f(v, 2)}" for sc, v in lab_.get("scores", {}).items())
+      extra = (f"margin {lab_['margin']:+.2g}, z {lab_['z']:.1f}" if "margin" in lab_ else "")
+      inner = "; ".join(x for x in (scores, extra) if x)
+      cells[lab_["source"]] = html.escape(lab_["label"]) + (f" <i>({inner})</i>" if inner else "")
     cands = ", ".join(f"{html.escape(c['word'])} ({c['margin']:+.2g})"
                       for c in f.get("clap_candidates", [])[1:])
     rows.append([f["id"]] + [cells.get(s, "–") for s in ("words", "clap", "llm")] + [cands])
   body += _table(["feature", "words", "CLAP", "LLM", "next CLAP candidates (margin)"], rows)
-  note = ("Labels per discovered feature from each labeller, with their detection score on "
-          "held-out clips (prompts not used to label): for words and CLAP labels, the AUROC of "
-          "CLAP text-to-audio similarity of the label separating activating from "
-          "non-activating snippets; for LLM labels, the balanced accuracy of the LLM telling "
-          "them apart from the label alone. 0.5 is chance; the control row scores a random "
-          "vocabulary word the same way. CLAP margin: similarity to the feature's snippets "
-          "minus similarity to random snippets (z: in standard errors). "
-          + "; ".join(notes) + ". Everything: labels.json.")
+  note = ("Labels per discovered feature from each labeller, each scored on held-out clips "
+          "(prompts not used to label) by every scorer available: clap = the AUROC of CLAP "
+          "text-to-audio similarity of the label separating activating from non-activating "
+          "snippets; llm = the balanced accuracy of the LLM telling them apart from the label "
+          "alone. 0.5 is chance; per scorer, the control row scores a random vocabulary word "
+          "the same way. CLAP margin: similarity to the feature's snippets minus similarity to "
+          "random snippets (z: in standard errors). " + "; ".join(notes) +
+          ". Everything: labels.json.")
   return _section(LABELS_SECTION, "Feature labels", note, body)
 
 

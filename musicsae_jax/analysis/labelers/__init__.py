@@ -8,9 +8,10 @@ The flow (`launch.analyze` runs it; `analysis.labelers` selects the labelers):
    CLAP must embed (the descriptor vocabulary and the word labels).
 2. The bridge embeds them with CLAP in a torch process (`python -m bridge.label_clap
    REPORT_DIR` -> `clap_embeddings.npz` + `.json`; a one-line skip without weights).
-3. `write_labels` ranks the vocabulary (`clap.rank`), asks the LLM (`llm`), scores every
-   label by detection on held-out snippets (`scoring`), writes `labels.json` and puts the
-   `labels` section into report.html.
+3. `write_labels` ranks the vocabulary (`clap.rank`), asks the LLM (`llm`), has the bridge
+   embed the LLM labels (`--label_texts`), scores every label by every scorer available
+   (CLAP AUROC, LLM balanced accuracy) by detection on held-out snippets (`scoring`), writes
+   `labels.json` and puts the `labels` section into report.html.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ from musicsae_jax.analysis.labelers import clap, examples, llm, scoring
 from musicsae_jax.analysis.stats import AnalysisError
 
 LABELERS = ("words", "clap", "llm")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 REQUEST, EMBEDDINGS, OUTPUT = "label_examples.json", "clap_embeddings", "labels.json"
+LABEL_TEXTS, LABEL_TEXT_EMBEDDINGS = "label_texts.json", "clap_label_texts"
 DEFAULT_VOCABULARY = os.path.join(os.path.dirname(__file__), "vocabulary.txt")
 
 
@@ -67,7 +69,8 @@ def write_request(out_dir: str, st, features: list[dict], s: dict, *, frame_rate
   labeler needs it or there are no audio frames to cut (a text site, no saved audio: then
   the file holds {"skipped": reason} for `write_labels`)."""
   path = os.path.join(out_dir, REQUEST)
-  for stale in (path, os.path.join(out_dir, EMBEDDINGS + ".json")):
+  for stale in (path, os.path.join(out_dir, EMBEDDINGS + ".json"),
+                os.path.join(out_dir, LABEL_TEXT_EMBEDDINGS + ".json")):
     if os.path.exists(stale):
       os.remove(stale)
   if "clap" not in s["labelers"] and "llm" not in s["labelers"]:
@@ -126,9 +129,54 @@ def _load_embeddings(out_dir: str, req: dict) -> tuple[dict | None, str]:
   return emb, emb["model"]
 
 
-def write_labels(out_dir: str, s: dict, workdir: str, log: Callable[[str], None] = print) -> str:
+def _label_vectors(out_dir: str, req: dict, emb: dict, texts: list[str],
+                   embed_label_texts: Callable[[str], None] | None) -> tuple[dict, str]:
+  """CLAP text vectors of `texts` ({text: vector}) and, when some are missing, why.
+
+  Texts outside the request (LLM labels, known only after the CLAP pass) are listed in
+  label_texts.json and embedded by `embed_label_texts(out_dir)` (launch.analyze runs
+  `python -m bridge.label_clap REPORT_DIR --label_texts`); embeddings already on disk for
+  the same request and model are reused."""
+  vecs = {t: emb["text"][emb["text_index"][t]] for t in texts if t in emb["text_index"]}
+  missing = sorted(set(texts) - set(vecs))
+  if not missing:
+    return vecs, ""
+  meta_path = os.path.join(out_dir, LABEL_TEXT_EMBEDDINGS + ".json")
+  digest = request_digest(out_dir)
+
+  def load() -> tuple[dict, str]:
+    if not os.path.exists(meta_path):
+      return {}, f"no {LABEL_TEXT_EMBEDDINGS}.json (python -m bridge.label_clap {out_dir} --label_texts)"
+    with open(meta_path) as f:
+      meta = json.load(f)
+    if "skipped" in meta:
+      return {}, meta["skipped"]
+    if meta.get("request_sha256") != digest or meta.get("model") != emb["model"]:
+      return {}, f"{LABEL_TEXT_EMBEDDINGS}.npz answers another {REQUEST} or model"
+    with np.load(os.path.join(out_dir, LABEL_TEXT_EMBEDDINGS + ".npz")) as z:
+      text = z["text"].astype(np.float64)
+    got = {t: text[i] for i, t in enumerate(meta["texts"])}
+    return got, ("" if all(t in got for t in missing) else
+                 f"{LABEL_TEXT_EMBEDDINGS}.npz lacks some labels "
+                 f"(python -m bridge.label_clap {out_dir} --label_texts)")
+
+  got, why = load()
+  if why:
+    with open(os.path.join(out_dir, LABEL_TEXTS), "w") as f:
+      json.dump({"texts": missing}, f, indent=2)
+    if embed_label_texts is not None:
+      embed_label_texts(out_dir)
+      got, why = load()
+  vecs.update({t: got[t] for t in missing if t in got})
+  return vecs, why
+
+
+def write_labels(out_dir: str, s: dict, workdir: str, log: Callable[[str], None] = print,
+                 embed_label_texts: Callable[[str], None] | None = None) -> str:
   """labels.json (and the report section) from features.json, label_examples.json and the
-  CLAP embeddings; returns the path."""
+  CLAP embeddings; returns the path. Every label is scored by every scorer available (CLAP:
+  AUROC, LLM: balanced accuracy); `embed_label_texts(out_dir)` embeds label texts CLAP has
+  not seen (see `_label_vectors`)."""
   with open(os.path.join(out_dir, "features.json")) as f:
     feats_json = json.load(f)
   features = feats_json["features"][: int(s["max_features"])]
@@ -160,75 +208,116 @@ def write_labels(out_dir: str, s: dict, workdir: str, log: Callable[[str], None]
 
   vocab = req["vocabulary"]["words"] if req else []
   per_req = {e["id"]: e for e in req["features"]} if req else {}
+  snip_words = None
   if emb:
     vec = lambda t: emb["text"][emb["text_index"][t]]          # noqa: E731
     vocab_text = np.stack([vec(w) for w in vocab])
     snip_words = clap.snippet_words(emb["audio"], req["random"], vocab_text, vocab)
-  rng = np.random.default_rng(int(s["seed"]))
-  out_feats, control = [], []
+  audio = (llm.SnippetAudio(req["audio_dir"], req["frame_rate"], req["snippets"])
+           if client and s["llm_audio"] else None)
+
+  # 1. the labels
+  todo = []
   for feat in features:
     ex = per_req.get(feat["id"])
     entry = {"id": feat["id"], "labels": []}
-    idx = (lambda k: [e["snippet"] for e in ex[k]]) if ex else None   # noqa: E731
+    idx = (lambda k, ex=ex: [e["snippet"] for e in ex[k]])     # noqa: E731
     if "words" in s["labelers"] and feat.get("heuristic_label"):
-      lab_ = {"source": "words", "label": feat["heuristic_label"], "score": None}
-      if emb:
-        lab_["detection"] = clap.detection(emb["audio"], vec(feat["heuristic_label"]),
-                                           idx("heldout_pos"), idx("heldout_neg"))
-        lab_["score"] = lab_["detection"]["auroc"]
-      entry["labels"].append(lab_)
+      entry["labels"].append({"source": "words", "label": feat["heuristic_label"]})
     if emb and ex:
       cands = clap.rank(emb["audio"], idx("explain"), req["random"], vocab_text, vocab,
                         int(s["top_words"]))
       entry["clap_candidates"] = cands
       if cands:
-        best = cands[0]
-        det = clap.detection(emb["audio"], vec(best["word"]), idx("heldout_pos"), idx("heldout_neg"))
-        entry["labels"].append({"source": "clap", "label": best["word"], "score": det["auroc"],
-                                "margin": best["margin"], "z": best["z"], "detection": det})
-        w = vocab[int(rng.integers(len(vocab)))]
-        control.append(clap.detection(emb["audio"], vec(w), idx("heldout_pos"),
-                                      idx("heldout_neg"))["auroc"])
+        entry["labels"].append({"source": "clap", "label": cands[0]["word"],
+                                "margin": cands[0]["margin"], "z": cands[0]["z"]})
     if client and ex and ex["explain"]:
-      entry["labels"].append(_llm_label(client, feat, ex, entry, req, feats_json, emb,
-                                        snip_words if emb else None, s))
+      entry["labels"].append({"source": "llm", "label": _explain(
+          client, feat, ex, entry, req, feats_json, snip_words, audio)})
+    todo.append((feat, ex, entry))
+
+  # 2. CLAP text vectors of every label (LLM labels: a second bridge pass)
+  rng = np.random.default_rng(int(s["seed"]))
+  controls = {f["id"]: (vocab[int(rng.integers(len(vocab)))] if vocab and per_req.get(f["id"])
+                        else None) for f in features}
+  vecs, no_vec = {}, ""
+  if emb:
+    texts = [lab_["label"] for _, _, e in todo for lab_ in e["labels"]]
+    vecs, no_vec = _label_vectors(out_dir, req, emb, texts + [w for w in controls.values() if w],
+                                  embed_label_texts)
+    if no_vec:
+      log(f"labels: CLAP scores of some labels skipped: {no_vec}")
+
+  # 3. detection: every label by every scorer, and a random vocabulary word as control
+  scorers = [n for n, ok in (("clap", emb), ("llm", client)) if ok]
+  control = {sc: [] for sc in scorers}
+  out_feats = []
+  for feat, ex, entry in todo:
+    held = _held_out(ex, feat["id"], s) if ex else []
+    labs = entry["labels"] + ([{"source": "control_random_word", "label": controls[feat["id"]]}]
+                              if ex and controls[feat["id"]] else [])
+    for lab_ in labs:
+      lab_["scores"], lab_["detection"] = {}, {}
+      for sc in (scorers if ex else []):
+        if sc == "clap":
+          v = vecs.get(lab_["label"])
+          det = (clap.detection(emb["audio"], v, [e["snippet"] for e in ex["heldout_pos"]],
+                                [e["snippet"] for e in ex["heldout_neg"]])
+                 if v is not None else {"scorer": "clap", "skipped": no_vec})
+          score = det.get("auroc")
+        else:
+          det = _llm_detect(client, lab_["label"], held, ex, req, feats_json, snip_words)
+          score = det.get("balanced_accuracy")
+        lab_["scores"][sc], lab_["detection"][sc] = score, det
+    if ex and controls[feat["id"]]:
+      ctrl = labs[-1]
+      entry["control"] = {"label": ctrl["label"], "scores": ctrl["scores"]}
+      for sc in scorers:
+        control[sc].append(ctrl["scores"].get(sc))
     out_feats.append(entry)
 
   dist = {}
-  for src in LABELERS:
-    scores = [l_["score"] for e in out_feats for l_ in e["labels"] if l_["source"] == src]
-    if scores:
-      dist[src] = scoring.distribution(scores)
-  if control:
-    dist["control_random_word"] = scoring.distribution(control)
+  for sc in scorers:
+    d = {}
+    for src in LABELERS:
+      scores = [l_["scores"].get(sc) for e in out_feats for l_ in e["labels"] if l_["source"] == src]
+      if scores:
+        d[src] = scoring.distribution(scores)
+    if control[sc]:
+      d["control_random_word"] = scoring.distribution(control[sc])
+    dist[sc] = d
   out = {"format_version": FORMAT_VERSION,
          **{k: feats_json.get(k) for k in ("run", "step", "dataset", "site")},
          "labelers": status, "settings": {k: v for k, v in s.items()},
          "vocabulary": ({"path": req["vocabulary"]["path"], "size": len(vocab)} if req else None),
-         "score_kinds": {"words": "CLAP detection AUROC on held-out snippets",
-                         "clap": "CLAP detection AUROC on held-out snippets",
-                         "llm": "LLM detection balanced accuracy on held-out snippets"},
+         "scorers": {"clap": "CLAP detection AUROC on held-out snippets (label text vs audio)",
+                     "llm": "LLM detection balanced accuracy on held-out snippets (label alone)"},
          "detection": dist, "features": out_feats}
   if client:
     out["llm_requests"] = {"sent": client.requests, "cached": client.cache_hits}
   path = os.path.join(out_dir, OUTPUT)
   with open(path, "w") as f:
     json.dump(out, f, indent=2)
-  for src, d in dist.items():
-    if d.get("n"):
-      log(f"labels {src}: detection median {d['quantiles']['0.5']:.3f} over {d['n']} features "
-          f"({100 * d['above_0.5']:.0f}% above 0.5)")
+  for sc, d_sc in dist.items():
+    for src, d in d_sc.items():
+      if d.get("n"):
+        log(f"labels {src} scored by {sc}: detection median {d['quantiles']['0.5']:.3f} over "
+            f"{d['n']} features ({100 * d['above_0.5']:.0f}% above 0.5)")
   from musicsae_jax.analysis import report
   report.update_labels(out_dir)
   return path
 
 
-def _llm_label(client, feat, ex, entry, req, feats_json, emb, snip_words, s) -> dict:
-  """Explain from the explain/contrast snippets, then detect on the held-out ones."""
+def _describer(ex, req, feats_json, snip_words):
   prompts = _prompts(feats_json, req)
   fr, snips = req["frame_rate"], req["snippets"]
-  desc = lambda e, act: llm.describe(e, prompts, fr, snips[e["snippet"]],  # noqa: E731
+  return lambda e, act: llm.describe(e, prompts, fr, snips[e["snippet"]],  # noqa: E731
                                      snip_words[e["snippet"]] if snip_words else None, act)
+
+
+def _explain(client, feat, ex, entry, req, feats_json, snip_words, audio) -> str:
+  """The LLM's explanation from the explain/contrast snippets (and their audio, if asked)."""
+  desc = _describer(ex, req, feats_json, snip_words)
   context = [f"Firing rate {feat.get('firing_rate', 0):.4f} of frames."]
   if feat.get("heuristic_label"):
     context.append(f"Words over-represented in its top prompts: {feat['heuristic_label']}.")
@@ -238,25 +327,38 @@ def _llm_label(client, feat, ex, entry, req, feats_json, emb, snip_words, s) -> 
   if feat.get("acoustic"):
     context.append("Correlation with acoustic descriptors over frames: " +
                    ", ".join(f"{c['descriptor']} r={c['r']:+.2f}" for c in feat["acoustic"]))
-  explanation = llm.clean_label(client.chat(llm.explain_messages(
+  clips = None
+  if audio is not None:
+    clips = ([audio.wav_base64(e["snippet"]) for e in ex["explain"]],
+             [audio.wav_base64(e["snippet"]) for e in ex["contrast"]])
+  return llm.clean_label(client.chat(llm.explain_messages(
       feat, [desc(e, True) for e in ex["explain"]], [desc(e, True) for e in ex["contrast"]],
-      context)))
+      context, audio=clips)))
+
+
+def _held_out(ex: dict, feature_id: int, s: dict) -> list[tuple[dict, int]]:
+  """Held-out (example, truth) pairs in a fixed shuffled order: the same for every label."""
   held = [(e, 1) for e in ex["heldout_pos"]] + [(e, 0) for e in ex["heldout_neg"]]
-  order = np.random.default_rng([int(s["seed"]), feat["id"]]).permutation(len(held))
-  held = [held[i] for i in order]
+  order = np.random.default_rng([int(s["seed"]), feature_id]).permutation(len(held))
+  return [held[i] for i in order]
+
+
+def _llm_detect(client, label, held, ex, req, feats_json, snip_words) -> dict:
+  """Can the LLM tell the held-out activating snippets from the rest given only `label`?"""
   det = {"scorer": "llm", "n_pos": len(ex["heldout_pos"]), "n_neg": len(ex["heldout_neg"])}
-  if held:
-    reply = client.chat(llm.detect_messages(explanation, [desc(e, False) for e, _ in held]))
-    answers = llm.parse_answers(reply, len(held))
-    truth = [t for _, t in held]
-    if answers is None:
-      det["error"] = f"no list of {len(held)} 0/1 answers in the reply: {reply[:120]!r}"
-    else:
-      det["balanced_accuracy"] = scoring.balanced_accuracy(truth, answers)
-      det["auroc"] = scoring.auroc([a for a, t in zip(answers, truth) if t],
-                                   [a for a, t in zip(answers, truth) if not t])
-  return {"source": "llm", "label": explanation, "score": det.get("balanced_accuracy"),
-          "detection": det}
+  if not held:
+    return det
+  desc = _describer(ex, req, feats_json, snip_words)
+  reply = client.chat(llm.detect_messages(label, [desc(e, False) for e, _ in held]))
+  answers = llm.parse_answers(reply, len(held))
+  truth = [t for _, t in held]
+  if answers is None:
+    det["error"] = f"no list of {len(held)} 0/1 answers in the reply: {reply[:120]!r}"
+  else:
+    det["balanced_accuracy"] = scoring.balanced_accuracy(truth, answers)
+    det["auroc"] = scoring.auroc([a for a, t in zip(answers, truth) if t],
+                                 [a for a, t in zip(answers, truth) if not t])
+  return det
 
 
 _PROMPTS_CACHE: dict = {}

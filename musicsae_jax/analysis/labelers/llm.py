@@ -9,11 +9,16 @@ hosted API), set by environment variables:
 Each response is cached on disk under the SHA-256 of its request (URL + JSON payload), so
 a rerun sends nothing; 5xx, 429 and timeouts are retried with exponential backoff.
 Examples reach the model as text: the prompt caption and labels, the time window, CLAP's
-closest descriptors for the snippet and (for explanation) the activation.
+closest descriptors for the snippet and (for explanation) the activation. With
+`analysis.labeling.llm_audio=True` (an audio-capable model) the explain request also carries
+each example snippet as an OpenAI-style `input_audio` part (base64 WAV, the same cut the
+CLAP labeler embeds).
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 import os
 import re
@@ -21,6 +26,8 @@ import socket
 import time
 import urllib.error
 import urllib.request
+
+import numpy as np
 
 ENV_URL, ENV_MODEL, ENV_KEY = "MUSICSAE_LLM_URL", "MUSICSAE_LLM_MODEL", "MUSICSAE_LLM_API_KEY"
 
@@ -123,7 +130,46 @@ def describe(ex: dict, prompts: list[dict], frame_rate: float, window: list[int]
   return "; ".join(parts)
 
 
-def explain_messages(feature: dict, top: list[str], contrast: list[str], context: list[str]) -> list[dict]:
+class SnippetAudio:
+  """A snippet `[prompt_id, start_frame, num_frames]` as WAV bytes, cut from
+  `<audio_dir>/<prompt_id:06d>.wav` exactly as bridge.label_clap cuts it for CLAP (mono
+  mean of the channels, sample bounds rounded from the frame bounds)."""
+
+  def __init__(self, audio_dir: str, frame_rate: float, snippets: list[list[int]]):
+    self.audio_dir, self.frame_rate, self.snippets = audio_dir, float(frame_rate), snippets
+
+  def cut(self, snippet: int) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+    pid, start, length = self.snippets[snippet]
+    path = os.path.join(self.audio_dir, f"{pid:06d}.wav")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} not found: analysis.labeling.llm_audio needs the extracted "
+                              f"audio (extract with --config.extract.save_audio=True)")
+    y, rate = sf.read(path, dtype="float32", always_2d=True)
+    a = int(round(start / self.frame_rate * rate))
+    b = int(round((start + length) / self.frame_rate * rate))
+    return y[a:max(b, a + 1)].mean(1), rate
+
+  def wav_base64(self, snippet: int) -> str:
+    import soundfile as sf
+    y, rate = self.cut(snippet)
+    buf = io.BytesIO()
+    sf.write(buf, y, rate, format="WAV", subtype="PCM_16")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _audio_parts(title: str, clips: list[str]) -> list[dict]:
+  parts = []
+  for i, data in enumerate(clips):
+    parts.append({"type": "text", "text": f"Audio of {title} snippet {i + 1}:"})
+    parts.append({"type": "input_audio", "input_audio": {"data": data, "format": "wav"}})
+  return parts
+
+
+def explain_messages(feature: dict, top: list[str], contrast: list[str], context: list[str],
+                     audio: tuple[list[str], list[str]] | None = None) -> list[dict]:
+  """The explain request; `audio`: base64 WAVs of the top and contrast snippets (in order),
+  sent as `input_audio` content parts after the text."""
   lines = [f"Feature {feature['id']}."] + context
   lines += ["Snippets where it is most active:"] + [f"{i + 1}. {t}" for i, t in enumerate(top)]
   if contrast:
@@ -131,7 +177,11 @@ def explain_messages(feature: dict, top: list[str], contrast: list[str], context
     lines += [f"{i + 1}. {t}" for i, t in enumerate(contrast)]
   lines.append("In at most 8 words, what does this feature detect in the music? Reply with "
                "the description only.")
-  return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
+  content: str | list = "\n".join(lines)
+  if audio is not None:
+    content = ([{"type": "text", "text": content}] + _audio_parts("most active", audio[0]) +
+               _audio_parts("silent or weakest", audio[1]))
+  return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": content}]
 
 
 def detect_messages(explanation: str, examples: list[str]) -> list[dict]:
