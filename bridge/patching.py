@@ -12,6 +12,16 @@ toward A's:
 1 means the site carries all of A's difference (nothing later re-reads the text to undo
 it), 0 means patching it changes nothing toward A. A layer × concept heatmap of `moved`
 shows where each concept lives. Patching a run into itself leaves it unchanged.
+
+Audio pairs (`run_audio`, columns `audio:<label>`): two clips of a labelled concept folder
+that differ in one label (bridge/audio_pairs.py), each encoded by the model's EnCodec and
+teacher-forced over its own codes, with no text by default (the null condition, so no
+caption can carry the label). A's activations replace B's at the same positions on both
+CFG halves (the clips differ in the tokens, which both halves read), and `moved` is the
+same measure. With no text, the tokens are the only difference and they enter at the
+embedding: a full-sequence residual patch at any layer then gives B all of A's later
+computation (moved = 1 on every `lm.layer.<i>` row); the attention rows and the SAE row
+say which component writes the difference.
 """
 from __future__ import annotations
 
@@ -86,10 +96,12 @@ def patch_site(model, site: str, source: torch.Tensor, *, half: str = "cond", st
 
 def patch_moved(model, texts_a, texts_b, tokens: torch.Tensor, sites, *, cfg_coef: float = 3.0,
                 half: str = "cond", steps=None, sae=None, sae_site: str | None = None,
-                features=None) -> dict:
+                features=None, tokens_a: torch.Tensor | None = None) -> dict:
   """{row name: per-pair `moved`} for each site (and `<sae_site> (SAE)` if `sae`), with the
-  unpatched gap KL(A || B) per pair."""
-  tf_a = interventions.TeacherForced(model, texts_a, tokens, cfg_coef)
+  unpatched gap KL(A || B) per pair. Run A is teacher-forced over `tokens_a` when given
+  (audio pairs: each clip's own codes), else over B's `tokens`."""
+  tf_a = interventions.TeacherForced(model, texts_a, tokens if tokens_a is None else tokens_a,
+                                     cfg_coef)
   tf_b = interventions.TeacherForced(model, texts_b, tokens, cfg_coef)
   lp_a, mask = tf_a.log_probs()
   lp_b, _ = tf_b.log_probs()
@@ -126,10 +138,7 @@ def run(model, concepts, sites, *, pairs: int, seed: int, cfg_coef: float = 3.0,
                     sae=sae, sae_site=sae_site, features=features)
     r["texts_a"], r["texts_b"] = ta, tb
     res["per_concept"][spec] = r
-  rows = list(next(iter(res["per_concept"].values()))["moved"]) if concepts else []
-  res["rows"] = rows
-  res["matrix"] = [[float(np.mean(res["per_concept"][c]["moved"][r])) for c in concepts]
-                   for r in rows]
+  set_matrix(res)
   if generate:
     res["generation"] = {c: generation_moved(model, c, sites, pairs=pairs, seed=seed,
                                              references=references, half=half, steps=steps)
@@ -137,6 +146,49 @@ def run(model, concepts, sites, *, pairs: int, seed: int, cfg_coef: float = 3.0,
     res["matrix_generation"] = [[res["generation"][c]["moved"][s] for c in concepts]
                                 for s in sites]
   return res
+
+
+def set_matrix(res: dict) -> dict:
+  """`rows` and `matrix` [rows][concepts] (mean `moved`) from `per_concept`."""
+  concepts = res["concepts"]
+  rows = list(res["per_concept"][concepts[0]]["moved"]) if concepts else []
+  res["rows"] = rows
+  res["matrix"] = [[float(np.mean(res["per_concept"][c]["moved"][r])) for c in concepts]
+                   for r in rows]
+  return res
+
+
+AUDIO_PREFIX = "audio:"
+AUDIO_CONDITIONING = ("none", "fixed", "caption")
+
+
+def run_audio(model, items, concepts, sites, *, pairs: int, seed: int, frames: int,
+              conditioning: str = "none", text: str = "", cfg_coef: float = 3.0, steps=None,
+              sae=None, features=None) -> dict:
+  """{`audio:<concept>`: per-concept result} for clip pairs of `items` (AudioItems with
+  labels) that differ in each concept; see the module doc. `conditioning`: none (the null
+  condition), fixed (`text` for every clip) or caption (each clip's own caption)."""
+  from bridge import audio_pairs, extract_audio, fidelity
+  if conditioning not in AUDIO_CONDITIONING:
+    raise ValueError(f"--config.localize.audio_conditioning={conditioning!r}; choose from "
+                     f"{', '.join(AUDIO_CONDITIONING)}")
+  sae_site = fidelity.site_of(sae)[0] if sae is not None else None
+  acfg = {"conditioning": conditioning, "text": text}
+  out = {}
+  for spec in concepts:
+    ps = audio_pairs.find_pairs(items, spec, pairs, seed=seed)
+    ia, ib = [p.a for p in ps], [p.b for p in ps]
+    ca, cb = audio_pairs.codes(model, ia, frames), audio_pairs.codes(model, ib, frames)
+    ta = extract_audio.texts_for([extract_audio.Window(it, it.offset_s) for it in ia], acfg)
+    tb = extract_audio.texts_for([extract_audio.Window(it, it.offset_s) for it in ib], acfg)
+    r = patch_moved(model, ta, tb, cb, sites, cfg_coef=cfg_coef, half="both", steps=steps,
+                    sae=sae, sae_site=sae_site, features=features, tokens_a=ca)
+    r["texts_a"], r["texts_b"] = ta, tb
+    r["pairs"] = [p.to_dict() for p in ps]
+    r["minimal_pairs"] = sum(not p.other_diffs for p in ps)
+    r["conditioning"] = conditioning
+    out[AUDIO_PREFIX + spec] = r
+  return out
 
 
 def plot(result: dict, path: str) -> str:
