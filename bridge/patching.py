@@ -139,7 +139,7 @@ def run(model, concepts, sites, *, pairs: int, seed: int, cfg_coef: float = 3.0,
     r["texts_a"], r["texts_b"] = ta, tb
     res["per_concept"][spec] = r
   set_matrix(res)
-  if generate:
+  if generate and concepts:
     res["generation"] = {c: generation_moved(model, c, sites, pairs=pairs, seed=seed,
                                              references=references, half=half, steps=steps)
                          for c in concepts}
@@ -197,16 +197,16 @@ def plot(result: dict, path: str) -> str:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  panels = [(np.array(result["matrix"], float), result["rows"],
+  panels = [(np.array(result["matrix"], float), result["rows"], result["concepts"],
              "teacher-forced: fraction of KL(A‖B) closed")]
-  if result.get("matrix_generation"):
+  if result.get("matrix_generation") and result.get("generation"):
     panels.append((np.array(result["matrix_generation"], float), result["sites"],
-                   "generation: audio concept score moved"))
-  cols = result["concepts"]
-  n = max(len(r) for _, r, _ in panels)
+                   list(result["generation"]), "generation: audio concept score moved"))
+  n = max(len(r) for _, r, _, _ in panels)
   fig, axes = plt.subplots(1, len(panels), squeeze=False,
-                           figsize=((1.6 + 1.3 * len(cols)) * len(panels), 1.0 + 0.38 * n))
-  for ax, (m, rows, title) in zip(axes[0], panels):
+                           figsize=(sum(1.6 + 1.3 * len(c) for _, _, c, _ in panels),
+                                    1.0 + 0.38 * n))
+  for ax, (m, rows, cols, title) in zip(axes[0], panels):
     im = ax.imshow(m, cmap="viridis", vmin=min(0.0, np.nanmin(m)),
                    vmax=max(1.0, np.nanmax(m)), aspect="auto")
     for i in range(len(rows)):

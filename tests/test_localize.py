@@ -336,3 +336,10 @@ def test_audio_patching_of_the_last_layer_moves_all_the_way(model, clip_folder):
   # with no text the codes are the only difference: any full residual patch carries it all
   np.testing.assert_allclose(r["moved"]["lm.layer.1"], 1.0, atol=1e-3)
   assert max(r["moved"]["lm.layer.2.attn"]) < 0.999
+  from musicsae_jax.analysis import localize_report
+  pt = patching.set_matrix({"concepts": list(res), "per_concept": res, "pairs": 2,
+                            "half": "cond", "pairs_from": "folder:clips"})
+  assert pt["rows"] == ["lm.layer.1", "lm.layer.2.attn", "lm.layer.3"]
+  page = localize_report.patching_section(pt, "")
+  assert "audio:tempo" in page and "1 of 2 (others also differ in" in page
+  assert "c0 (tempo=60)" in page and "no text" in page
