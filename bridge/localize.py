@@ -20,6 +20,8 @@ LOCALIZE_DEFAULTS = defaults.localize().to_dict()
 def _config(config) -> dict:
   lc = dict(LOCALIZE_DEFAULTS)
   lc.update({k: v for k, v in (config.get("localize") or {}).items() if v is not None})
+  for k in ("concepts", "audio_concepts", "patch_sites"):   # `--config.localize.k=a,b` gives
+    lc[k] = tuple(x for v in lc[k] for x in str(v).split(",") if x)   # ('a,b',) for strings
   return lc
 
 

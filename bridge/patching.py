@@ -94,11 +94,15 @@ def patch_site(model, site: str, source: torch.Tensor, *, half: str = "cond", st
   return interventions.replace_site(model, site, fn, half=half, steps=steps)
 
 
+GAP_MIN = 1e-9       # nats: below this A and B give the same distribution; nothing to move
+
+
 def patch_moved(model, texts_a, texts_b, tokens: torch.Tensor, sites, *, cfg_coef: float = 3.0,
                 half: str = "cond", steps=None, sae=None, sae_site: str | None = None,
                 features=None, tokens_a: torch.Tensor | None = None) -> dict:
   """{row name: per-pair `moved`} for each site (and `<sae_site> (SAE)` if `sae`), with the
-  unpatched gap KL(A || B) per pair. Run A is teacher-forced over `tokens_a` when given
+  unpatched gap KL(A || B) per pair (`moved` is None for a pair whose runs do not differ,
+  gap <= GAP_MIN: e.g. two clips the codec encodes identically). Run A is teacher-forced over `tokens_a` when given
   (audio pairs: each clip's own codes), else over B's `tokens`."""
   tf_a = interventions.TeacherForced(model, texts_a, tokens if tokens_a is None else tokens_a,
                                      cfg_coef)
@@ -117,7 +121,8 @@ def patch_moved(model, texts_a, texts_b, tokens: torch.Tensor, sites, *, cfg_coe
     lp, _ = tf_b.log_probs(patch_site(model, site, src[site], half=half, steps=steps, sae=s,
                                       features=features))
     kl = kl_per_prompt(lp_a, lp, mask)
-    out["moved"][name] = (1 - kl / gap.clamp(min=1e-12)).tolist()
+    out["moved"][name] = [None if g <= GAP_MIN else float(m) for g, m in
+                          zip(gap.tolist(), (1 - kl / gap.clamp(min=1e-12)).tolist())]
   return out
 
 
@@ -149,12 +154,16 @@ def run(model, concepts, sites, *, pairs: int, seed: int, cfg_coef: float = 3.0,
 
 
 def set_matrix(res: dict) -> dict:
-  """`rows` and `matrix` [rows][concepts] (mean `moved`) from `per_concept`."""
+  """`rows` and `matrix` [rows][concepts] (mean `moved` over the pairs where it is defined;
+  None when no pair differs) from `per_concept`."""
   concepts = res["concepts"]
   rows = list(res["per_concept"][concepts[0]]["moved"]) if concepts else []
+
+  def mean(v):
+    v = [x for x in v if x is not None]
+    return float(np.mean(v)) if v else None
   res["rows"] = rows
-  res["matrix"] = [[float(np.mean(res["per_concept"][c]["moved"][r])) for c in concepts]
-                   for r in rows]
+  res["matrix"] = [[mean(res["per_concept"][c]["moved"][r]) for c in concepts] for r in rows]
   return res
 
 

@@ -336,6 +336,9 @@ def test_audio_patching_of_the_last_layer_moves_all_the_way(model, clip_folder):
   # with no text the codes are the only difference: any full residual patch carries it all
   np.testing.assert_allclose(r["moved"]["lm.layer.1"], 1.0, atol=1e-3)
   assert max(r["moved"]["lm.layer.2.attn"]) < 0.999
+  # a pair whose clips give the same distribution has nothing to move: left out of the mean
+  assert patching.set_matrix({"concepts": ["x"], "per_concept": {"x": {"moved": {
+      "s": [None, 0.5, 0.25]}}}})["matrix"] == [[0.375]]
   from musicsae_jax.analysis import localize_report
   pt = patching.set_matrix({"concepts": list(res), "per_concept": res, "pairs": 2,
                             "half": "cond", "pairs_from": "folder:clips"})

@@ -145,9 +145,11 @@ def _pair_cells(concept: str, p: dict) -> list[str]:
             html.escape(str(p["texts_b"][0]))]
   pairs, label = p["pairs"], concept.split(":")[1]
   extra = sorted({d for q in pairs for d in q["other_diffs"]})
+  same = sum(g <= 1e-9 for g in p["gap_kl"])
   q = pairs[0]
   return [f"{p['minimal_pairs']} of {len(pairs)}" +
-          (f" (others also differ in {html.escape(', '.join(extra))})" if extra else ""),
+          (f" (others also differ in {html.escape(', '.join(extra))})" if extra else "") +
+          (f"; {same} with no difference to move (left out)" if same else ""),
           html.escape(f"{q['id_a']} ({label}={q['value_a']})"),
           html.escape(f"{q['id_b']} ({label}={q['value_b']})")]
 
