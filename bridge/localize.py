@@ -3,6 +3,8 @@
 Reads `exports/<run>/` (the SAE, for fidelity and SAE-feature patching), builds the model of
 `config.model`, generates the scored tokens from `config.localize` prompts, and writes into
 `reports/<run>/`: fidelity.json, ablation.json + ablation.png, patching.json + patching.png.
+Patching pairs are `localize.concepts` (prompts one word apart) and, with
+`localize.pairs_from`, clips of a labelled dataset one label apart (`audio_concepts`).
 """
 from __future__ import annotations
 
@@ -215,6 +217,9 @@ def run_localize(config, workdir: str, what=WHAT, log=print) -> dict[str, str]:
                        features=feats, generate=bool(lc["patch_generate"]),
                        references=int(lc["patch_references"]))
     if audio_items is not None:
+      if "attn" not in lc["patch_sites"] and psae is None:
+        log("localize: audio pairs without text: the residual rows are 1 and the cross_attn "
+            "rows 0 by construction; add attn to localize.patch_sites for informative rows")
       log(f"localize: patching audio pairs of {lc['pairs_from']}: "
           f"{', '.join(lc['audio_concepts'])} x {len(sites)} sites")
       aud = patching.run_audio(model, audio_items, list(lc["audio_concepts"]), sites,

@@ -307,6 +307,15 @@ def test_audio_pairs_are_minimal_where_they_exist(clip_folder):
     audio_pairs.find_pairs(items, "tempo:60/90", 1)
   with pytest.raises(audio_pairs.AudioPairError, match="LABEL:A/B"):
     audio_pairs.parse_audio_concept("tempo:60")
+  from bridge import localize                       # the config checks before the model loads
+  lc = localize._config({"localize": {"pairs_from": f"folder:{clip_folder}",
+                                      "audio_concepts": ("tempo,key:C/E",)}})
+  assert lc["audio_concepts"] == ("tempo", "key:C/E")
+  assert len(localize._audio_items(lc)) == 6
+  with pytest.raises(audio_pairs.AudioPairError, match="'bpm' values"):
+    localize._audio_items(dict(lc, audio_concepts=("bpm",)))
+  with pytest.raises(ValueError, match="go together"):
+    localize._audio_items(dict(lc, audio_concepts=()))
 
 
 def test_patching_an_audio_clip_into_itself_changes_nothing(model, clip_folder):
