@@ -154,6 +154,7 @@ def localize() -> ml_collections.ConfigDict:
   lo.patch_sites = ("resid", "cross_attn")   # per layer: resid (lm.layer.<i>), attn, cross_attn
   lo.patch_half = "cond"               # cond | uncond | both
   lo.patch_steps = config_dict.placeholder(tuple)   # (start, stop) positions; None: all
+  lo.patch_measure = config_dict.placeholder(tuple)  # (start, stop) frames scored; None: all
   lo.patch_sae = True                  # also patch only the exported SAE's features
   lo.patch_features = ()               #   those feature ids only; () = all (x̂(a) − x̂(x))
   lo.patch_generate = False            # also patch during sampling, scored on the audio by

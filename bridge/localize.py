@@ -144,6 +144,11 @@ def run_localize(config, workdir: str, what=WHAT, log=print) -> dict[str, str]:
       raise ValueError(f"--config.localize.patch_half={lc['patch_half']!r}; choose from "
                        f"cond, uncond, both")
     _sites(lc, [0])
+    for k in ("patch_steps", "patch_measure"):
+      w = lc[k]
+      if w and (len(w) != 2 or not 0 <= int(w[0]) < int(w[1])):
+        raise ValueError(f"--config.localize.{k}={tuple(w)}: expected (start, stop) with "
+                         f"0 <= start < stop")
     audio_items = _audio_items(lc)
     if not lc["concepts"] and audio_items is None:
       raise ValueError("--what=patching needs localize.concepts or localize.audio_concepts")
@@ -211,11 +216,12 @@ def run_localize(config, workdir: str, what=WHAT, log=print) -> dict[str, str]:
         psae = None
     log(f"localize: patching {len(lc['concepts'])} concepts x {len(sites)} sites")
     steps = tuple(lc["patch_steps"]) if lc["patch_steps"] else None
+    measure = tuple(lc["patch_measure"]) if lc["patch_measure"] else None
     feats = [int(j) for j in lc["patch_features"]] or None
     res = patching.run(model, list(lc["concepts"]), sites, pairs=int(lc["pairs"]), seed=seed,
                        cfg_coef=cfg, half=str(lc["patch_half"]), steps=steps, sae=psae,
                        features=feats, generate=bool(lc["patch_generate"]),
-                       references=int(lc["patch_references"]))
+                       references=int(lc["patch_references"]), measure=measure)
     if audio_items is not None:
       if "attn" not in lc["patch_sites"] and psae is None:
         log("localize: audio pairs without text: the residual rows are 1 and the cross_attn "
@@ -227,7 +233,7 @@ def run_localize(config, workdir: str, what=WHAT, log=print) -> dict[str, str]:
                                frames=int(round(float(lc["duration"]) * info.frame_rate)),
                                conditioning=str(lc["audio_conditioning"]),
                                text=str(lc["audio_text"]), cfg_coef=cfg, steps=steps,
-                               sae=psae, features=feats)
+                               sae=psae, features=feats, measure=measure)
       res["per_concept"].update(aud)
       res["concepts"] += list(aud)
       res["pairs_from"] = str(lc["pairs_from"])

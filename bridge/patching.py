@@ -21,7 +21,10 @@ CFG halves (the clips differ in the tokens, which both halves read), and `moved`
 same measure. With no text, the tokens are the only difference and they enter at the
 embedding: a full-sequence residual patch at any layer then gives B all of A's later
 computation (moved = 1 on every `lm.layer.<i>` row); the attention rows and the SAE row
-say which component writes the difference.
+say which component writes the difference. Patching a step window and measuring only the
+frames after it (`measure`) makes the residual rows informative: how much of the concept
+a layer's past states carry into later predictions (0 at the last layer, which nothing
+later reads).
 """
 from __future__ import annotations
 
@@ -99,16 +102,22 @@ GAP_MIN = 1e-9       # nats: below this A and B give the same distribution; noth
 
 def patch_moved(model, texts_a, texts_b, tokens: torch.Tensor, sites, *, cfg_coef: float = 3.0,
                 half: str = "cond", steps=None, sae=None, sae_site: str | None = None,
-                features=None, tokens_a: torch.Tensor | None = None) -> dict:
+                features=None, tokens_a: torch.Tensor | None = None, measure=None) -> dict:
   """{row name: per-pair `moved`} for each site (and `<sae_site> (SAE)` if `sae`), with the
   unpatched gap KL(A || B) per pair (`moved` is None for a pair whose runs do not differ,
   gap <= GAP_MIN: e.g. two clips the codec encodes identically). Run A is teacher-forced over `tokens_a` when given
-  (audio pairs: each clip's own codes), else over B's `tokens`."""
+  (audio pairs: each clip's own codes), else over B's `tokens`. `measure` = (start, stop)
+  frames: the KLs count only the predictions of those frames (e.g. patch steps (0, 50),
+  measure (50, 100): how much of A's difference the site's past carries forward)."""
   tf_a = interventions.TeacherForced(model, texts_a, tokens if tokens_a is None else tokens_a,
                                      cfg_coef)
   tf_b = interventions.TeacherForced(model, texts_b, tokens, cfg_coef)
   lp_a, mask = tf_a.log_probs()
   lp_b, _ = tf_b.log_probs()
+  if measure:
+    keep = torch.zeros_like(mask)
+    keep[..., int(measure[0]):int(measure[1])] = True
+    mask = mask & keep
   gap = kl_per_prompt(lp_a, lp_b, mask)
   want = list(dict.fromkeys(list(sites) + ([sae_site] if sae is not None else [])))
   src = tf_a.record(want)
@@ -128,19 +137,20 @@ def patch_moved(model, texts_a, texts_b, tokens: torch.Tensor, sites, *, cfg_coe
 
 def run(model, concepts, sites, *, pairs: int, seed: int, cfg_coef: float = 3.0,
         half: str = "cond", steps=None, sae=None, features=None, generate: bool = False,
-        references: int = 4) -> dict:
+        references: int = 4, measure=None) -> dict:
   """The layer × concept table: mean `moved` per site row and concept column."""
   from bridge import fidelity
   sae_site = fidelity.site_of(sae)[0] if sae is not None else None
   res = {"concepts": list(concepts), "sites": list(sites), "half": half,
-         "steps": list(steps) if steps else None, "cfg_coef": float(cfg_coef),
+         "steps": list(steps) if steps else None,
+         "measure": list(measure) if measure else None, "cfg_coef": float(cfg_coef),
          "pairs": int(pairs), "features": list(features) if features else None,
          "per_concept": {}}
   for spec in concepts:
     ta, tb = concept_pairs(spec, pairs)
     tokens = capture.generate_tokens(model, tb, seed=seed)
     r = patch_moved(model, ta, tb, tokens, sites, cfg_coef=cfg_coef, half=half, steps=steps,
-                    sae=sae, sae_site=sae_site, features=features)
+                    sae=sae, sae_site=sae_site, features=features, measure=measure)
     r["texts_a"], r["texts_b"] = ta, tb
     res["per_concept"][spec] = r
   set_matrix(res)
@@ -173,7 +183,7 @@ AUDIO_CONDITIONING = ("none", "fixed", "caption")
 
 def run_audio(model, items, concepts, sites, *, pairs: int, seed: int, frames: int,
               conditioning: str = "none", text: str = "", cfg_coef: float = 3.0, steps=None,
-              sae=None, features=None) -> dict:
+              sae=None, features=None, measure=None) -> dict:
   """{`audio:<concept>`: per-concept result} for clip pairs of `items` (AudioItems with
   labels) that differ in each concept; see the module doc. `conditioning`: none (the null
   condition), fixed (`text` for every clip) or caption (each clip's own caption)."""
@@ -191,7 +201,7 @@ def run_audio(model, items, concepts, sites, *, pairs: int, seed: int, frames: i
     ta = extract_audio.texts_for([extract_audio.Window(it, it.offset_s) for it in ia], acfg)
     tb = extract_audio.texts_for([extract_audio.Window(it, it.offset_s) for it in ib], acfg)
     r = patch_moved(model, ta, tb, cb, sites, cfg_coef=cfg_coef, half="both", steps=steps,
-                    sae=sae, sae_site=sae_site, features=features, tokens_a=ca)
+                    sae=sae, sae_site=sae_site, features=features, tokens_a=ca, measure=measure)
     r["texts_a"], r["texts_b"] = ta, tb
     r["pairs"] = [p.to_dict() for p in ps]
     r["minimal_pairs"] = sum(not p.other_diffs for p in ps)

@@ -345,6 +345,12 @@ def test_audio_patching_of_the_last_layer_moves_all_the_way(model, clip_folder):
   # with no text the codes are the only difference: any full residual patch carries it all
   np.testing.assert_allclose(r["moved"]["lm.layer.1"], 1.0, atol=1e-3)
   assert max(r["moved"]["lm.layer.2.attn"]) < 0.999
+  # A's first 8 steps patched, only frames 8.. scored: the last layer's past is read by
+  # nothing later (moved 0); an early layer's past is read by later positions (moved != 0)
+  w = patching.run_audio(model, items, ["tempo"], ["lm.layer.0", "lm.layer.3"], pairs=2,
+                         seed=0, frames=T, steps=(0, 8), measure=(8, T))["audio:tempo"]
+  np.testing.assert_allclose(w["moved"]["lm.layer.3"], 0.0, atol=1e-5)
+  assert max(abs(x) for x in w["moved"]["lm.layer.0"]) > 1e-3
   # a pair whose clips give the same distribution has nothing to move: left out of the mean
   assert patching.set_matrix({"concepts": ["x"], "per_concept": {"x": {"moved": {
       "s": [None, 0.5, 0.25]}}}})["matrix"] == [[0.375]]

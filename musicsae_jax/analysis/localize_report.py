@@ -121,6 +121,7 @@ def patching_section(pt: dict, plot: str) -> str:
   note = (f"For {pt['pairs']} prompt pairs per concept that differ only in that word (A vs B), "
           "run A's activation at one site replaces run B's (teacher-forced over B's tokens, "
           f"{html.escape(pt['half'])} half{', steps ' + str(pt['steps']) if pt.get('steps') else ''}"
+          f"{'; scored on frames ' + str(pt['measure']) + ' only' if pt.get('measure') else ''}"
           "). Cell = mean fraction of the way B's next-token distribution moves toward A's: "
           "1 − KL(A ‖ patched) / KL(A ‖ B). High at a site: the concept's difference is "
           "carried there; '(SAE)' rows move only the SAE's reconstruction.")
