@@ -106,9 +106,10 @@ def patch_moved(model, texts_a, texts_b, tokens: torch.Tensor, sites, *, cfg_coe
   """{row name: per-pair `moved`} for each site (and `<sae_site> (SAE)` if `sae`), with the
   unpatched gap KL(A || B) per pair (`moved` is None for a pair whose runs do not differ,
   gap <= GAP_MIN: e.g. two clips the codec encodes identically). Run A is teacher-forced
-  over `tokens_a` when given (audio pairs: each clip's own codes), else over B's `tokens`. `measure` = (start, stop)
-  frames: the KLs count only the predictions of those frames (e.g. patch steps (0, 50),
-  measure (50, 100): how much of A's difference the site's past carries forward)."""
+  over `tokens_a` when given (audio pairs: each clip's own codes), else over B's `tokens`.
+  `measure` = (start, stop) frames: the KLs count only the predictions of those frames
+  (e.g. patch steps (0, 50), measure (50, 100): how much of A's difference the site's past
+  carries forward)."""
   tf_a = interventions.TeacherForced(model, texts_a, tokens if tokens_a is None else tokens_a,
                                      cfg_coef)
   tf_b = interventions.TeacherForced(model, texts_b, tokens, cfg_coef)
