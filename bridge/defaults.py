@@ -154,8 +154,14 @@ def localize() -> ml_collections.ConfigDict:
   lo.patch_sites = ("resid", "cross_attn")   # per layer: resid (lm.layer.<i>), attn, cross_attn
   lo.patch_half = "cond"               # cond | uncond | both
   lo.patch_steps = config_dict.placeholder(tuple)   # (start, stop) positions; None: all
+  lo.patch_measure = config_dict.placeholder(tuple)  # (start, stop) frames scored; None: all
   lo.patch_sae = True                  # also patch only the exported SAE's features
   lo.patch_features = ()               #   those feature ids only; () = all (x̂(a) − x̂(x))
   lo.patch_generate = False            # also patch during sampling, scored on the audio by
   lo.patch_references = 4              #   a concept classifier on this many clips per value
+  lo.pairs_from = ""                   # audio pairs too: a labelled dataset (folder:DIR, as
+  lo.audio_concepts = ()               #   extract.audio.dataset) and its labels (tempo, key,
+                                       #   or LABEL:A/B); `pairs` clip pairs per label
+  lo.audio_conditioning = "none"       # audio pairs' text: none | fixed (audio_text) | caption
+  lo.audio_text = ""
   return lo

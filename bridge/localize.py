@@ -3,6 +3,8 @@
 Reads `exports/<run>/` (the SAE, for fidelity and SAE-feature patching), builds the model of
 `config.model`, generates the scored tokens from `config.localize` prompts, and writes into
 `reports/<run>/`: fidelity.json, ablation.json + ablation.png, patching.json + patching.png.
+Patching pairs are `localize.concepts` (prompts one word apart) and, with
+`localize.pairs_from`, clips of a labelled dataset one label apart (`audio_concepts`).
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ LOCALIZE_DEFAULTS = defaults.localize().to_dict()
 def _config(config) -> dict:
   lc = dict(LOCALIZE_DEFAULTS)
   lc.update({k: v for k, v in (config.get("localize") or {}).items() if v is not None})
+  for k in ("concepts", "audio_concepts", "patch_sites"):   # `--config.localize.k=a,b` gives
+    lc[k] = tuple(x for v in lc[k] for x in str(v).split(",") if x)   # ('a,b',) for strings
   return lc
 
 
@@ -41,6 +45,27 @@ def _sites(lc: dict, layers: list[int]) -> list[str]:
     raise ValueError(f"--config.localize.patch_sites: {bad} unknown; choose from "
                      f"{', '.join(kinds)}")
   return [f"lm.layer.{i}{kinds[k]}" for i in layers for k in lc["patch_sites"]]
+
+
+def _audio_items(lc: dict):
+  """The labelled clips of `localize.pairs_from` (None without audio pairs); the pairs of
+  every `localize.audio_concepts` label are checked here, before the model loads."""
+  from bridge import audio_datasets, audio_pairs, patching
+  spec, concepts = str(lc["pairs_from"] or ""), list(lc["audio_concepts"])
+  if bool(spec) != bool(concepts):
+    raise ValueError("--config.localize.pairs_from and --config.localize.audio_concepts go "
+                     "together (e.g. pairs_from=folder:DIR, audio_concepts=tempo,key)")
+  if not spec:
+    return None
+  if lc["audio_conditioning"] not in patching.AUDIO_CONDITIONING:
+    raise ValueError(f"--config.localize.audio_conditioning={lc['audio_conditioning']!r}; "
+                     f"choose from {', '.join(patching.AUDIO_CONDITIONING)}")
+  if lc["audio_conditioning"] == "fixed" and not str(lc["audio_text"]).strip():
+    raise ValueError("--config.localize.audio_conditioning=fixed needs localize.audio_text")
+  items = audio_datasets.load_items(spec)
+  for c in concepts:
+    audio_pairs.find_pairs(items, c, 1)
+  return items
 
 
 def _write(path: str, obj: dict) -> str:
@@ -111,6 +136,7 @@ def run_localize(config, workdir: str, what=WHAT, log=print) -> dict[str, str]:
   bad = [h for h in lc["halves"] if h not in ("cond", "uncond", "both")]
   if bad:
     raise ValueError(f"--config.localize.halves: {bad}; choose from cond, uncond, both")
+  audio_items = None
   if "patching" in what:
     for c in lc["concepts"]:
       patching.parse_concept(c)
@@ -118,6 +144,14 @@ def run_localize(config, workdir: str, what=WHAT, log=print) -> dict[str, str]:
       raise ValueError(f"--config.localize.patch_half={lc['patch_half']!r}; choose from "
                        f"cond, uncond, both")
     _sites(lc, [0])
+    for k in ("patch_steps", "patch_measure"):
+      w = lc[k]
+      if w and (len(w) != 2 or not 0 <= int(w[0]) < int(w[1])):
+        raise ValueError(f"--config.localize.{k}={tuple(w)}: expected (start, stop) with "
+                         f"0 <= start < stop")
+    audio_items = _audio_items(lc)
+    if not lc["concepts"] and audio_items is None:
+      raise ValueError("--what=patching needs localize.concepts or localize.audio_concepts")
   bad = [m for m in list(lc["ablation_modes"]) + list(lc["ablation_generate"])
          if m not in ("zero", "mean", "resample")]
   if bad:
@@ -182,11 +216,28 @@ def run_localize(config, workdir: str, what=WHAT, log=print) -> dict[str, str]:
         psae = None
     log(f"localize: patching {len(lc['concepts'])} concepts x {len(sites)} sites")
     steps = tuple(lc["patch_steps"]) if lc["patch_steps"] else None
+    measure = tuple(lc["patch_measure"]) if lc["patch_measure"] else None
+    feats = [int(j) for j in lc["patch_features"]] or None
     res = patching.run(model, list(lc["concepts"]), sites, pairs=int(lc["pairs"]), seed=seed,
                        cfg_coef=cfg, half=str(lc["patch_half"]), steps=steps, sae=psae,
-                       features=[int(j) for j in lc["patch_features"]] or None,
-                       generate=bool(lc["patch_generate"]),
-                       references=int(lc["patch_references"]))
+                       features=feats, generate=bool(lc["patch_generate"]),
+                       references=int(lc["patch_references"]), measure=measure)
+    if audio_items is not None:
+      if "attn" not in lc["patch_sites"] and psae is None:
+        log("localize: audio pairs without text: the residual rows are 1 and the cross_attn "
+            "rows 0 by construction; add attn to localize.patch_sites for informative rows")
+      log(f"localize: patching audio pairs of {lc['pairs_from']}: "
+          f"{', '.join(lc['audio_concepts'])} x {len(sites)} sites")
+      aud = patching.run_audio(model, audio_items, list(lc["audio_concepts"]), sites,
+                               pairs=int(lc["pairs"]), seed=seed,
+                               frames=int(round(float(lc["duration"]) * info.frame_rate)),
+                               conditioning=str(lc["audio_conditioning"]),
+                               text=str(lc["audio_text"]), cfg_coef=cfg, steps=steps,
+                               sae=psae, features=feats, measure=measure)
+      res["per_concept"].update(aud)
+      res["concepts"] += list(aud)
+      res["pairs_from"] = str(lc["pairs_from"])
+      patching.set_matrix(res)
     written["patching"] = _write(os.path.join(out_dir, "patching.json"), {**common, **res})
     written["patching_png"] = patching.plot(res, os.path.join(out_dir, "patching.png"))
   return written

@@ -12,6 +12,19 @@ toward A's:
 1 means the site carries all of A's difference (nothing later re-reads the text to undo
 it), 0 means patching it changes nothing toward A. A layer × concept heatmap of `moved`
 shows where each concept lives. Patching a run into itself leaves it unchanged.
+
+Audio pairs (`run_audio`, columns `audio:<label>`): two clips of a labelled concept folder
+that differ in one label (bridge/audio_pairs.py), each encoded by the model's EnCodec and
+teacher-forced over its own codes, with no text by default (the null condition, so no
+caption can carry the label). A's activations replace B's at the same positions on both
+CFG halves (the clips differ in the tokens, which both halves read), and `moved` is the
+same measure. With no text, the tokens are the only difference and they enter at the
+embedding: a full-sequence residual patch at any layer then gives B all of A's later
+computation (moved = 1 on every `lm.layer.<i>` row); the attention rows and the SAE row
+say which component writes the difference. Patching a step window and measuring only the
+frames after it (`measure`) makes the residual rows informative: how much of the concept
+a layer's past states carry into later predictions (0 at the last layer, which nothing
+later reads).
 """
 from __future__ import annotations
 
@@ -84,15 +97,28 @@ def patch_site(model, site: str, source: torch.Tensor, *, half: str = "cond", st
   return interventions.replace_site(model, site, fn, half=half, steps=steps)
 
 
+GAP_MIN = 1e-9       # nats: below this A and B give the same distribution; nothing to move
+
+
 def patch_moved(model, texts_a, texts_b, tokens: torch.Tensor, sites, *, cfg_coef: float = 3.0,
                 half: str = "cond", steps=None, sae=None, sae_site: str | None = None,
-                features=None) -> dict:
+                features=None, tokens_a: torch.Tensor | None = None, measure=None) -> dict:
   """{row name: per-pair `moved`} for each site (and `<sae_site> (SAE)` if `sae`), with the
-  unpatched gap KL(A || B) per pair."""
-  tf_a = interventions.TeacherForced(model, texts_a, tokens, cfg_coef)
+  unpatched gap KL(A || B) per pair (`moved` is None for a pair whose runs do not differ,
+  gap <= GAP_MIN: e.g. two clips the codec encodes identically). Run A is teacher-forced
+  over `tokens_a` when given (audio pairs: each clip's own codes), else over B's `tokens`.
+  `measure` = (start, stop) frames: the KLs count only the predictions of those frames
+  (e.g. patch steps (0, 50), measure (50, 100): how much of A's difference the site's past
+  carries forward)."""
+  tf_a = interventions.TeacherForced(model, texts_a, tokens if tokens_a is None else tokens_a,
+                                     cfg_coef)
   tf_b = interventions.TeacherForced(model, texts_b, tokens, cfg_coef)
   lp_a, mask = tf_a.log_probs()
   lp_b, _ = tf_b.log_probs()
+  if measure:
+    keep = torch.zeros_like(mask)
+    keep[..., int(measure[0]):int(measure[1])] = True
+    mask = mask & keep
   gap = kl_per_prompt(lp_a, lp_b, mask)
   want = list(dict.fromkeys(list(sites) + ([sae_site] if sae is not None else [])))
   src = tf_a.record(want)
@@ -105,32 +131,31 @@ def patch_moved(model, texts_a, texts_b, tokens: torch.Tensor, sites, *, cfg_coe
     lp, _ = tf_b.log_probs(patch_site(model, site, src[site], half=half, steps=steps, sae=s,
                                       features=features))
     kl = kl_per_prompt(lp_a, lp, mask)
-    out["moved"][name] = (1 - kl / gap.clamp(min=1e-12)).tolist()
+    out["moved"][name] = [None if g <= GAP_MIN else float(m) for g, m in
+                          zip(gap.tolist(), (1 - kl / gap.clamp(min=1e-12)).tolist())]
   return out
 
 
 def run(model, concepts, sites, *, pairs: int, seed: int, cfg_coef: float = 3.0,
         half: str = "cond", steps=None, sae=None, features=None, generate: bool = False,
-        references: int = 4) -> dict:
+        references: int = 4, measure=None) -> dict:
   """The layer × concept table: mean `moved` per site row and concept column."""
   from bridge import fidelity
   sae_site = fidelity.site_of(sae)[0] if sae is not None else None
   res = {"concepts": list(concepts), "sites": list(sites), "half": half,
-         "steps": list(steps) if steps else None, "cfg_coef": float(cfg_coef),
+         "steps": list(steps) if steps else None,
+         "measure": list(measure) if measure else None, "cfg_coef": float(cfg_coef),
          "pairs": int(pairs), "features": list(features) if features else None,
          "per_concept": {}}
   for spec in concepts:
     ta, tb = concept_pairs(spec, pairs)
     tokens = capture.generate_tokens(model, tb, seed=seed)
     r = patch_moved(model, ta, tb, tokens, sites, cfg_coef=cfg_coef, half=half, steps=steps,
-                    sae=sae, sae_site=sae_site, features=features)
+                    sae=sae, sae_site=sae_site, features=features, measure=measure)
     r["texts_a"], r["texts_b"] = ta, tb
     res["per_concept"][spec] = r
-  rows = list(next(iter(res["per_concept"].values()))["moved"]) if concepts else []
-  res["rows"] = rows
-  res["matrix"] = [[float(np.mean(res["per_concept"][c]["moved"][r])) for c in concepts]
-                   for r in rows]
-  if generate:
+  set_matrix(res)
+  if generate and concepts:
     res["generation"] = {c: generation_moved(model, c, sites, pairs=pairs, seed=seed,
                                              references=references, half=half, steps=steps)
                          for c in concepts}
@@ -139,22 +164,69 @@ def run(model, concepts, sites, *, pairs: int, seed: int, cfg_coef: float = 3.0,
   return res
 
 
+def set_matrix(res: dict) -> dict:
+  """`rows` and `matrix` [rows][concepts] (mean `moved` over the pairs where it is defined;
+  None when no pair differs) from `per_concept`."""
+  concepts = res["concepts"]
+  rows = list(res["per_concept"][concepts[0]]["moved"]) if concepts else []
+
+  def mean(v):
+    v = [x for x in v if x is not None]
+    return float(np.mean(v)) if v else None
+  res["rows"] = rows
+  res["matrix"] = [[mean(res["per_concept"][c]["moved"][r]) for c in concepts] for r in rows]
+  return res
+
+
+AUDIO_PREFIX = "audio:"
+AUDIO_CONDITIONING = ("none", "fixed", "caption")
+
+
+def run_audio(model, items, concepts, sites, *, pairs: int, seed: int, frames: int,
+              conditioning: str = "none", text: str = "", cfg_coef: float = 3.0, steps=None,
+              sae=None, features=None, measure=None) -> dict:
+  """{`audio:<concept>`: per-concept result} for clip pairs of `items` (AudioItems with
+  labels) that differ in each concept; see the module doc. `conditioning`: none (the null
+  condition), fixed (`text` for every clip) or caption (each clip's own caption)."""
+  from bridge import audio_pairs, extract_audio, fidelity
+  if conditioning not in AUDIO_CONDITIONING:
+    raise ValueError(f"--config.localize.audio_conditioning={conditioning!r}; choose from "
+                     f"{', '.join(AUDIO_CONDITIONING)}")
+  sae_site = fidelity.site_of(sae)[0] if sae is not None else None
+  acfg = {"conditioning": conditioning, "text": text}
+  out = {}
+  for spec in concepts:
+    ps = audio_pairs.find_pairs(items, spec, pairs, seed=seed)
+    ia, ib = [p.a for p in ps], [p.b for p in ps]
+    ca, cb = audio_pairs.codes(model, ia, frames), audio_pairs.codes(model, ib, frames)
+    ta = extract_audio.texts_for([extract_audio.Window(it, it.offset_s) for it in ia], acfg)
+    tb = extract_audio.texts_for([extract_audio.Window(it, it.offset_s) for it in ib], acfg)
+    r = patch_moved(model, ta, tb, cb, sites, cfg_coef=cfg_coef, half="both", steps=steps,
+                    sae=sae, sae_site=sae_site, features=features, tokens_a=ca, measure=measure)
+    r["texts_a"], r["texts_b"] = ta, tb
+    r["pairs"] = [p.to_dict() for p in ps]
+    r["minimal_pairs"] = sum(not p.other_diffs for p in ps)
+    r["conditioning"] = conditioning
+    out[AUDIO_PREFIX + spec] = r
+  return out
+
+
 def plot(result: dict, path: str) -> str:
   """Heatmaps: rows = patched sites, columns = concepts, colour = mean `moved`
   (teacher-forced; and from generation scored on the audio, when measured)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  panels = [(np.array(result["matrix"], float), result["rows"],
+  panels = [(np.array(result["matrix"], float), result["rows"], result["concepts"],
              "teacher-forced: fraction of KL(A‖B) closed")]
-  if result.get("matrix_generation"):
+  if result.get("matrix_generation") and result.get("generation"):
     panels.append((np.array(result["matrix_generation"], float), result["sites"],
-                   "generation: audio concept score moved"))
-  cols = result["concepts"]
-  n = max(len(r) for _, r, _ in panels)
+                   list(result["generation"]), "generation: audio concept score moved"))
+  n = max(len(r) for _, r, _, _ in panels)
   fig, axes = plt.subplots(1, len(panels), squeeze=False,
-                           figsize=((1.6 + 1.3 * len(cols)) * len(panels), 1.0 + 0.38 * n))
-  for ax, (m, rows, title) in zip(axes[0], panels):
+                           figsize=(sum(1.6 + 1.3 * len(c) for _, _, c, _ in panels),
+                                    1.0 + 0.38 * n))
+  for ax, (m, rows, cols, title) in zip(axes[0], panels):
     im = ax.imshow(m, cmap="viridis", vmin=min(0.0, np.nanmin(m)),
                    vmax=max(1.0, np.nanmax(m)), aspect="auto")
     for i in range(len(rows)):

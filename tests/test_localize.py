@@ -253,3 +253,113 @@ def test_patching_the_last_layer_during_generation_gives_a_s_audio(model):
   assert r["p_a"]["A"] != r["p_a"]["B"]
   assert r["p_a"]["lm.layer.3"] == pytest.approx(r["p_a"]["A"], abs=1e-9)
   assert r["moved"]["lm.layer.3"] == pytest.approx(1.0, abs=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# Audio pairs: clips of a labelled folder that differ in one concept
+# --------------------------------------------------------------------------------------
+# (id, tempo, key, program): c0/c1 are the only tempo pair with every other label equal;
+# the others differ in tempo and at least one more label.
+CLIPS = [("c0", 60, "C", "piano"), ("c1", 120, "C", "piano"), ("c2", 60, "E", "flute"),
+         ("c3", 120, "G#", "flute"), ("c4", 120, "E", "piano"), ("c5", 60, "G#", "piano")]
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory):
+  """metadata.jsonl + short wavs: a pitch by key, pulses by tempo, and each clip's own
+  noise (so the tiny random codec gives every clip different codes)."""
+  import json
+  import soundfile as sf
+  d = tmp_path_factory.mktemp("concept_clips")
+  (d / "audio").mkdir()
+  sr, t = 16000, np.arange(int(0.3 * 16000)) / 16000
+  with open(d / "metadata.jsonl", "w") as f:
+    for n, (cid, tempo, key, prog) in enumerate(CLIPS):
+      hz = 220.0 * 2 ** ({"C": 0, "E": 4, "G#": 8}[key] / 12)
+      noise = np.random.default_rng(n).standard_normal(len(t))
+      pulse = np.sin(2 * np.pi * tempo / 30 * t) > 0
+      y = (0.3 * np.sin(2 * np.pi * hz * t) + 0.2 * noise) * pulse
+      sf.write(d / "audio" / f"{cid}.wav", y.astype(np.float32), sr)
+      f.write(json.dumps({"id": cid, "path": f"audio/{cid}.wav", "caption": f"clip {n}",
+                          "labels": {"tempo": tempo, "key": key, "program": prog}}) + "\n")
+  return d
+
+
+def test_audio_pairs_are_minimal_where_they_exist(clip_folder):
+  from bridge import audio_datasets, audio_pairs
+  items = audio_datasets.load_items(f"folder:{clip_folder}")
+  ps = audio_pairs.find_pairs(items, "tempo", 3, seed=0)
+  assert (ps[0].a.id, ps[0].b.id, ps[0].other_diffs) == ("c0", "c1", ())
+  assert (ps[0].value_a, ps[0].value_b) == ("60", "120")        # numeric order, A first
+  assert len(ps) == 3 and all(len(p.other_diffs) >= 1 for p in ps[1:])
+  ids = [i for p in ps for i in (p.a.id, p.b.id)]
+  assert len(set(ids)) == 6                                      # disjoint while possible
+  for p in ps:
+    assert p.a.labels["tempo"] != p.b.labels["tempo"]
+    assert p.other_diffs == tuple(k for k in ("key", "program")
+                                  if p.a.labels[k] != p.b.labels[k])
+  r = audio_pairs.find_pairs(items, "tempo:120/60", 1)[0]
+  assert (r.a.id, r.b.id) == ("c1", "c0")
+  k = audio_pairs.find_pairs(items, "key:C/E", 5)
+  assert (k[0].a.id, k[0].b.id, k[0].other_diffs) == ("c1", "c4", ())
+  assert (k[1].a.id, k[1].b.id, k[1].other_diffs) == ("c0", "c2", ("program",))
+  assert {p.value_a for p in k} == {"C"}
+  assert len(k) == 4                                             # every C/E pair, reused
+  with pytest.raises(audio_pairs.AudioPairError, match="'tempo' values"):
+    audio_pairs.find_pairs(items, "tempo:60/90", 1)
+  with pytest.raises(audio_pairs.AudioPairError, match="LABEL:A/B"):
+    audio_pairs.parse_audio_concept("tempo:60")
+  from bridge import localize                       # the config checks before the model loads
+  lc = localize._config({"localize": {"pairs_from": f"folder:{clip_folder}",
+                                      "audio_concepts": ("tempo,key:C/E",)}})
+  assert lc["audio_concepts"] == ("tempo", "key:C/E")
+  assert len(localize._audio_items(lc)) == 6
+  with pytest.raises(audio_pairs.AudioPairError, match="'bpm' values"):
+    localize._audio_items(dict(lc, audio_concepts=("bpm",)))
+  with pytest.raises(ValueError, match="go together"):
+    localize._audio_items(dict(lc, audio_concepts=()))
+
+
+def test_patching_an_audio_clip_into_itself_changes_nothing(model, clip_folder):
+  from bridge import audio_datasets, audio_pairs
+  items = audio_datasets.load_items(f"folder:{clip_folder}")[:2]
+  codes = audio_pairs.codes(model, items, T)
+  assert codes.shape == (2, model.lm.n_q, T)
+  tf = interventions.TeacherForced(model, [None, None], codes, CFG)
+  clean, _ = tf.log_probs()
+  sae = random_sae(model.lm.dim)
+  for site, s in (("lm.layer.1", None), ("lm.layer.1", sae), ("lm.layer.2.attn", None)):
+    src = tf.record([site])[site]
+    lp, _ = tf.log_probs(patching.patch_site(model, site, src, half="both", sae=s))
+    assert torch.equal(lp, clean), (site, s is not None)
+
+
+def test_audio_patching_of_the_last_layer_moves_all_the_way(model, clip_folder):
+  from bridge import audio_datasets
+  items = audio_datasets.load_items(f"folder:{clip_folder}")
+  res = patching.run_audio(model, items, ["tempo"],
+                           ["lm.layer.1", "lm.layer.2.attn", "lm.layer.3"],
+                           pairs=2, seed=0, frames=T)
+  r = res["audio:tempo"]
+  assert min(r["gap_kl"]) > 0 and r["minimal_pairs"] == 1
+  assert r["pairs"][0]["id_a"] == "c0" and r["texts_a"] == [None, None]
+  np.testing.assert_allclose(r["moved"]["lm.layer.3"], 1.0, atol=1e-3)
+  # with no text the codes are the only difference: any full residual patch carries it all
+  np.testing.assert_allclose(r["moved"]["lm.layer.1"], 1.0, atol=1e-3)
+  assert max(r["moved"]["lm.layer.2.attn"]) < 0.999
+  # A's first 8 steps patched, only frames 8.. scored: the last layer's past is read by
+  # nothing later (moved 0); an early layer's past is read by later positions (moved != 0)
+  w = patching.run_audio(model, items, ["tempo"], ["lm.layer.0", "lm.layer.3"], pairs=2,
+                         seed=0, frames=T, steps=(0, 8), measure=(8, T))["audio:tempo"]
+  np.testing.assert_allclose(w["moved"]["lm.layer.3"], 0.0, atol=1e-5)
+  assert max(abs(x) for x in w["moved"]["lm.layer.0"]) > 1e-3
+  # a pair whose clips give the same distribution has nothing to move: left out of the mean
+  assert patching.set_matrix({"concepts": ["x"], "per_concept": {"x": {"moved": {
+      "s": [None, 0.5, 0.25]}}}})["matrix"] == [[0.375]]
+  from musicsae_jax.analysis import localize_report
+  pt = patching.set_matrix({"concepts": list(res), "per_concept": res, "pairs": 2,
+                            "half": "cond", "pairs_from": "folder:clips"})
+  assert pt["rows"] == ["lm.layer.1", "lm.layer.2.attn", "lm.layer.3"]
+  page = localize_report.patching_section(pt, "")
+  assert "audio:tempo" in page and "1 of 2 (others also differ in" in page
+  assert "c0 (tempo=60)" in page and "no text" in page

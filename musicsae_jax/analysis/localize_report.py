@@ -93,37 +93,65 @@ def ablation_section(ab: dict, plot: str) -> str:
 
 def patching_section(pt: dict, plot: str) -> str:
   rows = [[html.escape(r)] + [_f(v) for v in vals] for r, vals in zip(pt["rows"], pt["matrix"])]
-  gaps = [[html.escape(c), _f(sum(p["gap_kl"]) / len(p["gap_kl"]), 4),
-           html.escape(p["texts_a"][0]), html.escape(p["texts_b"][0])]
+  gaps = [[html.escape(c), _f(sum(p["gap_kl"]) / len(p["gap_kl"]), 4)] + _pair_cells(c, p)
           for c, p in pt["per_concept"].items()]
-  if pt.get("matrix_generation"):
+  if pt.get("matrix_generation") and pt.get("generation"):
+    gcols = list(pt["generation"])
     grows = [[html.escape(r)] + [_f(v) for v in vals]
              for r, vals in zip(pt["sites"], pt["matrix_generation"])]
     grows.append(["p_A: clean A / clean B"] + [
         f"{_f(pt['generation'][c]['p_a']['A'])} / {_f(pt['generation'][c]['p_a']['B'])}"
-        for c in pt["concepts"]])
+        for c in gcols])
     grows.append(["classifier LOO accuracy"] + [_f(pt["generation"][c]["loo_accuracy"])
-                                                for c in pt["concepts"]])
+                                                for c in gcols])
     gen_table = ("<h3>During generation, scored on the audio</h3><p class='note'>A's "
                  "activation at each decoding step replaces B's while B is sampled with the "
                  "same seed; a nearest-centroid classifier of the concept's two values on "
                  "audio descriptors (reference clips of other contexts) gives p_A; cell = "
                  "(p_A(patched) − p_A(B)) / (p_A(A) − p_A(B)). Trust it only where the "
                  "classifier's leave-one-out accuracy is well above 0.5.</p>" +
-                 report._table(["site"] + [html.escape(c) for c in pt["concepts"]], grows))
+                 report._table(["site"] + [html.escape(c) for c in gcols], grows))
   else:
     gen_table = ""
   body = (plot + report._table(["site"] + [html.escape(c) for c in pt["concepts"]], rows) +
           gen_table +
-          "<h3>Pairs</h3>" + report._table(["concept", "KL(A ‖ B) unpatched", "A (first)",
-                                            "B (first)"], gaps))
+          "<h3>Pairs</h3>" + report._table(["concept", "KL(A ‖ B) unpatched",
+                                            "minimal pairs", "A (first)", "B (first)"], gaps))
   note = (f"For {pt['pairs']} prompt pairs per concept that differ only in that word (A vs B), "
           "run A's activation at one site replaces run B's (teacher-forced over B's tokens, "
           f"{html.escape(pt['half'])} half{', steps ' + str(pt['steps']) if pt.get('steps') else ''}"
+          f"{'; scored on frames ' + str(pt['measure']) + ' only' if pt.get('measure') else ''}"
           "). Cell = mean fraction of the way B's next-token distribution moves toward A's: "
           "1 − KL(A ‖ patched) / KL(A ‖ B). High at a site: the concept's difference is "
           "carried there; '(SAE)' rows move only the SAE's reconstruction.")
+  audio = [c for c, p in pt["per_concept"].items() if "pairs" in p]
+  if audio:
+    cond = pt["per_concept"][audio[0]].get("conditioning", "none")
+    note += (f" Columns <code>audio:&lt;label&gt;</code>: pairs of clips of "
+             f"{html.escape(str(pt.get('pairs_from', '')))} whose label differs (minimal pairs: "
+             "every other label equal; otherwise the nearest pairs, their extra differences "
+             "listed), each teacher-forced over its own EnCodec codes with "
+             f"{'no text' if cond == 'none' else html.escape(cond) + ' text'}; A replaces B on "
+             "both CFG halves. With no text the codes are the only difference, so every "
+             "residual row is 1 by construction; the attention and SAE rows are the ones to "
+             "read.")
   return report._section(PATCHING_SECTION, "Activation patching", note, body)
+
+
+def _pair_cells(concept: str, p: dict) -> list[str]:
+  """[minimal pairs, A (first), B (first)] of a text or audio concept's pairs."""
+  if "pairs" not in p:                              # text: one word apart by construction
+    return ["all (one word)", html.escape(str(p["texts_a"][0])),
+            html.escape(str(p["texts_b"][0]))]
+  pairs, label = p["pairs"], concept.split(":")[1]
+  extra = sorted({d for q in pairs for d in q["other_diffs"]})
+  same = sum(g <= 1e-9 for g in p["gap_kl"])
+  q = pairs[0]
+  return [f"{p['minimal_pairs']} of {len(pairs)}" +
+          (f" (others also differ in {html.escape(', '.join(extra))})" if extra else "") +
+          (f"; {same} with no difference to move (left out)" if same else ""),
+          html.escape(f"{q['id_a']} ({label}={q['value_a']})"),
+          html.escape(f"{q['id_b']} ({label}={q['value_b']})")]
 
 
 def update(report_dir: str) -> str:
