@@ -176,6 +176,23 @@ _SORT_AND_FILTER = """(() => {
 })()"""
 
 
+def test_labels_go_into_the_feature_pages(built):
+  """labels.json's labels appear on their features' pages, and a second write replaces them."""
+  root = built[0]
+  rd = os.path.join(root, "reports", "r")
+  lab = {"features": [{"id": 2, "labels": [
+      {"source": "words", "label": "planted words", "scores": {"clap": 0.75, "llm": None}},
+      {"source": "clap", "label": "bright", "margin": 0.01, "z": 2.5, "scores": {"clap": 0.9}}],
+      "clap_candidates": [{"word": "bright", "margin": 0.01}, {"word": "dark", "margin": 0.005}]}]}
+  assert browser.update_labels(rd, lab) == [os.path.join(rd, "browser", "features", "2.html")]
+  lab["features"][0]["labels"][1]["label"] = "warm"
+  browser.update_labels(rd, lab)
+  page = open(os.path.join(rd, "browser", "features", "2.html")).read()
+  assert page.count("<section id='labels'>") == 1 and "<b>warm</b>" in page
+  assert "<b>bright</b>" not in page and "clap 0.75" in page and "dark (+0.005)" in page
+  assert page.index("<section id='labels'>") < page.index("<section id='steering'>")
+
+
 @pytest.mark.skipif(chromium.CHROMIUM is None, reason=chromium.INSTALL)
 def test_index_sorts_and_filters_in_chromium(built):
   _, st, _, _, res, _, _ = built
@@ -201,3 +218,4 @@ def _page_at(path):
   with open(path) as fh:
     p.feed(fh.read())
   return p
+

@@ -27,7 +27,7 @@ import numpy as np
 
 from musicsae_jax.analysis import labels as lab, validity
 from musicsae_jax.analysis.browser_html import CSS, JS, feature_page, index_page, index_row, \
-    steering_html
+    labels_html, steering_html
 from musicsae_jax.analysis.stats import AnalysisError, FeatureStats
 
 DIR = "browser"
@@ -374,6 +374,29 @@ def _steered_features(steer: dict | None) -> dict[int, list[dict]]:
     for e in steer.get("features", []):
       by.setdefault(int(e["feature"]), []).append(e)
   return by
+
+
+def update_labels(report_dir: str, labels: dict) -> list[str]:
+  """Put labels.json's labels into the pages of the labelled features (if the browser
+  exists), replacing older ones; returns the pages written."""
+  import re
+  fdir = os.path.join(report_dir, DIR, "features")
+  done = []
+  for entry in labels.get("features", []):
+    path = os.path.join(fdir, f"{int(entry['id'])}.html")
+    if not os.path.exists(path):
+      continue
+    with open(path) as fh:
+      page = fh.read()
+    section = f"<section id='labels'>{labels_html(entry)}</section>"
+    if "<section id='labels'>" in page:
+      page = re.sub(r"<section id='labels'>.*?</section>", lambda _: section, page, flags=re.S)
+    else:                                   # a page written before the labels slot existed
+      page = page.replace("<section id='steering'>", section + "<section id='steering'>", 1)
+    with open(path, "w") as fh:
+      fh.write(page)
+    done.append(path)
+  return done
 
 
 def update_steering(report_dir: str, steer: dict) -> list[str]:

@@ -231,8 +231,29 @@ def feature_page(f, st, ex, snips, fl, pos, ac, top, words, prompts, keys, base,
   nb = "".join(f"<tr><td><a href='{j}.html'>{j}</a></td><td>{c:+.3f}</td></tr>" if j in fires
                else f"<tr><td>{j}</td><td>{c:+.3f}</td></tr>" for j, c in zip(nb_ids, nb_cos))
   parts.append("<h2>Nearest features (decoder cosine)</h2><table>" + nb + "</table>")
+  parts.append("<section id='labels'></section>")          # filled by labels.json (update_labels)
   parts.append(f"<section id='steering'>{steer_html}</section>")
   return _page(f"feature {f}", "".join(parts), 1)
+
+
+def labels_html(entry: dict) -> str:
+  """A feature's labels from labels.json: each label with its source and detection scores
+  (0.5 is chance), then the next CLAP candidates."""
+  rows = []
+  for lab_ in entry.get("labels", []):
+    scores = ", ".join(f"{html.escape(k)} {v:.2f}" for k, v in (lab_.get("scores") or {}).items()
+                       if v is not None) or "not scored"
+    extra = (f"margin {lab_['margin']:+.2g}, z {lab_['z']:.1f}" if "margin" in lab_ else "")
+    rows.append(f"<tr><td>{html.escape(str(lab_.get('source', '')))}</td>"
+                f"<td><b>{html.escape(str(lab_.get('label', '')))}</b></td><td>{scores}</td>"
+                f"<td>{extra}</td></tr>")
+  cands = ", ".join(f"{html.escape(c['word'])} ({c['margin']:+.2g})"
+                    for c in entry.get("clap_candidates", [])[1:])
+  return ("<h2>Labels</h2><p class='note'>From labels.json: detection score of each label on "
+          "held-out clips (CLAP: AUROC; LLM: balanced accuracy; 0.5 is chance).</p>"
+          "<table><tr><th>source</th><th>label</th><th>detection</th><th>CLAP margin</th></tr>"
+          + "".join(rows) + "</table>"
+          + (f"<p class='note'>Next CLAP candidates: {cands}</p>" if cands else ""))
 
 
 # --- steering (reports/<run>/steer.json) -------------------------------------------------------

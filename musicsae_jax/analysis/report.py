@@ -552,4 +552,5 @@ def update_labels(report_dir: str) -> str:
   with open(os.path.join(report_dir, "labels.json")) as f:
     labels = json.load(f)
   return splice_section(report_dir, LABELS_SECTION, labels_section(labels),
-                        f"musicsae report: {labels.get('run', '')}")
+                        f"musicsae report: {labels.get('run', '')}",
+                        before=LATER_SECTIONS[LATER_SECTIONS.index(LABELS_SECTION) + 1:])

@@ -303,8 +303,9 @@ def write_labels(out_dir: str, s: dict, workdir: str, log: Callable[[str], None]
       if d.get("n"):
         log(f"labels {src} scored by {sc}: detection median {d['quantiles']['0.5']:.3f} over "
             f"{d['n']} features ({100 * d['above_0.5']:.0f}% above 0.5)")
-  from musicsae_jax.analysis import report
+  from musicsae_jax.analysis import browser, report
   report.update_labels(out_dir)
+  browser.update_labels(out_dir, out)
   return path
 
 
