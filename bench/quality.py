@@ -232,16 +232,18 @@ def _table_order(r: dict):
 
 
 def markdown(rows: list[dict]) -> str:
-  lines = ["| tokens | m | trainer | FVU | L0 | dead % | acts/s | peak RSS MB |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = ["| tokens | m | trainer | FVU | L0 | dead % held-out | dead % all rows | acts/s "
+           "| peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     if "error" in r:
       lines.append(f"| {r.get('tokens', '')} | {r.get('m', '')} | {r['trainer']} | "
-                   f"error | | | | |")
+                   f"error | | | | | |")
       continue
+    dead_all = (f"{100 * r['dead_frac_all']:.2f}" if r.get("dead_frac_all") is not None
+                else "–")
     lines.append(f"| {r['tokens'] / 1e6:.2f}M | {r['m']} | {r['trainer']} | {r['fvu']:.4f} | "
-                 f"{r['l0']:.1f} | {100 * r['dead_frac']:.2f} | {r['acts_per_s']:,.0f} | "
-                 f"{r['peak_rss_mb']:,.0f} |")
+                 f"{r['l0']:.1f} | {100 * r['dead_frac']:.2f} | {dead_all} | "
+                 f"{r['acts_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} |")
   return "\n".join(lines) + "\n"
 
 

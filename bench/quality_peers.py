@@ -6,7 +6,9 @@ chosen by the caller exactly as the project's trainer chooses them), trains for
 `tokens // batch` steps on freshly shuffled train rows each epoch (a full in-memory
 shuffle, the most favourable input these libraries can get), and prints one JSON line:
 FVU pooled over the eval rows against their mean, L0, dead fraction (never fires on the
-eval rows), acts/s of the training loop and this process's peak RSS.
+eval rows; and `dead_frac_all`, never fires on any row, train and eval, the measure that can
+tell a dead latent from a rare one at m = 32d), acts/s of the training loop and this
+process's peak RSS.
 
 What "defaults" means for each library (read from their sources):
 - dictionary_learning `TopKTrainer`: lr 2e-4/sqrt(m/2^14), Adam(0.9, 0.999), clipping at 1,
@@ -83,6 +85,15 @@ def train_sae_lens(x, m, k, steps, batch, seed):
 TRAINERS = {"dictionary_learning": train_dictionary_learning, "sae_lens": train_sae_lens}
 
 
+def fired_counts(encode, x: torch.Tensor, m: int, batch: int = 4096) -> torch.Tensor:
+  """How often each latent fires on the rows of x (float64 [m])."""
+  fired = torch.zeros(m, dtype=torch.float64)
+  with torch.no_grad():
+    for i in range(0, len(x), batch):
+      fired += (encode(x[i:i + batch]) != 0).sum(0, dtype=torch.float64)
+  return fired
+
+
 def evaluate(encode, decode, x: torch.Tensor, m: int, batch: int = 4096) -> dict:
   sse, fired, active = 0.0, torch.zeros(m, dtype=torch.float64), 0.0
   with torch.no_grad():
@@ -95,7 +106,8 @@ def evaluate(encode, decode, x: torch.Tensor, m: int, batch: int = 4096) -> dict
       active += float(nz.sum())
   x64 = x.double()
   var = float(((x64 - x64.mean(0)) ** 2).sum())
-  return {"fvu": sse / var, "l0": active / len(x), "dead_frac": float((fired == 0).double().mean())}
+  return {"fvu": sse / var, "l0": active / len(x), "dead_frac": float((fired == 0).double().mean()),
+          "fired": fired}
 
 
 def main():
@@ -122,8 +134,12 @@ def main():
   t0 = time.time()
   encode, decode = TRAINERS[args.trainer](x_train, args.m, args.k, steps, args.batch, args.seed)
   seconds = time.time() - t0
+  ev = evaluate(encode, decode, x_eval, args.m)
+  fired_all = ev.pop("fired") + fired_counts(encode, x_train, args.m)
   out = {"trainer": args.trainer, "m": args.m, "k": args.k, "steps": steps,
-         "tokens": steps * args.batch, **evaluate(encode, decode, x_eval, args.m),
+         "tokens": steps * args.batch, **ev,
+         "dead_frac_all": float((fired_all == 0).double().mean()),
+         "rows_all": len(x_train) + len(x_eval),
          "acts_per_s": steps * args.batch / seconds, "train_s": seconds,
          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
   print(json.dumps(out))

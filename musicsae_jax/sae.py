@@ -277,13 +277,48 @@ def _sq_err(x: jax.Array, x_hat: jax.Array) -> jax.Array:
     return jnp.mean(jnp.sum((x - x_hat) ** 2, axis=-1))
 
 
+def _aux_ratio(residual, e_hat):
+    """AuxK's normalised error (0 when the residual is constant)."""
+    num = _sq_err(residual, e_hat)
+    den = _sq_err(residual, residual.mean(0, keepdims=True))
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+
+
 def _auxk_value(pre, residual, W_dec, dead_mask, k_aux):
+    """The dense formulation over all m latents (the reference the compact one equals)."""
     masked = jnp.where(dead_mask[None, :], jax.nn.relu(pre), 0.0)
     vals, idx = jax.lax.top_k(masked, k_aux)
     e_hat = latent_matmul(_scatter_rows(vals, idx, pre.shape[-1]), W_dec)
-    num = _sq_err(residual, e_hat)
-    den = _sq_err(residual, residual.mean(0, keepdims=True))
-    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0).astype(pre.dtype)
+    return _aux_ratio(residual, e_hat).astype(pre.dtype)
+
+
+def dead_buckets(m: int) -> tuple[int, ...]:
+    """The sizes the dead latents are gathered into: m/256, m/64, m/16, m/4 (those of at
+    least 16), then m itself (the dense formulation)."""
+    return tuple(c for c in (m // 256, m // 64, m // 16, m // 4) if c >= 16) + (m,)
+
+
+def _bucket(dead_mask: jax.Array, caps: Sequence[int]) -> jax.Array:
+    """Branch index: 0 if no latent is dead, else 1 + the smallest bucket that holds them."""
+    n = jnp.sum(dead_mask.astype(jnp.int32))
+    return jnp.where(n > 0, 1 + jnp.sum(n > jnp.asarray(caps[:-1])), 0)
+
+
+def _dead_slots(dead_mask: jax.Array, cap: int) -> tuple[jax.Array, jax.Array]:
+    """(ids [cap] of the dead latents, padded with latent 0; valid [cap]): exact when at
+    most cap latents are dead, which :func:`_bucket` guarantees."""
+    ids = jnp.nonzero(dead_mask, size=cap, fill_value=0)[0]
+    return ids, jnp.arange(cap) < jnp.sum(dead_mask.astype(jnp.int32))
+
+
+def _auxk_compact(pre_dead, valid, residual, W_dec_dead, k_aux):
+    """AuxK over the gathered dead latents only: pre_dead [B, cap], W_dec_dead [cap, d].
+    The padding slots are masked to 0, so the top-k values (and the loss) equal the dense
+    formulation's: there every live latent is masked to 0 as well."""
+    masked = jnp.where(valid[None, :], jax.nn.relu(pre_dead), 0.0)
+    vals, idx = jax.lax.top_k(masked, min(k_aux, pre_dead.shape[-1]))
+    e_hat = _scatter_rows(vals, idx, pre_dead.shape[-1]) @ W_dec_dead
+    return _aux_ratio(residual, e_hat).astype(pre_dead.dtype)
 
 
 def auxk_loss(pre: jax.Array, residual: jax.Array, W_dec: jax.Array, dead_mask: jax.Array,
@@ -293,53 +328,87 @@ def auxk_loss(pre: jax.Array, residual: jax.Array, W_dec: jax.Array, dead_mask: 
     Gives dead latents a gradient towards what the live ones miss. The squared error is
     divided by the residual's variance (about its batch mean) so the coefficient does not
     depend on how good the main reconstruction already is; 0 if the residual is constant.
-    Skipped (``lax.cond``, still jit-friendly) when no latent is dead, the common case.
-    The aux decode is dense: with k_aux ~ d/2 a gather of [B, k_aux, d] rows and its
-    scatter-add backward cost far more than one matmul.
+
+    Dead latents are usually a few per mille of m, yet in a real run some are dead at
+    almost every step: the top-k_aux and the decode run over only the dead latents,
+    gathered into the smallest of :func:`dead_buckets` that holds them (``lax.switch``;
+    no latent dead: nothing runs; more than m/4: the dense formulation). The value and
+    gradients are those of the dense formulation.
     """
     residual = jax.lax.stop_gradient(residual)
-    return jax.lax.cond(jnp.any(dead_mask),
-                        lambda _: _auxk_value(pre, residual, W_dec, dead_mask, k_aux),
-                        lambda _: jnp.zeros((), pre.dtype), None)
+    caps = dead_buckets(pre.shape[-1])
+
+    def compact(cap):
+        def run(_):
+            if cap == pre.shape[-1]:
+                return _auxk_value(pre, residual, W_dec, dead_mask, k_aux)
+            ids, valid = _dead_slots(dead_mask, cap)
+            return _auxk_compact(pre[:, ids], valid, residual, W_dec[ids], k_aux)
+        return run
+
+    return jax.lax.switch(_bucket(dead_mask, caps),
+                          [lambda _: jnp.zeros((), pre.dtype)] + [compact(c) for c in caps],
+                          None)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
 def auxk_loss_from_params(x, b_dec, W_enc, b_enc, W_dec, residual, dead_mask, k_aux):
-    """:func:`auxk_loss` with the dense pre recomputed from the encoder parameters, for
-    the sparse TopK paths (whose own pre is stop-gradient). Forward and backward each
-    sit in their own ``lax.cond``, so with no dead latent nothing of size [B, m] is
-    computed or kept for the backward (a differentiated ``lax.cond`` would keep its
-    residuals, as zeros, even when the branch is skipped)."""
-    return _auxk_gated(x, b_dec, W_enc, b_enc, W_dec, residual, dead_mask, k_aux)
+    """:func:`auxk_loss` with the pre-activations of the dead latents computed from the
+    encoder parameters, for the sparse TopK paths (whose own pre is stop-gradient): with
+    few dead latents that is a [B, d] x [d, cap] matmul, not a second dense encoder pass.
+    Forward and backward each pick their branch with their own ``lax.switch``, so nothing
+    of size [B, m] is computed or kept unless more than m/4 latents are dead (a
+    differentiated ``lax.switch`` would keep every branch's residuals)."""
+    return _auxk_switch(x, b_dec, W_enc, b_enc, W_dec, residual, dead_mask, k_aux)
 
 
-def _auxk_from_params(x, b_dec, W_enc, b_enc, W_dec, residual, dead_mask, k_aux):
-    pre = dense_pre_acts(x, b_dec, W_enc, b_enc)
-    return _auxk_value(pre, jax.lax.stop_gradient(residual), W_dec, dead_mask, k_aux)
+def _auxk_params_branch(cap: int, m: int, k_aux: int):
+    """f(params, x, residual, dead_mask) -> AuxK for one bucket size."""
+    def f(params, x, residual, dead_mask):
+        b_dec, W_enc, b_enc, W_dec = params
+        residual = jax.lax.stop_gradient(residual)
+        if cap == m:
+            pre = dense_pre_acts(x, b_dec, W_enc, b_enc)
+            return _auxk_value(pre, residual, W_dec, dead_mask, k_aux)
+        ids, valid = _dead_slots(dead_mask, cap)
+        pre = (x - b_dec) @ jnp.take(W_enc, ids, axis=1) + b_enc[ids]
+        return _auxk_compact(pre, valid, residual, jnp.take(W_dec, ids, axis=0), k_aux)
+    return f
 
 
-def _auxk_gated(x, b_dec, W_enc, b_enc, W_dec, residual, dead_mask, k_aux):
-    args = (x, b_dec, W_enc, b_enc, W_dec, residual)
-    return jax.lax.cond(jnp.any(dead_mask),
-                        lambda a: _auxk_from_params(*a, dead_mask, k_aux),
-                        lambda a: jnp.zeros((), W_enc.dtype), args)
+def _auxk_switch(x, b_dec, W_enc, b_enc, W_dec, residual, dead_mask, k_aux):
+    m = W_enc.shape[-1]
+    caps = dead_buckets(m)
+    branches = [lambda p, *_: jnp.zeros((), p[1].dtype)]
+    branches += [_auxk_params_branch(c, m, k_aux) for c in caps]
+    return jax.lax.switch(_bucket(dead_mask, caps), branches,
+                          (b_dec, W_enc, b_enc, W_dec), x, residual, dead_mask)
 
 
 def _auxk_p_fwd(x, b_dec, W_enc, b_enc, W_dec, residual, dead_mask, k_aux):
-    out = _auxk_gated(x, b_dec, W_enc, b_enc, W_dec, residual, dead_mask, k_aux)
+    out = _auxk_switch(x, b_dec, W_enc, b_enc, W_dec, residual, dead_mask, k_aux)
     return out, (x, b_dec, W_enc, b_enc, W_dec, residual, dead_mask)
 
 
 def _auxk_p_bwd(k_aux, res, g):
-    *args, dead_mask = res
+    """Gradients for the parameters only (x and the residual are data / stop-gradient)."""
+    x, b_dec, W_enc, b_enc, W_dec, residual, dead_mask = res
+    params = (b_dec, W_enc, b_enc, W_dec)
+    m = W_enc.shape[-1]
+    caps = dead_buckets(m)
 
-    def taken(a):
-        _, vjp = jax.vjp(lambda *t: _auxk_from_params(*t, dead_mask, k_aux), *a)
-        return vjp(g)
+    def taken(cap):
+        f = _auxk_params_branch(cap, m, k_aux)
 
-    grads = jax.lax.cond(jnp.any(dead_mask), taken,
-                         lambda a: tuple(jnp.zeros_like(t) for t in a), tuple(args))
-    return (*grads, None)
+        def run(p):
+            _, vjp = jax.vjp(lambda q: f(q, x, residual, dead_mask), p)
+            return vjp(g)[0]
+        return run
+
+    grads = jax.lax.switch(_bucket(dead_mask, caps),
+                           [lambda p: tuple(jnp.zeros_like(t) for t in p)]
+                           + [taken(c) for c in caps], params)
+    return (jnp.zeros_like(x), *grads, jnp.zeros_like(residual), None)
 
 
 auxk_loss_from_params.defvjp(_auxk_p_fwd, _auxk_p_bwd)

@@ -99,6 +99,47 @@ def test_topk_against_numpy_with_auxk():
     np.testing.assert_allclose(model.loss(jnp.asarray(x))[1]["aux_loss"], 0.0)
 
 
+@pytest.mark.parametrize("n_dead", [0, 3, 17, 300, 1024])
+def test_compact_auxk_equals_the_dense_formula(n_dead):
+    """AuxK over the gathered dead latents (one bucket per size, 16 / 64 / 256 / m at
+    m = 1024, k_aux 20 > the smallest bucket) has the value and parameter gradients of
+    the plain dense formula over all m latents, in both entry points."""
+    d, m, b, k_aux = 8, 1024, 24, 20
+    assert sae.dead_buckets(m) == (16, 64, 256, 1024)
+    rng = np.random.default_rng(n_dead)
+    x = jnp.asarray(rng.normal(size=(b, d)), jnp.float32)
+    res = jnp.asarray(rng.normal(size=(b, d)), jnp.float32)
+    params = tuple(jnp.asarray(rng.normal(size=s), jnp.float32)
+                   for s in ((d,), (d, m), (m,), (m, d)))
+    dead = np.zeros(m, bool)
+    dead[rng.choice(m, n_dead, replace=False)] = True
+    dead = jnp.asarray(dead)
+
+    def plain(p):
+        b_dec, W_enc, b_enc, W_dec = p
+        pre = (x - b_dec) @ W_enc + b_enc
+        vals, idx = jax.lax.top_k(jnp.where(dead[None], jax.nn.relu(pre), 0.0), k_aux)
+        e_hat = jnp.zeros((b, m)).at[jnp.arange(b)[:, None], idx].set(vals) @ W_dec
+        num = jnp.mean(jnp.sum((res - e_hat) ** 2, -1))
+        den = jnp.mean(jnp.sum((res - res.mean(0)) ** 2, -1))
+        return jnp.where(jnp.any(dead), num / den, 0.0)
+
+    def from_params(p):
+        return sae.auxk_loss_from_params(x, *p, res, dead, k_aux)
+
+    def from_pre(p):
+        b_dec, W_enc, b_enc, W_dec = p
+        return sae.auxk_loss((x - b_dec) @ W_enc + b_enc, res, W_dec, dead, k_aux)
+
+    want, want_g = jax.value_and_grad(plain)(params)
+    assert (float(want) > 0) == (n_dead > 0)
+    for fn in (from_params, from_pre):
+        got, got_g = jax.jit(jax.value_and_grad(fn))(params)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        for a, w in zip(got_g, want_g):
+            np.testing.assert_allclose(a, w, rtol=1e-4, atol=1e-5)
+
+
 def test_batchtopk_train_eval_and_threshold():
     model, x = _model("batchtopk", k_aux=5), _x()
     p = _np(model)
