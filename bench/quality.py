@@ -18,7 +18,9 @@ the exact count is in the JSON). The model runs in the peers' environment
 (`bench/quality_acts.py`); its rows are written into the project store in document order
 (`musicsae_jax.store`, as a user's extraction would) and every trainer reads them from
 there. Held-out split: the trainer's own (10 % of documents, at most 65,536 rows), given to
-the peers as row ids, so every FVU is pooled over the same rows against their mean.
+the peers as row ids, so every FVU is pooled over the same rows against their mean. Dead latents are counted twice: never
+firing on the held-out rows, and never firing on any row (train and held-out, ~0.54M),
+the only one of the two that tells dead from rare at m = 32d.
 
 Trainers: each architecture through `python -m launch.train` at library defaults, setting
 only the shape (architecture, m = expansion * d; k stays the library's 32), the budget
@@ -189,11 +191,28 @@ def run_ours(args, ws, arch, expansion, tokens, d) -> dict:
          "warmup_steps": resolved["warmup_steps"], "dead_tokens": resolved["dead_tokens"]}
   if waits:
     out["data_wait_frac"] = float(np.mean(waits))
+  out.update(dead_over_all_rows(run_dir, os.path.join(ws, "minilm_acts.npz")))
   if arch == "jumprelu" and "target_l0" in sae_lib.DEFAULTS:
     out["target_l0"] = sae_lib.DEFAULTS["target_l0"]
   if arch in ("topk", "batchtopk", "matryoshka"):
     out["k"] = sae_lib.DEFAULTS["k"]
   return out
+
+
+def dead_over_all_rows(run_dir: str, npz: str, batch: int = 8192) -> dict:
+  """Latents that never fire on any row, train and held-out (as bench/quality_peers.py
+  counts the peers'): the held-out split alone (~24k rows) cannot tell a dead latent
+  from a rare one at m = 32d, where a latent at 1/50 of the mean density expects about
+  one firing there. Runs the trained SAE as a user would (`load_sae`, raw units)."""
+  import jax
+  from musicsae_jax import load_sae
+  model = load_sae(run_dir)
+  count = jax.jit(lambda a: jax.numpy.sum(model.encode(a) != 0, axis=0))
+  acts = np.load(npz)["acts"]
+  fired = np.zeros(model.info["m"], np.int64)
+  for i in range(0, len(acts), batch):
+    fired += np.asarray(count(acts[i:i + batch]))
+  return {"dead_frac_all": float(np.mean(fired == 0)), "rows_all": int(len(acts))}
 
 
 def run_peer(args, ws, peer, expansion, tokens, d, split) -> dict:

@@ -65,4 +65,5 @@ def test_quality_bench(tmp_path):
   (r,) = [r for r in rows if "trainer" in r]
   assert r["trainer"] == "musicsae_jax topk" and 0 < r["fvu"] < 2 and r["l0"] == 32
   assert r["peak_rss_mb"] > 0 and r["acts_per_s"] > 0
+  assert r["rows_all"] == 6000 and 0 <= r["dead_frac_all"] <= r["dead_frac"] <= 1
   assert os.path.exists(tmp_path / "quality.md") and os.path.exists(tmp_path / "quality.json")
