@@ -274,17 +274,30 @@ class Pipeline:
     return np.asarray(acts[keep], np.float32)
 
   def _load_window(self, stream: int, epoch: int, g: int, q: int, blocks, n: int):
-    # Blocks are read in parallel (TensorStore decodes outside the GIL) and scattered
-    # into one preallocated window at seeded positions: the result does not depend on the
-    # thread count, and the window is never copied.
+    # Each block's part is read, converted to float32, scaled and scattered into its
+    # seeded rows of one preallocated window by the reader threads (TensorStore decodes
+    # and numpy converts and scatters outside the GIL), so nothing runs serially per
+    # row: on an accelerator host one thread doing the conversion and scatter left the
+    # trainer waiting on data. Every part's rows are known before it is read (its size
+    # is _part_sizes), so the result does not depend on the thread count or on the
+    # order the reads finish in, and the window is never copied.
     dest = np.random.default_rng([self.seed, epoch, q, g, stream, 0x6B]).permutation(n)
     out = np.empty((n, self.source.d), np.float32)
-    reader = self._pool.map if self._pool else map
-    off = 0
-    for part in reader(lambda b: self._block_part(epoch, q, b), blocks):
-      out[dest[off:off + len(part)]] = part
-      off += len(part)
-    out *= self.scale
+    sizes = self._part_sizes(q)[np.asarray(blocks, np.int64)]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    if offsets[-1] != n:
+      raise DataError(f"window of {n} rows planned from parts of {int(offsets[-1])} rows")
+
+    def fill(i: int) -> None:
+      part = self._block_part(epoch, q, blocks[i])
+      if len(part) != sizes[i]:
+        raise DataError(f"block {int(blocks[i])}: {len(part)} training rows read, "
+                        f"{int(sizes[i])} expected (the store changed under the run?)")
+      np.multiply(part, self.scale, out=part)
+      out[dest[offsets[i]:offsets[i + 1]]] = part
+
+    for _ in (self._pool.map if self._pool else map)(fill, range(len(blocks))):
+      pass
     return out
 
   def _window(self, stream: int, epoch: int, g: int) -> np.ndarray:
