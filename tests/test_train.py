@@ -253,3 +253,22 @@ def test_relu_l1_coefficient_warms_up():
     np.testing.assert_allclose(met["loss"], want, rtol=1e-6)
   t.l1_warmup_frac = 0.0
   assert train.l1_warmup_steps(t) == 0
+
+
+def test_a_trainer_waiting_on_data_says_which_knobs_to_turn(tmp_path, monkeypatch):
+  """A loader slower than the step (as on an accelerator host at d=1536) is logged once,
+  naming the passes and the two settings that trade memory or threads for re-reads."""
+  import time
+  from absl import logging as absl_logging
+  from musicsae_jax import data as data_lib
+  slow = data_lib.Pipeline.global_batch_at
+  monkeypatch.setattr(data_lib.Pipeline, "global_batch_at",
+                      lambda self, step: (time.sleep(0.05), slow(self, step))[1])
+  said = []
+  monkeypatch.setattr(absl_logging, "warning", lambda msg, *a: said.append(msg % a))
+  train.train_and_evaluate(_cfg(num_devices=1, steps=8, log_every=2, eval_every=8,
+                                checkpoint_every=8), str(tmp_path))
+  waits = [r["data_wait_frac"] for r in _rows(str(tmp_path))]
+  assert max(waits[1:]) > 0.2
+  (msg,) = [m for m in said if "waited on data" in m]
+  assert "train.shuffle_mb" in msg and "train.read_threads" in msg and "read 8 times" in msg
