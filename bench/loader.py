@@ -85,7 +85,7 @@ def main():
     print(json.dumps(serve(a._serve[0], float(a._serve[1]), a.batches, a.batch)))
     return
   from musicsae_jax import train as train_lib
-  default_mb = float(train_lib.default_config().shuffle_mb)
+  default_mb = train_lib.default_shuffle_mb("cpu")     # this benchmark's loader runs on CPU
   for size in [int(s) for s in a.sizes_mb.split(",")]:
     tmp = tempfile.mkdtemp(dir=a.dir)
     try:

@@ -66,9 +66,12 @@ def train() -> ml_collections.ConfigDict:
   t.normalize = True              # scale inputs so E||x||^2 = d
   t.norm_samples = 8192
   t.b_dec_init = "mean"           # 'mean' | 'median' | '' (zeros)
-  t.shuffle_mb = 768.0            # shuffle windows in memory (MB, float32; see data.py),
+  t.shuffle_mb = _none(float)     # shuffle windows in memory (MB, float32; see data.py),
                                   # shared by the data streams (batches never depend on
-                                  # the process count, so neither may the window)
+                                  # the process count, so neither may the window).
+                                  # None: 768 on CPU, 4096 on GPU/TPU hosts, where a
+                                  # step is fast enough that re-reads starve it
+                                  # (train.default_shuffle_mb); recorded at the first start
   t.shuffle_max_passes = 8        # reads of each block per epoch, at most (data.py)
   t.prefetch = 2                  # batches prepared ahead by the background thread
   t.read_threads = 0              # parallel block reads per process; 0: cpu_count // 2

@@ -424,6 +424,7 @@ def _train_sweep(config, workdir, axes, members, base, t, run_dir, member_step):
   member_dirs = [os.path.join(run_dir, n) for n in names]
   resolve_members(members, d, [train_lib._recorded_train(p) for p in member_dirs])
   _check_shared(members)
+  t.shuffle_mb = members[0].t.shuffle_mb            # the shared loader's, as resolved
   if is_main:                                      # before any run file is written
     train_defaults = train_lib.default_config().to_dict()
     for mb, p in zip(members, member_dirs):

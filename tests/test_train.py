@@ -272,3 +272,27 @@ def test_a_trainer_waiting_on_data_says_which_knobs_to_turn(tmp_path, monkeypatc
   assert max(waits[1:]) > 0.2
   (msg,) = [m for m in said if "waited on data" in m]
   assert "train.shuffle_mb" in msg and "train.read_threads" in msg and "read 8 times" in msg
+
+
+def test_shuffle_window_default_follows_the_platform_and_is_recorded(tmp_path, monkeypatch):
+  """shuffle_mb=None resolves to 768 MB on CPU and 4096 MB on an accelerator, is written
+  into config.json at the first start, and a resume keeps the recorded value even where
+  the platform default differs (so the batches do not change under the run)."""
+  assert train.default_shuffle_mb("cpu") == 768.0
+  assert train.default_shuffle_mb("gpu") == train.default_shuffle_mb("tpu") == 4096.0
+  t = train.resolve_train_config({})
+  assert t.shuffle_mb is None
+  train.fill_run_defaults(t, 64)
+  assert t.shuffle_mb == 768.0
+  wd = str(tmp_path)
+  train.train_and_evaluate(_cfg(num_devices=1, shuffle_mb=None, steps=2, eval_every=2,
+                                checkpoint_every=2), wd)
+  cfg_path = os.path.join(wd, "runs", "synthetic_tiny", "config.json")
+  assert json.load(open(cfg_path))["train"]["shuffle_mb"] == 768.0
+  monkeypatch.setattr(train.jax, "default_backend", lambda: "gpu")
+  t2 = train.resolve_train_config({})
+  train.fill_run_defaults(t2, 64, train._recorded_train(os.path.dirname(cfg_path)))
+  assert t2.shuffle_mb == 768.0                        # the recorded value, not 4096
+  final = train.train_and_evaluate(_cfg(num_devices=1, shuffle_mb=None, steps=4,
+                                        eval_every=2, checkpoint_every=2), wd)
+  assert final["step"] == 4                            # resumed: the same experiment
