@@ -32,7 +32,8 @@ from musicsae_jax import runs
 from musicsae_jax import progress
 from musicsae_jax import sae as sae_lib
 
-_WAIT_WARN = 0.2              # data_wait_frac above which the trainer says how to fix it
+_WAIT_WARN = 0.2              # data wait (since the first interval) above which the trainer
+                              # says how to fix it
 _COUNTER_CAP = 2**30          # steps-since-fired saturates here (int32 safe)
 _NOT_SAE_FIELDS = ("d",)      # c.sae fields consumed here, not by sae.make_sae
 _RETIRED = ("shuffle_blocks",)  # train fields that older runs' config.json may still hold
@@ -483,7 +484,7 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
                  config.run, config.sae.architecture, d, m, steps, start, t.lr)
     batches = pipeline.iterate(start)
     pending, t0, t_last, s_last = [], time.time(), time.time(), start
-    wait_last, warned_wait = pipeline.wait_s, False
+    wait_last, warned_wait, waited = pipeline.wait_s, False, [0.0, 0.0]  # [waited, wall] s
     # The bar's rate and ETA start after the first step (compilation); metrics go above it.
     bar = progress.Progress(steps, f"train {config.run}", "step", warmup=1, initial=start,
                             disable=not is_main or logging.get_verbosity() < logging.INFO)
@@ -513,14 +514,17 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
                  "steps_per_s": sps, "acts_per_s": sps * t.batch_size,
                  "data_wait_frac": wait}
           log_row(row)
-          if wait > _WAIT_WARN and step - start > t.log_every and not warned_wait:
-            warned_wait = True                  # the first interval holds compilation
+          if step - start > t.log_every:       # the first interval holds compilation
+            waited[0] += wait * (now - t_last_prev)
+            waited[1] += now - t_last_prev
+          if waited[1] and waited[0] / waited[1] > _WAIT_WARN and not warned_wait:
+            warned_wait = True                  # sustained, not one window's read spike
             logging.warning(
-                "the trainer waited on data %.0f%% of the last %d steps: each block is "
-                "read %d times per epoch (train.shuffle_max_passes) to fill %d-row windows; "
-                "raise train.shuffle_mb (fewer re-reads, more host memory) or "
-                "train.read_threads", 100 * wait, t.log_every, pipeline.passes,
-                pipeline.shuffle_rows)
+                "the trainer waited on data %.0f%% of the time since step %d: each block "
+                "is read %d times per epoch (train.shuffle_max_passes) to fill %d-row "
+                "windows; raise train.shuffle_mb (fewer re-reads, more host memory) or "
+                "train.read_threads", 100 * waited[0] / waited[1],
+                start + t.log_every, pipeline.passes, pipeline.shuffle_rows)
           bar.write(f"step {step}/{steps} loss={met['loss']:.4g} mse={met['mse']:.4g} "
                     f"l0={met['l0']:.1f} auxk_dead={met['dead_frac']:.3f} | {sps:.1f} steps/s "
                     f"{sps * t.batch_size:.3g} acts/s")
