@@ -59,8 +59,13 @@ def test_epoch_is_a_permutation_and_batches_are_pure_functions_of_step():
   assert len(np.unique(rows)) == len(rows) == nb * 64        # no row twice in an epoch
   assert not np.array_equal(rows[:64], np.sort(rows[:64]))   # shuffled
   fresh = _pipe(src)                                          # a "resumed" pipeline
+  threaded = _pipe(src, read_threads=3, scale=1.7)            # parts filled in parallel
+  scaled = _pipe(src, scale=1.7)
   for i in (nb + 5, 3, 0, nb - 1):                            # any order, any epoch
     np.testing.assert_array_equal(fresh.local_batch_np(i), pipe.local_batch_np(i))
+    np.testing.assert_array_equal(threaded.local_batch_np(i), scaled.local_batch_np(i))
+    np.testing.assert_array_equal(scaled.local_batch_np(i),
+                                  pipe.local_batch_np(i) * np.float32(1.7))
   assert not np.array_equal(pipe.local_batch_np(nb)[:, 0], pipe.local_batch_np(0)[:, 0])
   it = pipe.iterate(start=7)                                  # prefetch thread, from step 7
   for i in range(7, 10):
