@@ -32,6 +32,8 @@ def sae() -> ml_collections.ConfigDict:
   s.threshold_rate = 0.05              # jumprelu: log-threshold step towards target_l0
   s.jumprelu_bandwidth = 0.05          # jumprelu: straight-through rectangle width
   s.jumprelu_init_threshold = _none(float)  # None: where training rows give L0 = target
+  s.encoder_init_scale = _none(float)  # W_enc = scale * W_dec.T at init (None: relu
+                                       # 2d/m, so x_hat ~ x at step 0; others 1)
   s.aux_coeff = 1.0 / 32.0             # AuxK loss on dead latents
   s.k_aux = _none(int)                 # None: d // 2
   s.matryoshka_prefixes = _none(tuple) # None: a ratio-4 ladder up to m (sae.default_prefixes)

@@ -234,8 +234,16 @@ def test_decoder_norm_and_parallel_grad():
     model = _model("topk")
     w0 = np.asarray(model.W_dec[...])
     np.testing.assert_allclose(np.linalg.norm(w0, axis=1), 1.0, rtol=1e-6)  # unit at init
-    fresh = sae.make_sae(dict(architecture="relu", m=M), d=D, rngs=nnx.Rngs(3))
+    fresh = sae.make_sae(dict(architecture="topk", m=M, k=4), d=D, rngs=nnx.Rngs(3))
     np.testing.assert_array_equal(fresh.W_enc[...], np.asarray(fresh.W_dec[...]).T)
+    # ReLU: W_enc = (2d/m) W_dec.T, so the first reconstruction is about x, not ~m/2d x
+    relu = sae.make_sae(dict(architecture="relu", m=16 * D), d=D, rngs=nnx.Rngs(3))
+    np.testing.assert_allclose(relu.W_enc[...], np.asarray(relu.W_dec[...]).T / 8, rtol=1e-6)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(256, D)), jnp.float32)
+    ratio = float(jnp.mean(jnp.sum(relu(x)[0] ** 2, -1)) / jnp.mean(jnp.sum(x ** 2, -1)))
+    assert 0.2 < ratio < 2.0, ratio          # with W_enc = W_dec.T it would be ~16
+    assert sae.make_sae(dict(architecture="relu", m=M, encoder_init_scale=1.0), d=D,
+                        rngs=nnx.Rngs(3)).W_enc[...].max() == fresh.W_enc[...].max()
 
     model.W_dec[...] = model.W_dec[...] * jnp.linspace(0.1, 3, M)[:, None]
     sae.normalize_decoder(model)
