@@ -708,12 +708,12 @@ class BatchTopKSAE(TopKSAE):
         the step) and without sorting the winners.
 
         Candidates: each row's top ``per_row`` (default 2k) pre-activations, and for the
-        ``deep_rows`` rows (default B/8) whose last candidate is largest (the rows most
+        ``deep_rows`` rows (default B/16) whose last candidate is largest (the rows most
         likely to hold more winners: high-norm tokens) their top ``deep_k`` (default 8k).
-        B/8, not fewer: a trained BatchTopK on real activations (bench/quality.py, m =
+        B/16, not fewer: a trained BatchTopK on real activations (bench/quality.py, m =
         32d, 2M tokens) had 132-142 rows of a 4096-row batch with more than 2k winners,
         so at B/32 every step fell back to the full top-B·k and ran at half TopK's speed
-        (real data, select alone: 0.80 s at B/32 against 0.23 s at B/8).
+        (real data, select alone: 0.80 s at B/32, 0.20 s at B/16, 0.23 s at B/8).
         The threshold τ, the B·k-th largest candidate, is found by bisection on the
         float bits (:func:`_nth_largest`, a few cheap passes over the ~B·2k candidates);
         since every row's candidates are sorted, the winners are the first c_r
@@ -732,7 +732,7 @@ class BatchTopKSAE(TopKSAE):
         cv, ci = jax.lax.top_k(pre, kr)                              # [B, kr] sorted
         cv = jax.nn.relu(cv)
         last = cv[:, -1]
-        r = min(b - 1, deep_rows if deep_rows is not None else max(1, b // 8))
+        r = min(b - 1, deep_rows if deep_rows is not None else max(1, b // 16))
         k2 = min(m, deep_k or 8 * self.k)
         if r < 1 or k2 <= kr:                                        # one tier only
             tau = _nth_largest((cv,), n)
