@@ -169,6 +169,14 @@ def _user_error_types(extra=()):
   return (UserError, app.UsageError, store.StoreError, ValueError, OSError, *extra)
 
 
+def _reader_left() -> None:
+  """The reader of stdout went away (`launch.config --json | head`): stop quietly, as a
+  Unix tool does, instead of a traceback when Python flushes stdout at exit."""
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, sys.stdout.fileno())
+  sys.exit(0)
+
+
 def guard(main, extra=()):
   """`main` with bad input (config, files, store, permissions) reported in one line."""
 
@@ -176,6 +184,8 @@ def guard(main, extra=()):
     quiet_library_logs()
     try:
       return main(argv)
+    except BrokenPipeError:
+      _reader_left()
     except _user_error_types(extra) as e:
       if traceback_requested():
         raise

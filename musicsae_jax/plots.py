@@ -23,6 +23,13 @@ def read_metrics(path: str) -> list[dict]:
 
 def plot_training(rows: list[dict], path: str) -> None:
   """Loss, MSE, L0, FVU (train batch and pooled eval), dead fraction and lr vs step."""
+  fig = training_figure(rows)
+  fig.savefig(path, dpi=100)
+  pyplot().close(fig)
+
+
+def training_figure(rows: list[dict]):
+  """The figure `plot_training` writes (returned, so tests can read its axes)."""
   plt = pyplot()
   train = [r for r in rows if r.get("kind") == "train"]
   evals = [r for r in rows if r.get("kind") == "eval"]
@@ -37,13 +44,19 @@ def plot_training(rows: list[dict], path: str) -> None:
         ax.plot(s, v, style, label=label, ms=3)
     if log and ax.lines and all(y > 0 for ln in ax.lines for y in ln.get_ydata()):
       ax.set_yscale("log")
+    elif ax.lines:     # plain numbers: a constant L0 of 16 must read 16, not an offset
+      ys = np.concatenate([np.asarray(ln.get_ydata(), float) for ln in ax.lines])
+      lo, hi = float(ys.min()), float(ys.max())
+      if hi - lo <= 1e-6 * max(1.0, abs(hi)):      # float noise around a constant
+        pad = 0.1 * abs(hi) or 1.0
+        ax.set_ylim(lo - pad, hi + pad)
+      ax.ticklabel_format(axis="y", useOffset=False)
     ax.set_title(title)
     ax.set_xlabel("step")
     if len(ax.lines) > 1:
       ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
 def density_figure(density: np.ndarray, xlabel: str, title: str, figsize=(6, 4)):

@@ -193,17 +193,17 @@ def test_labels_go_into_the_feature_pages(built):
   assert page.index("<section id='labels'>") < page.index("<section id='steering'>")
 
 
-@pytest.mark.skipif(chromium.CHROMIUM is None, reason=chromium.INSTALL)
 def test_index_sorts_and_filters_in_chromium(built):
+  chromium.require()
   _, st, _, _, res, _, _ = built
   got = chromium.evaluate(res["index"], _SORT_AND_FILTER)
   assert [int(f) for f in got["order"]] == list(np.argsort(-st.max, kind="stable"))
   assert got["shown"] == ["1"]                            # the one position feature
 
 
-@pytest.mark.skipif(chromium.CHROMIUM is None, reason=chromium.INSTALL)
 def test_moved_browser_plays_in_chromium(built, tmp_path):
   """Moved elsewhere, a feature page's players still load: every <audio> reports ~0.2 s."""
+  chromium.require()
   root = built[0]
   moved = str(tmp_path / "moved")
   shutil.move(os.path.join(root, "reports", "r", "browser"), moved)     # no path back

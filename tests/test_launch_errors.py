@@ -76,6 +76,28 @@ def test_bad_override_is_one_line(tmp_path, override, needles):
   short_error(r, *needles)
 
 
+@pytest.mark.parametrize("override,needles", [
+    ("--config.sae.architecture=topkk", ["sae.architecture='topkk' is unknown", "topk"]),
+    ("--config.train.lr=-1", ["train.lr=-1.0 must be > 0"]),
+    ("--config.sae.k=600", ["sae.k=600", "m=512", "d=64, model.tiny.dim"]),
+])
+def test_config_refuses_what_the_trainer_would_refuse(override, needles):
+  """`launch.config` prints no config a stage would reject: rc 2 and the stage's message."""
+  r = run("launch.config", "--config=configs/tiny.py", override)
+  assert r.returncode == 2 and not r.stdout
+  short_error(r, *needles)
+
+
+def test_config_piped_into_a_reader_that_leaves_ends_quietly():
+  """`launch.config --json | head`: the reader leaving is not an error (`true` leaves
+  before the first line is written, so every write meets a closed pipe)."""
+  p = subprocess.run(f"{sys.executable} -m launch.config --config=configs/tiny.py --json | true;"
+                     " echo rc=${PIPESTATUS[0]}", shell=True, cwd=ROOT, capture_output=True,
+                     text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT),
+                     executable="/bin/bash")
+  assert p.stdout == "rc=0\n" and p.stderr == "", p.stderr
+
+
 def test_relative_config_works_outside_the_repo(tmp_path):
   r = run("launch.config", "--config=configs/tiny.py", cwd=tmp_path)
   assert r.returncode == 0 and "run = 'tiny'" in r.stdout, r.stderr

@@ -69,9 +69,9 @@ def test_steering_page_without_analyze(tmp_path):
   assert page.startswith("<!DOCTYPE html>") and 'id="steering"' in page
 
 
-@pytest.mark.skipif(browser.CHROMIUM is None, reason=browser.INSTALL)
 def test_players_load_in_headless_chromium_after_the_folder_moves(tmp_path):
   """Moved elsewhere, the report's players still load: Chromium reports every duration."""
+  browser.require()
   _steer_dir(tmp_path / "made")
   with open(tmp_path / "made" / "report.html", "w") as f:
     f.write('<html><body><section id="summary">x</section></body></html>')
