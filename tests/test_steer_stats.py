@@ -197,7 +197,7 @@ def test_several_methods_get_their_own_strengths_controls_and_clip_names():
   c.steer.method = "add, set"
   plan = steer_eval.methods_of(steer_eval._config(c))
   assert plan == [{"method": "add", "strengths": [0.0, 4.0, 8.0], "controls": 32},
-                  {"method": "set", "strengths": [8.0], "controls": 2}]   # steer.per_method.set
+                  {"method": "set", "strengths": [8.0], "controls": 32}]  # steer.per_method.set
   names = {steer_eval.audio_name(p["method"], "f3", 8.0) for p in plan}
   assert names == {"add_f3_a8", "set_f3_a8"}
   for bad in ("add,add", "add,nudge", ""):
