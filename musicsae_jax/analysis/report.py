@@ -562,8 +562,10 @@ def labels_section(labels: dict) -> str:
   note = ("Labels per discovered feature from each labeller, each scored on held-out clips "
           "(prompts not used to label) by every scorer available: clap = the AUROC of CLAP "
           "text-to-audio similarity of the label separating activating from non-activating "
-          "snippets; llm = the balanced accuracy of the LLM telling them apart from the label "
-          "alone. 0.5 is chance; per scorer, the control row scores a random vocabulary word "
+          "snippets; llm_blind = the balanced accuracy of the LLM telling them apart given the "
+          "label and, per snippet, only its time window and CLAP's closest descriptors (no "
+          "caption, no labels); llm_with_captions (when asked for) also shows each snippet's "
+          "caption and labels, so a label can be matched by reading. 0.5 is chance; per scorer, the control row scores a random vocabulary word "
           "the same way. CLAP margin: similarity to the feature's snippets minus similarity to "
           "random snippets (z: in standard errors). " + "; ".join(notes) +
           ". Everything: labels.json.")

@@ -47,6 +47,12 @@ def resolve(a: dict) -> dict:
     raise AnalysisError(f"unknown analysis.labeling fields {unknown}; known: {sorted(s)}")
   s.update(given)
   s["labelers"] = names
+  modes = (s["llm_detection"],) if isinstance(s["llm_detection"], str) else tuple(s["llm_detection"])
+  bad = [m for m in modes if m not in llm.DETECTION_MODES]
+  if not modes or bad:
+    raise AnalysisError(f"analysis.labeling.llm_detection={modes}: choose one or more of "
+                        f"{tuple(llm.DETECTION_MODES)}")
+  s["llm_detection"] = modes
   return s
 
 
@@ -249,7 +255,10 @@ def write_labels(out_dir: str, s: dict, workdir: str, log: Callable[[str], None]
       log(f"labels: CLAP scores of some labels skipped: {no_vec}")
 
   # 3. detection: every label by every scorer, and a random vocabulary word as control
-  scorers = [n for n, ok in (("clap", emb), ("llm", client)) if ok]
+  scorers = (["clap"] if emb else []) + ([f"llm_{m}" for m in s["llm_detection"]] if client else [])
+  if client and "blind" in s["llm_detection"] and not snip_words:
+    log("labels: llm_blind sees only time windows (no CLAP embeddings to describe the audio): "
+        "expect chance")
   control = {sc: [] for sc in scorers}
   out_feats = []
   for feat, ex, entry in todo:
@@ -266,7 +275,8 @@ def write_labels(out_dir: str, s: dict, workdir: str, log: Callable[[str], None]
                  if v is not None else {"scorer": "clap", "skipped": no_vec})
           score = det.get("auroc")
         else:
-          det = _llm_detect(client, lab_["label"], held, ex, req, feats_json, snip_words)
+          det = _llm_detect(client, lab_["label"], held, ex, req, feats_json, snip_words,
+                            mode=sc[len("llm_"):])
           score = det.get("balanced_accuracy")
         lab_["scores"][sc], lab_["detection"][sc] = score, det
     if ex and controls[feat["id"]]:
@@ -291,7 +301,9 @@ def write_labels(out_dir: str, s: dict, workdir: str, log: Callable[[str], None]
          "labelers": status, "settings": {k: v for k, v in s.items()},
          "vocabulary": ({"path": req["vocabulary"]["path"], "size": len(vocab)} if req else None),
          "scorers": {"clap": "CLAP detection AUROC on held-out snippets (label text vs audio)",
-                     "llm": "LLM detection balanced accuracy on held-out snippets (label alone)"},
+                     **{f"llm_{m}": f"LLM detection balanced accuracy on held-out snippets; "
+                                    f"the LLM saw the label and {what}"
+                        for m, what in llm.DETECTION_MODES.items() if m in s["llm_detection"]}},
          "detection": dist, "features": out_feats}
   if client:
     out["llm_requests"] = {"sent": client.requests, "cached": client.cache_hits}
@@ -309,11 +321,12 @@ def write_labels(out_dir: str, s: dict, workdir: str, log: Callable[[str], None]
   return path
 
 
-def _describer(ex, req, feats_json, snip_words):
+def _describer(ex, req, feats_json, snip_words, with_text: bool = True):
   prompts = _prompts(feats_json, req)
   fr, snips = req["frame_rate"], req["snippets"]
   return lambda e, act: llm.describe(e, prompts, fr, snips[e["snippet"]],  # noqa: E731
-                                     snip_words[e["snippet"]] if snip_words else None, act)
+                                     snip_words[e["snippet"]] if snip_words else None, act,
+                                     with_text=with_text)
 
 
 def _explain(client, feat, ex, entry, req, feats_json, snip_words, audio) -> str:
@@ -344,12 +357,16 @@ def _held_out(ex: dict, feature_id: int, s: dict) -> list[tuple[dict, int]]:
   return [held[i] for i in order]
 
 
-def _llm_detect(client, label, held, ex, req, feats_json, snip_words) -> dict:
-  """Can the LLM tell the held-out activating snippets from the rest given only `label`?"""
-  det = {"scorer": "llm", "n_pos": len(ex["heldout_pos"]), "n_neg": len(ex["heldout_neg"])}
+def _llm_detect(client, label, held, ex, req, feats_json, snip_words, mode: str = "blind") -> dict:
+  """Can the LLM tell the held-out activating snippets from the rest given `label` and what
+  `mode` shows of each snippet (llm.DETECTION_MODES; blind: no caption, no labels)?"""
+  det = {"scorer": f"llm_{mode}", "saw": llm.DETECTION_MODES[mode] if snip_words else
+         "the snippet's time window only (no CLAP descriptors)" + (
+             "" if mode == "blind" else ", caption and prompt labels"),
+         "n_pos": len(ex["heldout_pos"]), "n_neg": len(ex["heldout_neg"])}
   if not held:
     return det
-  desc = _describer(ex, req, feats_json, snip_words)
+  desc = _describer(ex, req, feats_json, snip_words, with_text=mode != "blind")
   reply = client.chat(llm.detect_messages(label, [desc(e, False) for e, _ in held]))
   answers = llm.parse_answers(reply, len(held))
   truth = [t for _, t in held]
