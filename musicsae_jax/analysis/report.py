@@ -489,7 +489,8 @@ def steering_section(steer: dict, plot_b64: str | None) -> str:
   per_method = "; ".join(
       f"<b>{html.escape(m['method'])}</b>: α = {_ALPHA.get(m['method'], '')}"
       f"{(' × the site mean norm' if steer.get('relative') else ', raw units') if m['method'] == 'add' else ''}"
-      f", {m['controls']['count']} controls "
+      f", {m['controls']['count']} controls"
+      f"{' per kind and strength' if len(m['controls'].get('kinds') or []) > 1 else ' per strength'} "
       f"({html.escape(str(m['controls'].get('kind', 'random directions of the same norm')))})"
       for m in methods)
   note = (f"launch.steer ({html.escape(str(steer.get('directions_kind', 'sae_decoder')))}, "
