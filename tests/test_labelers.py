@@ -34,7 +34,26 @@ class FakeStats:
             if self.prompt_max[p, f] > 0]
 
 
-def _workspace(tmp_path, labelers_=("words", "clap"), **labeling):
+class FakeDescriptors:
+  """What descriptors.snippet_means reads from the store's audio.descriptors site: one row
+  per (prompt, frame), shuffled; the drum prompts (feature 1) are 6 dB louder."""
+
+  def __init__(self, seed=0):
+    rng = np.random.default_rng(seed)
+    self.index = np.stack(np.meshgrid(np.arange(P), np.arange(FRAMES), indexing="ij"), -1).reshape(-1, 2)
+    self.index = self.index[rng.permutation(len(self.index))]
+    self.x = rng.normal(size=(len(self.index), 2))
+    self.x[np.isin(self.index[:, 0], list(FIRES[1])), 0] += 6.0
+    self.d = 2
+
+  def read_index(self, rows=None):
+    return self.index if rows is None else self.index[rows]
+
+  def read_rows(self, rows):
+    return self.x[rows]
+
+
+def _workspace(tmp_path, labelers_=("words", "clap"), descriptors=None, **labeling):
   ds = tmp_path / "activations" / "toy"
   (ds / "audio").mkdir(parents=True)
   with open(ds / "prompts.jsonl", "w") as f:
@@ -51,7 +70,7 @@ def _workspace(tmp_path, labelers_=("words", "clap"), **labeling):
       "clap": "test", "vocabulary": str(tmp_path / "vocab.txt"), "examples": 4, "contrast": 4,
       "random_snippets": 16, "llm_backoff": 0.01, "llm_retries": 2, **labeling}})
   labelers.write_request(str(out), FakeStats(), feats, s, frame_rate=50.0,
-                         dataset_path=str(ds), site="lm.layer.3")
+                         dataset_path=str(ds), site="lm.layer.3", descriptors=descriptors)
   return out, s
 
 
@@ -306,6 +325,43 @@ def test_llm_detection_is_blind_by_default_and_modes_are_checked():
   line = llm.describe({"prompt_id": 0}, p, 50.0, [0, 50, 100], ["piano", "calm"], False,
                       with_text=False)
   assert line == "time 1.0-3.0 s; CLAP hears: piano, calm"          # nothing from the text
+
+
+def test_snippet_descriptors_against_a_direct_mean():
+  """Per-snippet means of the descriptor rows (rows found through the index, in any order)
+  equal a direct mean over the snippet's frames; z-scores against the random snippets."""
+  from musicsae_jax.analysis.labelers import descriptors as desc
+  src = FakeDescriptors()
+  snippets = [[12, 30, 20], [25, 0, 10], [3, 95, 5]]
+  got = desc.snippet_means(src, snippets)
+  for (p, a, n), row in zip(snippets, got):
+    sel = (src.index[:, 0] == p) & (src.index[:, 1] >= a) & (src.index[:, 1] < a + n)
+    np.testing.assert_allclose(row, src.x[sel].mean(0), rtol=1e-12)
+  span = np.array([[0, len(src.index) - 1]] * P)              # a row span: same answer
+  np.testing.assert_allclose(desc.snippet_means(src, snippets, span), got, rtol=1e-12)
+  z = desc.zscores(got, [1, 2])
+  ref = got[[1, 2]]
+  np.testing.assert_allclose(z, (got - ref.mean(0)) / ref.std(0, ddof=1), rtol=1e-12)
+  assert desc.summary([0.2, -1.6, np.nan], ["a", "b", "c"], top=2) == ["b -1.6 sd", "a +0.2 sd"]
+
+
+def test_blind_detection_sees_acoustic_descriptors(tmp_path, stub_server, monkeypatch):
+  """With audio.descriptors, blind detect lines say how each snippet sounds (the drum
+  snippets: rms louder than the random snippets), still with no caption or labels."""
+  monkeypatch.setenv(llm.ENV_URL, stub_server)
+  monkeypatch.setenv(llm.ENV_MODEL, "stub-model")
+  _Stub.fail_next = False
+  out, s = _workspace(tmp_path, ("llm",), descriptors=(FakeDescriptors(), ["rms_db", "noise"]))
+  req = json.load(open(out / "label_examples.json"))
+  assert req["descriptors"]["names"] == ["rms_db", "noise"]
+  labelers.write_labels(str(out), s, str(tmp_path), log=lambda m: None)
+  detects = [_user_text(r["body"]) for r in _Stub.seen if "JSON list" in _user_text(r["body"])]
+  assert detects and not any('caption "' in d or "labels " in d for d in detects)
+  drum = [ln for d in detects for ln in d.splitlines() if "sounds: rms_db +" in ln]
+  assert drum and all("time " in ln for ln in drum)
+  res = json.load(open(out / "labels.json"))
+  saw = res["features"][1]["labels"][0]["detection"]["llm_blind"]["saw"]
+  assert "acoustic descriptors" in saw and saw.endswith("no caption, no labels")
 
 
 def test_llm_client_gives_up_with_one_line(tmp_path, stub_server):

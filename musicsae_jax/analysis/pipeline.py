@@ -316,7 +316,8 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
     browser_link = os.path.relpath(b["index"], out_dir)
   req = labelers.write_request(out_dir, st, disc["features"], lab_cfg, site=site_name,
                                frame_rate=ds.manifest.get("model", {}).get("frame_rate"),
-                               dataset_path=ds_path)
+                               dataset_path=ds_path,
+                               descriptors=(desc, desc_names) if desc is not None else None)
   if req:
     paths["label_examples"] = req
   tr_png = os.path.join(workdir, "runs", a["run"], "training_curves.png")

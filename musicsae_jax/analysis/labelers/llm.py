@@ -34,10 +34,8 @@ import numpy as np
 ENV_URL, ENV_MODEL, ENV_KEY = "MUSICSAE_LLM_URL", "MUSICSAE_LLM_MODEL", "MUSICSAE_LLM_API_KEY"
 # analysis.labeling.llm_detection: what the detecting LLM sees of each held-out snippet
 DETECTION_MODES = {
-    "blind": "the snippet's time window and CLAP's closest vocabulary descriptors (from the "
-             "audio); no caption, no labels",
-    "with_captions": "the snippet's caption and prompt labels, time window and CLAP's closest "
-                     "descriptors (a label can be matched by reading the text)"}
+    "blind": "no caption, no labels",
+    "with_captions": "its caption and prompt labels too (a label can be matched by reading)"}
 
 
 class LLMError(RuntimeError):
@@ -122,14 +120,18 @@ SYSTEM = ("You explain features of a sparse autoencoder trained on a music gener
 
 
 def describe(ex: dict, prompts: list[dict], frame_rate: float, window: list[int],
-             clap_words: list[str] | None, with_activation: bool, with_text: bool = True) -> str:
-  """One example as a line of text; `with_text=False` leaves out the caption and labels."""
+             clap_words: list[str] | None, with_activation: bool, with_text: bool = True,
+             sounds: list[str] | None = None) -> str:
+  """One example as a line of text; `with_text=False` leaves out the caption and labels;
+  `sounds`: its acoustic descriptors furthest from typical (labelers.descriptors)."""
   p = prompts[ex["prompt_id"]]
   labels = ", ".join(f"{k}={v}" for k, v in (p.get("labels") or {}).items())
   t0, t1 = window[1] / frame_rate, (window[1] + window[2]) / frame_rate
   parts = ([f'caption "{p.get("text", "")}"'] + ([f"labels {labels}"] if labels else [])
            if with_text else [])
   parts.append(f"time {t0:.1f}-{t1:.1f} s")
+  if sounds:
+    parts.append("sounds: " + ", ".join(sounds))
   if clap_words:
     parts.append("CLAP hears: " + ", ".join(clap_words))
   if with_activation:
