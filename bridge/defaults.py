@@ -74,7 +74,8 @@ def steer() -> ml_collections.ConfigDict:
   """`c.steer`: steering with exported directions (bridge.steering.run_steering)."""
   s = ml_collections.ConfigDict()
   s.prompts = ()                       # explicit prompt texts; () = built-in emotion prompts
-  s.num_prompts = 4                    # first N built-in prompts
+  s.num_prompts = 16                   # first N built-in prompts (below 10: a warning; the
+                                       # t interval and rank p rest on few clips)
   s.strengths = (0.0, 2.0, 4.0, 8.0)   # alpha: x the site's mean norm when relative,
                                        # else raw units of the site (see README, Units)
   s.relative = True
@@ -97,7 +98,12 @@ def steer() -> ml_collections.ConfigDict:
   s.transplant_from = ""               # method=transplant: the source prompt whose feature
                                        # pattern over time (x alpha) is imposed
   s.schedule = ""                      # "" every step | "every:N" | "ramp:N" (inside steps)
-  s.controls = 8                       # random directions of matched norm (the null band)
+  s.controls = 32                      # controls per kind and strength (the null; rank p has
+                                       # floor 1/(1+n): n >= 19 to reach p <= 0.05)
+  s.control_kinds = ("decoder", "gaussian")   # add's controls, each `controls` strong:
+                                       # decoder (other rows of the SAE; covariance without
+                                       # one) | covariance (baseline activations) | gaussian
+  s.significance = 0.05                # the level of the per-feature verdict
   s.concept_per_value = 3              # unsteered reference clips per label value for the
                                        # concept classifier on audio descriptors (0: skip)
   s.clap = ""                          # local ClapModel dir (save_pretrained) | "tiny" (random,

@@ -3,8 +3,10 @@
 One unsteered baseline per prompt (same seed for every condition, so each steered clip
 has a paired baseline clip), then, for each method of `steer.method` (one, or several
 comma-separated, side by side on that baseline), every exported direction x strength and
-`steer.controls` controls x strength as the null (random directions of the same norm for
-add; the same edit on other active features for scale/set/transplant). The identity
+`steer.controls` controls x strength as the null (for add, per kind of `steer.control_kinds`:
+other decoder rows, the baseline's activation covariance, isotropic Gaussian, all of the
+features' norm (bridge.steer_controls); the same edit on other active features for
+scale/set/transplant). The identity
 strength (alpha 0 for add, 1 for scale) reuses the baseline (bit-identical to no hook;
 tested). Clip names carry the method (`audio_name`), so methods never overwrite each other.
 
@@ -13,7 +15,9 @@ during generation and on an unhooked re-read, the token NLL of the generated cod
 the UNSTEERED model (drift: how surprising the steered music is to the model itself), and
 the target-concept probability from an in-run classifier on audio descriptors
 (`bridge.steer_concept`). `steer.json` keeps every value per prompt; each condition also
-gets `stats[measure]` = paired change vs baseline: mean, bootstrap CI, t / Wilcoxon p.
+gets `stats[measure]` = paired change vs baseline: mean, t interval, t / Wilcoxon p; each
+steered strength `vs_controls`: the rank p of its concept change among the controls at that
+strength; each feature and method one `verdict` line (bridge.steer_stats).
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import os
 import numpy as np
 import torch
 
-from bridge import backends, steer_stats, steering
+from bridge import backends, steer_controls, steer_stats, steering
 from musicsae_jax import progress
 
 TEXT_SITES = ("cond.proj", "t5.hidden")   # steered with add_text_direction (no steps)
@@ -141,6 +145,21 @@ def audio_name(method: str, what: str, alpha: float) -> str:
   return f"{method}_{what}_a{alpha:g}"
 
 
+def builtin_prompts(n: int) -> list[str]:
+  """The first `n` built-in emotion prompts (round-robin over emotions, so balanced)."""
+  from bridge import prompts as prompts_lib
+  return [p["text"] for p in prompts_lib.emotion_prompts(max(1, -(-int(n) // 4)))][: int(n)]
+
+
+def few_prompts_warning(n: int) -> str | None:
+  """One line when `n` prompts are too few for the intervals and p-values to mean much."""
+  if n >= steer_stats.MIN_PROMPTS:
+    return None
+  return (f"WARNING steer: only {n} prompts (steer.num_prompts / steer.prompts): below "
+          f"{steer_stats.MIN_PROMPTS} the t intervals are wide and the paired tests weak; "
+          f"use 16 or more")
+
+
 def _label_key(labels) -> str | None:
   keys = {str(lab).split("=", 1)[0] for lab in labels if lab and "=" in str(lab)}
   return keys.pop() if len(keys) == 1 else None
@@ -148,7 +167,7 @@ def _label_key(labels) -> str | None:
 
 def run_steering(config, workdir: str) -> dict:
   """Baseline, steered and control generations; per-prompt measures to steer.json."""
-  from bridge import audio_features, capture, extract, prompts as prompts_lib, steer_concept
+  from bridge import audio_features, capture, extract, steer_concept
   from bridge.sae_torch import TorchSAE
   import soundfile as sf
   sc = _config(config)
@@ -165,20 +184,24 @@ def run_steering(config, workdir: str) -> dict:
   if layer is None and text_site is None:
     raise ValueError(f"{exp_dir}/directions.json: site {man['site']!r} is neither an LM layer "
                      f"nor a text-conditioning site ({', '.join(TEXT_SITES)})")
-  texts = list(sc["prompts"] or [p["text"] for p in prompts_lib.emotion_prompts(1)][: sc["num_prompts"]])
+  texts = list(sc["prompts"] or builtin_prompts(sc["num_prompts"]))
   B, seed = len(texts), int(sc["seed"])
   plan = methods_of(sc)
   names = [p["method"] for p in plan]
+  kinds = steer_controls.check_kinds(sc["control_kinds"])
   edits = [m for m in names if m != "add"]            # methods that edit SAE latents
   if text_site and edits:
     raise ValueError(f"--config.steer.method={edits[0]!r}: text-conditioning directions "
                      f"({text_site}) are added (method=add); SAE edits need an LM layer")
+  W_dec = sae.W_dec.detach() if sae is not None else None    # decoder-row controls
   if text_site:
     sae = None                # its features live on the text site: no per-step probe there
   if edits and sae is None:
     raise ValueError(f"--config.steer.method={edits[0]!r} edits SAE latents but {exp_dir} has no "
                      f"SAE (cfg.json); export the SAE with launch.export")
   schedule = steering.parse_schedule(sc["schedule"])       # checked before the model loads
+  control_kinds = steer_controls.resolve(kinds, has_decoder=W_dec is not None) \
+      if "add" in names else []
   if "transplant" in names and not sc["transplant_from"]:
     raise ValueError("--config.steer.method=transplant needs --config.steer.transplant_from="
                      "'<source prompt>' (whose feature pattern is imposed)")
@@ -210,20 +233,29 @@ def run_steering(config, workdir: str) -> dict:
   fids = [int(man["feature_ids"][i]) for i in sel]
   be = backends.adapt(model)
   layer_mod = steering._site_module(be, layer) if layer is not None else None
+  rec_mod = layer_mod if layer is not None else (        # where covariance controls come from
+      be.text_module() if text_site == "t5.hidden" else be.proj_module())
 
-  def generate(texts_, steer_ctx, probe_fids, name):
-    """Tokens -> per-prompt measures and wav paths (relative to the report folder)."""
+  def generate(texts_, steer_ctx, probe_fids, name, record=None, keep_audio=True):
+    """Tokens -> per-prompt measures and wav paths (relative to the report folder).
+    `record`: a list that receives the conditional rows of the steered site at each call."""
     probe = (_FeatureProbe(layer_mod, sae, probe_fids, len(texts_), offset_fn=(
         be.step_offset if be.name == "transformers" else None))
              if sae is not None and probe_fids else contextlib.nullcontext())
-    with steer_ctx, probe as p:
-      tokens = capture.generate_tokens(model, texts_, seed=seed)
+    rec = (rec_mod.register_forward_hook(lambda m, a, o: record.append(
+        _cond_rows(o, len(texts_)).detach().float().cpu())) if record is not None else None)
+    try:
+      with steer_ctx, probe as p:
+        tokens = capture.generate_tokens(model, texts_, seed=seed)
+    finally:
+      if rec is not None:
+        rec.remove()
     rr = unsteered_reread(model, texts_, tokens, layer, sae, probe_fids)
     wav = model.generate_audio(tokens).float().cpu().numpy()
     meas = {"nll": rr["nll"], **{k: [] for k in AUDIO_MEASURES}}
     vecs, paths = [], []
     for b, w in enumerate(wav):
-      if sc["save_audio"] and name:
+      if sc["save_audio"] and name and keep_audio:
         rel_path = f"audio/{name}_p{b}.wav"
         sf.write(os.path.join(out_dir, rel_path), w.T, model.sample_rate)
         paths.append(rel_path)
@@ -239,7 +271,11 @@ def run_steering(config, workdir: str) -> dict:
       meas["_replay"] = rr["replay"]
     return meas, np.stack(vecs), paths
 
+  warning = few_prompts_warning(B)
   results = {"run": config.run, "site": man["site"], "layer": layer, "prompts": texts,
+             "warnings": [warning] if warning else [],
+             "significance": float(sc["significance"]),
+             "ci": {"method": steer_stats.CI_METHOD, "level": steer_stats.LEVEL},
              "seed": seed, "mean_norm": man["mean_norm"], "relative": bool(sc["relative"]),
              "strengths": strengths, "measures": list(MEASURES), "method": ",".join(names),
              "directions_kind": kind, "transplant_from": sc["transplant_from"] or None,
@@ -251,8 +287,11 @@ def run_steering(config, workdir: str) -> dict:
   label_key = _label_key(man["labels"])
   refs = (steer_concept.reference_prompts(label_key, int(sc["concept_per_value"]), texts)
           if label_key and int(sc["concept_per_value"]) > 0 else [])
-  total = 1 + bool(refs) + sum((len(sel) + p["controls"]) * len(p["nonzero"]) for p in plan)
+  total = 1 + bool(refs) + sum((len(sel) + p["controls"] * (
+      len(control_kinds) if p["method"] == "add" else 1)) * len(p["nonzero"]) for p in plan)
   bar = progress.Progress(total, "steer", "generation", warmup=1)
+  if warning:
+    bar.write(warning)
 
   # --- CLAP (optional; skipped with one line when no local model is named) --------------
   from bridge import steer_clap
@@ -282,6 +321,10 @@ def run_steering(config, workdir: str) -> dict:
            f"labelled prompts")
     results["concept"] = {"skipped": why}
     bar.write(f"steer: concept score skipped ({why})")
+  cm, cm_why = concept_measure(results)
+  results["concept_measure"] = {"name": cm, "why": cm_why}
+  if cm is None:
+    bar.write(f"steer: no independent concept score ({cm_why}); no concept verdicts")
 
   def condition(meas, vecs, paths, fpos: int | None) -> dict:
     """Per-prompt values of every measure for one clip set, seen from feature `fpos`."""
@@ -310,12 +353,13 @@ def run_steering(config, workdir: str) -> dict:
     return {"audio": cond["audio"], "per_prompt": per}
 
   def stats(cond: dict, base: dict) -> dict:
-    return {k: steer_stats.paired_summary(v, base["per_prompt"][k], seed=seed)
+    return {k: steer_stats.paired_summary(v, base["per_prompt"][k])
             for k, v in cond["per_prompt"].items() if k in base["per_prompt"]}
 
   # --- baseline: once per prompt and seed, shared by every method ----------------------
   others = [j for j in range(sae.m) if j not in fids] if edits else []
-  base_raw = generate(texts, contextlib.nullcontext(), fids + others, "baseline")
+  acts = [] if any(u == "covariance" for _, u in control_kinds) else None
+  base_raw = generate(texts, contextlib.nullcontext(), fids + others, "baseline", record=acts)
   bar.update(1)
 
   def steer_ctx(method, target, a):
@@ -340,27 +384,43 @@ def run_steering(config, workdir: str) -> dict:
   for p in plan:
     method, n_ctrl = p["method"], p["controls"]
     g = torch.Generator().manual_seed(seed)
-    if method == "add":        # random directions of the features' norm
+    if method == "add":        # per kind, directions of the features' norm
       norm = float(dirs[sel].norm(dim=1).mean())
-      targets = []
-      for _ in range(n_ctrl):
-        rnd = torch.randn(dirs.shape[1], generator=g)
-        targets.append(rnd / rnd.norm() * norm)
-      p["controls"] = {"count": n_ctrl, "norm": norm,
-                       "kind": "isotropic Gaussian direction scaled to the features' norm"}
+      targets, kind_of, desc = [], [], {}
+      for asked, kind in control_kinds:
+        if kind == "gaussian":
+          v = steer_controls.gaussian(n_ctrl, dirs.shape[1], norm, g)
+          desc[kind] = "isotropic Gaussian directions"
+        elif kind == "decoder":
+          v, rows = steer_controls.decoder(n_ctrl, W_dec, fids, norm, g)
+          desc[kind] = f"other decoder rows of the SAE ({rows[:8]}{' ...' if len(rows) > 8 else ''})"
+        else:
+          v = steer_controls.covariance(n_ctrl, torch.cat([a.reshape(-1, a.shape[-1]) for a in acts]),
+                                        norm, g)
+          desc[kind] = ("directions ~ N(0, activation covariance of the baseline at the site)" +
+                        (" (no SAE for 'decoder')" if asked != kind else ""))
+        targets += list(v)
+        kind_of += [kind] * n_ctrl
+      p["controls"] = {"count": n_ctrl, "norm": norm, "per_kind": n_ctrl,
+                       "kinds": [k for _, k in control_kinds], "kind_description": desc,
+                       "kind": "; ".join(f"{k}: {d}" for k, d in desc.items()) +
+                               " (each scaled to the features' norm)"}
     else:                      # the same edit on random other features active on the baseline
       act = probe_others.mean(0)[len(fids):]
       alive = [j for j, v in zip(others, act) if v > 0]
       pick = torch.randperm(len(alive), generator=g)[:n_ctrl].tolist()
       targets = [alive[i] for i in pick]
-      p["controls"] = {"count": len(targets), "features": targets,
+      kind_of = ["other_feature"] * len(targets)
+      p["controls"] = {"count": len(targets), "features": targets, "kinds": ["other_feature"],
                        "kind": f"the same {method} on random other features active on the "
                                f"baseline ({len(alive)} candidates)"}
     controls_raw[method] = []
-    for k, tgt in enumerate(targets):
+    for k, (tgt, kind) in enumerate(zip(targets, kind_of)):
+      first = kind_of.index(kind) == k           # only the first of each kind keeps its clips
       for a in p["nonzero"]:
-        controls_raw[method].append((k, a, generate(texts, steer_ctx(method, tgt, a), fids,
-                                                    audio_name(method, f"control{k}", a))))
+        controls_raw[method].append((k, kind, a, generate(
+            texts, steer_ctx(method, tgt, a), fids,
+            audio_name(method, f"control{k}", a), keep_audio=first)))
         bar.update(1)
   results["controls"] = plan[0]["controls"]
   results["methods"] = [{k: p[k] for k in ("method", "strengths", "controls")} for p in plan]
@@ -386,9 +446,13 @@ def run_steering(config, workdir: str) -> dict:
         s = entry["steered"][-1]["stats"]
         bar.write(f"{method} feature {fid} ({label}) alpha={a:g}: " + ", ".join(
             f"Δ{k}={v['mean']:+.3g}" for k, v in s.items() if v["mean"] is not None))
-      for k, a, raw in controls_raw[method]:
+      for k, kind, a, raw in controls_raw[method]:
         cond = with_concept(condition(*raw, pos), target)
-        entry["control"].append({"control": k, "alpha": a, **cond, "stats": stats(cond, base)})
+        entry["control"].append({"control": k, "kind": kind, "alpha": a, **cond,
+                                 "stats": stats(cond, base)})
+      judge(entry, identity=identity, measure=cm, why_none=cm_why,
+            level=float(sc["significance"]), n_per_kind=p["controls"]["count"])
+      bar.write(f"{method} feature {fid} ({label}): {entry['verdict']['text']}")
       results["features"].append(entry)
   bar.close()
   path = os.path.join(out_dir, "steer.json")
@@ -399,65 +463,129 @@ def run_steering(config, workdir: str) -> dict:
   return results
 
 
-def concept_measure(results: dict) -> str:
-  """The y axis of the standard plot: the concept score if it ran, else the replayed feature."""
-  return "concept" if "skipped" not in results.get("concept", {"skipped": 1}) else "feature_act_replay"
+def judge(entry: dict, *, identity, measure: str | None, why_none: str, level: float,
+          n_per_kind: int) -> dict:
+  """Each steered strength's rank p among the controls at that strength (`vs_controls`, one
+  band per strength, per kind of control) and the feature's `verdict`; returns the verdict."""
+  points = []
+  for s in entry["steered"]:
+    if s.get("reused_baseline") or measure is None:
+      continue
+    obs = s["stats"].get(measure, {}).get("mean")
+    by_kind: dict[str, list] = {}
+    for c in entry["control"]:
+      if c["alpha"] == s["alpha"]:
+        by_kind.setdefault(c.get("kind", "control"), []).append(
+            c["stats"].get(measure, {}).get("mean"))
+    s["vs_controls"] = {"measure": measure, **steer_stats.vs_controls(obs, by_kind)}
+    if identity is None or s["alpha"] > identity:      # pushes toward the feature
+      points.append((s["alpha"], s["vs_controls"]["p_rank"]))
+  entry["verdict"] = steer_stats.verdict(sorted(points), target=entry["target"], measure=measure,
+                                         level=level, n_controls=n_per_kind, why_none=why_none)
+  return entry["verdict"]
+
+
+def _cond_rows(out, B: int) -> torch.Tensor:
+  """The conditional rows of a site's output ([cond; uncond] under guidance)."""
+  out = getattr(out, "last_hidden_state", out)
+  out = out[0] if isinstance(out, tuple) else out
+  return out[:B] if out.shape[0] == 2 * B else out
+
+
+def concept_measure(results: dict) -> tuple[str | None, str]:
+  """(the concept score the verdicts and the plot use, why none): the classifier on audio
+  descriptors, else CLAP's label similarity; never the steered feature's own activation
+  (for add that only says the vector was added)."""
+  if "skipped" not in results.get("concept", {"skipped": 1}):
+    return "concept", ""
+  clap = results.get("clap") or {}
+  if "skipped" not in clap and len(clap.get("label_texts") or {}) > 1:
+    return "clap_concept", ""
+  why = [f"concept classifier skipped: {results.get('concept', {}).get('skipped', 'not run')}"]
+  why.append(f"CLAP skipped: {clap['skipped']}" if "skipped" in clap else
+             "CLAP has fewer than 2 label values")
+  return None, "; ".join(why)
+
+
+def _axis(st: dict | None) -> tuple[float, float, float] | None:
+  """(mean, lower error, upper error) of one stats entry."""
+  if not st or st.get("mean") is None:
+    return None
+  m, ci = st["mean"], st.get("ci") or [st["mean"], st["mean"]]
+  return m, m - ci[0], ci[1] - m
 
 
 def plot_steering(results: dict, path: str) -> str:
   """The standard plot: Δ concept score vs Δ drift (NLL), per feature and strength.
 
-  Steered points (one per strength, joined in order, 95% bootstrap CI bars on both axes)
-  against every control direction at every strength (grey) and the controls' range
-  (shaded band): a steered point outside the band moved the concept more than a random
-  push of the same size.
+  Steered points (one per strength, joined in order, t-interval bars on both axes) and,
+  per strength, the controls at that strength (points, and a box spanning their range on
+  both axes, labelled with the strength): a steered point above its own strength's box
+  moved the concept more than every control push of the same size. Without an
+  independent concept score (`concept_measure`) the panel shows Δ NLL against strength
+  and says so: the steered feature's own activation is never a stand-in.
   """
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  y_m = concept_measure(results)
+  from matplotlib.patches import Rectangle
+  y_m, why = concept_measure(results)
   feats = results["features"]
   fig, axes = plt.subplots(1, max(1, len(feats)), figsize=(3.8 * max(1, len(feats)), 3.4),
                            squeeze=False)
   for ax, f in zip(axes[0], feats):
-    def xy(c):
-      st = c["stats"]
-      if y_m not in st or "nll" not in st or st[y_m]["mean"] is None:
-        return None
-      return st["nll"], st[y_m]
-    ctrl = [p for p in map(xy, f["control"]) if p]
-    if ctrl:
-      ys = [p[1]["mean"] for p in ctrl]
-      ax.axhspan(min(ys), max(ys), color="0.85", zorder=0, label="control range")
-      ax.scatter([p[0]["mean"] for p in ctrl], ys, s=10, color="0.5", zorder=1,
-                 label=f"controls ({results['controls']['count']} dirs)")
-    pts = [(s["alpha"], xy(s)) for s in f["steered"]]
-    pts = [(a, p) for a, p in pts if p]
+    nonzero = [s["alpha"] for s in f["steered"] if not s.get("reused_baseline")]
+    for j, a in enumerate(nonzero):
+      ctrl = [c for c in f["control"] if c["alpha"] == a]
+      if y_m is None:
+        pts = [(a, p[0]) for p in (_axis(c["stats"].get("nll")) for c in ctrl) if p]
+      else:
+        pts = [(x[0], y[0]) for x, y in ((_axis(c["stats"].get("nll")), _axis(c["stats"].get(y_m)))
+                                         for c in ctrl) if x and y]
+      if not pts:
+        continue
+      xs, ys = zip(*pts)
+      col = plt.cm.Greys(0.35 + 0.5 * j / max(1, len(nonzero) - 1))
+      ax.scatter(xs, ys, s=8, color=col, zorder=1,
+                 label=f"controls α={a:g} ({len(pts)})")
+      if y_m is None:
+        ax.plot([a, a], [min(ys), max(ys)], color=col, lw=6, alpha=0.4, zorder=0)
+      else:
+        ax.add_patch(Rectangle((min(xs), min(ys)), max(xs) - min(xs), max(ys) - min(ys),
+                               color=col, alpha=0.25, zorder=0))
+        ax.annotate(f"α={a:g}", (max(xs), max(ys)), fontsize=6, color="0.3")
+    pts = []
+    for s in f["steered"]:
+      nll = _axis(s["stats"].get("nll"))
+      y = nll if y_m is None else _axis(s["stats"].get(y_m))
+      if nll and y:
+        pts.append((s["alpha"], (s["alpha"], 0.0, 0.0) if y_m is None else nll, y))
     if pts:
-      xs = [p[0]["mean"] for _, p in pts]
-      ys = [p[1]["mean"] for _, p in pts]
-
-      def err(ss, m):
-        lo = [m_ - (s_["ci"][0] if s_["ci"] else m_) for s_, m_ in zip(ss, m)]
-        hi = [(s_["ci"][1] if s_["ci"] else m_) - m_ for s_, m_ in zip(ss, m)]
-        return [lo, hi]
-      ax.errorbar(xs, ys, xerr=err([p[0] for _, p in pts], xs),
-                  yerr=err([p[1] for _, p in pts], ys), fmt="-o", color="C0", ms=4,
-                  capsize=2, zorder=2, label="steered")
-      for (a, _), x_, y_ in zip(pts, xs, ys):
-        ax.annotate(f"{a:g}", (x_, y_), fontsize=7, xytext=(3, 3), textcoords="offset points")
+      ax.errorbar([p[1][0] for p in pts], [p[2][0] for p in pts],
+                  xerr=[[p[1][1] for p in pts], [p[1][2] for p in pts]],
+                  yerr=[[p[2][1] for p in pts], [p[2][2] for p in pts]], fmt="-o", color="C0",
+                  ms=4, capsize=2, zorder=2, label="steered")
+      for a, x, y in pts:
+        ax.annotate(f"{a:g}", (x[0], y[0]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.axhline(0, color="k", lw=0.5)
-    ax.axvline(0, color="k", lw=0.5)
     tag = {"mean_difference": "caa", "probe": "probe"}.get(results.get("directions_kind"), "f")
     ax.set_title(f"{f.get('method', results.get('method', 'add'))}: {tag}{f['feature']} "
                  f"{f['label'] or ''}", fontsize=9)
-    ax.set_xlabel("Δ NLL (nats/token, unsteered LM)")
-    ax.set_ylabel(f"Δ {y_m}" + (f" P({f['target']})" if y_m == "concept" else ""))
-    if not pts and not ctrl:
-      ax.text(0.5, 0.5, f"no {y_m} measured\n(see steer.json)", ha="center", va="center",
-              transform=ax.transAxes, fontsize=8)
+    if y_m is None:
+      ax.set_xlabel("strength α")
+      ax.set_ylabel("Δ NLL (nats/token, unsteered LM)")
+      ax.text(0.02, 0.98, "no independent concept score:\n" + "\n".join(why.split("; ")),
+              ha="left", va="top", transform=ax.transAxes, fontsize=6, color="C3")
+    else:
+      ax.axvline(0, color="k", lw=0.5)
+      ax.set_xlabel("Δ NLL (nats/token, unsteered LM)")
+      ax.set_ylabel(f"Δ {y_m} ({f['target']})" if f.get("target") else f"Δ {y_m}")
+    v = (f.get("verdict") or {}).get("text")
+    if v:
+      import textwrap
+      ax.text(0.02, 0.02, textwrap.fill(v, 60), transform=ax.transAxes, fontsize=5.5, va="bottom")
   if axes[0][0].get_legend_handles_labels()[0]:
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=6, loc="best")
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)

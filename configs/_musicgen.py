@@ -63,6 +63,5 @@ def musicgen_config(size: str) -> ml_collections.ConfigDict:
   c.analysis.top_per_label = 10
 
   # --- steer --------------------------------------------------------------------------
-  c.steer.num_prompts = 8
   c.steer.duration = 10.0
   return c

@@ -53,7 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
   # --- steer (bridge.steering) --------------------------------------------------------
   c.steer.strengths = (0.0, 4.0, 8.0)  # alpha; x the site's mean norm when relative
   # method=set (the demo runs "add,set" side by side): the feature's latent = 8 raw units
-  # (the demo's features sit near 0 unsteered), 2 controls: 6 more clips than add alone.
+  # (the demo's features sit near 0 unsteered). Controls: the defaults (32 per kind and
+  # strength, 16 prompts); at 1 s per clip the tiny model makes them cheap (README, "Did
+  # steering work?").
   c.steer.per_method.set.strengths = (8.0,)
-  c.steer.per_method.set.controls = 2
+  c.steer.duration = 1.0
   return c

@@ -1,11 +1,12 @@
 """Steer MusicGen with exported directions and measure the change in the audio.
 
     python -m launch.steer --config=configs/tiny.py --workdir=DIR \
-        --config.steer.strengths=0,2,4 --config.steer.num_prompts=2
+        --config.steer.strengths=0,2,4 --config.steer.controls=32
 
 Reads `exports/<run>/directions.*` (+ `sae.*` for the feature's own activation), writes
 `reports/<run>/steer.json` (every measure per prompt, condition and strength, with paired
-statistics), `steer.png` (concept vs drift, controls as a null band) and
+statistics, rank p against the controls at each strength and one verdict line per feature
+and method, also printed), `steer.png` (concept vs drift, one control box per strength) and
 `reports/<run>/audio/*.wav`, then adds the steering section to `report.html` in a
 separate process (the report code is on the JAX side; this process holds torch).
 """

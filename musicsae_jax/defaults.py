@@ -177,5 +177,9 @@ def labeling() -> ml_collections.ConfigDict:
   b.llm_backoff = 1.0                  # first retry delay, seconds
   b.llm_audio = False                  # True: an audio-capable endpoint; the explain request
                                        # also carries each snippet (OpenAI input_audio, WAV)
+  b.llm_detection = ("blind",)         # what the LLM scorer sees of each held-out snippet:
+                                       # blind (time window + CLAP's closest descriptors: no
+                                       # caption, no labels; the reported score, llm_blind) |
+                                       # with_captions (+ caption and labels: solvable from text)
   b.seed = 0
   return b

@@ -37,7 +37,8 @@ def test_demo_end_to_end(tmp_path):
                                         "emotion=sad"]
   steer = json.load(open(tmp_path / "reports" / "tiny" / "steer.json"))
   assert steer["concept"]["train_clips"] == 8 and steer["controls"]["count"] == 2
-  # two methods side by side on one baseline (launch.demo: add, and set at 8 with 2 controls)
+  # two methods side by side on one baseline (launch.demo: add, and set at 8), 2 controls per
+  # kind (add: decoder rows and Gaussian directions; set: other features)
   assert steer["method"] == "add,set" and [m["method"] for m in steer["methods"]] == ["add", "set"]
   assert [f["method"] for f in steer["features"]] == ["add"] * 4 + ["set"] * 4
   for f in steer["features"]:
@@ -49,13 +50,15 @@ def test_demo_end_to_end(tmp_path):
     assert strong["stats"]["feature_act"]["mean"] > 0              # steering moves its feature
     assert {"feature_act_replay", "nll", "concept", "tempo_bpm"} <= set(strong["per_prompt"])
     assert len(strong["per_prompt"]["nll"]) == 1                   # one value per prompt
-    assert len(f["control"]) == 2                                  # controls x nonzero strengths
+    kinds = ["decoder", "gaussian"] if f["method"] == "add" else ["other_feature"]
+    assert sorted(c["kind"] for c in f["control"]) == sorted(kinds * 2)   # per kind x strength
+    assert f["verdict"]["text"].startswith("no evidence: 2 controls")       # p floor 1/3
     assert all(a.startswith(f"audio/{f['method']}_") for c in [strong] + f["control"]
                for a in c["audio"])
   wavs = os.listdir(tmp_path / "reports" / "tiny" / "audio")
   assert sum(w.startswith("baseline_") for w in wavs) == 1         # one baseline per prompt
-  # baseline + per method (4 features + 2 controls) x 1 nonzero strength: no clip overwritten
-  assert len([w for w in wavs if not w[0].isdigit()]) == 1 + 6 + 6
+  # baseline + per method (4 features + the first control of each kind) x 1 nonzero strength
+  assert len([w for w in wavs if not w[0].isdigit()]) == 1 + (4 + 2) + (4 + 1)
   html = open(tmp_path / "reports" / "tiny" / "report.html").read()
   assert html.count('<section id="steering">') == 1 and "<h3>set: f" in html
   assert html.count("data:image/png;base64,") >= 3

@@ -34,7 +34,26 @@ class FakeStats:
             if self.prompt_max[p, f] > 0]
 
 
-def _workspace(tmp_path, labelers_=("words", "clap"), **labeling):
+class FakeDescriptors:
+  """What descriptors.snippet_means reads from the store's audio.descriptors site: one row
+  per (prompt, frame), shuffled; the drum prompts (feature 1) are 6 dB louder."""
+
+  def __init__(self, seed=0):
+    rng = np.random.default_rng(seed)
+    self.index = np.stack(np.meshgrid(np.arange(P), np.arange(FRAMES), indexing="ij"), -1).reshape(-1, 2)
+    self.index = self.index[rng.permutation(len(self.index))]
+    self.x = rng.normal(size=(len(self.index), 2))
+    self.x[np.isin(self.index[:, 0], list(FIRES[1])), 0] += 6.0
+    self.d = 2
+
+  def read_index(self, rows=None):
+    return self.index if rows is None else self.index[rows]
+
+  def read_rows(self, rows):
+    return self.x[rows]
+
+
+def _workspace(tmp_path, labelers_=("words", "clap"), descriptors=None, **labeling):
   ds = tmp_path / "activations" / "toy"
   (ds / "audio").mkdir(parents=True)
   with open(ds / "prompts.jsonl", "w") as f:
@@ -51,7 +70,7 @@ def _workspace(tmp_path, labelers_=("words", "clap"), **labeling):
       "clap": "test", "vocabulary": str(tmp_path / "vocab.txt"), "examples": 4, "contrast": 4,
       "random_snippets": 16, "llm_backoff": 0.01, "llm_retries": 2, **labeling}})
   labelers.write_request(str(out), FakeStats(), feats, s, frame_rate=50.0,
-                         dataset_path=str(ds), site="lm.layer.3")
+                         dataset_path=str(ds), site="lm.layer.3", descriptors=descriptors)
   return out, s
 
 
@@ -102,7 +121,7 @@ def test_clap_ranking_recovers_a_planted_association(tmp_path):
     assert [lab["source"] for lab in feat["labels"]] == ["words", "clap"]
     assert set(feat["control"]["scores"]) == {"clap"}
   assert res["detection"]["clap"]["clap"]["n"] == 2 and res["detection"]["clap"]["words"]["n"] == 2
-  assert res["detection"]["clap"]["control_random_word"]["n"] == 2 and "llm" not in res["detection"]
+  assert res["detection"]["clap"]["control_random_word"]["n"] == 2 and not any(k.startswith("llm") for k in res["detection"])
   page = open(out / "report.html").read()
   assert '<section id="labels">' in page and "guitar" in page
   labelers.write_labels(str(out), s, str(tmp_path), log=lambda m: None)    # replaced, not added
@@ -130,10 +149,17 @@ def _user_text(body):
       p["text"] for p in content if p["type"] == "text")
 
 
+def _seen_words(line):
+  """What a detect line offers the stub: the caption's words, else CLAP's descriptors."""
+  if 'caption "' in line:
+    return line.split('caption "', 1)[1].split('"', 1)[0].split()
+  return line.split("CLAP hears: ", 1)[1].split(", ") if "CLAP hears: " in line else []
+
+
 class _Stub(http.server.BaseHTTPRequestHandler):
   """An OpenAI-compatible chat endpoint: fails the first request with 500, then answers
   explanations with 'guitar sounds' and detection with 1 for snippets whose caption holds a
-  word of the label."""
+  word of the label (without a caption: whose CLAP descriptors do)."""
   seen: list = []
   fail_next = True
 
@@ -149,7 +175,7 @@ class _Stub(http.server.BaseHTTPRequestHandler):
     if "JSON list" in user:
       words = user.split('described as: "', 1)[1].split('"', 1)[0].split()
       lines = [ln for ln in user.splitlines() if ln[:1].isdigit()]
-      content = json.dumps([int(any(w in ln.split('"')[1].split() for w in words)) for ln in lines])
+      content = json.dumps([int(any(w in _seen_words(ln) for w in words)) for ln in lines])
     else:
       content = '"guitar sounds"\n'
     reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
@@ -185,7 +211,7 @@ def test_llm_labels_through_a_stub_server_retry_and_cache(tmp_path, stub_server,
   monkeypatch.setenv(llm.ENV_URL, stub_server)
   monkeypatch.setenv(llm.ENV_MODEL, "stub-model")
   monkeypatch.setenv(llm.ENV_KEY, "secret")
-  out, s = _workspace(tmp_path, ("words", "clap", "llm"))
+  out, s = _workspace(tmp_path, ("words", "clap", "llm"), llm_detection=("blind", "with_captions"))
   text, calls = _plant_embeddings(out), []
   labelers.write_labels(str(out), s, str(tmp_path), log=lambda m: None,
                         embed_label_texts=lambda d: _plant_label_texts(out, text, calls))
@@ -199,8 +225,11 @@ def test_llm_labels_through_a_stub_server_retry_and_cache(tmp_path, stub_server,
   assert "silent or weakest" in user and 'caption "quiet song"' in user          # contrast examples
   assert "CLAP descriptors closest" in user and "guitar (+" in user   # CLAP top words
   assert "rms_db r=+0.50" in user
-  detect = next(_user_text(r["body"]) for r in seen if "JSON list" in _user_text(r["body"]))
-  assert "activation" not in detect                                   # held out, values hidden
+  detects = [_user_text(r["body"]) for r in seen if "JSON list" in _user_text(r["body"])]
+  assert not any("activation" in d for d in detects)                  # held out, values hidden
+  blind = [d for d in detects if 'caption "' not in d]                # blind: no caption ...
+  assert blind and all("labels " not in d and "CLAP hears: " in d for d in blind)   # ... no labels
+  assert len(blind) == len(detects) // 2                              # one of each mode per label
   # the LLM scores every source's label (identical requests are answered from the cache)
   assert {"guitar tune", "drum beat", "guitar", "drums", "guitar sounds"} <= set(_detected(seen))
   bodies = [json.dumps(r["body"], sort_keys=True) for r in seen[1:]]
@@ -210,24 +239,41 @@ def test_llm_labels_through_a_stub_server_retry_and_cache(tmp_path, stub_server,
   assert res["labelers"]["llm"]["status"] == "ok"
   by = {(f["id"], lab["source"]): lab for f in res["features"] for lab in f["labels"]}
   assert by[0, "llm"]["label"] == "guitar sounds"
-  assert by[0, "llm"]["scores"] == {"clap": 1.0, "llm": 1.0}          # stub answers by caption
-  assert by[1, "llm"]["scores"]["llm"] == 0.5                         # 'guitar' never in drums
+  assert set(by[0, "llm"]["scores"]) == {"clap", "llm_blind", "llm_with_captions"}
+  assert by[0, "llm"]["scores"]["clap"] == by[0, "llm"]["scores"]["llm_with_captions"] == 1.0
+  assert by[1, "llm"]["scores"]["llm_with_captions"] == 0.5           # 'guitar' never in drums
+  assert "no caption, no labels" in by[0, "llm"]["detection"]["llm_blind"]["saw"]
+  assert "no caption, no labels" in res["scorers"]["llm_blind"]
+  assert "caption and prompt labels" in res["scorers"]["llm_with_captions"]
+  # the blind score, recomputed here: a held-out snippet counts as detected when the label
+  # shares a word with its 3 descriptors most above their similarity to the random snippets
   req, audio = json.load(open(out / "label_examples.json")), np.load(out / "clap_embeddings.npz")["audio"]
+  rel = audio @ text[:len(VOCAB)].T - (audio[req["random"]] @ text[:len(VOCAB)].T).mean(0)
+  top3 = [{VOCAB[j] for j in np.argsort(-r, kind="stable")[:3]} for r in rel]
+  for f in (0, 1):
+    ex = req["features"][f]
+    hit = lambda e: bool(top3[e["snippet"]] & {"guitar", "sounds"})   # noqa: E731
+    ref = scoring.balanced_accuracy([1] * len(ex["heldout_pos"]) + [0] * len(ex["heldout_neg"]),
+                                    [hit(e) for e in ex["heldout_pos"] + ex["heldout_neg"]])
+    assert by[f, "llm"]["scores"]["llm_blind"] == ref
   f1 = req["features"][1]
   assert by[1, "llm"]["scores"]["clap"] == scoring.auroc(             # its text lies on 'guitar'
       audio[[e["snippet"] for e in f1["heldout_pos"]]] @ text[VOCAB.index("guitar")],
       audio[[e["snippet"] for e in f1["heldout_neg"]]] @ text[VOCAB.index("guitar")])
-  assert by[0, "words"]["scores"] == {"clap": by[0, "words"]["detection"]["clap"]["auroc"], "llm": 1.0}
-  assert by[1, "clap"]["scores"] == {"clap": 1.0, "llm": 0.5}        # 'drums' is not in 'drum beat'
-  assert by[1, "clap"]["detection"]["llm"]["n_pos"] == 4
-  for scorer in ("clap", "llm"):
+  assert by[0, "words"]["scores"]["clap"] == by[0, "words"]["detection"]["clap"]["auroc"]
+  assert by[0, "words"]["scores"]["llm_with_captions"] == 1.0
+  assert by[1, "clap"]["scores"]["clap"] == 1.0
+  assert by[1, "clap"]["scores"]["llm_with_captions"] == 0.5         # 'drums' is not in 'drum beat'
+  assert by[1, "clap"]["detection"]["llm_blind"]["n_pos"] == 4
+  for scorer in ("clap", "llm_blind", "llm_with_captions"):
     assert set(res["detection"][scorer]) == {"words", "clap", "llm", "control_random_word"}
     assert all(d["n"] == 2 for d in res["detection"][scorer].values())
   sent = len(seen)
   assert res["llm_requests"]["sent"] == sent and res["llm_requests"]["cached"] >= 0
   calls_made = sent - 1 + res["llm_requests"]["cached"]               # chat() calls
   page = open(out / "report.html").read()
-  assert "<th>scorer</th>" in page and "llm 1.00" in page and "clap 1.00" in page
+  assert "<th>scorer</th>" in page and "llm_with_captions 1.00" in page and "clap 1.00" in page
+  assert "llm_blind" in page
   labelers.write_labels(str(out), s, str(tmp_path), log=lambda m: None,   # rerun: from the cache
                         embed_label_texts=lambda d: _plant_label_texts(out, text, calls))
   assert len(_Stub.seen) == sent and len(calls) == 1                  # nothing sent, nothing embedded
@@ -238,7 +284,8 @@ def test_llm_labels_through_a_stub_server_retry_and_cache(tmp_path, stub_server,
   labelers.write_labels(str(out), s, str(tmp_path), log=lines.append)  # LLM labels lack a CLAP score
   lab = next(lab for lab in json.load(open(out / "labels.json"))["features"][0]["labels"]
              if lab["source"] == "llm")
-  assert lab["scores"] == {"clap": None, "llm": 1.0} and "--label_texts" in lab["detection"]["clap"]["skipped"]
+  assert lab["scores"]["clap"] is None and lab["scores"]["llm_with_captions"] == 1.0
+  assert "--label_texts" in lab["detection"]["clap"]["skipped"]
   assert any("--label_texts" in ln for ln in lines) and (out / "label_texts.json").exists()
 
 
@@ -267,6 +314,54 @@ def test_llm_explain_request_carries_the_snippets_as_wav(tmp_path, stub_server, 
       assert rate == sr and length == 50 and len(y) == sr                # 1 s snippets
       lo = int(round(start / 50 * sr))
       np.testing.assert_allclose(y, clips[pid][lo:lo + sr], atol=1 / 32768)  # 16-bit PCM
+
+
+def test_llm_detection_is_blind_by_default_and_modes_are_checked():
+  from musicsae_jax.analysis.stats import AnalysisError
+  assert labelers.resolve({})["llm_detection"] == ("blind",)
+  with pytest.raises(AnalysisError, match="analysis.labeling.llm_detection"):
+    labelers.resolve({"labeling": {"llm_detection": ("peek",)}})
+  p = [{"text": "sad piano", "labels": {"emotion": "sad"}}]
+  line = llm.describe({"prompt_id": 0}, p, 50.0, [0, 50, 100], ["piano", "calm"], False,
+                      with_text=False)
+  assert line == "time 1.0-3.0 s; CLAP hears: piano, calm"          # nothing from the text
+
+
+def test_snippet_descriptors_against_a_direct_mean():
+  """Per-snippet means of the descriptor rows (rows found through the index, in any order)
+  equal a direct mean over the snippet's frames; z-scores against the random snippets."""
+  from musicsae_jax.analysis.labelers import descriptors as desc
+  src = FakeDescriptors()
+  snippets = [[12, 30, 20], [25, 0, 10], [3, 95, 5]]
+  got = desc.snippet_means(src, snippets)
+  for (p, a, n), row in zip(snippets, got):
+    sel = (src.index[:, 0] == p) & (src.index[:, 1] >= a) & (src.index[:, 1] < a + n)
+    np.testing.assert_allclose(row, src.x[sel].mean(0), rtol=1e-12)
+  span = np.array([[0, len(src.index) - 1]] * P)              # a row span: same answer
+  np.testing.assert_allclose(desc.snippet_means(src, snippets, span), got, rtol=1e-12)
+  z = desc.zscores(got, [1, 2])
+  ref = got[[1, 2]]
+  np.testing.assert_allclose(z, (got - ref.mean(0)) / ref.std(0, ddof=1), rtol=1e-12)
+  assert desc.summary([0.2, -1.6, np.nan], ["a", "b", "c"], top=2) == ["b -1.6 sd", "a +0.2 sd"]
+
+
+def test_blind_detection_sees_acoustic_descriptors(tmp_path, stub_server, monkeypatch):
+  """With audio.descriptors, blind detect lines say how each snippet sounds (the drum
+  snippets: rms louder than the random snippets), still with no caption or labels."""
+  monkeypatch.setenv(llm.ENV_URL, stub_server)
+  monkeypatch.setenv(llm.ENV_MODEL, "stub-model")
+  _Stub.fail_next = False
+  out, s = _workspace(tmp_path, ("llm",), descriptors=(FakeDescriptors(), ["rms_db", "noise"]))
+  req = json.load(open(out / "label_examples.json"))
+  assert req["descriptors"]["names"] == ["rms_db", "noise"]
+  labelers.write_labels(str(out), s, str(tmp_path), log=lambda m: None)
+  detects = [_user_text(r["body"]) for r in _Stub.seen if "JSON list" in _user_text(r["body"])]
+  assert detects and not any('caption "' in d or "labels " in d for d in detects)
+  drum = [ln for d in detects for ln in d.splitlines() if "sounds: rms_db +" in ln]
+  assert drum and all("time " in ln for ln in drum)
+  res = json.load(open(out / "labels.json"))
+  saw = res["features"][1]["labels"][0]["detection"]["llm_blind"]["saw"]
+  assert "acoustic descriptors" in saw and saw.endswith("no caption, no labels")
 
 
 def test_llm_client_gives_up_with_one_line(tmp_path, stub_server):

@@ -17,7 +17,8 @@ PROMPTS = ["calm piano", "fast drums"]
 
 
 def _stat(m):
-  return {"n": 2, "mean": m, "ci": [m - 0.1, m + 0.1], "p_ttest": 0.04, "p_wilcoxon": 0.5}
+  return {"n": 2, "mean": m, "ci": [m - 0.1, m + 0.1], "ci_method": "student_t", "level": 0.95,
+          "p_ttest": 0.04, "p_wilcoxon": 0.5}
 
 
 def _cond(name, shift):
@@ -30,14 +31,22 @@ def _steer_dir(root):
   os.makedirs(os.path.join(root, "audio"))
   base = _cond("baseline", 0.0)
   steer = {"run": "r", "site": "lm.layer.1", "layer": 1, "prompts": PROMPTS, "relative": True,
+           "warnings": ["WARNING steer: only 2 prompts"], "significance": 0.05,
+           "ci": {"method": "student_t", "level": 0.95},
+           "concept_measure": {"name": "concept", "why": ""},
            "strengths": [0.0, 4.0], "controls": {"count": 1, "norm": 1.0},
            "concept": {"kind": "nearest centroid", "label_key": "emotion", "train_clips": 8,
                        "loo_accuracy": 0.5, "chance": 0.25, "values": ["calm", "sad"]},
            "features": [{"feature": 7, "label": "emotion=calm", "target": "calm",
                          "baseline": {k: base[k] for k in ("audio", "per_prompt")},
                          "steered": [{"alpha": 0.0, **base, "reused_baseline": True},
-                                     {"alpha": 4.0, **_cond("f7_a4", 0.25)}],
-                         "control": [{"control": 0, "alpha": 4.0, **_cond("control0_a4", -0.05)}]}]}
+                                     {"alpha": 4.0, **_cond("f7_a4", 0.25), "vs_controls": {
+                                         "measure": "concept", "p_rank": 0.5, "n_controls": 1,
+                                         "by_kind": {"gaussian": {"n": 1, "p_rank": 0.5}}}}],
+                         "control": [{"control": 0, "kind": "gaussian", "alpha": 4.0,
+                                      **_cond("control0_a4", -0.05)}],
+                         "verdict": {"text": "no evidence: 1 controls per strength cannot give "
+                                             "p <= 0.05"}}]}
   for c in (base, steer["features"][0]["steered"][1], steer["features"][0]["control"][0]):
     for p in c["audio"]:
       sf.write(os.path.join(root, p), np.zeros(1600, np.float32), 16000)
@@ -55,7 +64,9 @@ def test_steering_section_spliced_once_with_players(tmp_path):
   assert page.count(f'<section id="{report.STEERING_SECTION}">') == 1
   assert '<section id="summary">' in page
   assert "+0.25 [+0.15, +0.35] p=0.04" in page               # mean [CI] p of a paired change
-  assert "controls α=4 (range of 1)" in page and "loo_accuracy" not in page
+  assert "controls gaussian α=4 (range of 1)" in page and "loo_accuracy" not in page
+  assert "rank p vs controls 0.5: gaussian 0.5" in page and "95% student t interval" in page
+  assert "no evidence: 1 controls per strength" in page and "WARNING steer: only 2 prompts" in page
   srcs = re.findall(r'<audio controls preload="metadata" src="([^"]+)"', page)
   assert len(srcs) == 2 * 3                                  # 2 prompts x (base, steered, control)
   for s in srcs:

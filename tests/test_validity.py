@@ -125,3 +125,30 @@ def test_greedy_match_equals_full_greedy(ma, mb):
   B /= np.linalg.norm(B, axis=1, keepdims=True)
   got = validity.greedy_match(A, B, candidates=3, block_rows=7)
   np.testing.assert_array_equal(got, _naive_greedy(A @ B.T))
+
+
+def test_random_direction_control_uses_exactly_the_features_split():
+  """The random-direction control and the features (pipeline._validate_label) partition the
+  prompts identically: same training and held-out prompts, held-out-vocabulary prompts in
+  neither and scored apart, unlabelled prompts nowhere."""
+  from musicsae_jax.analysis import layers, pipeline
+  rng = np.random.default_rng(0)
+  P, values = 120, ["a", "b", "c"]
+  y = rng.integers(0, 3, P)
+  y[rng.random(P) < 0.1] = -1                                   # unlabelled / without rows
+  vocab = rng.random(P) < 0.25                                  # held-out-vocabulary prompts
+  pm, x = rng.random((P, 8)), rng.normal(size=(P, 5))
+  a = {"heldout_fraction": 0.3, "seed": 3, "top_per_label": 2, "null_permutations": 20,
+       "alpha": 0.05}
+  feats = pipeline._validate_label(pm, y, values, a, vocab)     # pylint: disable=protected-access
+  rand = layers.random_direction_features(x, {"k": (values, y)}, 6, a, vocab=vocab)["k"]
+  keys = ("train_prompts", "heldout_prompts", "heldout_vocab_prompts")
+  assert {k: feats["split"][k] for k in keys} == rand["split"]
+  tr, ho, hv = (set(rand["split"][k]) for k in keys)
+  assert not (tr & ho) and not (tr & hv) and not (ho & hv)
+  assert hv == set(np.nonzero(vocab & (y >= 0))[0]) and len(tr | ho | hv) == int((y >= 0).sum())
+  assert all("auroc_heldout_vocab" in b for b in rand["best"].values())
+  # the masks the pipeline hands over are used as they are
+  given = layers.random_direction_features(x, {"k": (values, y)}, 6, a,
+                                           splits={"k": feats["masks"]})["k"]
+  assert given["split"] == rand["split"] and given["best"] == rand["best"]

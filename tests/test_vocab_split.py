@@ -75,6 +75,9 @@ def test_analyze_reports_both_splits(tmp_path):
   assert content["heldout_vocab"]["auroc"] == 1.0 and content["heldout_vocab"]["passes"]
   assert word["heldout_vocab"]["auroc"] == 0.5 and not word["heldout_vocab"]["passes"]
   assert "sad" in em["null_heldout_vocab"]["max_auroc_threshold"]
+  rand = json.load(open(paths["probes_by_layer"]))["table"]["emotion"]["sae"]["random_directions"]
+  assert rand["split"] == {k: em["split"][k] for k in rand["split"]}    # the features' partition
+  assert len(rand["split"]["heldout_vocab_prompts"]) == 4 * VOCAB_PER
   pr = {r["name"]: r for r in json.load(open(paths["probes"]))["probes"]["emotion"]}
   t5, lm = pr["t5.pooled"], pr["lm.layer.0"]
   assert t5["n"] == 4 * TRAIN_PER and t5["heldout_vocab"]["n"] == 4 * VOCAB_PER

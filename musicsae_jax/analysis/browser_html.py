@@ -286,7 +286,10 @@ def steering_html(entries: list[dict] | None, prompts: list[str] = (), audio=Non
           v = [c["stats"][k]["mean"] for c in ctrl if (c["stats"].get(k) or {}).get("mean") is not None]
           rng.append(f"{min(v):+.3g} … {max(v):+.3g}" if v else "–")
         rows.append(f"<tr class='note'><td>controls</td>" + "".join(f"<td>{c}</td>" for c in rng) + "</tr>")
-    out += (f"<h3>{_esc(e.get('label') or '')}</h3><table><tr><th>strength</th>"
+    verdict = (e.get("verdict") or {}).get("text")
+    out += (f"<h3>{_esc(e.get('label') or '')}</h3>"
+            + (f"<p><b>{_esc(e.get('method', 'add'))}: {_esc(verdict)}</b></p>" if verdict else "")
+            + "<table><tr><th>strength</th>"
             + "".join(f"<th>Δ {_esc(k)}</th>" for k in measures) + "</tr>" + "".join(rows) + "</table>")
     if audio is None:
       continue

@@ -104,16 +104,20 @@ def _row(r: dict) -> dict:
           "gap": r["accuracy"] - shuffled if np.isfinite(shuffled) else r["accuracy"] - r["chance"]}
 
 
-def random_direction_features(x: np.ndarray, labels: dict, m: int, a: dict) -> dict:
+def random_direction_features(x: np.ndarray, labels: dict, m: int, a: dict, *,
+                              vocab: np.ndarray | None = None, splits: dict | None = None) -> dict:
   """The control for "the best SAE feature per label value": the best of m random unit
   directions of the SAE's site, chosen on the same training prompts and scored on the same
-  held-out prompts as the features (validity.heldout_split with analysis.heldout_fraction
-  and seed; ranked by training AUROC, more active in the label).
+  held-out (and held-out-vocabulary) prompts as the features: `splits[key]` (the masks of
+  `validity.feature_split` the features used), else that function on (y, vocab) with
+  analysis.heldout_fraction and seed; ranked by training AUROC, more active in the label.
 
   x: [P, d] per-prompt means of the raw site (a projection of the mean is the mean of the
-  projection); labels: {key: (values, y)} with y = -1 where unlabelled or without rows.
-  Returns {key: {"m", "seed", "best": {value: {id, auroc (held-out), auroc_train}}}}: an SAE
-  feature whose held-out AUROC beats this reads the label better than a random direction.
+  projection); labels: {key: (values, y)} with y = -1 where unlabelled or without rows;
+  vocab: [P] held-out-vocabulary prompts. Returns {key: {"m", "seed", "split" (prompt
+  positions of each part), "best": {value: {id, auroc (held-out), auroc_train[,
+  auroc_heldout_vocab]}}}}: an SAE feature whose held-out AUROC beats this reads the label
+  better than a random direction.
   """
   from musicsae_jax.analysis import validity
   rng = np.random.default_rng([int(a["seed"]), 0xD1CE])
@@ -121,14 +125,22 @@ def random_direction_features(x: np.ndarray, labels: dict, m: int, a: dict) -> d
   proj = np.asarray(x, np.float64) @ (R / np.linalg.norm(R, axis=0))
   out = {}
   for key, (values, y) in labels.items():
-    train, held = validity.heldout_split(y, float(a["heldout_fraction"]), int(a["seed"]))
+    masks = (splits or {}).get(key) or validity.feature_split(
+        y, vocab, float(a["heldout_fraction"]), int(a["seed"]))
+    train, held, hv = masks["train"], masks["heldout"], masks["heldout_vocab"]
     sel_tr = lab.selectivity(proj[train], y[train], values)
     sel_ho = lab.selectivity(proj[held], y[held], values)
+    sel_v = lab.selectivity(proj[hv], y[hv], values) if len(np.unique(y[hv])) >= 2 else None
     tops = lab.top_features_per_label(sel_tr, 1)
-    out[key] = {"m": int(m), "seed": int(a["seed"]), "best": {
-        val: {"id": tops[val][0], "auroc": float(sel_ho["auroc"][k, tops[val][0]]),
-              "auroc_train": float(sel_tr["auroc"][k, tops[val][0]])}
-        for k, val in enumerate(values) if tops[val]}}
+    best = {}
+    for k, val in enumerate(values):
+      if tops[val]:
+        f = tops[val][0]
+        best[val] = {"id": f, "auroc": float(sel_ho["auroc"][k, f]),
+                     "auroc_train": float(sel_tr["auroc"][k, f]),
+                     **({"auroc_heldout_vocab": float(sel_v["auroc"][k, f])} if sel_v else {})}
+    out[key] = {"m": int(m), "seed": int(a["seed"]), "split": validity.split_prompts(masks),
+                "best": best}
   return out
 
 
@@ -312,16 +324,19 @@ def probe_layers(config, workdir: str, *, label_keys=(), sites=(), run: str | No
       values, y = lab.label_vector(ds.prompts, key)
       labels[key] = (values, np.where(has_rows, y, -1))
     x_site, _ = stats.prompt_means(ds.site(sae_site), len(ds.prompts))
-    rand = random_direction_features(x_site, labels, pm.shape[1], a)
+    vocab = np.array([p.get("split") == pipeline.HELDOUT_VOCAB for p in ds.prompts], bool)
+    splits = {}
     for key in results:
       values, y = lab.label_vector(ds.prompts, key)
-      v = pipeline._validate_label(pm, np.where(has_rows, y, -1), values, a)  # pylint: disable=protected-access
+      v = pipeline._validate_label(pm, np.where(has_rows, y, -1), values, a, vocab)  # pylint: disable=protected-access
+      splits[key] = v["masks"]
       best = {}
       for k, val in enumerate(values):
         if v["tops"][val]:
           f = v["tops"][val][0]
           best[val] = {"id": f, **pipeline._feature_scores(v, k, f, float(a["alpha"]))}  # pylint: disable=protected-access
       feats[key] = best
+    rand = random_direction_features(x_site, labels, pm.shape[1], a, splits=splits)
   settings = {k: a[k] for k in ("probe_folds", "probe_l2", "probe_steps", "probe_shuffles", "seed")}
   tab = table(results, feats, dataset=a["dataset"], run=run or None, settings=settings,
               skipped=skipped, random_directions=rand)

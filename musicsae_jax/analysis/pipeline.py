@@ -176,7 +176,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
   listed = {f["id"] for f in disc["features"]}
   has_rows = st.prompt_count > 0
   pm = st.prompt_mean
-  sel_out, top_out, heat, label_scores = {}, {}, {}, {}
+  sel_out, top_out, heat, label_scores, splits = {}, {}, {}, {}, {}
   audio_src = os.path.join(ds_path, "audio")
   out_dir = os.path.join(workdir, "reports", a["run"])
   os.makedirs(out_dir, exist_ok=True)
@@ -185,6 +185,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
   for key, (values, y) in label_info.items():
     yk = np.where(has_rows, y, -1)
     v = _validate_label(pm, yk, values, a, vocab)
+    splits[key] = v["masks"]
     sel, tops = v["heldout"], v["tops"]
     label_scores[key] = {"values": values, "auroc_train": v["train"]["auroc"],
                          "auroc": sel["auroc"], "p_fwer": v["p_fwer"]}
@@ -315,7 +316,8 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
     browser_link = os.path.relpath(b["index"], out_dir)
   req = labelers.write_request(out_dir, st, disc["features"], lab_cfg, site=site_name,
                                frame_rate=ds.manifest.get("model", {}).get("frame_rate"),
-                               dataset_path=ds_path)
+                               dataset_path=ds_path,
+                               descriptors=(desc, desc_names) if desc is not None else None)
   if req:
     paths["label_examples"] = req
   tr_png = os.path.join(workdir, "runs", a["run"], "training_curves.png")
@@ -339,9 +341,9 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
   with open(paths["report"], "w") as f:
     f.write(html_text)
   raw = {name: (x, ok) for name, x, ok in inputs}
-  rand = layers.random_direction_features(raw[site_name][0], {
-      k: (v, np.where(has_rows & raw[site_name][1], y, -1)) for k, (v, y) in label_info.items()},
-      m, a) if site_name in raw else None
+  rand = layers.random_direction_features(raw[site_name][0], {   # the features' own split
+      k: (v, np.where(has_rows, y, -1)) for k, (v, y) in label_info.items()},
+      m, a, splits=splits) if site_name in raw else None
   tab = layers.table(probe_out, layers.sae_best_features(sel_out), dataset=a["dataset"],
                      run=a["run"], settings=probes_json["settings"], random_directions=rand)
   if tab["label_keys"]:                   # concepts across lm.layer.* sites (+ the SAE)
@@ -362,9 +364,10 @@ def _validate_label(pm: np.ndarray, yk: np.ndarray, values: list[str], a: dict,
   they are scored apart (`vocab`: selectivity, null, p_fwer) when they carry the label.
   """
   vocab = np.zeros(len(yk), bool) if vocab is None else np.asarray(vocab, bool)
-  yv = np.where(vocab, yk, -1)
+  masks = validity.feature_split(yk, vocab, float(a["heldout_fraction"]), int(a["seed"]))
+  yv = np.where(masks["heldout_vocab"], yk, -1)
   yk = np.where(vocab, -1, yk)
-  train, held = validity.heldout_split(yk, float(a["heldout_fraction"]), int(a["seed"]))
+  train, held = masks["train"], masks["heldout"]
   sel_tr = lab.selectivity(pm[train], yk[train], values)
   tops = lab.top_features_per_label(sel_tr, int(a["top_per_label"]))
   sel_ho = lab.selectivity(pm[held], yk[held], values)
@@ -382,8 +385,9 @@ def _validate_label(pm: np.ndarray, yk: np.ndarray, values: list[str], a: dict,
                                        for k, val in enumerate(values)},
                "max_auroc_median": {val: float(np.median(nm[:, k])) for k, val in enumerate(values)}}
   split = {"heldout_fraction": float(a["heldout_fraction"]), "seed": int(a["seed"]),
-           "train_counts": sel_tr["counts"], "heldout_counts": sel_ho["counts"]}
-  out = {"train": sel_tr, "heldout": sel_ho, "tops": tops, "null": null_info, "split": split,
+           "train_counts": sel_tr["counts"], "heldout_counts": sel_ho["counts"],
+           **validity.split_prompts(masks)}
+  out = {"masks": masks, "train": sel_tr, "heldout": sel_ho, "tops": tops, "null": null_info, "split": split,
          "p_raw": null["p_raw"], "p_fwer": null["p_fwer"], "q_bh": q, "bh_features": bh}
   if len(np.unique(yv[yv >= 0])) >= 2:
     on = yv >= 0

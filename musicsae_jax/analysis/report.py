@@ -391,7 +391,7 @@ _ALPHA = {"add": "the direction's multiple", "scale": "factor on the feature thr
 
 
 def _stat_cell(st: dict | None) -> str:
-  """'mean [lo, hi] p' of one paired change (p: paired t-test)."""
+  """'mean [lo, hi] p' of one paired change (interval: steer.json's `ci_method`; p: paired t)."""
   if not st or st.get("mean") is None:
     return "–"
   ci = f" [{st['ci'][0]:+.3g}, {st['ci'][1]:+.3g}]" if st.get("ci") else ""
@@ -417,6 +417,7 @@ def steering_section(steer: dict, plot_b64: str | None) -> str:
              f"on {concept['train_clips']} unsteered reference clips of {html.escape(concept['label_key'])}"
              f" (leave-one-out accuracy {_f(acc, 2)} vs chance {_f(concept['chance'], 2)}: the "
              "score means something only well above chance).")
+  tag = {"mean_difference": "caa", "probe": "probe"}.get(steer.get("directions_kind"), "f")
   clap = steer.get("clap", {})
   if "skipped" in clap:
     cnote += f" CLAP measures skipped: {html.escape(str(clap['skipped']))}."
@@ -424,8 +425,22 @@ def steering_section(steer: dict, plot_b64: str | None) -> str:
     cnote += (f" CLAP ({html.escape(str(clap.get('model')))}): clap_prompt = cosine to the clip's "
               "own prompt (adherence); clap_concept = cosine to '&lt;target&gt; music' minus the "
               "mean over the other label values.")
-  body = img(plot_b64, "steering: concept vs drift") if plot_b64 else "<p>no steer.png</p>"
-  tag = {"mean_difference": "caa", "probe": "probe"}.get(steer.get("directions_kind"), "f")
+  cm = (steer.get("concept_measure") or {})
+  if "concept_measure" in steer and cm.get("name") is None:
+    cnote += (f" No independent concept score ({html.escape(str(cm.get('why', '')))}): no "
+              "verdict, and the plot shows drift only (the steered feature's own activation is "
+              "not a concept score).")
+  elif cm.get("name"):
+    cnote += f" Verdicts and the plot use Δ {html.escape(cm['name'])}."
+  warn = "".join(f'<p class="warn"><b>{html.escape(w)}</b></p>' for w in steer.get("warnings", []))
+  body = warn + (img(plot_b64, "steering: concept vs drift") if plot_b64 else "<p>no steer.png</p>")
+  verdicts = [[html.escape(f.get("method", steer.get("method", "add"))),
+               html.escape(f"{tag}{f['feature']} {f.get('label') or ''}"),
+               html.escape(f["verdict"]["text"])] for f in steer["features"] if f.get("verdict")]
+  if verdicts:
+    level = steer.get("significance", 0.05)
+    body += (f"<h3>Verdicts (rank p among the controls at each strength, level {level:g})</h3>" +
+             _table(["method", "feature", "verdict"], verdicts))
   methods = steer.get("methods") or [{"method": steer.get("method", "add"),
                                       "controls": steer["controls"]}]
   for f in steer["features"]:
@@ -436,12 +451,19 @@ def steering_section(steer: dict, plot_b64: str | None) -> str:
       ctrl = [c for c in f["control"] if c["alpha"] == s["alpha"]]
       row = [f"steered α={s['alpha']:g}"] + [_stat_cell(s["stats"].get(m)) for m in measures]
       rows.append(row)
-      if ctrl:
+      vc = s.get("vs_controls") or {}
+      if vc.get("p_rank") is not None:
+        row[0] += (f" (rank p vs controls {vc['p_rank']:.2g}: " + ", ".join(
+            f"{html.escape(k)} {v['p_rank']:.2g}" for k, v in vc["by_kind"].items()
+            if v.get("p_rank") is not None) + ")")
+      for kind in dict.fromkeys(c.get("kind", "") for c in ctrl):   # one band per strength, kind
+        kc = [c for c in ctrl if c.get("kind", "") == kind]
         rng = []
         for m in measures:
-          v = [c["stats"][m]["mean"] for c in ctrl if m in c["stats"] and c["stats"][m]["mean"] is not None]
+          v = [c["stats"][m]["mean"] for c in kc if m in c["stats"] and c["stats"][m]["mean"] is not None]
           rng.append(f"{min(v):+.3g} … {max(v):+.3g}" if v else "–")
-        rows.append([f"controls α={s['alpha']:g} (range of {len(ctrl)})"] + rng)
+        rows.append([f"controls{' ' + html.escape(kind) if kind else ''} α={s['alpha']:g} "
+                     f"(range of {len(kc)})"] + rng)
     body += f"<h3>{html.escape(title)}</h3>" + _table(["condition"] + [f"Δ {m}" for m in measures], rows)
     # per prompt: values of each measure, baseline and every strength
     pp_rows = []
@@ -467,7 +489,8 @@ def steering_section(steer: dict, plot_b64: str | None) -> str:
   per_method = "; ".join(
       f"<b>{html.escape(m['method'])}</b>: α = {_ALPHA.get(m['method'], '')}"
       f"{(' × the site mean norm' if steer.get('relative') else ', raw units') if m['method'] == 'add' else ''}"
-      f", {m['controls']['count']} controls "
+      f", {m['controls']['count']} controls"
+      f"{' per kind and strength' if len(m['controls'].get('kinds') or []) > 1 else ' per strength'} "
       f"({html.escape(str(m['controls'].get('kind', 'random directions of the same norm')))})"
       for m in methods)
   note = (f"launch.steer ({html.escape(str(steer.get('directions_kind', 'sae_decoder')))}, "
@@ -475,10 +498,14 @@ def steering_section(steer: dict, plot_b64: str | None) -> str:
           f"{html.escape(str(steer['site']))}: every exported direction × method × strength "
           f"and its controls ({per_method}), one shared baseline, same prompts and seed "
           f"({len(steer['prompts'])} prompts). Cells: mean paired change vs baseline over prompts "
-          "[95% bootstrap CI] and paired t-test p. nll: token NLL of the generated codes under the "
+          f"[{100 * (steer.get('ci') or {}).get('level', 0.95):g}% "
+          f"{html.escape(str((steer.get('ci') or {}).get('method', 'bootstrap')).replace('_', ' '))} "
+          "interval] and paired t-test p; rank p: (1 + controls at or above the steered change) / "
+          "(1 + controls), at the same strength, per kind of control (the largest counts). nll: token NLL of the generated codes under the "
           "unsteered model (drift; nats/token). feature_act_replay: the feature on an unhooked "
-          "re-read of the steered music. Plot: Δ concept against Δ NLL; grey points and band are "
-          f"the controls: steering worked where the point leaves the band at small drift. {cnote} "
+          "re-read of the steered music. Plot: Δ concept against Δ NLL; grey points and boxes are "
+          f"the controls, one box per strength: steering worked where the point at a strength "
+          f"leaves that strength's box at small drift. {cnote} "
           "Numbers and every per-prompt value: steer.json.")
   return _section(STEERING_SECTION, "Steering", note, body)
 
@@ -536,8 +563,10 @@ def labels_section(labels: dict) -> str:
   note = ("Labels per discovered feature from each labeller, each scored on held-out clips "
           "(prompts not used to label) by every scorer available: clap = the AUROC of CLAP "
           "text-to-audio similarity of the label separating activating from non-activating "
-          "snippets; llm = the balanced accuracy of the LLM telling them apart from the label "
-          "alone. 0.5 is chance; per scorer, the control row scores a random vocabulary word "
+          "snippets; llm_blind = the balanced accuracy of the LLM telling them apart given the "
+          "label and, per snippet, only its time window and CLAP's closest descriptors (no "
+          "caption, no labels); llm_with_captions (when asked for) also shows each snippet's "
+          "caption and labels, so a label can be matched by reading. 0.5 is chance; per scorer, the control row scores a random vocabulary word "
           "the same way. CLAP margin: similarity to the feature's snippets minus similarity to "
           "random snippets (z: in standard errors). " + "; ".join(notes) +
           ". Everything: labels.json.")

@@ -37,6 +37,23 @@ def heldout_split(y: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.nda
   return (y >= 0) & ~held, held
 
 
+def feature_split(yk: np.ndarray, vocab: np.ndarray | None, fraction: float,
+                  seed: int = 0) -> dict[str, np.ndarray]:
+  """The one partition of prompts every feature claim and its controls use: boolean masks
+  `train` (selection), `heldout` (scoring) and `heldout_vocab` (held-out-vocabulary prompts
+  that carry the label: never in the random split, scored apart). yk: label ids, -1 where
+  unlabelled or without rows; vocab: held-out-vocabulary prompts (None: none)."""
+  yk = np.asarray(yk)
+  vocab = np.zeros(len(yk), bool) if vocab is None else np.asarray(vocab, bool)
+  train, held = heldout_split(np.where(vocab, -1, yk), fraction, seed)
+  return {"train": train, "heldout": held, "heldout_vocab": vocab & (yk >= 0)}
+
+
+def split_prompts(masks: dict[str, np.ndarray]) -> dict[str, list[int]]:
+  """The partition as prompt positions (JSON): what a reader compares across outputs."""
+  return {f"{k}_prompts": [int(i) for i in np.nonzero(v)[0]] for k, v in masks.items()}
+
+
 # --- permutation null for AUROC over many features --------------------------------------------
 
 

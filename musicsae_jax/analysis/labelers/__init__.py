@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from musicsae_jax import defaults
-from musicsae_jax.analysis.labelers import clap, examples, llm, scoring
+from musicsae_jax.analysis.labelers import clap, descriptors as desc_lib, examples, llm, scoring
 from musicsae_jax.analysis.stats import AnalysisError
 
 LABELERS = ("words", "clap", "llm")
@@ -47,6 +47,12 @@ def resolve(a: dict) -> dict:
     raise AnalysisError(f"unknown analysis.labeling fields {unknown}; known: {sorted(s)}")
   s.update(given)
   s["labelers"] = names
+  modes = (s["llm_detection"],) if isinstance(s["llm_detection"], str) else tuple(s["llm_detection"])
+  bad = [m for m in modes if m not in llm.DETECTION_MODES]
+  if not modes or bad:
+    raise AnalysisError(f"analysis.labeling.llm_detection={modes}: choose one or more of "
+                        f"{tuple(llm.DETECTION_MODES)}")
+  s["llm_detection"] = modes
   return s
 
 
@@ -64,10 +70,12 @@ def vocabulary(path: str) -> list[str]:
 
 
 def write_request(out_dir: str, st, features: list[dict], s: dict, *, frame_rate: float | None,
-                  dataset_path: str, site: str) -> str | None:
+                  dataset_path: str, site: str, descriptors=None) -> str | None:
   """label_examples.json for `features` (features.json entries): its path, or None when no
   labeler needs it or there are no audio frames to cut (a text site, no saved audio: then
-  the file holds {"skipped": reason} for `write_labels`)."""
+  the file holds {"skipped": reason} for `write_labels`). `descriptors`: (the store's
+  audio.descriptors site, its names): each snippet's z-scores go into the request for the
+  LLM (labelers.descriptors)."""
   path = os.path.join(out_dir, REQUEST)
   for stale in (path, os.path.join(out_dir, EMBEDDINGS + ".json"),
                 os.path.join(out_dir, LABEL_TEXT_EMBEDDINGS + ".json")):
@@ -89,6 +97,14 @@ def write_request(out_dir: str, st, features: list[dict], s: dict, *, frame_rate
                         examples=int(s["examples"]), contrast=int(s["contrast"]),
                         random_snippets=int(s["random_snippets"]),
                         snippet_seconds=float(s["snippet_seconds"]), seed=int(s["seed"]))
+  if descriptors is not None:
+    source, names = descriptors
+    z = desc_lib.zscores(desc_lib.snippet_means(source, req["snippets"],
+                                                getattr(st, "row_span", None)), req["random"])
+    req["descriptors"] = {"names": list(names), "reference": "z-score of the snippet's mean "
+                          "over frames against the shared random snippets",
+                          "z": [[None if not np.isfinite(v) else round(float(v), 3) for v in r]
+                                for r in z]}
   vocab = vocabulary(s["vocabulary"])
   word_labels = sorted({f["heuristic_label"] for f in feats if f.get("heuristic_label")})
   req.update({"dataset_path": dataset_path, "audio_dir": audio_dir,
@@ -249,7 +265,11 @@ def write_labels(out_dir: str, s: dict, workdir: str, log: Callable[[str], None]
       log(f"labels: CLAP scores of some labels skipped: {no_vec}")
 
   # 3. detection: every label by every scorer, and a random vocabulary word as control
-  scorers = [n for n, ok in (("clap", emb), ("llm", client)) if ok]
+  scorers = (["clap"] if emb else []) + ([f"llm_{m}" for m in s["llm_detection"]] if client else [])
+  if client and "blind" in s["llm_detection"] and not snip_words:
+    log("labels: llm_blind sees no CLAP descriptors (no CLAP embeddings)" +
+        ("" if req and req.get("descriptors") else
+         " and no acoustic descriptors (no audio.descriptors site): expect chance"))
   control = {sc: [] for sc in scorers}
   out_feats = []
   for feat, ex, entry in todo:
@@ -266,7 +286,8 @@ def write_labels(out_dir: str, s: dict, workdir: str, log: Callable[[str], None]
                  if v is not None else {"scorer": "clap", "skipped": no_vec})
           score = det.get("auroc")
         else:
-          det = _llm_detect(client, lab_["label"], held, ex, req, feats_json, snip_words)
+          det = _llm_detect(client, lab_["label"], held, ex, req, feats_json, snip_words,
+                            mode=sc[len("llm_"):])
           score = det.get("balanced_accuracy")
         lab_["scores"][sc], lab_["detection"][sc] = score, det
     if ex and controls[feat["id"]]:
@@ -291,7 +312,9 @@ def write_labels(out_dir: str, s: dict, workdir: str, log: Callable[[str], None]
          "labelers": status, "settings": {k: v for k, v in s.items()},
          "vocabulary": ({"path": req["vocabulary"]["path"], "size": len(vocab)} if req else None),
          "scorers": {"clap": "CLAP detection AUROC on held-out snippets (label text vs audio)",
-                     "llm": "LLM detection balanced accuracy on held-out snippets (label alone)"},
+                     **{f"llm_{m}": "LLM detection balanced accuracy on held-out snippets; "
+                                    "the LLM saw " + _saw(req or {}, snip_words, m)[4:]
+                        for m in llm.DETECTION_MODES if m in s["llm_detection"]}},
          "detection": dist, "features": out_feats}
   if client:
     out["llm_requests"] = {"sent": client.requests, "cached": client.cache_hits}
@@ -309,11 +332,15 @@ def write_labels(out_dir: str, s: dict, workdir: str, log: Callable[[str], None]
   return path
 
 
-def _describer(ex, req, feats_json, snip_words):
+def _describer(ex, req, feats_json, snip_words, with_text: bool = True):
   prompts = _prompts(feats_json, req)
   fr, snips = req["frame_rate"], req["snippets"]
+  d = req.get("descriptors")
+  sounds = (lambda i: desc_lib.summary(  # noqa: E731
+      [np.nan if v is None else v for v in d["z"][i]], d["names"])) if d else (lambda i: None)
   return lambda e, act: llm.describe(e, prompts, fr, snips[e["snippet"]],  # noqa: E731
-                                     snip_words[e["snippet"]] if snip_words else None, act)
+                                     snip_words[e["snippet"]] if snip_words else None, act,
+                                     with_text=with_text, sounds=sounds(e["snippet"]))
 
 
 def _explain(client, feat, ex, entry, req, feats_json, snip_words, audio) -> str:
@@ -344,12 +371,14 @@ def _held_out(ex: dict, feature_id: int, s: dict) -> list[tuple[dict, int]]:
   return [held[i] for i in order]
 
 
-def _llm_detect(client, label, held, ex, req, feats_json, snip_words) -> dict:
-  """Can the LLM tell the held-out activating snippets from the rest given only `label`?"""
-  det = {"scorer": "llm", "n_pos": len(ex["heldout_pos"]), "n_neg": len(ex["heldout_neg"])}
+def _llm_detect(client, label, held, ex, req, feats_json, snip_words, mode: str = "blind") -> dict:
+  """Can the LLM tell the held-out activating snippets from the rest given `label` and what
+  `mode` shows of each snippet (llm.DETECTION_MODES; blind: no caption, no labels)?"""
+  det = {"scorer": f"llm_{mode}", "saw": _saw(req, snip_words, mode),
+         "n_pos": len(ex["heldout_pos"]), "n_neg": len(ex["heldout_neg"])}
   if not held:
     return det
-  desc = _describer(ex, req, feats_json, snip_words)
+  desc = _describer(ex, req, feats_json, snip_words, with_text=mode != "blind")
   reply = client.chat(llm.detect_messages(label, [desc(e, False) for e, _ in held]))
   answers = llm.parse_answers(reply, len(held))
   truth = [t for _, t in held]
@@ -360,6 +389,14 @@ def _llm_detect(client, label, held, ex, req, feats_json, snip_words) -> dict:
     det["auroc"] = scoring.auroc([a for a, t in zip(answers, truth) if t],
                                  [a for a, t in zip(answers, truth) if not t])
   return det
+
+
+def _saw(req: dict, snip_words, mode: str) -> str:
+  """What the detecting LLM saw of each snippet, in words (labels.json `saw`)."""
+  got = ["time window"] + (["acoustic descriptors (z vs random snippets)"]
+                           if req.get("descriptors") else [])
+  got += ["CLAP's closest vocabulary descriptors"] if snip_words else []
+  return "the label; per snippet: " + ", ".join(got) + "; " + llm.DETECTION_MODES[mode]
 
 
 _PROMPTS_CACHE: dict = {}

@@ -9,7 +9,9 @@ hosted API), set by environment variables:
 Each response is cached on disk under the SHA-256 of its request (URL + JSON payload), so
 a rerun sends nothing; 5xx, 429 and timeouts are retried with exponential backoff.
 Examples reach the model as text: the prompt caption and labels, the time window, CLAP's
-closest descriptors for the snippet and (for explanation) the activation. With
+closest descriptors for the snippet and (for explanation) the activation. Detection has a
+blind mode (`with_text=False`): no caption and no labels, so a label cannot be matched to
+the snippets by reading the prompts (`DETECTION_MODES`). With
 `analysis.labeling.llm_audio=True` (an audio-capable model) the explain request also carries
 each example snippet as an OpenAI-style `input_audio` part (base64 WAV, the same cut the
 CLAP labeler embeds).
@@ -30,6 +32,10 @@ import urllib.request
 import numpy as np
 
 ENV_URL, ENV_MODEL, ENV_KEY = "MUSICSAE_LLM_URL", "MUSICSAE_LLM_MODEL", "MUSICSAE_LLM_API_KEY"
+# analysis.labeling.llm_detection: what the detecting LLM sees of each held-out snippet
+DETECTION_MODES = {
+    "blind": "no caption, no labels",
+    "with_captions": "its caption and prompt labels too (a label can be matched by reading)"}
 
 
 class LLMError(RuntimeError):
@@ -114,13 +120,18 @@ SYSTEM = ("You explain features of a sparse autoencoder trained on a music gener
 
 
 def describe(ex: dict, prompts: list[dict], frame_rate: float, window: list[int],
-             clap_words: list[str] | None, with_activation: bool) -> str:
-  """One example as a line of text."""
+             clap_words: list[str] | None, with_activation: bool, with_text: bool = True,
+             sounds: list[str] | None = None) -> str:
+  """One example as a line of text; `with_text=False` leaves out the caption and labels;
+  `sounds`: its acoustic descriptors furthest from typical (labelers.descriptors)."""
   p = prompts[ex["prompt_id"]]
   labels = ", ".join(f"{k}={v}" for k, v in (p.get("labels") or {}).items())
   t0, t1 = window[1] / frame_rate, (window[1] + window[2]) / frame_rate
-  parts = [f'caption "{p.get("text", "")}"'] + ([f"labels {labels}"] if labels else [])
+  parts = ([f'caption "{p.get("text", "")}"'] + ([f"labels {labels}"] if labels else [])
+           if with_text else [])
   parts.append(f"time {t0:.1f}-{t1:.1f} s")
+  if sounds:
+    parts.append("sounds: " + ", ".join(sounds))
   if clap_words:
     parts.append("CLAP hears: " + ", ".join(clap_words))
   if with_activation:
