@@ -137,3 +137,19 @@ def test_named_label_that_cannot_be_probed_is_an_error(tmp_path):
     layers.probe_layers(_config(), str(tmp_path), label_keys=["const"], log=lambda _: None)
   with pytest.raises(AnalysisError, match="no lm.layer.<i> site|'lm.layer.9' is not in"):
     layers.probe_layers(_config(), str(tmp_path), sites=["lm.layer.9"], log=lambda _: None)
+
+
+def test_the_table_stars_the_features_that_pass_the_null():
+  """* marks a value whose best feature passes the permutation null (as a reader expects of
+  a star), and the note says so; a failing feature is left unmarked."""
+  layer = {"accuracy": 0.9, "accuracy_std": 0.05, "shuffled_accuracy": 0.5, "gap": 0.4}
+  tab = {"label_keys": ["mode"], "sites": ["lm.layer.1"], "skipped": {},
+         "table": {"mode": {"layers": [layer], "classes": ["major", "minor"], "chance": 0.5,
+                            "best_site": "lm.layer.1",
+                            "sae": {"site": "lm.layer.1", "accuracy": 0.8,
+                                    "features": {"major": {"id": 7, "auroc": 0.97, "passes": True},
+                                                 "minor": {"id": 9, "auroc": 0.61, "passes": False}}}}}}
+  html = layers.section(tab)
+  assert "major: f7 0.97*" in html
+  assert "minor: f9 0.61" in html and "minor: f9 0.61*" not in html
+  assert "* = passes the best-of-m permutation null" in html

@@ -242,7 +242,7 @@ def section(tab: dict) -> str:
     if sae and sae.get("features"):
       rand = (sae.get("random_directions") or {}).get("best", {})
       feats = ", ".join(f"{html.escape(str(v))}: f{x['id']} {f(x.get('auroc'), 2)}"
-                        + ("" if x.get("passes", True) else "*")
+                        + ("*" if x.get("passes") else "")
                         + (f" (random {f(rand[v].get('auroc'), 2)})" if v in rand else "")
                         for v, x in sae["features"].items())
     rows.append([html.escape(key), len(e["classes"]), f(e["chance"], 2), *cells,
@@ -257,8 +257,8 @@ def section(tab: dict) -> str:
           "logistic probe accuracy on per-prompt mean activations ± std over folds, with the "
           "shuffled-label control (sh) that must sit near chance 1/K. Colour: accuracy − "
           "control. The SAE columns probe the run's latents and name each value's best "
-          "feature (selected on training prompts, AUROC on held-out ones; * = does not pass "
-          "the best-of-m permutation null) beside its random-direction control: the best of "
+          "feature (selected on training prompts, AUROC on held-out ones; * = passes the "
+          "best-of-m permutation null, unmarked = does not) beside its random-direction control: the best of "
           "as many random directions of the site, chosen and scored the same way. From "
           "probes_by_layer.json.")
   return report._section(SECTION, "Concepts across layers", note, body)  # pylint: disable=protected-access
