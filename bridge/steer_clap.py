@@ -44,8 +44,11 @@ def _tiny(seed: int = 0, extra_words=(), sampling_rate: int = 48000, spec_size: 
   torch.manual_seed(seed)
   model = ClapModel(ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(),
                                projection_dim=16)).eval()
+  # The mel bank stops at Nyquist (CLAP's 14 kHz default is above it at the tiny model's
+  # rates, leaving empty filters and a transformers warning in every analyze log).
   fe = ClapFeatureExtractor(feature_size=64, sampling_rate=sampling_rate, truncation="rand_trunc",
-                            max_length_s=max_length_s)
+                            max_length_s=max_length_s,
+                            frequency_max=min(14000, sampling_rate // 2))
   return model, fe, tokenizer
 
 

@@ -27,14 +27,28 @@ _REPORT = ("import sys; from musicsae_jax.analysis import localize_report; "
            "print(localize_report.update(sys.argv[1]))")
 
 
+def fidelity_headline(path: str) -> str:
+  """'fidelity: FVU 0.08, L0 31.9, loss recovered 0.94 (cond half)' from fidelity.json."""
+  import json
+  from musicsae_jax import summary
+  with open(path) as f:
+    halves = json.load(f).get("halves", {})
+  parts = [f"FVU {summary.number(h.get('fvu'))}, L0 {summary.number(h.get('l0'))}, loss "
+           f"recovered {summary.number(h.get('loss_recovered_mean'))} ({name} half)"
+           for name, h in halves.items()]
+  return "fidelity: " + ("; ".join(parts) or "no halves measured")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from bridge import localize
   with common.user_errors():
     written = localize.run_localize(_CONFIG.value, _WORKDIR.value, _WHAT.value)
-  for path in written.values():
-    print(path)
+  for name, path in written.items():
+    print(f"{name}: {path}")
+  if "fidelity" in written:
+    print(fidelity_headline(written["fidelity"]))
   dirs = sorted({os.path.dirname(p) for k, p in written.items() if k != "fidelity_members"})
   for report_dir in dirs:            # the run's folder, and each sweep member's
     report = subprocess.run([sys.executable, "-c", _REPORT, report_dir], cwd=common.REPO_ROOT)

@@ -18,7 +18,8 @@ a member, fails at once); a resumed member whose experiment changed is refused w
 differing fields (`--overwrite` starts the whole sweep over). Multi-host: run the same
 command on every host, as for launch.train (`--multihost`, or the environment).
 """
-import json
+
+import os
 
 from absl import app, flags, logging
 
@@ -56,8 +57,9 @@ def main(argv):
     record = sweep.train_sweep(_CONFIG.value, _WORKDIR.value, _SWEEP.value,  # SweepError too
                                _MEMBER_STEP.value, overwrite=_OVERWRITE.value)
   if jax.process_index() == 0:
-    for r in record["members"]:
-      print(json.dumps({k: r.get(k) for k in ("run", "fvu", "l0", "dead_frac", "pareto")}))
+    from musicsae_jax import summary
+    print("\n".join(summary.sweep(record, os.path.join(os.path.abspath(_WORKDIR.value), "runs",
+                                                       _CONFIG.value.run))))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,10 @@ def main(argv):
     final = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
   import jax
   if jax.process_index() == 0:
-    print(final)
+    import os
+    from musicsae_jax import summary
+    print("\n".join(summary.train(final, os.path.join(os.path.abspath(_WORKDIR.value), "runs",
+                                                       _CONFIG.value.run))))
   if final.get("preempted"):       # checkpointed on SIGTERM: not done, rerun to resume
     from musicsae_jax import preemption
     preemption.exit_preempted()

@@ -1,5 +1,6 @@
 """Where a concept lives: fidelity splice, CE/KL, layer ablation, patching, attention sites."""
 import contextlib
+import json
 
 import numpy as np
 import pytest
@@ -363,3 +364,13 @@ def test_audio_patching_of_the_last_layer_moves_all_the_way(model, clip_folder):
   page = localize_report.patching_section(pt, "")
   assert "audio:tempo" in page and "1 of 2 (others also differ in" in page
   assert "c0 (tempo=60)" in page and "no text" in page
+
+
+def test_launch_localize_headline_reads_fidelity_json(tmp_path):
+  """The line launch.localize prints after the paths: each half's numbers, rounded."""
+  from launch import localize as launch_localize
+  path = tmp_path / "fidelity.json"
+  path.write_text(json.dumps({"halves": {"cond": {"fvu": 0.0816192403, "l0": 31.94,
+                                                  "loss_recovered_mean": 0.9412345}}}))
+  assert launch_localize.fidelity_headline(str(path)) == (
+      "fidelity: FVU 0.08162, L0 31.94, loss recovered 0.9412 (cond half)")

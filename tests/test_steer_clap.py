@@ -26,3 +26,13 @@ def test_clap_skips_with_one_clear_reason(tmp_path):
     assert scorer is None and needle in why and "\n" not in why
   scorer, why = steer_clap.ClapScorer.load(str(tmp_path))       # a directory without a model
   assert scorer is None and "could not be loaded" in why
+
+
+def test_tiny_clap_builds_without_a_mel_warning():
+  """The tiny CLAP's mel bank ends at Nyquist: no 'all zero values' warning in the logs."""
+  import warnings
+  from bridge import steer_clap
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    steer_clap._tiny(sampling_rate=16000)        # pylint: disable=protected-access
+  assert not [w for w in caught if "mel filter" in str(w.message)], [str(w.message) for w in caught]

@@ -188,8 +188,10 @@ def test_launch_script_writes_the_sweep_picture(tmp_path):
          "--config.train.batch_size=128"]
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
   assert out.returncode == 0, out.stderr[-3000:]
-  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-  assert [r["run"] for r in rows] == ["synthetic_tiny/k4", "synthetic_tiny/k8"]
+  lines = out.stdout.strip().splitlines()
+  assert [ln[2:].split(":")[0] for ln in lines[:-1]] == ["synthetic_tiny/k4", "synthetic_tiny/k8"]
+  assert all(", L0 " in ln and ", dead " in ln for ln in lines[:-1]), lines
+  assert lines[-1].endswith(f"written to {tmp_path}/runs/synthetic_tiny: sweep.json, sweep.png")
   run = tmp_path / "runs" / "synthetic_tiny"
   assert (run / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert (run / "k4" / "training_curves.png").exists()
