@@ -515,6 +515,9 @@ def _axis(st: dict | None) -> tuple[float, float, float] | None:
   return m, m - ci[0], ci[1] - m
 
 
+PLOT_COLUMNS = 3      # steer.png panels per row
+
+
 def plot_steering(results: dict, path: str) -> str:
   """The standard plot: Δ concept score vs Δ drift (NLL), per feature and strength.
 
@@ -531,9 +534,12 @@ def plot_steering(results: dict, path: str) -> str:
   from matplotlib.patches import Rectangle
   y_m, why = concept_measure(results)
   feats = results["features"]
-  fig, axes = plt.subplots(1, max(1, len(feats)), figsize=(3.8 * max(1, len(feats)), 3.4),
-                           squeeze=False)
-  for ax, f in zip(axes[0], feats):
+  cols = min(PLOT_COLUMNS, max(1, len(feats)))        # a grid: 8 panels in one row are unreadable
+  rows = -(-max(1, len(feats)) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.8 * rows), squeeze=False)
+  for ax in axes.flat[len(feats):]:
+    ax.set_visible(False)
+  for ax, f in zip(axes.flat, feats):
     nonzero = [s["alpha"] for s in f["steered"] if not s.get("reused_baseline")]
     for j, a in enumerate(nonzero):
       ctrl = [c for c in f["control"] if c["alpha"] == a]

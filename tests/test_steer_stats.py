@@ -204,3 +204,18 @@ def test_several_methods_get_their_own_strengths_controls_and_clip_names():
     c.steer.method = bad
     with pytest.raises(ValueError, match="--config.steer.method="):
       steer_eval.methods_of(steer_eval._config(c))
+
+
+@pytest.mark.parametrize("n,shape", [(1, (1, 1)), (3, (1, 3)), (8, (3, 3))])
+def test_plot_steering_lays_panels_out_in_a_readable_grid(tmp_path, n, shape):
+  """At most 3 panels a row (8 features: 3 rows), so the report shows each at a legible size."""
+  from bridge import steer_eval
+  from PIL import Image
+  feat = lambda i: {"feature": i, "label": "emotion=sad", "target": "sad",
+                    "steered": [{**_cond(0.0, 0.0), "reused_baseline": True}, _cond(4.0, 0.2)],
+                    "control": [_cond(4.0, 0.05, 0), _cond(4.0, -0.05, 1)]}
+  res = {"controls": {"count": 2}, "concept": {"kind": "x"}, "clap": {"skipped": "no"},
+         "features": [feat(i) for i in range(n)]}
+  w, h = Image.open(steer_eval.plot_steering(res, str(tmp_path / "steer.png"))).size
+  rows, cols = shape
+  assert w <= 1200 and abs(w / h - (4.4 * cols) / (3.8 * rows)) < 0.05, (w, h)
