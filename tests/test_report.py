@@ -267,3 +267,17 @@ def test_rerun_keeps_spliced_sections_with_contents(result):
   assert p.sections == list(SECTIONS) + extra
   assert page.count('<nav id="contents">') == 1
   assert all(f'<a href="#{s}">' in page for s in p.sections)
+
+
+@pytest.mark.parametrize("cols", [["major", "minor"], ["a", "b", "c", "d", "e", "f", "g", "h"]])
+def test_heatmap_title_fits_inside_the_figure(cols):
+  """A two-value concept's heatmap keeps its whole title ('mode: ...' was cut to 'ode:')."""
+  from musicsae_jax.analysis import report as report_lib
+  fig = report_lib.heatmap_figure(np.full((5, len(cols)), 0.5), [f"f{i}" for i in range(5)], cols,
+                                  "mode: held-out-vocabulary AUROC per feature")
+  fig.canvas.draw()
+  title = fig.axes[0].title
+  box = title.get_window_extent()
+  assert box.x0 >= 0 and box.x1 <= fig.bbox.width, (box, fig.bbox.width)
+  assert title.get_text().replace("\n", " ") == "mode: held-out-vocabulary AUROC per feature"
+  report_lib.plots.pyplot().close(fig)

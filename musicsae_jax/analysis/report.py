@@ -68,15 +68,24 @@ def _sweep_section(sw: dict) -> str:
 
 def heatmap_png(matrix: np.ndarray, rows: list[str], cols: list[str], title: str) -> str:
   """Features (rows) x label values (columns), AUROC colour scale centred at 0.5."""
+  return _png(heatmap_figure(matrix, rows, cols, title))
+
+
+def heatmap_figure(matrix: np.ndarray, rows: list[str], cols: list[str], title: str):
+  """The figure of `heatmap_png`. The title is wrapped to the figure's width, which grows
+  with the columns: at two label values the whole title still shows ("mode: ...")."""
+  import textwrap
   plt = plots.pyplot()
-  fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 1.0 + 0.28 * len(rows)))
+  width = max(3.6, 1.2 + 0.9 * len(cols))
+  lines = textwrap.wrap(title, width=max(16, int(width * 7)))     # ~7 characters an inch at 10 pt
+  fig, ax = plt.subplots(figsize=(width, 1.0 + 0.28 * len(rows) + 0.2 * len(lines)))
   im = ax.imshow(matrix, cmap="RdBu_r", vmin=0.0, vmax=1.0, aspect="auto")
   ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
   ax.set_yticks(range(len(rows)), rows, fontsize=7)
-  ax.set_title(title)
+  ax.set_title("\n".join(lines), fontsize=10)
   fig.colorbar(im, ax=ax, label="AUROC")
   fig.tight_layout()
-  return _png(fig)
+  return fig
 
 
 def probe_png(results: list[dict], label_key: str) -> str:
