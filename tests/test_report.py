@@ -281,3 +281,13 @@ def test_heatmap_title_fits_inside_the_figure(cols):
   assert box.x0 >= 0 and box.x1 <= fig.bbox.width, (box, fig.bbox.width)
   assert title.get_text().replace("\n", " ") == "mode: held-out-vocabulary AUROC per feature"
   report_lib.plots.pyplot().close(fig)
+
+
+def test_summary_names_the_model_and_its_backend(result):
+  """The report says which model and implementation made the activations (they differ)."""
+  from musicsae_jax.analysis.pipeline import model_line
+  assert model_line({"source": "facebook/musicgen-small", "backend": "transformers"}) == (
+      "facebook/musicgen-small (transformers backend)")
+  assert model_line({"source": "tiny"}) == "tiny (audiocraft backend)"    # before the field
+  assert model_line({}) == "unknown model"                                # e.g. a hand-made store
+  assert "<td>model</td><td>unknown model</td>" in open(result[2]["report"]).read()

@@ -103,6 +103,14 @@ def load_run(workdir: str, run: str, step=None):
   return run_cfg, norm, params, step
 
 
+def model_line(meta: dict) -> str:
+  """'facebook/musicgen-small (audiocraft backend)': which model and implementation made
+  the activations, from the store's manifest (activations differ between backends)."""
+  name = meta.get("source") or meta.get("name") or "unknown model"
+  backend = meta.get("backend") or ("audiocraft" if meta else None)
+  return f"{name} ({backend} backend)" if backend else str(name)
+
+
 def analyze(config, workdir: str, log: Callable[[str], None] = print,
             bars: bool = False) -> dict:
   """Run every analysis for config.run on config.dataset; returns the written paths."""
@@ -325,6 +333,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
       os.path.join(workdir, "runs", a["run"], "metrics.jsonl"))
   html_text = report.render({
       "summary": {"run": a["run"], "checkpoint step": step, "dataset": a["dataset"],
+                  "model": model_line(ds.manifest.get("model") or {}),
                   "site": site_name, "SAE": f"{run_cfg.get('sae', {}).get('architecture')} d={d_run} m={m}",
                   "rows": st.num_rows, "prompts": P, "labels": ", ".join(label_info),
                   "dead features (never fire on these rows)": features["density"]["dead"]},
