@@ -219,3 +219,14 @@ def _page_at(path):
     p.feed(fh.read())
   return p
 
+
+
+def test_steering_blocks_name_their_method():
+  """Two methods on one feature give two blocks with different titles (add / set), not two
+  identical ones."""
+  from musicsae_jax.analysis import browser_html
+  st = lambda a: {"alpha": a, "stats": {"concept": {"mean": 0.1 * a, "ci": [0.0, 0.2 * a]}}}
+  entries = [{"method": m, "label": "emotion=sad", "steered": [st(0.0), st(4.0)], "control": [],
+              "verdict": {"text": f"{m}: no evidence"}} for m in ("add", "set")]
+  page = browser_html.steering_html(entries)
+  assert page.count("<h3>add: emotion=sad</h3>") == 1 and page.count("<h3>set: emotion=sad</h3>") == 1

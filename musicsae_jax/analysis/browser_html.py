@@ -287,8 +287,9 @@ def steering_html(entries: list[dict] | None, prompts: list[str] = (), audio=Non
           rng.append(f"{min(v):+.3g} … {max(v):+.3g}" if v else "–")
         rows.append(f"<tr class='note'><td>controls</td>" + "".join(f"<td>{c}</td>" for c in rng) + "</tr>")
     verdict = (e.get("verdict") or {}).get("text")
-    out += (f"<h3>{_esc(e.get('label') or '')}</h3>"
-            + (f"<p><b>{_esc(e.get('method', 'add'))}: {_esc(verdict)}</b></p>" if verdict else "")
+    method = e.get("method", "add")          # one block per method: the title names it
+    out += (f"<h3>{_esc(method)}: {_esc(e.get('label') or 'feature')}</h3>"
+            + (f"<p><b>{_esc(verdict)}</b></p>" if verdict else "")
             + "<table><tr><th>strength</th>"
             + "".join(f"<th>Δ {_esc(k)}</th>" for k in measures) + "</tr>" + "".join(rows) + "</table>")
     if audio is None:
