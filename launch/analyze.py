@@ -42,8 +42,10 @@ def _labels(paths: dict) -> dict:
                 ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
 
   def bridge(*extra):
-    r = subprocess.run([sys.executable, "-m", "bridge.label_clap", report_dir, *extra],
-                       cwd=common.REPO_ROOT, env=env)
+    from musicsae_jax import progress
+    with progress.heartbeat("labels: CLAP embeddings (bridge.label_clap)", logging.info):
+      r = subprocess.run([sys.executable, "-m", "bridge.label_clap", report_dir, *extra],
+                         cwd=common.REPO_ROOT, env=env)
     if r.returncode:
       sys.exit(f"CLAP labels failed (exit {r.returncode}); rerun: python -m bridge.label_clap "
                f"{' '.join([report_dir, *extra])}")

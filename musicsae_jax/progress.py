@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from typing import Callable
 
@@ -126,3 +127,24 @@ def phase(what: str, log: Callable[[str], None] | None = None):
   t0 = time.time()
   yield
   log(f"{what}: done in {time.time() - t0:.1f} s")
+
+
+@contextlib.contextmanager
+def heartbeat(what: str, log: Callable[[str], None] | None = None, every: float = 15.0):
+  """A line every `every` seconds while a step with no progress of its own runs (an SAE
+  probe over thousands of latents, a CLAP pass in another process); silent when the step
+  ends sooner, so quick steps add no lines."""
+  log = log or _default_log
+  t0, stop = time.time(), threading.Event()
+
+  def beat():
+    while not stop.wait(every):
+      log(f"{what}: still running, {time.time() - t0:.0f} s")
+
+  thread = threading.Thread(target=beat, daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    stop.set()
+    thread.join()

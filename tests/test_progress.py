@@ -33,3 +33,20 @@ def test_phase_lines(capsys):
     pass
   err = capsys.readouterr().err.splitlines()
   assert err[0] == "loading model ..." and err[1].startswith("loading model: done in ")
+
+
+def test_heartbeat_speaks_only_while_a_long_step_runs():
+  """A line every `every` seconds during a slow step; none for a quick one; none after."""
+  import time
+  lines = []
+  with progress.heartbeat("probe emotion on sae:lm.layer.3", lines.append, every=0.05):
+    time.sleep(0.18)
+  n = len(lines)
+  assert n >= 2 and all(ln.startswith("probe emotion on sae:lm.layer.3: still running, ")
+                        for ln in lines), lines
+  time.sleep(0.12)
+  assert len(lines) == n                                     # stopped with the step
+  quick = []
+  with progress.heartbeat("quick", quick.append, every=0.5):
+    pass
+  assert quick == []

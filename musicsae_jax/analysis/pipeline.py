@@ -261,9 +261,11 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
     for name, x, ok in inputs:
       yk = np.where(ok, y, -1)
       t0 = time.time()
-      r = probes.cross_validate(x, yk, values, folds=int(a["probe_folds"]), l2=float(a["probe_l2"]),
-                                steps=int(a["probe_steps"]), shuffles=int(a["probe_shuffles"]),
-                                seed=int(a["seed"]), heldout=vocab)
+      with progress.heartbeat(f"probe {key} on {name}", log):
+        r = probes.cross_validate(x, yk, values, folds=int(a["probe_folds"]),
+                                  l2=float(a["probe_l2"]), steps=int(a["probe_steps"]),
+                                  shuffles=int(a["probe_shuffles"]), seed=int(a["seed"]),
+                                  heldout=vocab)
       r["name"] = name
       res.append(r)
       hv = (f"; held-out vocabulary {r['heldout_vocab']['accuracy']:.3f} on "
@@ -274,10 +276,11 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
       idx = np.nonzero(yk >= 0)[0]
       if len(idx) > int(a["cosine_max_prompts"]):
         idx = np.sort(rng.choice(idx, int(a["cosine_max_prompts"]), replace=False))
-      for center in (False, True):
-        c = lab.label_cosine(x[idx], yk[idx], values, permutations=int(a["cosine_permutations"]),
-                             seed=int(a["seed"]), center=center)
-        sims.append({"site": name, **c})
+      with progress.heartbeat(f"label cosine {key} on {name}", log):
+        for center in (False, True):
+          c = lab.label_cosine(x[idx], yk[idx], values, permutations=int(a["cosine_permutations"]),
+                               seed=int(a["seed"]), center=center)
+          sims.append({"site": name, **c})
     probe_out[key], sim_out[key] = res, sims
     probe_pngs[key] = report.probe_png(res, key)
 
