@@ -93,6 +93,7 @@ def _evaluate(html_path: str, expression: str, timeout: int, what: str):
   from_r, from_w = os.pipe()  # Chromium writes on fd 4, we read
   profile = tempfile.mkdtemp(prefix="chromium-profile-")
   cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--window-size=1000,800",
          "--mute-audio", "--no-first-run", f"--user-data-dir={profile}",
          "--remote-debugging-pipe", "about:blank"]
 

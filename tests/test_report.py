@@ -291,3 +291,20 @@ def test_summary_names_the_model_and_its_backend(result):
   assert model_line({"source": "tiny"}) == "tiny (audiocraft backend)"    # before the field
   assert model_line({}) == "unknown model"                                # e.g. a hand-made store
   assert "<td>model</td><td>unknown model</td>" in open(result[2]["report"]).read()
+
+
+def test_a_wide_table_fits_the_page_in_chromium(tmp_path):
+  """MusicGen-small's 24 layers make a wide concepts table: its cells wrap to fit the page
+  instead of pushing it sideways (checked in headless Chromium, 1000 px wide)."""
+  from musicsae_jax.analysis import report as report_lib
+  from tests import browser
+  browser.require()
+  cell = "0.83<br><small>±0.02 (sh 0.25)</small>"
+  head = ["concept", "K"] + [f"L{i}" for i in range(24)] + ["best SAE feature per value"]
+  rows = [["mode", 2] + [cell] * 24 + ["major: f12345 0.97* (random 0.61), minor: f2345 0.95*"]]
+  page = tmp_path / "wide.html"
+  page.write_text(report_lib._page("wide", report_lib._table(head, rows)))   # pylint: disable=protected-access
+  got = browser.evaluate(str(page), "Promise.resolve(JSON.stringify({page: "
+                         "document.documentElement.clientWidth, table: Math.ceil("
+                         "document.querySelector('table').getBoundingClientRect().right)}))")
+  assert got["table"] <= got["page"], got

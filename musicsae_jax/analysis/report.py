@@ -125,8 +125,8 @@ def _f(x, nd=3) -> str:
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
-table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;
-padding:3px 6px;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}
+table{border-collapse:collapse;margin:.5em 0;font-size:13px;max-width:100%}
+td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top;overflow-wrap:anywhere}th{background:#f3f3f3}img{max-width:100%}
 .note{color:#555;font-size:13px}audio{height:28px}
 #contents{font-size:13px;line-height:1.8;padding:.4em .6em;background:#f7f7f7;
 border:1px solid #ddd}"""
