@@ -181,3 +181,18 @@ def test_training_on_a_store_with_a_missing_shard_fails_naming_the_file(tmp_path
   with pytest.raises(store.MissingDataError, match=f"{shard}: missing shard file"):
     train.train_and_evaluate(_store_cfg(), str(tmp_path))
   assert not os.path.exists(tmp_path / "runs")
+
+
+@pytest.mark.parametrize("nbytes", [1, 8])
+def test_training_on_a_store_with_flipped_bits_fails_naming_the_file_and_rows(tmp_path, nbytes):
+  import glob
+  from musicsae_jax import store
+  from tests.test_train import _store_cfg, _tiny_store
+  path = _tiny_store(str(tmp_path / "activations" / "toy"))
+  (shard,) = glob.glob(os.path.join(path, "sites", "lm.layer.1", "acts", "c", "*", "0"))
+  b = bytearray(open(shard, "rb").read())
+  for k in range(nbytes):
+    b[64 + k] ^= 0x01 if nbytes == 1 else 0xFF
+  open(shard, "wb").write(bytes(b))
+  with pytest.raises(store.ChecksumError, match=f"{shard}: acts rows 0..479 of site 'lm.layer.1'"):
+    train.train_and_evaluate(_store_cfg(), str(tmp_path))
