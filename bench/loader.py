@@ -7,9 +7,17 @@ with the trainer's default window budget (`train.shuffle_mb`) and with a window 
 the whole dataset (a full in-memory shuffle). Reports peak RSS, MB/s served and distinct
 prompts per batch (the prompt id rides in two bf16-exact columns of every row).
 
+It also measures what the per-read checks cost (every block read compares each chunk with
+its CRC-32 and stats its shard files): `--checksum_repeats` passes over every block, read
+the way the loader's threads read them, alternating with the CRC check on and off in the
+same process, report min and median seconds of each and the overhead (with the load
+average, since a shared machine is noisy).
+
   python bench/loader.py [--sizes_mb=512,2048] [--d=1536] [--batches=60]
+  python bench/loader.py --sizes_mb=512 --checksum_repeats=7 --skip_serve
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import resource
@@ -71,6 +79,61 @@ def serve(path: str, shuffle_mb: float, batches: int, batch: int) -> dict:
               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
+def checksum_cost(path: str, repeats: int, threads: int) -> dict:
+  """Seconds to read every block (read_block on `threads` threads, as the loader does) with
+  the CRC-32 check on and off, alternating passes; min, median and overhead of each."""
+  site = store.open_dataset(path).site("site")
+  times, cpu = {True: [], False: []}, {True: [], False: []}
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    for _ in range(repeats):
+      for check in (True, False):
+        site.verify_checksums = check
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in pool.map(site.read_block, range(site.num_blocks)):
+          pass
+        times[check].append(time.perf_counter() - t0)
+        cpu[check].append(time.process_time() - c0)
+  # The same comparison for what the trainer waits on: the loader filling its shuffle
+  # windows (read, checks, float32 conversion, scaling, scatter) on its read threads.
+  from musicsae_jax import data as data_lib, mesh as mesh_lib, train as train_lib
+  t = train_lib.default_config()
+  ev = data_lib.split_prompts(site.read_index()[:, 0], t.eval_fraction, 0)
+  pipe = data_lib.Pipeline(site, batch_size=4096, seed=0, eval_prompts=ev, scale=1.0,
+                           mesh=mesh_lib.make_mesh(), max_passes=t.shuffle_max_passes,
+                           shuffle_rows=data_lib.window_rows(
+                               train_lib.default_shuffle_mb("cpu"), site.d),
+                           read_threads=threads)
+  groups = pipe._groups(0, 0)
+  win = {True: [], False: []}
+  for _ in range(repeats):
+    for check in (True, False):
+      site.verify_checksums = check
+      t0 = time.perf_counter()
+      for g, grp in enumerate(groups):
+        pipe._load_window(0, 0, g, *grp)
+      win[check].append(time.perf_counter() - t0)
+  site.verify_checksums = True
+  w_on, w_off = np.array(win[True]), np.array(win[False])
+  on, off = np.array(times[True]), np.array(times[False])
+  return {"blocks": site.num_blocks, "read_threads": threads, "repeats": repeats,
+          "loader_windows": len(groups), "loader_passes": pipe.passes,
+          "loader_with_check_s": {"min": round(float(w_on.min()), 4),
+                                  "median": round(float(np.median(w_on)), 4)},
+          "loader_without_check_s": {"min": round(float(w_off.min()), 4),
+                                     "median": round(float(np.median(w_off)), 4)},
+          "loader_overhead_pct": {"min": round(100 * (w_on.min() / w_off.min() - 1), 2),
+                                  "median": round(100 * (np.median(w_on) / np.median(w_off) - 1), 2)},
+          "with_check_s": {"min": round(float(on.min()), 4), "median": round(float(np.median(on)), 4)},
+          "without_check_s": {"min": round(float(off.min()), 4),
+                              "median": round(float(np.median(off)), 4)},
+          "cpu_overhead_pct": {"min": round(100 * (min(cpu[True]) / min(cpu[False]) - 1), 2),
+                               "median": round(100 * (np.median(cpu[True]) /
+                                                      np.median(cpu[False]) - 1), 2)},
+          "overhead_pct": {"min": round(100 * (on.min() / off.min() - 1), 2),
+                           "median": round(100 * (np.median(on) / np.median(off) - 1), 2)},
+          "loadavg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--sizes_mb", default="512,2048", help="store sizes to compare")
@@ -79,6 +142,9 @@ def main():
   p.add_argument("--batches", type=int, default=60)
   p.add_argument("--batch", type=int, default=4096)
   p.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
+  p.add_argument("--checksum_repeats", type=int, default=5,
+                 help="passes over every block with and without the CRC check (0: skip)")
+  p.add_argument("--skip_serve", action="store_true", help="only the checksum comparison")
   p.add_argument("--_serve", nargs=2, help=argparse.SUPPRESS)
   a = p.parse_args()
   if a._serve:
@@ -90,7 +156,14 @@ def main():
     tmp = tempfile.mkdtemp(dir=a.dir)
     try:
       rows = write(os.path.join(tmp, "ds"), size, a.d, a.dtype)
+      if a.checksum_repeats:
+        cost = checksum_cost(os.path.join(tmp, "ds"), a.checksum_repeats,
+                             min(8, max(1, (os.cpu_count() or 1) // 2)))
+        print(json.dumps({"bench": "loader_checksum_cost", "store_mb": size, "d": a.d,
+                          "dtype": a.dtype, **cost}), flush=True)
       for mode, mb in (("bounded", default_mb), ("full_shuffle", 4.0 * size * 4)):
+        if a.skip_serve:
+          break
         if mode == "full_shuffle" and size > 512:
           continue                          # a whole-dataset window: only the small store
         out = subprocess.run([sys.executable, __file__, f"--batches={a.batches}",
