@@ -18,14 +18,13 @@ gets `stats[measure]` = paired change vs baseline: mean, bootstrap CI, t / Wilco
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 
 import numpy as np
 import torch
 
 from bridge import backends, steer_stats, steering
-from musicsae_jax import progress
+from musicsae_jax import files, progress
 
 TEXT_SITES = ("cond.proj", "t5.hidden")   # steered with add_text_direction (no steps)
 METHODS = ("add", "scale", "set", "transplant")
@@ -392,8 +391,7 @@ def run_steering(config, workdir: str) -> dict:
       results["features"].append(entry)
   bar.close()
   path = os.path.join(out_dir, "steer.json")
-  with open(path, "w") as f:
-    json.dump(results, f, indent=1)
+  files.write_json(path, results, indent=1)
   results["plot"] = plot_steering(results, os.path.join(out_dir, "steer.png"))
   results["path"] = path
   return results

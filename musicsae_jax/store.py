@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
+from musicsae_jax import files
+
 FORMAT_VERSION = 1
 DTYPES = ("float32", "bfloat16")
 CODECS = ("zstd", "blosc", "none")
@@ -142,17 +144,7 @@ def default_chunk_rows(d: int, dtype: str) -> int:
 
 def _write_json_atomic(path: str, obj: Any) -> None:
   """Write JSON so that readers see either the old file or the new one, never half."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-  dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-  try:
-    os.fsync(dfd)
-  finally:
-    os.close(dfd)
+  files.write_json(path, obj, indent=1, sort_keys=True)
 
 
 def _read_json(path: str, what: str) -> dict:
@@ -310,9 +302,8 @@ def create(path: str, sites: Mapping[str, SiteSpec | Mapping[str, Any]], *,
   table = [_prompt_row(i, p) for i, p in enumerate(prompts or [])]
 
   os.makedirs(os.path.join(path, "commits"))
-  with open(os.path.join(path, "prompts.jsonl"), "w") as f:
-    for row in table:
-      f.write(json.dumps(row) + "\n")
+  files.write_text(os.path.join(path, "prompts.jsonl"),
+                   "".join(json.dumps(row) + "\n" for row in table))
   for name, spec in resolved.items():
     for w in range(num_workers):
       part = _part_dir(path, name, w, num_workers)

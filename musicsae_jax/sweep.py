@@ -52,6 +52,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from musicsae_jax import checkpoint as ckpt_lib
 from musicsae_jax import data as data_lib
+from musicsae_jax import files
 from musicsae_jax import mesh as mesh_lib
 from musicsae_jax import plots
 from musicsae_jax import runs
@@ -484,11 +485,10 @@ def _train_sweep(config, workdir, axes, members, base, t, run_dir, member_step):
       os.makedirs(member_dirs[i], exist_ok=True)
       if not os.path.exists(os.path.join(member_dirs[i], "normalization.json")):
         data_lib.save_normalization(os.path.join(member_dirs[i], "normalization.json"), norm)
-      with open(os.path.join(member_dirs[i], "config.json"), "w") as f:
-        json.dump(_member_record(mb, t.data_streams, config.run), f, indent=2)
-    with open(sweep_path, "w") as f:
-      json.dump(summarize(config.run, axes, members, groups_idx, None, member_step=how),
-                f, indent=2)
+      files.write_json(os.path.join(member_dirs[i], "config.json"),
+                       _member_record(mb, t.data_streams, config.run))
+    files.write_json(sweep_path, summarize(config.run, axes, members, groups_idx, None,
+                                           member_step=how))
 
   # --- step: every group's vmapped step in one jitted function over the batch ---------
   group_steps = [make_group_step(g.graphdef, g.t, [members[i].t.lr for i in g.members], how)
@@ -568,8 +568,7 @@ def _train_sweep(config, workdir, axes, members, base, t, run_dir, member_step):
   def log_rows(rows):
     if is_main:
       for p, row in zip(member_dirs, rows):
-        with open(os.path.join(p, "metrics.jsonl"), "a") as f:
-          f.write(json.dumps(row) + "\n")
+        files.append_line(os.path.join(p, "metrics.jsonl"), json.dumps(row))
 
   schedules = [train_lib.make_schedule(mb.t)[0] for mb in members]
   steps = int(t.steps)
@@ -644,14 +643,12 @@ def _train_sweep(config, workdir, axes, members, base, t, run_dir, member_step):
   record = summarize(config.run, axes, members, groups_idx, finals, member_step=how)
   if is_main:
     for i, p in enumerate(member_dirs):
-      with open(os.path.join(p, "final_metrics.json"), "w") as f:
-        json.dump(finals[i], f, indent=2)
+      files.write_json(os.path.join(p, "final_metrics.json"), finals[i])
       mpath = os.path.join(p, "metrics.jsonl")
       if t.plots and os.path.exists(mpath):
         plots.plot_training(plots.read_metrics(mpath), os.path.join(p, "training_curves.png"))
         plots.plot_density(density[i], os.path.join(p, "feature_density.png"))
-    with open(sweep_path, "w") as f:
-      json.dump(record, f, indent=2)
+    files.write_json(sweep_path, record)
     if t.plots:
       plots.plot_sweep(record, os.path.join(run_dir, "sweep.png"))
   return record

@@ -25,6 +25,7 @@ from musicsae_jax import calibration
 from musicsae_jax import checkpoint as ckpt_lib
 from musicsae_jax import data as data_lib
 from musicsae_jax import defaults
+from musicsae_jax import files
 from musicsae_jax import mesh as mesh_lib
 from musicsae_jax import plots
 from musicsae_jax import preemption
@@ -293,8 +294,7 @@ def _trim_metrics(path: str, step: int) -> None:
 
   with open(path) as f:
     rows = [ln if ln.endswith("\n") else ln + "\n" for ln in f if ln.strip() and keep(ln)]
-  with open(path, "w") as f:
-    f.writelines(rows)
+  files.write_text(path, "".join(rows))
 
 
 def resolve_train_config(train_cfg) -> ml_collections.ConfigDict:
@@ -429,8 +429,7 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
   if is_main:                                        # everything checked: now write
     if not os.path.exists(norm_path):
       data_lib.save_normalization(norm_path, norm)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-      json.dump(_resolved_config(config, t), f, indent=2)
+    files.write_json(os.path.join(run_dir, "config.json"), _resolved_config(config, t))
 
   # --- step ------------------------------------------------------------------------------
   dense_thr = float(t.dense_threshold)
@@ -465,14 +464,13 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
     state = ckpt.restore(None, ckpt_lib.abstract_like(state, state_sh))
     start = int(jax.device_get(state["step"]))
     logging.info("resumed from %s at step %d", ckpt.directory, start)
-    if is_main:
-      _trim_metrics(metrics_path, start)
+  if is_main:          # rows logged after the step resumed from (all, when none was saved)
+    _trim_metrics(metrics_path, start)
 
   # --- train + evals ---------------------------------------------------------------------
   def log_row(row):
     if is_main:
-      with open(metrics_path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+      files.append_line(metrics_path, json.dumps(row))
 
   steps = int(t.steps)
   last_eval: dict = {}
@@ -565,8 +563,7 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
     final.update({f"synthetic_{k}": float(v) for k, v in rec.items()})
     logging.info("synthetic ground truth: %s", rec)
   if is_main:
-    with open(os.path.join(run_dir, "final_metrics.json"), "w") as f:
-      json.dump(final, f, indent=2)
+    files.write_json(os.path.join(run_dir, "final_metrics.json"), final)
     if os.path.exists(metrics_path) and t.plots:
       plots.plot_training(plots.read_metrics(metrics_path),
                           os.path.join(run_dir, "training_curves.png"))

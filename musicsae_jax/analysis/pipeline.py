@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from musicsae_jax import defaults, metrics, progress, store as store_lib
+from musicsae_jax import defaults, files, metrics, progress, store as store_lib
 from musicsae_jax.analysis import browser, labelers, labels as lab, layers, probes, report, stats, validity
 from musicsae_jax.analysis.stats import AnalysisError
 
@@ -297,8 +297,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
   paths = {}
   for name, obj in (("features", features), ("selectivity", selectivity_json), ("probes", probes_json)):
     paths[name] = os.path.join(out_dir, f"{name}.json")
-    with open(paths[name], "w") as f:
-      json.dump(obj, f, indent=2, default=_jsonable)
+    files.write_json(paths[name], obj, default=_jsonable)
   browser_link = None
   if bcfg["enabled"]:
     steer_path = os.path.join(out_dir, "steer.json")
@@ -336,8 +335,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
   if os.path.exists(paths["report"]):   # keep what other launchers spliced in (steering, ...)
     with open(paths["report"]) as f:
       html_text = report.carry_sections(f.read(), html_text)
-  with open(paths["report"], "w") as f:
-    f.write(html_text)
+  files.write_text(paths["report"], html_text)
   raw = {name: (x, ok) for name, x, ok in inputs}
   rand = layers.random_direction_features(raw[site_name][0], {
       k: (v, np.where(has_rows & raw[site_name][1], y, -1)) for k, (v, y) in label_info.items()},
@@ -496,8 +494,7 @@ def seed_stability(workdir: str, run: str, other: str, *, threshold: float = 0.7
   out_dir = os.path.join(workdir, "reports", run)
   os.makedirs(out_dir, exist_ok=True)
   out["path"] = os.path.join(out_dir, "stability.json")
-  with open(out["path"], "w") as f:
-    json.dump(out, f, indent=1, default=_jsonable)
+  files.write_json(out["path"], out, indent=1, default=_jsonable)
   out["report"] = report.update_stability(out_dir)
   return out
 
