@@ -297,6 +297,36 @@ def _trim_metrics(path: str, step: int) -> None:
   files.write_text(path, "".join(rows))
 
 
+PENDING_FILE = "pending_metrics.json"
+
+
+def _save_pending(run_dir: str, step: int, pending: list, keep_steps) -> None:
+  """Record the per-step metrics not yet logged (steps after the last logged one) with the
+  checkpoint of `step`, so a run resumed there logs the same window averages as an
+  uninterrupted one. Entries of checkpoints no longer kept are dropped."""
+  path = os.path.join(run_dir, PENDING_FILE)
+  try:
+    with open(path) as f:
+      have = json.load(f)
+  except (OSError, ValueError):
+    have = {}
+  rows = jax.device_get(pending)
+  have = {k: v for k, v in have.items() if int(k) in set(keep_steps)}
+  have[str(step)] = [{k: [np.asarray(v).dtype.name, np.asarray(v).item()] for k, v in r.items()}
+                     for r in rows]
+  files.write_json(path, have, indent=None)
+
+
+def _load_pending(run_dir: str, step: int) -> list:
+  """The unlogged per-step metrics saved with the checkpoint of `step` ([] if none)."""
+  try:
+    with open(os.path.join(run_dir, PENDING_FILE)) as f:
+      rows = json.load(f).get(str(step), [])
+  except (OSError, ValueError, AttributeError):
+    return []
+  return [{k: np.asarray(v, dtype=np.dtype(dt)) for k, (dt, v) in r.items()} for r in rows]
+
+
 def resolve_train_config(train_cfg) -> ml_collections.ConfigDict:
   """`default_config()` overlaid with the experiment's `c.train`; unknown fields raise,
   None keeps the default.
@@ -481,7 +511,10 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
     logging.info("training %s: %s d=%d m=%d, %d steps from %d, lr=%.3g",
                  config.run, config.sae.architecture, d, m, steps, start, t.lr)
     batches = pipeline.iterate(start)
-    pending, t0, t_last, s_last = [], time.time(), time.time(), start
+    # Steps since the last logged one, carried over a resume (the window's average is the
+    # same as an uninterrupted run's).
+    pending = _load_pending(run_dir, start) if is_main and start else []
+    t0, t_last, s_last = time.time(), time.time(), start
     wait_last, warned_wait, waited = pipeline.wait_s, False, [0.0, 0.0]  # [waited, wall] s
     # The bar's rate and ETA start after the first step (compilation); metrics go above it.
     bar = progress.Progress(steps, f"train {config.run}", "step", warmup=1, initial=start,
@@ -536,6 +569,8 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
                       f"l0={last_eval['l0']:.1f} dead={last_eval['dead_frac']:.3f} "
                       f"dense={last_eval['dense_frac']:.3f}")
         if step % t.checkpoint_every == 0 or step == steps or preempted:
+          if is_main:
+            _save_pending(run_dir, step, pending, ckpt.all_steps())
           ckpt.save(step, state, None if preempted else last_eval.get("fvu"))
         if preempted:
           logging.warning("SIGTERM: saved the checkpoint of step %d and stopped; rerun the "
