@@ -148,6 +148,7 @@ def _label_key(labels) -> str | None:
 def run_steering(config, workdir: str) -> dict:
   """Baseline, steered and control generations; per-prompt measures to steer.json."""
   from bridge import audio_features, capture, extract, prompts as prompts_lib, steer_concept
+  from bridge import models as models_lib
   from bridge.sae_torch import TorchSAE
   import soundfile as sf
   sc = _config(config)
@@ -182,20 +183,15 @@ def run_steering(config, workdir: str) -> dict:
     raise ValueError("--config.steer.method=transplant needs --config.steer.transplant_from="
                      "'<source prompt>' (whose feature pattern is imposed)")
   strengths = plan[0]["strengths"]
+  sizes = models_lib.expected_sizes(config.model)     # known without loading: check now
+  if sizes:
+    steering.check_sizes(sizes, dirs, layer, text_site, exp_dir, config.model.name)
   threads = int(config.get("extract", {}).get("torch_threads", 0))
   if threads:
     torch.set_num_threads(threads)
   with progress.phase(f"steer: loading model {config.model.name}"):
     model = extract.build_model(config.model)
-  if text_site:
-    from bridge import models as models_lib
-    info = models_lib.model_info(model)
-    width = info.t5_dim if text_site == "t5.hidden" else info.d_model
-    if dirs.shape[1] != width:
-      raise ValueError(f"{exp_dir}/directions.safetensors: directions are {dirs.shape[1]} wide "
-                       f"but {text_site} of model {config.model.name!r} is {width} wide")
-  else:
-    steering._check_fits(model, dirs, layer, exp_dir, config.model.name)
+  steering._check_fits(model, dirs, layer, exp_dir, config.model.name, text_site)
   model.set_generation_params(duration=float(sc["duration"]), use_sampling=True,
                               top_k=int(config.get("extract", {}).get("top_k", 50)))
   rel = man["mean_norm"] if sc["relative"] else None

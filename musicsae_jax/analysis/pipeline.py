@@ -107,11 +107,12 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
             bars: bool = False) -> dict:
   """Run every analysis for config.run on config.dataset; returns the written paths."""
   a = resolve(config)
-  run_cfg, norm, params, step = load_run(workdir, a["run"], a["step"])
   ds_path = os.path.join(workdir, "activations", a["dataset"])
   if not store_lib.exists(ds_path):
     raise AnalysisError(f"{ds_path}: no activation dataset {a['dataset']!r} (run launch.extract)")
   ds = store_lib.open_dataset(ds_path)
+  ds.check_files()         # a missing shard fails now, before any work (reads check again)
+  run_cfg, norm, params, step = load_run(workdir, a["run"], a["step"])
   site_name = a["site"] or run_cfg.get("train", {}).get("site")
   if not site_name:
     raise AnalysisError(f"run {a['run']!r} was not trained on a store site; set analysis.site")
