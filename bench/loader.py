@@ -7,11 +7,9 @@ with the trainer's default window budget (`train.shuffle_mb`) and with a window 
 the whole dataset (a full in-memory shuffle). Reports peak RSS, MB/s served and distinct
 prompts per batch (the prompt id rides in two bf16-exact columns of every row).
 
-It also measures what the per-read checks cost (every block read compares each chunk with
-its CRC-32 and stats its shard files): `--checksum_repeats` passes over every block, read
-the way the loader's threads read them, alternating with the CRC check on and off in the
-same process, report min and median seconds of each and the overhead (with the load
-average, since a shared machine is noisy).
+It also measures what the per-read integrity checks cost (`checksum_cost`: without the
+CRC, the default, and a CRC at every read; interleaved in one process, min and median,
+wall and CPU seconds, with the load average, since a shared machine is noisy).
 
   python bench/loader.py [--sizes_mb=512,2048] [--d=1536] [--batches=60]
   python bench/loader.py --sizes_mb=512 --checksum_repeats=7 --skip_serve
@@ -79,58 +77,69 @@ def serve(path: str, shuffle_mb: float, batches: int, batch: int) -> dict:
               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
+_CHECK_MODES = {"off": (False, False), "default": (True, False), "crc_every_read": (True, True)}
+
+
+def _pct(x, ref) -> float:
+  return round(100 * (x / ref - 1), 2)
+
+
+def _summary(times: dict) -> dict:
+  out = {}
+  for mode, ts in times.items():
+    wall, cpu = np.array([t[0] for t in ts]), np.array([t[1] for t in ts])
+    out[mode] = {"min_s": round(float(wall.min()), 4), "median_s": round(float(np.median(wall)), 4),
+                 "first_s": round(float(wall[0]), 4), "cpu_median_s": round(float(np.median(cpu)), 4)}
+  for mode in ("default", "crc_every_read"):
+    out[mode]["overhead_pct"] = {
+        "min": _pct(out[mode]["min_s"], out["off"]["min_s"]),
+        "median": _pct(out[mode]["median_s"], out["off"]["median_s"]),
+        "cpu_median": _pct(out[mode]["cpu_median_s"], out["off"]["cpu_median_s"])}
+  return out
+
+
 def checksum_cost(path: str, repeats: int, threads: int) -> dict:
-  """Seconds to read every block (read_block on `threads` threads, as the loader does) with
-  the CRC-32 check on and off, alternating passes; min, median and overhead of each."""
-  site = store.open_dataset(path).site("site")
-  times, cpu = {True: [], False: []}, {True: [], False: []}
+  """What the per-read checks cost, in the same process, modes interleaved pass by pass:
+  `off` (no CRC: stats only), `default` (CRC at a chunk's first read by this reader and
+  whenever its file changed, a stat before and after every read), `crc_every_read` (CRC of
+  every chunk at every read). Measured on raw block reads (read_block on the loader's
+  thread count) and on the loader filling its shuffle windows (read, checks, float32,
+  scale, scatter), one reader per mode kept over the passes as a training job keeps it.
+  min / median over the passes; `first_s`: the first pass (the default mode's full CRC)."""
+  from musicsae_jax import data as data_lib, mesh as mesh_lib, train as train_lib
+  time.sleep(2.5)               # the files settle, as any store extracted earlier has
+  readers = {m: store.open_dataset(path).site("site") for m in _CHECK_MODES}
+  for m, (check, every) in _CHECK_MODES.items():
+    readers[m].verify_checksums, readers[m].crc_every_read = check, every
+  reads = {m: [] for m in _CHECK_MODES}
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     for _ in range(repeats):
-      for check in (True, False):
-        site.verify_checksums = check
+      for m, site in readers.items():
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in pool.map(site.read_block, range(site.num_blocks)):
           pass
-        times[check].append(time.perf_counter() - t0)
-        cpu[check].append(time.process_time() - c0)
-  # The same comparison for what the trainer waits on: the loader filling its shuffle
-  # windows (read, checks, float32 conversion, scaling, scatter) on its read threads.
-  from musicsae_jax import data as data_lib, mesh as mesh_lib, train as train_lib
+        reads[m].append((time.perf_counter() - t0, time.process_time() - c0))
   t = train_lib.default_config()
-  ev = data_lib.split_prompts(site.read_index()[:, 0], t.eval_fraction, 0)
-  pipe = data_lib.Pipeline(site, batch_size=4096, seed=0, eval_prompts=ev, scale=1.0,
-                           mesh=mesh_lib.make_mesh(), max_passes=t.shuffle_max_passes,
-                           shuffle_rows=data_lib.window_rows(
-                               train_lib.default_shuffle_mb("cpu"), site.d),
-                           read_threads=threads)
-  groups = pipe._groups(0, 0)
-  win = {True: [], False: []}
+  ev = data_lib.split_prompts(readers["off"].read_index()[:, 0], t.eval_fraction, 0)
+  pipes = {m: data_lib.Pipeline(
+      store.open_dataset(path).site("site"), batch_size=4096, seed=0, eval_prompts=ev,
+      scale=1.0, mesh=mesh_lib.make_mesh(), max_passes=t.shuffle_max_passes,
+      shuffle_rows=data_lib.window_rows(train_lib.default_shuffle_mb("cpu"), readers["off"].d),
+      read_threads=threads) for m in _CHECK_MODES}
+  for m, (check, every) in _CHECK_MODES.items():
+    pipes[m].source.verify_checksums, pipes[m].source.crc_every_read = check, every
+  groups = pipes["off"]._groups(0, 0)
+  windows = {m: [] for m in _CHECK_MODES}
   for _ in range(repeats):
-    for check in (True, False):
-      site.verify_checksums = check
-      t0 = time.perf_counter()
+    for m, pipe in pipes.items():
+      t0, c0 = time.perf_counter(), time.process_time()
       for g, grp in enumerate(groups):
         pipe._load_window(0, 0, g, *grp)
-      win[check].append(time.perf_counter() - t0)
-  site.verify_checksums = True
-  w_on, w_off = np.array(win[True]), np.array(win[False])
-  on, off = np.array(times[True]), np.array(times[False])
-  return {"blocks": site.num_blocks, "read_threads": threads, "repeats": repeats,
-          "loader_windows": len(groups), "loader_passes": pipe.passes,
-          "loader_with_check_s": {"min": round(float(w_on.min()), 4),
-                                  "median": round(float(np.median(w_on)), 4)},
-          "loader_without_check_s": {"min": round(float(w_off.min()), 4),
-                                     "median": round(float(np.median(w_off)), 4)},
-          "loader_overhead_pct": {"min": round(100 * (w_on.min() / w_off.min() - 1), 2),
-                                  "median": round(100 * (np.median(w_on) / np.median(w_off) - 1), 2)},
-          "with_check_s": {"min": round(float(on.min()), 4), "median": round(float(np.median(on)), 4)},
-          "without_check_s": {"min": round(float(off.min()), 4),
-                              "median": round(float(np.median(off)), 4)},
-          "cpu_overhead_pct": {"min": round(100 * (min(cpu[True]) / min(cpu[False]) - 1), 2),
-                               "median": round(100 * (np.median(cpu[True]) /
-                                                      np.median(cpu[False]) - 1), 2)},
-          "overhead_pct": {"min": round(100 * (on.min() / off.min() - 1), 2),
-                           "median": round(100 * (np.median(on) / np.median(off) - 1), 2)},
+      windows[m].append((time.perf_counter() - t0, time.process_time() - c0))
+  return {"blocks": readers["off"].num_blocks, "read_threads": threads, "repeats": repeats,
+          "block_reads": _summary(reads),
+          "loader_windows": {"windows": len(groups), "passes": pipes["off"].passes,
+                             **_summary(windows)},
           "loadavg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
 
 

@@ -16,9 +16,10 @@ and are overwritten by the next append, so a batch is either committed or not th
 Integrity: the commit record also holds a CRC-32 of every committed chunk (per site,
 acts and index), so `verify()` (CLI: `python -m musicsae_jax.store verify PATH`) can
 prove the committed rows are the ones written, and every read checks them too: a reader
-reads whole chunks and compares each with its CRC-32 (ChecksumError), and stats the shard
-files under them at every read (MissingDataError), so a file corrupted or removed while a
-job runs fails that job naming the file and rows. Every written chunk is stored, zeros
+reads whole chunks, stats their shard files before and after each read (MissingDataError
+when gone) and compares each chunk with its CRC-32 (ChecksumError) at its first read and
+whenever its file changed since (see SiteReader), so a file corrupted or removed while a
+job runs fails that job's next read of it, naming the file and rows. Every written chunk is stored, zeros
 included, so a shard file missing under committed rows is damage, never the zarr fill value.
 """
 from __future__ import annotations
@@ -443,15 +444,21 @@ class SiteReader:
   Global row ids run through part 0, then part 1, ...; a block is one stored chunk
   (chunk_rows rows) of one part, the unit training reads in shuffled order.
 
-  Every read is checked, every time: the shard files under the rows must exist (a stat
-  each read, so a file removed while a job runs is caught at its next read) and each
-  chunk read must match the CRC-32 of its commit record. Reads are whole chunks (a row
-  read decodes its whole chunk anyway), so the checksums cover exactly what was read.
-  Failures raise MissingDataError / ChecksumError naming the file and the rows.
-  Datasets written before checksums existed get the file check only.
+  Every read is checked: the shard files under the rows must exist, and each chunk read
+  must match the CRC-32 of its commit record. Reads are whole chunks (a row read decodes
+  its whole chunk anyway), so the checksums cover exactly what was read. The CRC is
+  computed at a chunk's first read, and again at every later read whose shard file is not
+  provably the one checked: each read stats the file before and after (inode, size, mtime,
+  ctime), so any write, replacement or removal of it since, by anyone, means a full check
+  (a file changed within the last seconds is never trusted: timestamps are coarse). A file
+  removed or damaged while a job runs fails the job's next read of it. Failures raise
+  MissingDataError / ChecksumError naming the file and the rows. Datasets written before
+  checksums existed get the file check only.
   """
 
   verify_checksums = True     # False only to measure the check's cost (bench/loader.py)
+  crc_every_read = False      # True: recompute CRCs even of unchanged files (bench, paranoia)
+  _SETTLED_NS = 2_000_000_000  # a file's ctime older than this: its identity is trusted
 
   def __init__(self, ds: Dataset, name: str, part_rows: list[int],
                checksums: list[dict | None] | None = None):
@@ -466,6 +473,7 @@ class SiteReader:
     self.num_blocks = len(blocks)
     self._arrays: dict[int, tuple[Any, Any]] = {}
     self._sums = list(checksums) if checksums is not None else [None] * len(part_rows)
+    self._verified: dict[tuple[int, int, int], tuple] = {}   # (part, array, row) -> file id
 
   def __repr__(self) -> str:
     return f"SiteReader({self.name!r}, rows={self.num_rows}, d={self.d}, dtype={self.dtype})"
@@ -498,6 +506,33 @@ class SiteReader:
     gone = self._missing(p, lo, hi)
     if gone:
       raise self._missing_error(p, *gone[0])
+
+  def _file(self, p: int, w: int, lo: int) -> str:
+    """The shard file of array w (0: acts, 1: index) holding local row lo of part p."""
+    return _shard_file(os.path.join(self._part_base(p), ("acts", "index")[w]),
+                       lo // self.spec.shard_rows)
+
+  def _file_id(self, p: int, w: int, lo: int) -> tuple:
+    """(inode, size, mtime, ctime) of that shard file; MissingDataError when it is gone."""
+    f = self._file(p, w, lo)
+    try:
+      st = os.stat(f)
+    except FileNotFoundError:
+      raise self._missing_error(p, f, lo // self.spec.shard_rows) from None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+  def _verify_read(self, p: int, w: int, lo: int, rows: np.ndarray, before: tuple) -> None:
+    """Check a chunk just read (rows from local row lo of part p, array w) whose shard file
+    had identity `before` when the read started: skip the CRC only when the file is the
+    one whose chunk passed it before and did not change during this read."""
+    after = self._file_id(p, w, lo)
+    key = (p, w, lo)
+    if (after == before and self._verified.get(key) == after and not self.crc_every_read):
+      return
+    self._check_chunk(p, lo, ("acts", "index")[w], rows)
+    if (after == before and self._sums[p] is not None and self.verify_checksums
+        and time.time_ns() - after[3] > self._SETTLED_NS):
+      self._verified[key] = after
 
   def _check_chunk(self, p: int, lo: int, what: str, rows: np.ndarray) -> None:
     """Compare rows [lo, lo + len(rows)) of part p (a whole committed chunk) with their
@@ -571,20 +606,20 @@ class SiteReader:
 
   def _read_chunk_async(self, p: int, s: int, which=(0, 1)):
     e = self._chunk_end(p, s)
-    self._check_present(p, s, e)
+    self._check_present(p, s, e)          # both arrays' files: a missing one is damage
+    before = [self._file_id(p, w, s) for w in which]    # and which version is read
     arrays = self._part(p)
-    return p, s, [arrays[w][s:e].read() for w in which], which
+    return p, s, [arrays[w][s:e].read() for w in which], which, before
 
   def _finish(self, pending):
-    p, s, futures, which = pending
+    p, s, futures, which, before = pending
     out = []
-    for w, f in zip(which, futures):
-      what = ("acts", "index")[w]
+    for w, f, b in zip(which, futures, before):
       try:
         rows = f.result()
       except ValueError as e:        # TensorStore: a chunk that no longer decodes
-        raise self._damaged(p, s, self._chunk_end(p, s), what, e) from None
-      self._check_chunk(p, s, what, rows)
+        raise self._damaged(p, s, self._chunk_end(p, s), ("acts", "index")[w], e) from None
+      self._verify_read(p, w, s, rows, b)
       out.append(rows)
     return tuple(out)
 
@@ -638,6 +673,8 @@ class SiteReader:
     if rows is None:            # one read per part, checked chunk by chunk
       for p, n in enumerate(self.part_rows):
         self._check_present(p, 0, n)
+      before = [{lo: self._file_id(p, 1, lo) for lo in range(0, n, self.chunk_rows)}
+                for p, n in enumerate(self.part_rows)]
       futures = [self._part(p)[1][:n].read() for p, n in enumerate(self.part_rows)]
       got = []
       for p, f in enumerate(futures):
@@ -649,7 +686,7 @@ class SiteReader:
           raise
       for p, ix in enumerate(got):
         for lo in range(0, len(ix), self.chunk_rows):
-          self._check_chunk(p, lo, "index", ix[lo:lo + self.chunk_rows])
+          self._verify_read(p, 1, lo, ix[lo:lo + self.chunk_rows], before[p][lo])
       return np.concatenate(got) if got else np.zeros((0, 2), np.int32)
     return self._gather(rows, 1, 2, np.int32)
 

@@ -413,12 +413,18 @@ def _one_writer_dataset(tmp_path, codec="none"):
 
 
 @pytest.mark.parametrize("codec,nbytes", [("none", 1), ("none", 8), ("zstd", 1)])
-def test_every_read_checks_the_chunk_checksums(tmp_path, codec, nbytes):
+def test_every_read_checks_the_chunk_checksums(tmp_path, monkeypatch, codec, nbytes):
   """A flipped bit (or 8 flipped bytes) in a shard fails every kind of read of the rows it
-  holds, naming the file and the rows, even after those rows were read once clean."""
+  holds, naming the file and the rows, even after those rows were read once clean (and
+  their file trusted as unchanged: the flip changes it)."""
+  import time
+  monkeypatch.setattr(store.SiteReader, "_SETTLED_NS", 0)   # trust files at once
   ds = _one_writer_dataset(tmp_path, codec)
   site = ds.site("lm.layer.1")
+  time.sleep(0.05)                           # past the timestamp tick of the last write
   site.read_block(0), site.read_block(1)     # read clean once
+  assert (0, 0, 0) in site._verified and (0, 0, 16) in site._verified
+  time.sleep(0.05)
   shard = os.path.join(ds.path, "sites", "lm.layer.1", "acts", "c", "0", "0")
   _flip(shard, 16 * 12 * 4 + 100 if codec == "none" else 40, nbytes)   # inside chunk 1 / 0
   rows = "rows 16..31" if codec == "none" else "rows 0..15"
