@@ -167,8 +167,12 @@ def test_steer_rejects_wrong_width_directions_before_loading_the_model(direction
 
 
 def test_analyze_reports_a_missing_shard_before_any_work(tmp_path):
-  """No run has been trained either: the damaged dataset is what is reported, at once."""
+  """Before the run's checkpoint is restored (here it cannot be: the run has a config but
+  no checkpoint), the damaged dataset is reported."""
   path = make_store(str(tmp_path))
+  run_dir = tmp_path / "runs" / "tiny"
+  run_dir.mkdir(parents=True)
+  (run_dir / "config.json").write_text(json.dumps({"train": {"site": "lm.layer.3"}}))
   shard = os.path.join(path, "sites", "lm.layer.3", "acts", "c", "0", "0")
   os.remove(shard)
   r = run("launch.analyze", "--config=configs/tiny.py", f"--workdir={tmp_path}")

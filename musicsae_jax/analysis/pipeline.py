@@ -87,14 +87,20 @@ def _progress(log, what, bars: bool = False):
   return cb
 
 
+def _run_config_path(workdir: str, run: str) -> str:
+  """runs/<run>/config.json; AnalysisError when the run was never trained."""
+  cfg_path = os.path.join(workdir, "runs", run, "config.json")
+  if not os.path.exists(cfg_path):
+    raise AnalysisError(f"{cfg_path} not found: no trained run {run!r} in {workdir} "
+                        f"(run launch.train first, or set config.run)")
+  return cfg_path
+
+
 def load_run(workdir: str, run: str, step=None):
   """(run config.json dict, normalisation dict, params, step) of runs/<run>."""
   from musicsae_jax import export
   run_dir = os.path.join(workdir, "runs", run)
-  cfg_path = os.path.join(run_dir, "config.json")
-  if not os.path.exists(cfg_path):
-    raise AnalysisError(f"{cfg_path} not found: no trained run {run!r} in {workdir} "
-                        f"(run launch.train first, or set config.run)")
+  cfg_path = _run_config_path(workdir, run)
   with open(cfg_path) as f:
     run_cfg = json.load(f)
   norm_path = os.path.join(run_dir, "normalization.json")
@@ -107,6 +113,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
             bars: bool = False) -> dict:
   """Run every analysis for config.run on config.dataset; returns the written paths."""
   a = resolve(config)
+  _run_config_path(workdir, a["run"])        # inputs first: the run, the dataset's files
   ds_path = os.path.join(workdir, "activations", a["dataset"])
   if not store_lib.exists(ds_path):
     raise AnalysisError(f"{ds_path}: no activation dataset {a['dataset']!r} (run launch.extract)")
