@@ -579,7 +579,9 @@ def _train_sweep(config, workdir, axes, members, base, t, run_dir, member_step):
     logging.info("sweep %s is already done (step %d of %d)", config.run, start, steps)
   else:
     batches = pipeline.iterate(start)
-    pending, t0, t_last, s_last = [], time.time(), time.time(), start
+    # Steps since the last logged one, carried over a resume (train.save_pending).
+    pending = train_lib.load_pending(run_dir, start) if is_main and start else []
+    t0, t_last, s_last = time.time(), time.time(), start
     with jax.set_mesh(mesh):
       for step in range(start + 1, steps + 1):
         states, met = p_sweep_step(states, next(batches))
@@ -613,6 +615,9 @@ def _train_sweep(config, workdir, axes, members, base, t, run_dir, member_step):
                        " ".join(f"{n}={e.get('fvu', float('nan')):.4f}"
                                 for n, e in zip(names, evals)))
         if step % t.checkpoint_every == 0 or step == steps:
+          if is_main:
+            train_lib.save_pending(run_dir, step, pending,
+                                   set.intersection(*(set(c.all_steps()) for c in ckpts)))
           save(step, states, evals)
         if t.get("stop_after") and step >= t.stop_after:   # simulate a crash (tests)
           break

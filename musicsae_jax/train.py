@@ -300,7 +300,25 @@ def _trim_metrics(path: str, step: int) -> None:
 PENDING_FILE = "pending_metrics.json"
 
 
-def _save_pending(run_dir: str, step: int, pending: list, keep_steps) -> None:
+def _encode(x):
+  """Host metrics (dicts, lists/tuples, numpy arrays and scalars) as exact JSON."""
+  if isinstance(x, dict):
+    return {k: _encode(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_encode(v) for v in x]
+  a = np.asarray(x)
+  return {"dtype": a.dtype.name, "shape": list(a.shape), "values": a.reshape(-1).tolist()}
+
+
+def _decode(x):
+  if isinstance(x, list):
+    return [_decode(v) for v in x]
+  if set(x) == {"dtype", "shape", "values"}:
+    return np.asarray(x["values"], dtype=np.dtype(x["dtype"])).reshape(x["shape"])
+  return {k: _decode(v) for k, v in x.items()}
+
+
+def save_pending(run_dir: str, step: int, pending: list, keep_steps) -> None:
   """Record the per-step metrics not yet logged (steps after the last logged one) with the
   checkpoint of `step`, so a run resumed there logs the same window averages as an
   uninterrupted one. Entries of checkpoints no longer kept are dropped."""
@@ -310,21 +328,19 @@ def _save_pending(run_dir: str, step: int, pending: list, keep_steps) -> None:
       have = json.load(f)
   except (OSError, ValueError):
     have = {}
-  rows = jax.device_get(pending)
-  have = {k: v for k, v in have.items() if int(k) in set(keep_steps)}
-  have[str(step)] = [{k: [np.asarray(v).dtype.name, np.asarray(v).item()] for k, v in r.items()}
-                     for r in rows]
+  keep = {int(k) for k in keep_steps}
+  have = {k: v for k, v in have.items() if k.isdigit() and int(k) in keep}
+  have[str(step)] = _encode(jax.device_get(pending))
   files.write_json(path, have, indent=None)
 
 
-def _load_pending(run_dir: str, step: int) -> list:
+def load_pending(run_dir: str, step: int) -> list:
   """The unlogged per-step metrics saved with the checkpoint of `step` ([] if none)."""
   try:
     with open(os.path.join(run_dir, PENDING_FILE)) as f:
-      rows = json.load(f).get(str(step), [])
-  except (OSError, ValueError, AttributeError):
+      return _decode(json.load(f).get(str(step), []))
+  except (OSError, ValueError, AttributeError, KeyError, TypeError):
     return []
-  return [{k: np.asarray(v, dtype=np.dtype(dt)) for k, (dt, v) in r.items()} for r in rows]
 
 
 def resolve_train_config(train_cfg) -> ml_collections.ConfigDict:
@@ -513,7 +529,7 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
     batches = pipeline.iterate(start)
     # Steps since the last logged one, carried over a resume (the window's average is the
     # same as an uninterrupted run's).
-    pending = _load_pending(run_dir, start) if is_main and start else []
+    pending = load_pending(run_dir, start) if is_main and start else []
     t0, t_last, s_last = time.time(), time.time(), start
     wait_last, warned_wait, waited = pipeline.wait_s, False, [0.0, 0.0]  # [waited, wall] s
     # The bar's rate and ETA start after the first step (compilation); metrics go above it.
@@ -570,7 +586,7 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
                       f"dense={last_eval['dense_frac']:.3f}")
         if step % t.checkpoint_every == 0 or step == steps or preempted:
           if is_main:
-            _save_pending(run_dir, step, pending, ckpt.all_steps())
+            save_pending(run_dir, step, pending, ckpt.all_steps())
           ckpt.save(step, state, None if preempted else last_eval.get("fvu"))
         if preempted:
           logging.warning("SIGTERM: saved the checkpoint of step %d and stopped; rerun the "
