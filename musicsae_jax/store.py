@@ -19,8 +19,9 @@ prove the committed rows are the ones written, and every read checks them too: a
 reads whole chunks, stats their shard files before and after each read (MissingDataError
 when gone) and compares each chunk with its CRC-32 (ChecksumError) at its first read and
 whenever its file changed since (see SiteReader), so a file corrupted or removed while a
-job runs fails that job's next read of it, naming the file and rows. Every written chunk is stored, zeros
-included, so a shard file missing under committed rows is damage, never the zarr fill value.
+job runs fails that job's next read of it, naming the file and rows. Every written chunk
+is stored, zeros included, so a shard file missing under committed rows is damage, never
+the zarr fill value.
 """
 from __future__ import annotations
 
