@@ -137,9 +137,9 @@ def embed_label_texts(report_dir: str, log=print) -> dict:
     texts = list(texts_req["texts"])
     template = req["clap"].get("template", "{}")
     text = scorer.text([template.format(t) for t in texts]) if texts else np.zeros((0, 0))
-    tmp = os.path.join(report_dir, f"{TEXTS_OUT}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, text=text.astype(np.float32))
-    os.replace(tmp, os.path.join(report_dir, TEXTS_OUT + ".npz"))
+    with files.atomic_path(os.path.join(report_dir, TEXTS_OUT + ".npz")) as tmp:
+      with open(tmp, "wb") as f:
+        np.savez(f, text=text.astype(np.float32))
     meta.update({"model": scorer.name, "texts": texts, "seconds": round(time.time() - t0, 2)})
     log(f"labels: CLAP ({scorer.name}) embedded {len(texts)} label texts")
   files.write_json(os.path.join(report_dir, TEXTS_OUT + ".json"), meta)

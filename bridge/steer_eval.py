@@ -453,6 +453,6 @@ def plot_steering(results: dict, path: str) -> str:
   if axes[0][0].get_legend_handles_labels()[0]:
     axes[0][0].legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
+  files.save_figure(fig, path, dpi=90)
   plt.close(fig)
   return path

@@ -84,6 +84,13 @@ def write_json(path: str, obj: Any, **dump_kw) -> None:
   write_text(path, json.dumps(obj, **dump_kw))
 
 
+def save_figure(fig, path: str, **savefig_kw) -> None:
+  """`fig.savefig(path)` atomically (a matplotlib figure; the format from the suffix)."""
+  fmt = os.path.splitext(path)[1].lstrip(".") or "png"
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, format=fmt, **savefig_kw)
+
+
 def append_line(path: str, line: str) -> None:
   """Append one line (a metrics row). A failure raises WriteError naming the file; a line
   cut short by a full disk or a kill is dropped by the reader that resumes the run."""
