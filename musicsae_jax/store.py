@@ -607,10 +607,9 @@ class SiteReader:
 
   def _read_chunk_async(self, p: int, s: int, which=(0, 1)):
     e = self._chunk_end(p, s)
-    self._check_present(p, s, e)          # both arrays' files: a missing one is damage
-    before = [self._file_id(p, w, s) for w in which]    # and which version is read
+    ids = [self._file_id(p, w, s) for w in (0, 1)]   # both present (else damage); versions
     arrays = self._part(p)
-    return p, s, [arrays[w][s:e].read() for w in which], which, before
+    return p, s, [arrays[w][s:e].read() for w in which], which, [ids[w] for w in which]
 
   def _finish(self, pending):
     p, s, futures, which, before = pending
