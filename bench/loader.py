@@ -7,9 +7,15 @@ with the trainer's default window budget (`train.shuffle_mb`) and with a window 
 the whole dataset (a full in-memory shuffle). Reports peak RSS, MB/s served and distinct
 prompts per batch (the prompt id rides in two bf16-exact columns of every row).
 
+It also measures what the per-read integrity checks cost (`checksum_cost`: without the
+CRC, the default, and a CRC at every read; interleaved in one process, min and median,
+wall and CPU seconds, with the load average, since a shared machine is noisy).
+
   python bench/loader.py [--sizes_mb=512,2048] [--d=1536] [--batches=60]
+  python bench/loader.py --sizes_mb=512 --checksum_repeats=7 --skip_serve
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import resource
@@ -71,6 +77,72 @@ def serve(path: str, shuffle_mb: float, batches: int, batch: int) -> dict:
               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
+_CHECK_MODES = {"off": (False, False), "default": (True, False), "crc_every_read": (True, True)}
+
+
+def _pct(x, ref) -> float:
+  return round(100 * (x / ref - 1), 2)
+
+
+def _summary(times: dict) -> dict:
+  out = {}
+  for mode, ts in times.items():
+    wall, cpu = np.array([t[0] for t in ts]), np.array([t[1] for t in ts])
+    out[mode] = {"min_s": round(float(wall.min()), 4), "median_s": round(float(np.median(wall)), 4),
+                 "first_s": round(float(wall[0]), 4), "cpu_median_s": round(float(np.median(cpu)), 4)}
+  for mode in ("default", "crc_every_read"):
+    out[mode]["overhead_pct"] = {
+        "min": _pct(out[mode]["min_s"], out["off"]["min_s"]),
+        "median": _pct(out[mode]["median_s"], out["off"]["median_s"]),
+        "cpu_median": _pct(out[mode]["cpu_median_s"], out["off"]["cpu_median_s"])}
+  return out
+
+
+def checksum_cost(path: str, repeats: int, threads: int) -> dict:
+  """What the per-read checks cost, in the same process, modes interleaved pass by pass:
+  `off` (no CRC: stats only), `default` (CRC at a chunk's first read by this reader and
+  whenever its file changed, a stat before and after every read), `crc_every_read` (CRC of
+  every chunk at every read). Measured on raw block reads (read_block on the loader's
+  thread count) and on the loader filling its shuffle windows (read, checks, float32,
+  scale, scatter), one reader per mode kept over the passes as a training job keeps it.
+  min / median over the passes; `first_s`: the first pass (the default mode's full CRC)."""
+  from musicsae_jax import data as data_lib, mesh as mesh_lib, train as train_lib
+  time.sleep(2.5)               # the files settle, as any store extracted earlier has
+  readers = {m: store.open_dataset(path).site("site") for m in _CHECK_MODES}
+  for m, (check, every) in _CHECK_MODES.items():
+    readers[m].verify_checksums, readers[m].crc_every_read = check, every
+  reads = {m: [] for m in _CHECK_MODES}
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    for _ in range(repeats):
+      for m, site in readers.items():
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in pool.map(site.read_block, range(site.num_blocks)):
+          pass
+        reads[m].append((time.perf_counter() - t0, time.process_time() - c0))
+  t = train_lib.default_config()
+  ev = data_lib.split_prompts(readers["off"].read_index()[:, 0], t.eval_fraction, 0)
+  pipes = {m: data_lib.Pipeline(
+      store.open_dataset(path).site("site"), batch_size=4096, seed=0, eval_prompts=ev,
+      scale=1.0, mesh=mesh_lib.make_mesh(), max_passes=t.shuffle_max_passes,
+      shuffle_rows=data_lib.window_rows(train_lib.default_shuffle_mb("cpu"), readers["off"].d),
+      read_threads=threads) for m in _CHECK_MODES}
+  for m, (check, every) in _CHECK_MODES.items():
+    pipes[m].source.verify_checksums, pipes[m].source.crc_every_read = check, every
+  groups = pipes["off"]._groups(0, 0)
+  windows = {m: [] for m in _CHECK_MODES}
+  for _ in range(repeats):
+    for m, pipe in pipes.items():
+      t0, c0 = time.perf_counter(), time.process_time()
+      for g, grp in enumerate(groups):
+        pipe._load_window(0, 0, g, *grp)
+      windows[m].append((time.perf_counter() - t0, time.process_time() - c0))
+  return {"blocks": readers["off"].num_blocks, "read_threads": threads, "repeats": repeats,
+          "block_reads": _summary(reads),
+          "loader_windows": {"windows": len(groups), "passes": pipes["off"].passes,
+                             **_summary(windows)},
+          "loadavg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--sizes_mb", default="512,2048", help="store sizes to compare")
@@ -79,6 +151,9 @@ def main():
   p.add_argument("--batches", type=int, default=60)
   p.add_argument("--batch", type=int, default=4096)
   p.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
+  p.add_argument("--checksum_repeats", type=int, default=5,
+                 help="passes over every block with and without the CRC check (0: skip)")
+  p.add_argument("--skip_serve", action="store_true", help="only the checksum comparison")
   p.add_argument("--_serve", nargs=2, help=argparse.SUPPRESS)
   a = p.parse_args()
   if a._serve:
@@ -90,7 +165,14 @@ def main():
     tmp = tempfile.mkdtemp(dir=a.dir)
     try:
       rows = write(os.path.join(tmp, "ds"), size, a.d, a.dtype)
+      if a.checksum_repeats:
+        cost = checksum_cost(os.path.join(tmp, "ds"), a.checksum_repeats,
+                             min(8, max(1, (os.cpu_count() or 1) // 2)))
+        print(json.dumps({"bench": "loader_checksum_cost", "store_mb": size, "d": a.d,
+                          "dtype": a.dtype, **cost}), flush=True)
       for mode, mb in (("bounded", default_mb), ("full_shuffle", 4.0 * size * 4)):
+        if a.skip_serve:
+          break
         if mode == "full_shuffle" and size > 512:
           continue                          # a whole-dataset window: only the small store
         out = subprocess.run([sys.executable, __file__, f"--batches={a.batches}",

@@ -26,6 +26,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from musicsae_jax import files
+
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 CHORDS = {"major": (0, 4, 7), "minor": (0, 3, 7), "diminished": (0, 3, 6),
           "augmented": (0, 4, 8)}
@@ -274,13 +276,8 @@ def make_concept_set(cfg, out: str, *, overwrite: bool = False,
              "synthesizer": _synth_version(), "config": _plain(cfg),
              "concepts": {k: sorted({str(r["labels"][k]) for r in rows if k in r["labels"]})
                           for k in LABEL_KEYS}}
-  with open(os.path.join(out, "concepts.json"), "w") as f:
-    json.dump(summary, f, indent=1)
-  tmp = meta_path + ".tmp"
-  with open(tmp, "w") as f:
-    for r in rows:
-      f.write(json.dumps(r) + "\n")
-  os.replace(tmp, meta_path)
+  files.write_json(os.path.join(out, "concepts.json"), summary, indent=1)
+  files.write_text(meta_path, "".join(json.dumps(r) + "\n" for r in rows))
   return summary
 
 

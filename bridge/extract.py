@@ -28,6 +28,20 @@ from musicsae_jax import progress, store
 AUDIO_SITE = "audio.descriptors"
 
 
+# Every extract.* field changes what is stored, so a dataset records it and a resume with
+# another value is refused naming the field: through the prompt table (prompts, per_label,
+# label_key, max_prompts, source, audio), the sites (sites, keep, dtype, codec) or the
+# manifest's `generation` record (the rest). Only these may differ on resume:
+RESUMABLE_FIELDS = frozenset({"flush_seconds", "torch_threads"})   # when rows are published;
+                                                                   # CPU threads of torch
+IDENTITY_FIELDS = frozenset({
+    "prompts", "per_label", "label_key", "max_prompts", "source", "audio",  # prompt table
+    "sites", "keep", "dtype", "codec",                                        # sites
+    "duration", "batch_size", "seed", "use_sampling", "top_k", "top_p", "temperature",
+    "cfg_coef", "two_step_cfg", "capture", "save_audio"})                     # generation
+_GENERATION_DEFAULTS = {"save_audio": False}    # fields older datasets did not record
+
+
 class ExtractError(ValueError):
   """A bad extraction config or a dataset that does not match it."""
 
@@ -154,7 +168,8 @@ def _open_or_create(path, sites, prompt_rows, model_meta, generation, num_worker
                    {n: {k: getattr(s, k) for k in site_keys} for n, s in sites.items()}, "sites.")
   if m.get("num_workers") != num_workers:
     problems.append(f"num_workers: {m.get('num_workers')} != {num_workers}")
-  problems += _diff(m.get("generation") or {}, generation, "generation.")
+  problems += _diff({**_GENERATION_DEFAULTS, **(m.get("generation") or {})}, generation,
+                    "generation.")
   stored_model = dict(m.get("model") or {})
   stored_model.setdefault("backend", "audiocraft")      # stores made before the field existed
   problems += _diff(stored_model, model_meta, "model.")
@@ -232,7 +247,8 @@ def extract(config, workdir, worker_index: int = 0, num_workers: int = 1,
                                + ("; audio: teacher-forced over the clip's codes, pattern step i "
                                   "-> frame i" if source == "audio" else "")),
                     audio_descriptors=list(audio_features.FRAME_DESCRIPTORS)
-                    if AUDIO_SITE in sites else [])
+                    if AUDIO_SITE in sites else [],
+                    save_audio=bool(ecfg.get("save_audio", False)))   # audio/<id>.wav
   model_meta = dict(info.to_dict(), source=config.model.name, **_model_build(config.model))
   path = dataset_path(config, workdir)
   ds = _open_or_create(path, sites, prompt_rows, model_meta, generation, num_workers, overwrite)

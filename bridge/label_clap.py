@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from bridge import steer_clap
+from musicsae_jax import files
 
 REQUEST, OUT = "label_examples.json", "clap_embeddings"
 TEXTS_REQUEST, TEXTS_OUT = "label_texts.json", "clap_label_texts"
@@ -35,11 +36,10 @@ TINY = {"sampling_rate": 16000, "spec_size": 128, "max_length_s": 2}
 
 def _write(report_dir: str, meta: dict, audio=None, text=None) -> None:
   if audio is not None:
-    tmp = os.path.join(report_dir, f"{OUT}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, audio=audio.astype(np.float32), text=text.astype(np.float32))
-    os.replace(tmp, os.path.join(report_dir, OUT + ".npz"))
-  with open(os.path.join(report_dir, OUT + ".json"), "w") as f:
-    json.dump(meta, f, indent=2)
+    with files.atomic_path(os.path.join(report_dir, OUT + ".npz")) as tmp:
+      with open(tmp, "wb") as f:
+        np.savez(f, audio=audio.astype(np.float32), text=text.astype(np.float32))
+  files.write_json(os.path.join(report_dir, OUT + ".json"), meta)
 
 
 def _read(path: str, what: str) -> tuple[dict, str]:
@@ -137,13 +137,12 @@ def embed_label_texts(report_dir: str, log=print) -> dict:
     texts = list(texts_req["texts"])
     template = req["clap"].get("template", "{}")
     text = scorer.text([template.format(t) for t in texts]) if texts else np.zeros((0, 0))
-    tmp = os.path.join(report_dir, f"{TEXTS_OUT}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, text=text.astype(np.float32))
-    os.replace(tmp, os.path.join(report_dir, TEXTS_OUT + ".npz"))
+    with files.atomic_path(os.path.join(report_dir, TEXTS_OUT + ".npz")) as tmp:
+      with open(tmp, "wb") as f:
+        np.savez(f, text=text.astype(np.float32))
     meta.update({"model": scorer.name, "texts": texts, "seconds": round(time.time() - t0, 2)})
     log(f"labels: CLAP ({scorer.name}) embedded {len(texts)} label texts")
-  with open(os.path.join(report_dir, TEXTS_OUT + ".json"), "w") as f:
-    json.dump(meta, f, indent=2)
+  files.write_json(os.path.join(report_dir, TEXTS_OUT + ".json"), meta)
   return meta
 
 

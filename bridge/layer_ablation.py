@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from bridge import interventions
+from musicsae_jax import files
 
 DESCRIPTORS = ("tempo_bpm", "loudness_db", "brightness_hz", "mode_major_minus_minor")
 
@@ -139,6 +140,6 @@ def plot(result: dict, path: str) -> str:
     ax.set_xticks(gen["layers"])
     ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
+  files.save_figure(fig, path, dpi=90)
   plt.close(fig)
   return path

@@ -14,6 +14,7 @@ import os
 import torch
 
 from bridge import defaults
+from musicsae_jax import files
 
 WHAT = ("fidelity", "ablation", "patching")
 LOCALIZE_DEFAULTS = defaults.localize().to_dict()
@@ -69,8 +70,7 @@ def _audio_items(lc: dict):
 
 
 def _write(path: str, obj: dict) -> str:
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=1)
+  files.write_json(path, obj, indent=1)
   return path
 
 

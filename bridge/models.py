@@ -117,6 +117,30 @@ def text_conditioner(model):
   return conds["description"]
 
 
+# The released checkpoints' sizes (their published configs: d_model, layers; T5-base text
+# encoder), so inputs can be checked against a model before it loads.
+_RELEASED_SIZES = {"facebook/musicgen-small": (1024, 24), "facebook/musicgen-medium": (1536, 48),
+                   "facebook/musicgen-large": (2048, 48), "facebook/musicgen-melody": (1536, 48)}
+_T5_BASE_DIM = 768
+
+
+def expected_sizes(mcfg) -> dict | None:
+  """{d_model, num_layers, t5_dim} of the model `config.model` names, without loading it:
+  the tiny model's build sizes or a released checkpoint's; None when only loading can tell
+  (a local directory)."""
+  if mcfg.name == "tiny":
+    import inspect
+    sizes = dict(mcfg.get("tiny", {}) or {})
+    params = inspect.signature(build_tiny_musicgen).parameters
+    get = lambda k: int(sizes.get(k, params[k].default))
+    return {"d_model": get("dim"), "num_layers": get("num_layers"), "t5_dim": get("t5_dim")}
+  name = _SHORT.get(mcfg.name, mcfg.name)
+  if name in _RELEASED_SIZES and not os.path.isdir(mcfg.name):
+    d, layers = _RELEASED_SIZES[name]
+    return {"d_model": d, "num_layers": layers, "t5_dim": _T5_BASE_DIM}
+  return None
+
+
 def model_info(model) -> ModelInfo:
   """Sizes and rates of a MusicGen on either backend (audiocraft MusicGen, transformers
   MusicgenForConditionalGeneration, or a bridge.backends adapter of either)."""

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from bridge import capture, interventions, prompts as prompts_lib
+from musicsae_jax import files
 
 CONCEPT_KEYS = ("emotion", "instrument", "genre")
 
@@ -238,7 +239,7 @@ def plot(result: dict, path: str) -> str:
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.04)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
+  files.save_figure(fig, path, dpi=90)
   plt.close(fig)
   return path
 

@@ -22,14 +22,13 @@ strength; each feature and method one `verdict` line (bridge.steer_stats).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 
 import numpy as np
 import torch
 
 from bridge import backends, steer_controls, steer_stats, steering
-from musicsae_jax import progress
+from musicsae_jax import files, progress
 
 TEXT_SITES = ("cond.proj", "t5.hidden")   # steered with add_text_direction (no steps)
 METHODS = ("add", "scale", "set", "transplant")
@@ -168,6 +167,7 @@ def _label_key(labels) -> str | None:
 def run_steering(config, workdir: str) -> dict:
   """Baseline, steered and control generations; per-prompt measures to steer.json."""
   from bridge import audio_features, capture, extract, steer_concept
+  from bridge import models as models_lib
   from bridge.sae_torch import TorchSAE
   import soundfile as sf
   sc = _config(config)
@@ -206,20 +206,15 @@ def run_steering(config, workdir: str) -> dict:
     raise ValueError("--config.steer.method=transplant needs --config.steer.transplant_from="
                      "'<source prompt>' (whose feature pattern is imposed)")
   strengths = plan[0]["strengths"]
+  sizes = models_lib.expected_sizes(config.model)     # known without loading: check now
+  if sizes:
+    steering.check_sizes(sizes, dirs, layer, text_site, exp_dir, config.model.name)
   threads = int(config.get("extract", {}).get("torch_threads", 0))
   if threads:
     torch.set_num_threads(threads)
   with progress.phase(f"steer: loading model {config.model.name}"):
     model = extract.build_model(config.model)
-  if text_site:
-    from bridge import models as models_lib
-    info = models_lib.model_info(model)
-    width = info.t5_dim if text_site == "t5.hidden" else info.d_model
-    if dirs.shape[1] != width:
-      raise ValueError(f"{exp_dir}/directions.safetensors: directions are {dirs.shape[1]} wide "
-                       f"but {text_site} of model {config.model.name!r} is {width} wide")
-  else:
-    steering._check_fits(model, dirs, layer, exp_dir, config.model.name)
+  steering._check_fits(model, dirs, layer, exp_dir, config.model.name, text_site)
   model.set_generation_params(duration=float(sc["duration"]), use_sampling=True,
                               top_k=int(config.get("extract", {}).get("top_k", 50)))
   rel = man["mean_norm"] if sc["relative"] else None
@@ -456,8 +451,7 @@ def run_steering(config, workdir: str) -> dict:
       results["features"].append(entry)
   bar.close()
   path = os.path.join(out_dir, "steer.json")
-  with open(path, "w") as f:
-    json.dump(results, f, indent=1)
+  files.write_json(path, results, indent=1)
   results["plot"] = plot_steering(results, os.path.join(out_dir, "steer.png"))
   results["path"] = path
   return results
@@ -593,6 +587,6 @@ def plot_steering(results: dict, path: str) -> str:
   if axes[0][0].get_legend_handles_labels()[0]:
     axes[0][0].legend(fontsize=6, loc="best")
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
+  files.save_figure(fig, path, dpi=90)
   plt.close(fig)
   return path

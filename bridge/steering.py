@@ -26,6 +26,7 @@ Vectors are cast to the activation's dtype/device (fp16 on CUDA). No jax imports
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from typing import Callable, Mapping
@@ -400,19 +401,32 @@ def _selected(features, man: dict, exp_dir: str) -> list[int]:
   return [ids.index(int(f)) for f in features]
 
 
-def _check_fits(model, dirs, layer: int, exp_dir: str, model_name: str) -> None:
-  """The exported directions must match the model they steer (width, layer)."""
+def check_sizes(sizes: dict, dirs, layer, text_site, exp_dir: str, model_name: str) -> None:
+  """The exported directions must match the model they steer: width (of the LM, or of the
+  text site) and layer. `sizes`: {d_model, num_layers, t5_dim} (models.expected_sizes before
+  the model loads, or its model_info after)."""
+  if text_site:
+    width = sizes["t5_dim"] if text_site == "t5.hidden" else sizes["d_model"]
+    if dirs.shape[1] != width:
+      raise ValueError(f"{exp_dir}/directions.safetensors: directions are {dirs.shape[1]} wide "
+                       f"but {text_site} of model {model_name!r} is {width} wide")
+    return
+  if dirs.shape[1] != sizes["d_model"]:
+    raise ValueError(f"{exp_dir}/directions.safetensors: directions are {dirs.shape[1]} wide "
+                     f"but model {model_name!r} has d_model={sizes['d_model']}; export from a "
+                     f"run trained on this model's activations")
+  if not isinstance(layer, str) and not 0 <= layer < sizes["num_layers"]:
+    raise ValueError(f"{exp_dir}/directions.json: layer {layer} but model {model_name!r} has "
+                     f"{sizes['num_layers']} layers")
+
+
+def _check_fits(model, dirs, layer, exp_dir: str, model_name: str, text_site=None) -> None:
+  """check_sizes against the loaded model (and an attention site's module)."""
   from bridge import models
   info = models.model_info(model)
-  if dirs.shape[1] != info.d_model:
-    raise ValueError(f"{exp_dir}/directions.safetensors: directions are {dirs.shape[1]} wide "
-                     f"but model {model_name!r} has d_model={info.d_model}; export from a run "
-                     f"trained on this model's activations")
-  if isinstance(layer, str):
+  check_sizes(dataclasses.asdict(info), dirs, layer, text_site, exp_dir, model_name)
+  if isinstance(layer, str) and not text_site:
     _site_module(model, layer)      # an attention site of a layer the model has
-  elif not 0 <= layer < info.num_layers:
-    raise ValueError(f"{exp_dir}/directions.json: layer {layer} but model {model_name!r} has "
-                     f"{info.num_layers} layers")
 
 
 def run_steering(config, workdir: str) -> dict:

@@ -8,7 +8,8 @@
 `run` parses flags (a relative `--config=configs/…` also resolves against the repository,
 so it works from any directory), silences library chatter, and ends bad input with one
 line on stderr naming the flag or file and what was expected: no module docstring, no
-flag list, no traceback. Set MUSICSAE_TRACEBACK=1 to get the traceback back.
+flag list, no traceback, no library's log of the same failure. `--verbose` (or
+MUSICSAE_TRACEBACK=1) brings the traceback and the libraries' error logs back.
 """
 import difflib
 import errno
@@ -39,8 +40,16 @@ class UserError(Exception):
   """Bad input: the message names the flag or file and what was expected."""
 
 
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Show what libraries log about a failure (e.g. each background thread "
+    "of a failed checkpoint save, with its traceback) and the failure's own traceback; "
+    "without it a failure is one line (MUSICSAE_TRACEBACK=1 does the same).")
+
+
 def traceback_requested() -> bool:
-  return os.environ.get("MUSICSAE_TRACEBACK", "") not in ("", "0")
+  if os.environ.get("MUSICSAE_TRACEBACK", "") not in ("", "0"):
+    return True
+  return flags.FLAGS.is_parsed() and bool(_VERBOSE.value)
 
 
 def define_config(help_text: str = "Experiment config file (configs/*.py)."):
@@ -61,6 +70,10 @@ def resolve_config_path(path: str) -> str:
 class _QuietLibraries(pylogging.Filter):
 
   def filter(self, record):
+    if record.levelno >= pylogging.ERROR and any(p in record.pathname for p in _NOISY_PATHS):
+      # Orbax logs a failed background save from each of its threads, traceback and all;
+      # the trainer reports it once (CheckpointSaveError). --verbose shows them.
+      return traceback_requested()
     if record.levelno >= pylogging.WARNING:
       return True
     if any(p in record.pathname for p in _NOISY_PATHS):
@@ -79,7 +92,21 @@ def quiet_library_logs() -> None:
     pylogging.getLogger(name).setLevel(pylogging.WARNING)
   for message, category in _QUIET_WARNINGS:
     warnings.filterwarnings("ignore", message=message, category=category)
+  sys.excepthook = _quiet_excepthook(sys.excepthook)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _quiet_excepthook(hook):
+  """Drop the 'Event loop is closed' trace that a native callback of an aborted async save
+  prints after the save's own error (unless --verbose); everything else as before."""
+
+  def excepthook(kind, value, tb):
+    if (kind is RuntimeError and str(value) == "Event loop is closed"
+        and not traceback_requested()):
+      return
+    hook(kind, value, tb)
+
+  return excepthook
 
 
 def _fail(message: str, code: int = 2):

@@ -14,6 +14,7 @@ process/device count because the target shardings, not the saved layout, decide.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import jax
@@ -137,7 +138,11 @@ class Checkpointer:
       raise self._error(step, e) from e
 
   def _error(self, step, e: BaseException) -> CheckpointSaveError:
-    reason = (str(e).strip().splitlines() or [""])[0][:300]
+    reason = (str(e).strip().splitlines() or [""])[0]
+    code = re.search(r"os_error_code='(\d+)'", reason)     # TensorStore's I/O errors
+    if code and len(reason) > 200:      # the OS's reason first, then the path it names
+      reason = f"[Errno {code[1]}] {os.strerror(int(code[1]))}: {reason[:160]}..."
+    reason = reason[:300]
     return CheckpointSaveError(f"{self.directory}: saving the checkpoint of step {step} "
                                f"failed: {type(e).__name__}: {reason}")
 

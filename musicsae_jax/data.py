@@ -41,6 +41,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
+from musicsae_jax import files
 from musicsae_jax import mesh as mesh_lib
 
 
@@ -126,8 +127,7 @@ def estimate_scale(sample: np.ndarray) -> dict:
 
 
 def save_normalization(path: str, stats: dict) -> None:
-  with open(path, "w") as f:
-    json.dump(stats, f, indent=2)
+  files.write_json(path, stats)
 
 
 def load_normalization(path: str) -> dict:

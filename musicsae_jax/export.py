@@ -41,6 +41,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from musicsae_jax import files
+
 FORMAT_VERSION = 2     # 2: sae_weights.safetensors, hook_name a torch module path
 SAE_FILE, CFG_FILE = "sae_weights.safetensors", "cfg.json"   # the names SAELens loads
 LEGACY_SAE_FILE = "sae.safetensors"                            # exports before format 2
@@ -212,10 +214,9 @@ def export_sae(params: dict[str, Any], sae_cfg: Any = None, *, site: str, layer:
   }
   if architecture == "topk":
     cfg["k"] = k_out
-  save_file(tensors, os.path.join(out_dir, SAE_FILE),
-            metadata={"format": "musicsae", "architecture": architecture})
-  with open(os.path.join(out_dir, CFG_FILE), "w") as f:
-    json.dump(cfg, f, indent=2)
+  with files.atomic_path(os.path.join(out_dir, SAE_FILE)) as tmp:
+    save_file(tensors, tmp, metadata={"format": "musicsae", "architecture": architecture})
+  files.write_json(os.path.join(out_dir, CFG_FILE), cfg)
   return out_dir
 
 
@@ -273,15 +274,14 @@ def export_directions(params: dict[str, Any], feature_ids: Sequence[int],
     raise ExportError(f"features {[i for i, n in zip(ids, norms[:, 0]) if n == 0]} have zero "
                       "decoder rows")
   os.makedirs(out_dir, exist_ok=True)
-  save_file({"directions": np.ascontiguousarray(rows / norms, np.float32)},
-            os.path.join(out_dir, DIR_FILE))
+  with files.atomic_path(os.path.join(out_dir, DIR_FILE)) as tmp:
+    save_file({"directions": np.ascontiguousarray(rows / norms, np.float32)}, tmp)
   manifest = {"format_version": FORMAT_VERSION, "run": run, "step": step, "site": site,
               "layer": layer if layer is not None else _layer_of(site),
               "feature_ids": ids, "labels": labels,
               "mean_norm": None if mean_norm is None else float(mean_norm),
               "d": int(W.shape[1])}
-  with open(os.path.join(out_dir, DIR_MANIFEST), "w") as f:
-    json.dump(manifest, f, indent=2)
+  files.write_json(os.path.join(out_dir, DIR_MANIFEST), manifest)
   return out_dir
 
 

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from musicsae_jax import metrics
+from musicsae_jax import files, metrics
 
 
 def pyplot():
@@ -24,7 +24,7 @@ def read_metrics(path: str) -> list[dict]:
 def plot_training(rows: list[dict], path: str) -> None:
   """Loss, MSE, L0, FVU (train batch and pooled eval), dead fraction and lr vs step."""
   fig = training_figure(rows)
-  fig.savefig(path, dpi=100)
+  files.save_figure(fig, path, dpi=100)
   pyplot().close(fig)
 
 
@@ -75,7 +75,7 @@ def density_figure(density: np.ndarray, xlabel: str, title: str, figsize=(6, 4))
 
 def plot_density(density: np.ndarray, path: str, title: str = "feature density") -> None:
   fig = density_figure(density, "log10 firing frequency (eval rows)", title)
-  fig.savefig(path, dpi=100)
+  files.save_figure(fig, path, dpi=100)
   pyplot().close(fig)
 
 
@@ -124,5 +124,5 @@ def sweep_figure(record: dict, highlight: str | None = None):
 
 def plot_sweep(record: dict, path: str) -> None:
   fig = sweep_figure(record)
-  fig.savefig(path, dpi=100)
+  files.save_figure(fig, path, dpi=100)
   pyplot().close(fig)

@@ -14,11 +14,14 @@ JAX-free on purpose, so launch scripts and tests can use it cheaply.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import shutil
 from typing import Any
+
+from musicsae_jax.files import WriteError
 
 LOCK_FILE = "run.lock"
 
@@ -143,8 +146,13 @@ class RunLock:
       self._fd = None
       raise RunLockedError(f"{run_dir} is being trained by another live process (pid "
                            f"{holder}); wait for it or choose another --config.run") from None
-    os.ftruncate(self._fd, 0)
-    os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+    try:                               # the holder's pid, for the message above
+      os.ftruncate(self._fd, 0)
+      os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as e:               # a full disk: the lock holds without the pid
+      if e.errno != errno.ENOSPC:
+        self.release()
+        raise WriteError(path, e) from e
 
   def release(self) -> None:
     if self._fd is not None:

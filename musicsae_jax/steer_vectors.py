@@ -10,13 +10,12 @@ norms in `norms`), so `launch.steer` applies them exactly like decoder direction
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 from safetensors.numpy import save_file
 
-from musicsae_jax import export, store
+from musicsae_jax import export, files, store
 
 
 def _prompt_means(ds_path: str, site: str, label_key: str):
@@ -91,14 +90,13 @@ def export_mean_difference(ds_path: str, site: str, label_key: str, out_dir: str
   if np.any(norms == 0):
     raise export.ExportError(f"zero mean difference for {[v for v, x in zip(values, norms) if x == 0]}")
   os.makedirs(out_dir, exist_ok=True)
-  save_file({"directions": np.ascontiguousarray(vecs / norms[:, None], np.float32)},
-            os.path.join(out_dir, export.DIR_FILE))
+  with files.atomic_path(os.path.join(out_dir, export.DIR_FILE)) as tmp:
+    save_file({"directions": np.ascontiguousarray(vecs / norms[:, None], np.float32)}, tmp)
   manifest = {"format_version": export.FORMAT_VERSION, "kind": kind, "run": run,
               "step": None, "site": site, "layer": export._layer_of(site),
               "feature_ids": list(range(len(values))),
               "labels": [f"{label_key}={v}" for v in values], "norms": norms.tolist(),
               "prompts_per_value": n, "dataset": ds_path, "mean_norm": mean_norm,
               "d": int(vecs.shape[1])}
-  with open(os.path.join(out_dir, export.DIR_MANIFEST), "w") as f:
-    json.dump(manifest, f, indent=2)
+  files.write_json(os.path.join(out_dir, export.DIR_MANIFEST), manifest)
   return out_dir

@@ -15,9 +15,13 @@ and are overwritten by the next append, so a batch is either committed or not th
 
 Integrity: the commit record also holds a CRC-32 of every committed chunk (per site,
 acts and index), so `verify()` (CLI: `python -m musicsae_jax.store verify PATH`) can
-prove the committed rows are the ones written. Every written chunk is stored, zeros
-included, so a shard file missing under committed rows is damage: reads fail naming the
-file instead of returning the zarr fill value.
+prove the committed rows are the ones written, and every read checks them too: a reader
+reads whole chunks, stats their shard files before and after each read (MissingDataError
+when gone) and compares each chunk with its CRC-32 (ChecksumError) at its first read and
+whenever its file changed since (see SiteReader), so a file corrupted or removed while a
+job runs fails that job's next read of it, naming the file and rows. Every written chunk
+is stored, zeros included, so a shard file missing under committed rows is damage, never
+the zarr fill value.
 """
 from __future__ import annotations
 
@@ -37,6 +41,8 @@ from typing import Any
 
 import numpy as np
 import tensorstore as ts
+
+from musicsae_jax import files
 
 FORMAT_VERSION = 1
 DTYPES = ("float32", "bfloat16")
@@ -79,6 +85,10 @@ class LockedError(StoreError):
 
 class MissingDataError(StoreError):
   """A shard file that holds committed rows is gone: the dataset is damaged."""
+
+
+class ChecksumError(StoreError):
+  """Committed rows read back do not match the CRC-32 of their commit record."""
 
 
 class DuplicatePromptError(StoreError, ValueError):
@@ -136,17 +146,7 @@ def default_chunk_rows(d: int, dtype: str) -> int:
 
 def _write_json_atomic(path: str, obj: Any) -> None:
   """Write JSON so that readers see either the old file or the new one, never half."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-  dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-  try:
-    os.fsync(dfd)
-  finally:
-    os.close(dfd)
+  files.write_json(path, obj, indent=1, sort_keys=True)
 
 
 def _read_json(path: str, what: str) -> dict:
@@ -304,9 +304,8 @@ def create(path: str, sites: Mapping[str, SiteSpec | Mapping[str, Any]], *,
   table = [_prompt_row(i, p) for i, p in enumerate(prompts or [])]
 
   os.makedirs(os.path.join(path, "commits"))
-  with open(os.path.join(path, "prompts.jsonl"), "w") as f:
-    for row in table:
-      f.write(json.dumps(row) + "\n")
+  files.write_text(os.path.join(path, "prompts.jsonl"),
+                   "".join(json.dumps(row) + "\n" for row in table))
   for name, spec in resolved.items():
     for w in range(num_workers):
       part = _part_dir(path, name, w, num_workers)
@@ -409,8 +408,10 @@ class Dataset:
     if name not in self.sites:
       raise UnknownSiteError(f"{self.path}: unknown site {name!r}; this dataset has "
                              f"{sorted(self.sites)}")
-    rows = [int(c["rows"].get(name, 0)) for c in self.commits()]
-    return SiteReader(self, name, rows)
+    commits = self.commits()     # rows and checksums from the same records
+    rows = [int(c["rows"].get(name, 0)) for c in commits]
+    sums = [(c.get("checksums") or {}).get(name) for c in commits]
+    return SiteReader(self, name, rows, sums)
 
   def check_files(self) -> None:
     """Raise MissingDataError naming the first shard file missing under committed rows
@@ -443,9 +444,25 @@ class SiteReader:
 
   Global row ids run through part 0, then part 1, ...; a block is one stored chunk
   (chunk_rows rows) of one part, the unit training reads in shuffled order.
+
+  Every read is checked: the shard files under the rows must exist, and each chunk read
+  must match the CRC-32 of its commit record. Reads are whole chunks (a row read decodes
+  its whole chunk anyway), so the checksums cover exactly what was read. The CRC is
+  computed at a chunk's first read, and again at every later read whose shard file is not
+  provably the one checked: each read stats the file before and after (inode, size, mtime,
+  ctime), so any write, replacement or removal of it since, by anyone, means a full check
+  (a file changed within the last seconds is never trusted: timestamps are coarse). A file
+  removed or damaged while a job runs fails the job's next read of it. Failures raise
+  MissingDataError / ChecksumError naming the file and the rows. Datasets written before
+  checksums existed get the file check only.
   """
 
-  def __init__(self, ds: Dataset, name: str, part_rows: list[int]):
+  verify_checksums = True     # False only to measure the check's cost (bench/loader.py)
+  crc_every_read = False      # True: recompute CRCs even of unchanged files (bench, paranoia)
+  _SETTLED_NS = 2_000_000_000  # a file's ctime older than this: its identity is trusted
+
+  def __init__(self, ds: Dataset, name: str, part_rows: list[int],
+               checksums: list[dict | None] | None = None):
     self.dataset, self.name = ds, name
     self.spec = ds.sites[name].resolved()
     self.d, self.dtype, self.chunk_rows = self.spec.d, self.spec.dtype, self.spec.chunk_rows
@@ -456,7 +473,8 @@ class SiteReader:
     self._blocks = blocks
     self.num_blocks = len(blocks)
     self._arrays: dict[int, tuple[Any, Any]] = {}
-    self._present: set[tuple[int, int]] = set()     # (part, shard) whose files were seen
+    self._sums = list(checksums) if checksums is not None else [None] * len(part_rows)
+    self._verified: dict[tuple[int, int, int], tuple] = {}   # (part, array, row) -> file id
 
   def __repr__(self) -> str:
     return f"SiteReader({self.name!r}, rows={self.num_rows}, d={self.d}, dtype={self.dtype})"
@@ -464,22 +482,81 @@ class SiteReader:
   def _part_base(self, p: int) -> str:
     return _part_dir(self.dataset.path, self.name, p, self.dataset.num_workers)
 
-  def _check_present(self, p: int, lo: int, hi: int) -> None:
-    """Fail naming the file when a shard under local rows [lo, hi) of part p is missing
-    (zarr would silently read its rows as the fill value, zeros)."""
+  def _missing(self, p: int, lo: int, hi: int) -> list[tuple[str, int]]:
+    """(file, shard) of every missing shard file under local rows [lo, hi) of part p."""
     rows = self.spec.shard_rows
+    out = []
     for shard in range(lo // rows, (hi - 1) // rows + 1 if hi > lo else lo // rows):
-      if (p, shard) in self._present:
-        continue
       for arr in ("acts", "index"):
         f = _shard_file(os.path.join(self._part_base(p), arr), shard)
         if not os.path.exists(f):
-          raise MissingDataError(
-              f"{f}: missing shard file holding committed rows {shard * rows}.."
-              f"{min((shard + 1) * rows, self.part_rows[p]) - 1} of site {self.name!r} "
-              f"(worker {p}); the dataset is damaged: check it with `python -m "
-              f"musicsae_jax.store verify {self.dataset.path}` and re-extract")
-      self._present.add((p, shard))
+          out.append((f, shard))
+    return out
+
+  def _missing_error(self, p: int, f: str, shard: int) -> MissingDataError:
+    rows = self.spec.shard_rows
+    return MissingDataError(
+        f"{f}: missing shard file holding committed rows {shard * rows}.."
+        f"{min((shard + 1) * rows, self.part_rows[p]) - 1} of site {self.name!r} "
+        f"(worker {p}); the dataset is damaged: check it with `python -m "
+        f"musicsae_jax.store verify {self.dataset.path}` and re-extract")
+
+  def _check_present(self, p: int, lo: int, hi: int) -> None:
+    """Fail naming the file when a shard under local rows [lo, hi) of part p is missing
+    (zarr would silently read its rows as the fill value, zeros). Checked at every read."""
+    gone = self._missing(p, lo, hi)
+    if gone:
+      raise self._missing_error(p, *gone[0])
+
+  def _file(self, p: int, w: int, lo: int) -> str:
+    """The shard file of array w (0: acts, 1: index) holding local row lo of part p."""
+    return _shard_file(os.path.join(self._part_base(p), ("acts", "index")[w]),
+                       lo // self.spec.shard_rows)
+
+  def _file_id(self, p: int, w: int, lo: int) -> tuple:
+    """(inode, size, mtime, ctime) of that shard file; MissingDataError when it is gone."""
+    f = self._file(p, w, lo)
+    try:
+      st = os.stat(f)
+    except FileNotFoundError:
+      raise self._missing_error(p, f, lo // self.spec.shard_rows) from None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+  def _verify_read(self, p: int, w: int, lo: int, rows: np.ndarray, before: tuple) -> None:
+    """Check a chunk just read (rows from local row lo of part p, array w) whose shard file
+    had identity `before` when the read started: skip the CRC only when the file is the
+    one whose chunk passed it before and did not change during this read."""
+    after = self._file_id(p, w, lo)
+    key = (p, w, lo)
+    if (after == before and self._verified.get(key) == after and not self.crc_every_read):
+      return
+    self._check_chunk(p, lo, ("acts", "index")[w], rows)
+    if (after == before and self._sums[p] is not None and self.verify_checksums
+        and time.time_ns() - after[3] > self._SETTLED_NS):
+      self._verified[key] = after
+
+  def _check_chunk(self, p: int, lo: int, what: str, rows: np.ndarray) -> None:
+    """Compare rows [lo, lo + len(rows)) of part p (a whole committed chunk) with their
+    CRC-32; raise naming the file and rows when they differ."""
+    sums = self._sums[p]
+    if sums is None or not self.verify_checksums:
+      return
+    c = lo // self.chunk_rows
+    have = sums[what][c] if c < len(sums[what]) else None
+    if have is not None and zlib.crc32(np.ascontiguousarray(rows).view(np.uint8)) == have:
+      return
+    hi = lo + len(rows)
+    gone = self._missing(p, lo, hi)      # removed during the read: say so
+    if gone:
+      raise self._missing_error(p, *gone[0])
+    f = _shard_file(os.path.join(self._part_base(p), what), lo // self.spec.shard_rows)
+    raise ChecksumError(
+        f"{f}: {what} rows {lo}..{hi - 1} of site {self.name!r} (worker {p}) do not match "
+        f"their checksum (corrupt or overwritten); the dataset is damaged: check it with "
+        f"`python -m musicsae_jax.store verify {self.dataset.path}` and re-extract")
+
+  def _chunk_end(self, p: int, lo: int) -> int:
+    return min(lo + self.chunk_rows, self.part_rows[p])
 
   def _part(self, p: int):
     if p not in self._arrays:
@@ -500,7 +577,7 @@ class SiteReader:
   def block_rows(self, i: int) -> tuple[int, int]:
     """Global [start, stop) of block i."""
     p, s = self._block(i)
-    return int(self.part_start[p] + s), int(self.part_start[p] + min(s + self.chunk_rows, self.part_rows[p]))
+    return int(self.part_start[p] + s), int(self.part_start[p] + self._chunk_end(p, s))
 
   def _block(self, i: int) -> tuple[int, int]:
     if not 0 <= i < self.num_blocks:
@@ -510,8 +587,7 @@ class SiteReader:
 
   def read_block(self, i: int) -> tuple[np.ndarray, np.ndarray]:
     """One chunk-aligned block: (acts [n, d] in the stored dtype, index [n, 2] int32)."""
-    fa, fi = self._read_async(i)
-    return fa.result(), fi.result()
+    return self._finish(self._read_async(i))
 
   def iter_blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Every block in order, the next one read while the caller works on this one."""
@@ -519,17 +595,44 @@ class SiteReader:
       return
     pending = self._read_async(0)
     for i in range(self.num_blocks):
-      acts, index = pending
+      cur = pending
       if i + 1 < self.num_blocks:
         pending = self._read_async(i + 1)
-      yield acts.result(), index.result()
+      yield self._finish(cur)
 
-  def _read_async(self, i: int):
+  def _read_async(self, i: int, which=(0, 1)):
+    """Start reading block i's chunk(s) (0: acts, 1: index): (part, start, futures)."""
     p, s = self._block(i)
-    e = min(s + self.chunk_rows, self.part_rows[p])
-    self._check_present(p, s, e)
-    acts, index = self._part(p)
-    return acts[s:e].read(), index[s:e].read()
+    return self._read_chunk_async(p, s, which)
+
+  def _read_chunk_async(self, p: int, s: int, which=(0, 1)):
+    e = self._chunk_end(p, s)
+    ids = [self._file_id(p, w, s) for w in (0, 1)]   # both present (else damage); versions
+    arrays = self._part(p)
+    return p, s, [arrays[w][s:e].read() for w in which], which, [ids[w] for w in which]
+
+  def _finish(self, pending):
+    p, s, futures, which, before = pending
+    out = []
+    for w, f, b in zip(which, futures, before):
+      try:
+        rows = f.result()
+      except ValueError as e:        # TensorStore: a chunk that no longer decodes
+        raise self._damaged(p, s, self._chunk_end(p, s), ("acts", "index")[w], e) from None
+      self._verify_read(p, w, s, rows, b)
+      out.append(rows)
+    return tuple(out)
+
+  def _damaged(self, p: int, lo: int, hi: int, what: str, e: BaseException) -> StoreError:
+    gone = self._missing(p, lo, hi)
+    if gone:
+      return self._missing_error(p, *gone[0])
+    f = _shard_file(os.path.join(self._part_base(p), what), lo // self.spec.shard_rows)
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return ChecksumError(
+        f"{f}: {what} rows {lo}..{hi - 1} of site {self.name!r} (worker {p}) cannot be "
+        f"decoded ({reason[-160:]}); the dataset is damaged: check it with `python -m "
+        f"musicsae_jax.store verify {self.dataset.path}` and re-extract")
 
   def _locate(self, rows) -> tuple[np.ndarray, np.ndarray]:
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
@@ -540,20 +643,25 @@ class SiteReader:
     part = np.searchsorted(self.part_start, rows, side="right") - 1
     return part, rows - self.part_start[part]
 
+  _GATHER_INFLIGHT = 16        # whole chunks read at once by _gather (~64 MB at most)
+
   def _gather(self, rows, which: int, width: int, dtype) -> np.ndarray:
+    """Rows in the order given, read as the whole (checked) chunks that hold them."""
     part, local = self._locate(rows)
     out = np.empty((part.size, width), dtype=dtype)
-    futures = []
-    for p in np.unique(part):
-      sel = np.nonzero(part == p)[0]
-      for shard in np.unique(local[sel] // self.spec.shard_rows):
-        lo = int(shard) * self.spec.shard_rows
-        self._check_present(int(p), lo, lo + 1)
-      order = np.argsort(local[sel], kind="stable")
-      arr = self._part(int(p))[which]
-      futures.append((sel[order], arr[local[sel][order]].read()))
-    for sel, fut in futures:
-      out[sel] = fut.result()
+    key = part * (self.num_rows + 1) + local // self.chunk_rows
+    order = np.argsort(key, kind="stable")
+    bounds = np.flatnonzero(np.diff(key[order])) + 1
+    groups = np.split(order, bounds) if order.size else []
+    for g0 in range(0, len(groups), self._GATHER_INFLIGHT):
+      batch = groups[g0:g0 + self._GATHER_INFLIGHT]
+      reads = []
+      for sel in batch:
+        p, lo = int(part[sel[0]]), int(local[sel[0]]) // self.chunk_rows * self.chunk_rows
+        reads.append((sel, lo, self._read_chunk_async(p, lo, (which,))))
+      for sel, lo, pending in reads:
+        (chunk,) = self._finish(pending)
+        out[sel] = chunk[local[sel] - lo]
     return out
 
   def read_rows(self, rows) -> np.ndarray:
@@ -562,11 +670,23 @@ class SiteReader:
 
   def read_index(self, rows=None) -> np.ndarray:
     """(prompt_id, frame) of the given rows (all committed rows when None)."""
-    if rows is None:
+    if rows is None:            # one read per part, checked chunk by chunk
       for p, n in enumerate(self.part_rows):
         self._check_present(p, 0, n)
-      parts = [self._part(p)[1][: n].read() for p, n in enumerate(self.part_rows)]
-      got = [f.result() for f in parts]
+      before = [{lo: self._file_id(p, 1, lo) for lo in range(0, n, self.chunk_rows)}
+                for p, n in enumerate(self.part_rows)]
+      futures = [self._part(p)[1][:n].read() for p, n in enumerate(self.part_rows)]
+      got = []
+      for p, f in enumerate(futures):
+        try:
+          got.append(f.result())
+        except ValueError:            # find the chunk that does not decode, and name it
+          for lo in range(0, self.part_rows[p], self.chunk_rows):
+            self._finish(self._read_chunk_async(p, lo, (1,)))
+          raise
+      for p, ix in enumerate(got):
+        for lo in range(0, len(ix), self.chunk_rows):
+          self._verify_read(p, 1, lo, ix[lo:lo + self.chunk_rows], before[p][lo])
       return np.concatenate(got) if got else np.zeros((0, 2), np.int32)
     return self._gather(rows, 1, 2, np.int32)
 
@@ -775,7 +895,9 @@ def verify(path: str) -> dict:
   Reads every committed row once and checks: shard files present, per-chunk CRC-32s
   against the commit records, no NaN/Inf, each (prompt, frame) row once, rows only for
   completed prompts, every completed prompt present in every site, and no prompt
-  completed by two workers. An empty problem list means the dataset is whole.
+  completed by two workers. Every chunk of every site is checked whatever else is wrong
+  (a missing file does not hide a corrupt chunk beside it), so the list is complete; an
+  empty one means the dataset is whole.
   """
   ds = open_dataset(path)
   problems: list[str] = []
@@ -797,32 +919,51 @@ def verify(path: str) -> dict:
       if not n:
         continue
       where = f"site {name!r} worker {p}"
-      try:
-        site._check_present(p, 0, n)
-      except MissingDataError as e:
-        problems.append(str(e))
-        damaged = True
-        continue
       sums = (commits[p].get("checksums") or {}).get(name)
       if sums is None:
         problems.append(f"{where}: commit record has no checksums (written by an older "
                         f"version); contents not checked")
-      acts_arr, index_arr = site._part(p)
-      for c, lo in enumerate(range(0, n, site.chunk_rows)):
+      try:
+        arrays = site._part(p)
+      except StoreError as e:
+        problems.append(str(e))
+        damaged = True
+        continue
+      reported: set[str] = set()
+      for lo in range(0, n, site.chunk_rows):      # every chunk, whatever else is wrong
         hi = min(lo + site.chunk_rows, n)
-        a, ix = acts_arr[lo:hi].read().result(), index_arr[lo:hi].read().result()
-        if sums is not None:
-          for what, arr in (("acts", a), ("index", ix)):
-            if c >= len(sums[what]) or zlib.crc32(np.ascontiguousarray(arr).view(np.uint8)) != sums[what][c]:
-              problems.append(f"{_shard_file(os.path.join(site._part_base(p), what), lo // site.spec.shard_rows)}: "
-                              f"{what} rows {lo}..{hi - 1} of {where} do not match their "
-                              f"checksum (corrupt or overwritten)")
-        nonfinite += int(np.count_nonzero(~np.isfinite(a).all(1)))
-        keys.append(ix.astype(np.int64))
+        gone = site._missing(p, lo, hi)
+        for f, shard in gone:
+          if f not in reported:
+            reported.add(f)
+            problems.append(str(site._missing_error(p, f, shard)))
+        damaged |= bool(gone)
+        for w, what in enumerate(("acts", "index")):
+          f = _shard_file(os.path.join(site._part_base(p), what), lo // site.spec.shard_rows)
+          if f in reported:
+            continue
+          try:
+            x = arrays[w][lo:hi].read().result()
+          except ValueError as e:
+            problems.append(str(site._damaged(p, lo, hi, what, e)))
+            damaged |= what == "index"
+            continue
+          c = lo // site.chunk_rows
+          if sums is not None and (c >= len(sums[what]) or
+                                   zlib.crc32(np.ascontiguousarray(x).view(np.uint8)) != sums[what][c]):
+            problems.append(f"{f}: {what} rows {lo}..{hi - 1} of {where} do not match their "
+                            f"checksum (corrupt or overwritten)")
+            damaged |= what == "index"
+            if what == "index":
+              continue                # its (prompt, frame) keys are not to be trusted
+          if what == "acts":
+            nonfinite += int(np.count_nonzero(~np.isfinite(x).all(1)))
+          else:
+            keys.append(x.astype(np.int64))
     if nonfinite:
       problems.append(f"site {name!r}: {nonfinite} rows hold NaN/Inf")
     if not keys:
-      if done:
+      if done and not site.num_rows:
         problems.append(f"site {name!r}: no rows, but {len(done)} prompts are marked complete")
       continue
     ix = np.concatenate(keys)
@@ -836,7 +977,7 @@ def verify(path: str) -> dict:
     if have - done:
       problems.append(f"site {name!r}: rows for prompts never marked complete: "
                       f"{sorted(have - done)[:5]}")
-    if done - have and not damaged:      # (a missing shard already explains it)
+    if done - have and not damaged:      # (a missing or corrupt shard already explains it)
       problems.append(f"site {name!r}: prompts marked complete without rows: "
                       f"{sorted(done - have)[:5]}")
   return {"path": ds.path, "problems": problems, "sites": rows_of,

@@ -52,6 +52,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from musicsae_jax import checkpoint as ckpt_lib
 from musicsae_jax import data as data_lib
+from musicsae_jax import files
 from musicsae_jax import mesh as mesh_lib
 from musicsae_jax import plots
 from musicsae_jax import runs
@@ -484,11 +485,10 @@ def _train_sweep(config, workdir, axes, members, base, t, run_dir, member_step):
       os.makedirs(member_dirs[i], exist_ok=True)
       if not os.path.exists(os.path.join(member_dirs[i], "normalization.json")):
         data_lib.save_normalization(os.path.join(member_dirs[i], "normalization.json"), norm)
-      with open(os.path.join(member_dirs[i], "config.json"), "w") as f:
-        json.dump(_member_record(mb, t.data_streams, config.run), f, indent=2)
-    with open(sweep_path, "w") as f:
-      json.dump(summarize(config.run, axes, members, groups_idx, None, member_step=how),
-                f, indent=2)
+      files.write_json(os.path.join(member_dirs[i], "config.json"),
+                       _member_record(mb, t.data_streams, config.run))
+    files.write_json(sweep_path, summarize(config.run, axes, members, groups_idx, None,
+                                           member_step=how))
 
   # --- step: every group's vmapped step in one jitted function over the batch ---------
   group_steps = [make_group_step(g.graphdef, g.t, [members[i].t.lr for i in g.members], how)
@@ -568,8 +568,7 @@ def _train_sweep(config, workdir, axes, members, base, t, run_dir, member_step):
   def log_rows(rows):
     if is_main:
       for p, row in zip(member_dirs, rows):
-        with open(os.path.join(p, "metrics.jsonl"), "a") as f:
-          f.write(json.dumps(row) + "\n")
+        files.append_line(os.path.join(p, "metrics.jsonl"), json.dumps(row))
 
   schedules = [train_lib.make_schedule(mb.t)[0] for mb in members]
   steps = int(t.steps)
@@ -580,7 +579,9 @@ def _train_sweep(config, workdir, axes, members, base, t, run_dir, member_step):
     logging.info("sweep %s is already done (step %d of %d)", config.run, start, steps)
   else:
     batches = pipeline.iterate(start)
-    pending, t0, t_last, s_last = [], time.time(), time.time(), start
+    # Steps since the last logged one, carried over a resume (train.save_pending).
+    pending = train_lib.load_pending(run_dir, start) if is_main and start else []
+    t0, t_last, s_last = time.time(), time.time(), start
     with jax.set_mesh(mesh):
       for step in range(start + 1, steps + 1):
         states, met = p_sweep_step(states, next(batches))
@@ -614,6 +615,9 @@ def _train_sweep(config, workdir, axes, members, base, t, run_dir, member_step):
                        " ".join(f"{n}={e.get('fvu', float('nan')):.4f}"
                                 for n, e in zip(names, evals)))
         if step % t.checkpoint_every == 0 or step == steps:
+          if is_main:
+            train_lib.save_pending(run_dir, step, pending,
+                                   set.intersection(*(set(c.all_steps()) for c in ckpts)))
           save(step, states, evals)
         if t.get("stop_after") and step >= t.stop_after:   # simulate a crash (tests)
           break
@@ -644,14 +648,12 @@ def _train_sweep(config, workdir, axes, members, base, t, run_dir, member_step):
   record = summarize(config.run, axes, members, groups_idx, finals, member_step=how)
   if is_main:
     for i, p in enumerate(member_dirs):
-      with open(os.path.join(p, "final_metrics.json"), "w") as f:
-        json.dump(finals[i], f, indent=2)
+      files.write_json(os.path.join(p, "final_metrics.json"), finals[i])
       mpath = os.path.join(p, "metrics.jsonl")
       if t.plots and os.path.exists(mpath):
         plots.plot_training(plots.read_metrics(mpath), os.path.join(p, "training_curves.png"))
         plots.plot_density(density[i], os.path.join(p, "feature_density.png"))
-    with open(sweep_path, "w") as f:
-      json.dump(record, f, indent=2)
+    files.write_json(sweep_path, record)
     if t.plots:
       plots.plot_sweep(record, os.path.join(run_dir, "sweep.png"))
   return record

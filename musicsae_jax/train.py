@@ -25,6 +25,7 @@ from musicsae_jax import calibration
 from musicsae_jax import checkpoint as ckpt_lib
 from musicsae_jax import data as data_lib
 from musicsae_jax import defaults
+from musicsae_jax import files
 from musicsae_jax import mesh as mesh_lib
 from musicsae_jax import plots
 from musicsae_jax import preemption
@@ -293,8 +294,53 @@ def _trim_metrics(path: str, step: int) -> None:
 
   with open(path) as f:
     rows = [ln if ln.endswith("\n") else ln + "\n" for ln in f if ln.strip() and keep(ln)]
-  with open(path, "w") as f:
-    f.writelines(rows)
+  files.write_text(path, "".join(rows))
+
+
+PENDING_FILE = "pending_metrics.json"
+
+
+def _encode(x):
+  """Host metrics (dicts, lists/tuples, numpy arrays and scalars) as exact JSON."""
+  if isinstance(x, dict):
+    return {k: _encode(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_encode(v) for v in x]
+  a = np.asarray(x)
+  return {"dtype": a.dtype.name, "shape": list(a.shape), "values": a.reshape(-1).tolist()}
+
+
+def _decode(x):
+  if isinstance(x, list):
+    return [_decode(v) for v in x]
+  if set(x) == {"dtype", "shape", "values"}:
+    return np.asarray(x["values"], dtype=np.dtype(x["dtype"])).reshape(x["shape"])
+  return {k: _decode(v) for k, v in x.items()}
+
+
+def save_pending(run_dir: str, step: int, pending: list, keep_steps) -> None:
+  """Record the per-step metrics not yet logged (steps after the last logged one) with the
+  checkpoint of `step`, so a run resumed there logs the same window averages as an
+  uninterrupted one. Entries of checkpoints no longer kept are dropped."""
+  path = os.path.join(run_dir, PENDING_FILE)
+  try:
+    with open(path) as f:
+      have = json.load(f)
+  except (OSError, ValueError):
+    have = {}
+  keep = {int(k) for k in keep_steps}
+  have = {k: v for k, v in have.items() if k.isdigit() and int(k) in keep}
+  have[str(step)] = _encode(jax.device_get(pending))
+  files.write_json(path, have, indent=None)
+
+
+def load_pending(run_dir: str, step: int) -> list:
+  """The unlogged per-step metrics saved with the checkpoint of `step` ([] if none)."""
+  try:
+    with open(os.path.join(run_dir, PENDING_FILE)) as f:
+      return _decode(json.load(f).get(str(step), []))
+  except (OSError, ValueError, AttributeError, KeyError, TypeError):
+    return []
 
 
 def resolve_train_config(train_cfg) -> ml_collections.ConfigDict:
@@ -429,8 +475,7 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
   if is_main:                                        # everything checked: now write
     if not os.path.exists(norm_path):
       data_lib.save_normalization(norm_path, norm)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-      json.dump(_resolved_config(config, t), f, indent=2)
+    files.write_json(os.path.join(run_dir, "config.json"), _resolved_config(config, t))
 
   # --- step ------------------------------------------------------------------------------
   dense_thr = float(t.dense_threshold)
@@ -465,14 +510,13 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
     state = ckpt.restore(None, ckpt_lib.abstract_like(state, state_sh))
     start = int(jax.device_get(state["step"]))
     logging.info("resumed from %s at step %d", ckpt.directory, start)
-    if is_main:
-      _trim_metrics(metrics_path, start)
+  if is_main:          # rows logged after the step resumed from (all, when none was saved)
+    _trim_metrics(metrics_path, start)
 
   # --- train + evals ---------------------------------------------------------------------
   def log_row(row):
     if is_main:
-      with open(metrics_path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+      files.append_line(metrics_path, json.dumps(row))
 
   steps = int(t.steps)
   last_eval: dict = {}
@@ -483,7 +527,10 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
     logging.info("training %s: %s d=%d m=%d, %d steps from %d, lr=%.3g",
                  config.run, config.sae.architecture, d, m, steps, start, t.lr)
     batches = pipeline.iterate(start)
-    pending, t0, t_last, s_last = [], time.time(), time.time(), start
+    # Steps since the last logged one, carried over a resume (the window's average is the
+    # same as an uninterrupted run's).
+    pending = load_pending(run_dir, start) if is_main and start else []
+    t0, t_last, s_last = time.time(), time.time(), start
     wait_last, warned_wait, waited = pipeline.wait_s, False, [0.0, 0.0]  # [waited, wall] s
     # The bar's rate and ETA start after the first step (compilation); metrics go above it.
     bar = progress.Progress(steps, f"train {config.run}", "step", warmup=1, initial=start,
@@ -538,6 +585,8 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
                       f"l0={last_eval['l0']:.1f} dead={last_eval['dead_frac']:.3f} "
                       f"dense={last_eval['dense_frac']:.3f}")
         if step % t.checkpoint_every == 0 or step == steps or preempted:
+          if is_main:
+            save_pending(run_dir, step, pending, ckpt.all_steps())
           ckpt.save(step, state, None if preempted else last_eval.get("fvu"))
         if preempted:
           logging.warning("SIGTERM: saved the checkpoint of step %d and stopped; rerun the "
@@ -565,8 +614,7 @@ def _train_and_evaluate(config, workdir: str, t, run_dir: str) -> dict[str, Any]
     final.update({f"synthetic_{k}": float(v) for k, v in rec.items()})
     logging.info("synthetic ground truth: %s", rec)
   if is_main:
-    with open(os.path.join(run_dir, "final_metrics.json"), "w") as f:
-      json.dump(final, f, indent=2)
+    files.write_json(os.path.join(run_dir, "final_metrics.json"), final)
     if os.path.exists(metrics_path) and t.plots:
       plots.plot_training(plots.read_metrics(metrics_path),
                           os.path.join(run_dir, "training_curves.png"))

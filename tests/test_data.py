@@ -155,3 +155,43 @@ def test_iterate_matches_direct_batches_and_counts_waiting():
     np.testing.assert_array_equal(np.asarray(next(it)), _pipe(src).local_batch_np(step))
   it.close()
   assert pipe.wait_s >= 0.0
+
+
+@pytest.mark.parametrize("damage", ["remove", "flip"])
+def test_a_shard_damaged_while_training_reads_fails_the_stream(tmp_path, monkeypatch, damage):
+  """A shard file removed (or one bit flipped) after the stream has read it clean: the next
+  read of its rows, in a later window or epoch on a reader thread, stops the consumer with
+  an error naming the file, instead of serving zeros or wrong rows."""
+  import os
+  import time
+  from musicsae_jax import store
+  monkeypatch.setattr(store.SiteReader, "_SETTLED_NS", 0)   # trust unchanged files at once
+  ds = store.create(str(tmp_path / "ds"), {"s": store.SiteSpec(
+      d=8, chunk_rows=64, shard_chunks=2, codec="none")}, prompts=[f"p{i}" for i in range(40)])
+  rng = np.random.default_rng(0)
+  with ds.writer() as w:
+    for p in range(40):
+      w.append("s", rng.normal(size=(32, 8)).astype(np.float32),
+               np.stack([np.full(32, p), np.arange(32)], 1))
+      w.commit([p])
+  time.sleep(0.05)                            # past the timestamp tick of the last write
+  site = store.open_dataset(ds.path).site("s")
+  pipe = _pipe(site, shuffle_rows=256, read_threads=2)
+  it = pipe.iterate(0)
+  for _ in range(3):
+    next(it)
+  assert site._verified                       # files read clean are trusted while unchanged
+  time.sleep(0.05)
+  shard = os.path.join(ds.path, "sites", "s", "acts", "c", "3", "0")
+  if damage == "remove":
+    os.remove(shard)
+  else:
+    b = bytearray(open(shard, "rb").read())
+    b[200] ^= 0x10                          # in chunk 0 of the shard: rows 384..447
+    open(shard + ".new", "wb").write(bytes(b))
+    os.replace(shard + ".new", shard)
+  err = store.MissingDataError if damage == "remove" else store.ChecksumError
+  with pytest.raises(err, match=f"{shard}: .*rows 384"):
+    for _ in range(3 * pipe.batches_in_epoch(0)):
+      next(it)
+  it.close()

@@ -117,6 +117,7 @@ def _with_model(**change):
     (lambda: _with_model(seed=1), "model.seed: 0 != 1"),
     (lambda: _with_model(tiny=dict(num_heads=2)), "model.tiny.num_heads: 4 != 2"),
     (lambda: small_config(dtype="bfloat16"), "sites.lm.layer.0.dtype: 'float32' != 'bfloat16'"),
+    (lambda: small_config(save_audio=True), "generation.save_audio: False != True"),
 ])
 def test_reopening_with_another_config_is_refused(full, config, match):
   workdir = os.path.dirname(os.path.dirname(full.path))
@@ -183,3 +184,33 @@ def test_command_line_writes_a_zarr3_store_with_audio(tmp_path):
   arr = ts.open({"driver": "zarr3", "kvstore": {"driver": "file",
                  "path": str(ds_dir / "sites" / "lm.layer.1" / "acts")}}).result()
   assert arr.shape == (4 * 10, 64)
+
+
+def test_every_extract_field_is_identity_or_declared_resumable():
+  """A new extract.* field must be classified: part of the dataset's identity (compared on
+  resume) or one that cannot change what is stored."""
+  from bridge import defaults
+  fields = set(defaults.extract())
+  assert fields == X.IDENTITY_FIELDS | X.RESUMABLE_FIELDS, fields ^ (X.IDENTITY_FIELDS |
+                                                                     X.RESUMABLE_FIELDS)
+  assert not X.IDENTITY_FIELDS & X.RESUMABLE_FIELDS
+
+
+def test_resuming_with_save_audio_changed_is_refused(tmp_path):
+  """Audio for every prompt or for none: a resume that would stop (or start) writing audio
+  halfway is refused naming the field, and writes nothing."""
+  wd = str(tmp_path)
+  stop = RuntimeError("stop")
+
+  def interrupt(b):
+    if b == 1:
+      raise stop
+  with pytest.raises(RuntimeError):
+    X.extract(small_config(save_audio=True), wd, on_batch=interrupt, log=lambda s: None)
+  path = X.dataset_path(small_config(), wd)
+  before = sorted(os.listdir(os.path.join(path, "audio")))
+  with pytest.raises(X.ExtractError, match=r"generation\.save_audio: True != False.*--overwrite"):
+    X.extract(small_config(save_audio=False), wd, log=lambda s: None)
+  assert sorted(os.listdir(os.path.join(path, "audio"))) == before
+  ds = X.extract(small_config(save_audio=True), wd, log=lambda s: None)   # same: resumes
+  assert len(os.listdir(os.path.join(path, "audio"))) == len(ds.prompts) == 8

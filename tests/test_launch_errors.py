@@ -180,3 +180,23 @@ def test_export_refuses_a_feature_that_fails_the_null(tmp_path):
   r = run("launch.export", "--config=configs/tiny.py", f"--workdir={tmp_path}",
           "--from_selectivity=1")
   short_error(r, "emotion=calm: feature 91 does not pass", "--allow_failing=1")
+
+
+def test_steer_rejects_wrong_width_directions_before_loading_the_model(directions_48_wide):
+  r = run("launch.steer", "--config=configs/tiny.py", f"--workdir={directions_48_wide}")
+  short_error(r, "directions.safetensors", "48 wide", "d_model=64")
+  assert "loading model" not in r.stderr, r.stderr
+
+
+def test_analyze_reports_a_missing_shard_before_any_work(tmp_path):
+  """Before the run's checkpoint is restored (here it cannot be: the run has a config but
+  no checkpoint), the damaged dataset is reported."""
+  path = make_store(str(tmp_path))
+  run_dir = tmp_path / "runs" / "tiny"
+  run_dir.mkdir(parents=True)
+  (run_dir / "config.json").write_text(json.dumps({"train": {"site": "lm.layer.3"}}))
+  shard = os.path.join(path, "sites", "lm.layer.3", "acts", "c", "0", "0")
+  os.remove(shard)
+  r = run("launch.analyze", "--config=configs/tiny.py", f"--workdir={tmp_path}")
+  short_error(r, "MissingDataError", f"{shard}: missing shard file")
+  assert not (tmp_path / "reports").exists()

@@ -181,3 +181,127 @@ def test_training_on_a_store_with_a_missing_shard_fails_naming_the_file(tmp_path
   with pytest.raises(store.MissingDataError, match=f"{shard}: missing shard file"):
     train.train_and_evaluate(_store_cfg(), str(tmp_path))
   assert not os.path.exists(tmp_path / "runs")
+
+
+@pytest.mark.parametrize("nbytes", [1, 8])
+def test_training_on_a_store_with_flipped_bits_fails_naming_the_file_and_rows(tmp_path, nbytes):
+  import glob
+  from musicsae_jax import store
+  from tests.test_train import _store_cfg, _tiny_store
+  path = _tiny_store(str(tmp_path / "activations" / "toy"))
+  (shard,) = glob.glob(os.path.join(path, "sites", "lm.layer.1", "acts", "c", "*", "0"))
+  b = bytearray(open(shard, "rb").read())
+  for k in range(nbytes):
+    b[64 + k] ^= 0x01 if nbytes == 1 else 0xFF
+  open(shard, "wb").write(bytes(b))
+  with pytest.raises(store.ChecksumError, match=f"{shard}: acts rows 0..479 of site 'lm.layer.1'"):
+    train.train_and_evaluate(_store_cfg(), str(tmp_path))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 4 MB tmpfs at tmp_path/disk (root only; the ENOSPC-injection tests run anywhere)."""
+  d = tmp_path / "disk"
+  d.mkdir()
+  r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(d)],
+                     capture_output=True, text=True)
+  if r.returncode:
+    pytest.skip(f"cannot mount a tmpfs here: {(r.stderr.strip() or 'not permitted')[:80]}")
+  yield d
+  subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def _fill(disk, leave: int) -> str:
+  """Fill `disk` until about `leave` bytes are free; returns the filler's path."""
+  path = os.path.join(disk, "filler")
+  fd = os.open(path, os.O_CREAT | os.O_WRONLY)
+  try:
+    while True:
+      os.write(fd, b"\1" * 4096)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+  if leave:
+    os.truncate(path, max(0, os.path.getsize(path) - leave))
+  return path
+
+
+@pytest.mark.parametrize("leave", [0, 8 << 10, 24 << 10])   # fails: scale, config, checkpoint
+def test_a_full_disk_anywhere_leaves_a_resumable_run_and_names_the_file(small_disk, leave):
+  """Disk full at the start (no page free: normalization.json fails; one page: config.json,
+  the issue's 0-byte file) or later (the first checkpoint does not fit): one line naming
+  what could not be written, no empty or half-written JSON left, and after freeing space
+  the same call finishes the run with every step logged once."""
+  from musicsae_jax import checkpoint as ckpt_lib, files
+  wd = str(small_disk / "wd")
+  os.makedirs(os.path.join(wd, "runs"))
+  filler = _fill(small_disk, leave)
+  with pytest.raises((files.WriteError, ckpt_lib.CheckpointSaveError)) as err:
+    train.train_and_evaluate(_cfg(num_devices=1, async_checkpoint=False), wd)
+  msg = str(err.value)
+  run_dir = os.path.join(wd, "runs", RUN)
+  assert "\n" not in msg and msg.startswith(run_dir), msg
+  assert "No space left on device" in msg
+  for name in os.listdir(run_dir) if os.path.isdir(run_dir) else []:
+    if name.endswith(".json"):
+      json.load(open(os.path.join(run_dir, name)))      # complete, or not there at all
+    assert ".tmp-" not in name, name
+  os.remove(filler)
+  final = train.train_and_evaluate(_cfg(num_devices=1, async_checkpoint=False), wd)
+  assert final["step"] == 6
+  assert _metric_steps(run_dir) == [1, 2, 3, 4, 5, 6]
+
+
+def test_atomic_writes_keep_the_old_file_on_enospc_and_name_the_file(tmp_path, monkeypatch):
+  from musicsae_jax import files
+  path = str(tmp_path / "config.json")
+  files.write_json(path, {"a": 1})
+  def disk_full(*a, **k):
+    raise OSError(28, "No space left on device")
+
+  import builtins
+  real_open = builtins.open
+
+  def open_full(file, mode="r", *a, **k):
+    f = real_open(file, mode, *a, **k)
+    if "w" in mode and ".tmp-" in str(file):
+      f.write = disk_full
+    return f
+
+  monkeypatch.setattr(builtins, "open", open_full)
+  with pytest.raises(files.WriteError, match=rf"^{path}: cannot write \(No space left on "
+                                             rf"device\).*rerun the same command$"):
+    files.write_json(path, {"a": 2})
+  monkeypatch.undo()
+  assert json.load(open(path)) == {"a": 1} and os.listdir(tmp_path) == ["config.json"]
+
+
+_DISK_FULL_AT_COMMIT = """
+import errno, runpy, sys
+from orbax.checkpoint._src.path import atomicity
+async def disk_full(self, *a, **k):
+  raise OSError(errno.ENOSPC, "No space left on device")
+atomicity.AtomicRenameTemporaryPath.finalize = disk_full
+sys.argv = ["launch.train", *sys.argv[1:]]
+runpy.run_module("launch.train", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_failed_async_save_prints_one_line_and_the_trace_only_when_verbose(tmp_path, verbose):
+  env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1"}
+  env.pop("MUSICSAE_TRACEBACK", None)
+  cmd = [sys.executable, "-c", _DISK_FULL_AT_COMMIT, "--config=configs/synthetic_tiny.py",
+         f"--workdir={tmp_path}", "--config.train.steps=20", "--config.train.checkpoint_every=10",
+         "--config.train.plots=False"] + (["--verbose"] if verbose else [])
+  r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+  assert r.returncode != 0
+  errors = [ln for ln in r.stderr.splitlines() if "Error" in ln or "Traceback" in ln]
+  if verbose:
+    assert r.stderr.count("Traceback") >= 2, r.stderr[-3000:]
+  else:
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert len(errors) == 1, r.stderr[-3000:]
+  assert errors[-1].endswith("saving the checkpoint of step 10 failed: OSError: [Errno 28] "
+                             "No space left on device") or verbose, errors[-1]

@@ -392,3 +392,83 @@ def test_leftovers_of_killed_writers_and_creators_are_removed(tmp_path):
   os.makedirs(live)
   assert store.remove_stale_creating(path) == [stale]
   assert os.path.isdir(live) and not os.path.exists(stale)
+
+
+def _flip(path, offset, nbytes=1):
+  """Flip one bit (nbytes=1) or invert nbytes bytes of a file in place."""
+  b = bytearray(open(path, "rb").read())
+  for k in range(nbytes):
+    b[offset + k] ^= 0x01 if nbytes == 1 else 0xFF
+  open(path, "wb").write(bytes(b))
+
+
+def _one_writer_dataset(tmp_path, codec="none"):
+  ds = store.create(str(tmp_path / "ds"), {"lm.layer.1": store.SiteSpec(
+      d=12, chunk_rows=16, shard_chunks=4, codec=codec)}, prompts=[f"p{i}" for i in range(12)])
+  with ds.writer() as w:
+    for b in range(12):
+      w.append("lm.layer.1", *batch(b))
+      w.commit([b])
+  return store.open_dataset(ds.path)
+
+
+@pytest.mark.parametrize("codec,nbytes", [("none", 1), ("none", 8), ("zstd", 1)])
+def test_every_read_checks_the_chunk_checksums(tmp_path, monkeypatch, codec, nbytes):
+  """A flipped bit (or 8 flipped bytes) in a shard fails every kind of read of the rows it
+  holds, naming the file and the rows, even after those rows were read once clean (and
+  their file trusted as unchanged: the flip changes it)."""
+  import time
+  monkeypatch.setattr(store.SiteReader, "_SETTLED_NS", 0)   # trust files at once
+  ds = _one_writer_dataset(tmp_path, codec)
+  site = ds.site("lm.layer.1")
+  time.sleep(0.05)                           # past the timestamp tick of the last write
+  site.read_block(0), site.read_block(1)     # read clean once
+  assert (0, 0, 0) in site._verified and (0, 0, 16) in site._verified
+  time.sleep(0.05)
+  shard = os.path.join(ds.path, "sites", "lm.layer.1", "acts", "c", "0", "0")
+  _flip(shard, 16 * 12 * 4 + 100 if codec == "none" else 40, nbytes)   # inside chunk 1 / 0
+  rows = "rows 16..31" if codec == "none" else "rows 0..15"
+  block = 1 if codec == "none" else 0
+  want = f"{shard}: acts {rows} of site 'lm.layer.1' \\(worker 0\\)"
+  for read in (lambda: site.read_block(block), lambda: site.read_all(),
+               lambda: site.read_rows([16 * block + 3]),
+               lambda: store.open_dataset(ds.path).site("lm.layer.1").read_block(block)):
+    with pytest.raises(store.ChecksumError, match=want):
+      read()
+  acts, _ = expected(range(12))
+  np.testing.assert_array_equal(site.read_rows([50, 40]), acts[[50, 40]])   # other chunks read
+  index = os.path.join(ds.path, "sites", "lm.layer.1", "index", "c", "0", "0")
+  if codec == "none":
+    _flip(index, 16 * 2 * 4 * 2 + 4)                      # chunk 2 of the index
+    with pytest.raises(store.ChecksumError, match=f"{index}: index rows 32..47"):
+      site.read_index()
+    with pytest.raises(store.ChecksumError, match=f"{index}: index rows 32..47"):
+      site.read_index([33])
+
+
+def test_a_shard_removed_after_a_clean_read_fails_the_next_read(tmp_path):
+  ds = _one_writer_dataset(tmp_path)
+  site = ds.site("lm.layer.1")
+  site.read_block(0), site.read_rows([1]), site.read_index()     # all present and clean
+  shard = os.path.join(ds.path, "sites", "lm.layer.1", "acts", "c", "0", "0")
+  os.remove(shard)
+  for read in (lambda: site.read_block(0), lambda: site.read_rows([1]),
+               lambda: list(site.iter_blocks())):
+    with pytest.raises(store.MissingDataError, match=f"{shard}: missing shard file holding "
+                                                     f"committed rows 0..63"):
+      read()
+
+
+def test_verify_reports_a_missing_file_and_a_corrupt_chunk_of_one_site(tmp_path):
+  ds = _one_writer_dataset(tmp_path)
+  site_dir = os.path.join(ds.path, "sites", "lm.layer.1")
+  gone = os.path.join(site_dir, "acts", "c", "0", "0")
+  os.remove(gone)
+  corrupt = os.path.join(site_dir, "acts", "c", "1", "0")   # rows 64.. (shard 1)
+  _flip(corrupt, 100)
+  problems = store.verify(ds.path)["problems"]
+  assert len(problems) == 2, problems
+  assert problems[0].startswith(f"{gone}: missing shard file holding committed rows 0..63")
+  assert problems[1].startswith(f"{corrupt}: acts rows 64..79 of site 'lm.layer.1' worker 0 "
+                                f"do not match their checksum")
+  assert not any("no rows" in p for p in problems)

@@ -179,6 +179,27 @@ def test_resume_equals_uninterrupted(tmp_path, one_device):
   assert [r["fvu"] for r in got["members"]] == [r["fvu"] for r in ref["members"]]
 
 
+def test_a_resumed_sweep_logs_the_same_metrics_as_an_uninterrupted_one(tmp_path):
+  """Logged every 2 steps, crashed after step 3 (checkpoint at 3): step 3 still counts in
+  the window logged at step 4, as in an uninterrupted sweep."""
+  from tests.test_train import _TIMING
+  kw = dict(num_devices=1, steps=4, log_every=2, eval_every=4, checkpoint_every=3)
+  axes = ["sae.k=4,8"]
+
+  def rows(wd):
+    out = []
+    for name in ("k4", "k8"):
+      with open(os.path.join(wd, "runs", "synthetic_tiny", name, "metrics.jsonl")) as f:
+        out += [{k: v for k, v in json.loads(l).items() if k not in _TIMING} for l in f]
+    return out
+  ref, mine = str(tmp_path / "ref"), str(tmp_path / "mine")
+  sweep.train_sweep(_cfg(**kw), ref, axes)
+  sweep.train_sweep(_cfg(stop_after=3, **kw), mine, axes)
+  sweep.train_sweep(_cfg(**kw), mine, axes)
+  assert [r["step"] for r in rows(mine) if r["kind"] == "train"] == [2, 4, 2, 4]
+  assert rows(mine) == rows(ref)
+
+
 def test_launch_script_writes_the_sweep_picture(tmp_path):
   env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1"}
   cmd = [sys.executable, "-m", "launch.sweep", "--config=configs/synthetic_tiny.py",

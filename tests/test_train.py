@@ -299,3 +299,41 @@ def test_shuffle_window_default_follows_the_platform_and_is_recorded(tmp_path, m
   final = train.train_and_evaluate(_cfg(num_devices=1, shuffle_mb=None, steps=4,
                                         eval_every=2, checkpoint_every=2), wd)
   assert final["step"] == 4                            # resumed: the same experiment
+
+
+_TIMING = ("steps_per_s", "acts_per_s", "data_wait_frac")
+
+
+def _metrics_without_timing(workdir):
+  with open(os.path.join(workdir, "runs", "synthetic_tiny", "metrics.jsonl")) as f:
+    return [{k: v for k, v in json.loads(l).items() if k not in _TIMING} for l in f]
+
+
+_LOG4 = dict(num_devices=1, steps=8, log_every=4, eval_every=8, checkpoint_every=3)
+
+
+@pytest.fixture(scope="module")
+def logged_every_4(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("log4"))
+  train.train_and_evaluate(_cfg(**_LOG4), wd)
+  return _metrics_without_timing(wd)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "crash"])
+def test_a_resumed_run_logs_the_same_metrics_as_an_uninterrupted_one(tmp_path, monkeypatch, how,
+                                                                       logged_every_4):
+  """Logged every 4 steps: stopped by SIGTERM at step 6 (saved there) or crashed after step
+  5 (checkpoint at 3), the resumed run's metrics.jsonl equals an uninterrupted run's: the
+  steps before the stop still count in the window logged after it."""
+  from musicsae_jax import preemption
+  wd = str(tmp_path)
+  if how == "sigterm":
+    monkeypatch.setattr(preemption.StopOnSigterm, "should_stop", lambda self, step: step == 6)
+    assert train.train_and_evaluate(_cfg(**_LOG4), wd) == {"step": 6, "preempted": True}
+    monkeypatch.undo()
+  else:
+    train.train_and_evaluate(_cfg(stop_after=5, **_LOG4), wd)
+  assert max(r["step"] for r in _rows(wd)) == 4
+  train.train_and_evaluate(_cfg(**_LOG4), wd)
+  assert [r["step"] for r in _rows(wd)] == [4, 8]
+  assert _metrics_without_timing(wd) == logged_every_4

@@ -25,6 +25,7 @@ from collections import Counter
 
 import numpy as np
 
+from musicsae_jax import files
 from musicsae_jax.analysis import labels as lab, validity
 from musicsae_jax.analysis.browser_html import CSS, JS, feature_page, index_page, index_row, \
     labels_html, steering_html
@@ -393,8 +394,7 @@ def update_labels(report_dir: str, labels: dict) -> list[str]:
       page = re.sub(r"<section id='labels'>.*?</section>", lambda _: section, page, flags=re.S)
     else:                                   # a page written before the labels slot existed
       page = page.replace("<section id='steering'>", section + "<section id='steering'>", 1)
-    with open(path, "w") as fh:
-      fh.write(page)
+    files.write_text(path, page)          # rewritten in place: atomically
     done.append(path)
   return done
 
@@ -415,7 +415,6 @@ def update_steering(report_dir: str, steer: dict) -> list[str]:
     page = re.sub(r"<section id='steering'>.*?</section>",
                   lambda _: f"<section id='steering'>{html_}</section>", page,
                   flags=re.S)
-    with open(path, "w") as fh:
-      fh.write(page)
+    files.write_text(path, page)
     done.append(path)
   return done

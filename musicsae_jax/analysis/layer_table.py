@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 
+from musicsae_jax import files
+
 
 def _load(path: str):
   if not os.path.exists(path):
@@ -79,8 +81,6 @@ def write(workdir: str, out_run: str, sites_runs: list[tuple[str, str]]) -> tupl
   out = os.path.join(workdir, "reports", out_run)
   os.makedirs(out, exist_ok=True)
   pj, pm = os.path.join(out, "layer_sweep.json"), os.path.join(out, "layer_sweep.md")
-  with open(pj, "w") as f:
-    json.dump(table, f, indent=1)
-  with open(pm, "w") as f:
-    f.write(markdown(table))
+  files.write_json(pj, table, indent=1)
+  files.write_text(pm, markdown(table))
   return pj, pm

@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from musicsae_jax import files
 from musicsae_jax.analysis import labels as lab, probes, report, stats
 from musicsae_jax.analysis.stats import AnalysisError
 
@@ -269,8 +270,7 @@ def write(tab: dict, out_dir: str) -> dict:
   (replacing an older one; a page with this section only when there is no report yet)."""
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, FILE)
-  with open(path, "w") as f:
-    json.dump(tab, f, indent=1, default=float)
+  files.write_json(path, tab, indent=1, default=float)
   html_path = report.splice_section(out_dir, SECTION, section(tab),
                                     f"musicsae report: {tab.get('run') or tab.get('dataset')}",
                                     before=report.LATER_SECTIONS)

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from musicsae_jax import defaults, metrics, progress, store as store_lib
+from musicsae_jax import defaults, files, metrics, progress, store as store_lib
 from musicsae_jax.analysis import browser, labelers, labels as lab, layers, probes, report, stats, validity
 from musicsae_jax.analysis.stats import AnalysisError
 
@@ -87,14 +87,20 @@ def _progress(log, what, bars: bool = False):
   return cb
 
 
+def _run_config_path(workdir: str, run: str) -> str:
+  """runs/<run>/config.json; AnalysisError when the run was never trained."""
+  cfg_path = os.path.join(workdir, "runs", run, "config.json")
+  if not os.path.exists(cfg_path):
+    raise AnalysisError(f"{cfg_path} not found: no trained run {run!r} in {workdir} "
+                        f"(run launch.train first, or set config.run)")
+  return cfg_path
+
+
 def load_run(workdir: str, run: str, step=None):
   """(run config.json dict, normalisation dict, params, step) of runs/<run>."""
   from musicsae_jax import export
   run_dir = os.path.join(workdir, "runs", run)
-  cfg_path = os.path.join(run_dir, "config.json")
-  if not os.path.exists(cfg_path):
-    raise AnalysisError(f"{cfg_path} not found: no trained run {run!r} in {workdir} "
-                        f"(run launch.train first, or set config.run)")
+  cfg_path = _run_config_path(workdir, run)
   with open(cfg_path) as f:
     run_cfg = json.load(f)
   norm_path = os.path.join(run_dir, "normalization.json")
@@ -115,11 +121,13 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
             bars: bool = False) -> dict:
   """Run every analysis for config.run on config.dataset; returns the written paths."""
   a = resolve(config)
-  run_cfg, norm, params, step = load_run(workdir, a["run"], a["step"])
+  _run_config_path(workdir, a["run"])        # inputs first: the run, the dataset's files
   ds_path = os.path.join(workdir, "activations", a["dataset"])
   if not store_lib.exists(ds_path):
     raise AnalysisError(f"{ds_path}: no activation dataset {a['dataset']!r} (run launch.extract)")
   ds = store_lib.open_dataset(ds_path)
+  ds.check_files()         # a missing shard fails now, before any work (reads check again)
+  run_cfg, norm, params, step = load_run(workdir, a["run"], a["step"])
   site_name = a["site"] or run_cfg.get("train", {}).get("site")
   if not site_name:
     raise AnalysisError(f"run {a['run']!r} was not trained on a store site; set analysis.site")
@@ -309,8 +317,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
   paths = {}
   for name, obj in (("features", features), ("selectivity", selectivity_json), ("probes", probes_json)):
     paths[name] = os.path.join(out_dir, f"{name}.json")
-    with open(paths[name], "w") as f:
-      json.dump(obj, f, indent=2, default=_jsonable)
+    files.write_json(paths[name], obj, default=_jsonable)
   browser_link = None
   if bcfg["enabled"]:
     steer_path = os.path.join(out_dir, "steer.json")
@@ -350,8 +357,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
   if os.path.exists(paths["report"]):   # keep what other launchers spliced in (steering, ...)
     with open(paths["report"]) as f:
       html_text = report.carry_sections(f.read(), html_text)
-  with open(paths["report"], "w") as f:
-    f.write(html_text)
+  files.write_text(paths["report"], html_text)
   raw = {name: (x, ok) for name, x, ok in inputs}
   rand = layers.random_direction_features(raw[site_name][0], {   # the features' own split
       k: (v, np.where(has_rows, y, -1)) for k, (v, y) in label_info.items()},
@@ -512,8 +518,7 @@ def seed_stability(workdir: str, run: str, other: str, *, threshold: float = 0.7
   out_dir = os.path.join(workdir, "reports", run)
   os.makedirs(out_dir, exist_ok=True)
   out["path"] = os.path.join(out_dir, "stability.json")
-  with open(out["path"], "w") as f:
-    json.dump(out, f, indent=1, default=_jsonable)
+  files.write_json(out["path"], out, indent=1, default=_jsonable)
   out["report"] = report.update_stability(out_dir)
   return out
 

@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from musicsae_jax import plots
+from musicsae_jax import files, plots
 
 SECTIONS = ("summary", "training", "density", "selectivity", "probes", "similarity",
             "top-features", "discovery", "grounding",
@@ -182,8 +182,7 @@ def splice_section(report_dir: str, sid: str, section: str, title: str = "",
     page = with_contents(page[:cut] + section + page[cut:])
   else:
     page = _page(title, section)
-  with open(path, "w") as f:
-    f.write(page)
+  files.write_text(path, page)
   return path
 
 

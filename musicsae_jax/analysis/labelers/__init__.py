@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from musicsae_jax import defaults
+from musicsae_jax import defaults, files
 from musicsae_jax.analysis.labelers import clap, descriptors as desc_lib, examples, llm, scoring
 from musicsae_jax.analysis.stats import AnalysisError
 
@@ -89,8 +89,7 @@ def write_request(out_dir: str, st, features: list[dict], s: dict, *, frame_rate
          f"{audio_dir} not found (extract with --config.extract.save_audio=True)"
          if not os.path.isdir(audio_dir) else None)
   if why:
-    with open(path, "w") as f:
-      json.dump({"skipped": why}, f)
+    files.write_json(path, {"skipped": why}, indent=None)
     return None
   feats = features[: int(s["max_features"])]
   req = examples.choose(st, [f["id"] for f in feats], frame_rate=frame_rate,
@@ -112,8 +111,7 @@ def write_request(out_dir: str, st, features: list[dict], s: dict, *, frame_rate
                                                      "words": vocab},
               "clap": {"model": s["clap"] if "clap" in s["labelers"] else "",
                        "template": s["template"], "texts": vocab + word_labels}})
-  with open(path, "w") as f:
-    json.dump(req, f)
+  files.write_json(path, req, indent=None)
   return path
 
 
@@ -178,8 +176,7 @@ def _label_vectors(out_dir: str, req: dict, emb: dict, texts: list[str],
 
   got, why = load()
   if why:
-    with open(os.path.join(out_dir, LABEL_TEXTS), "w") as f:
-      json.dump({"texts": missing}, f, indent=2)
+    files.write_json(os.path.join(out_dir, LABEL_TEXTS), {"texts": missing})
     if embed_label_texts is not None:
       embed_label_texts(out_dir)
       got, why = load()
@@ -319,8 +316,7 @@ def write_labels(out_dir: str, s: dict, workdir: str, log: Callable[[str], None]
   if client:
     out["llm_requests"] = {"sent": client.requests, "cached": client.cache_hits}
   path = os.path.join(out_dir, OUTPUT)
-  with open(path, "w") as f:
-    json.dump(out, f, indent=2)
+  files.write_json(path, out)
   for sc, d_sc in dist.items():
     for src, d in d_sc.items():
       if d.get("n"):

@@ -31,6 +31,8 @@ import urllib.request
 
 import numpy as np
 
+from musicsae_jax import files
+
 ENV_URL, ENV_MODEL, ENV_KEY = "MUSICSAE_LLM_URL", "MUSICSAE_LLM_MODEL", "MUSICSAE_LLM_API_KEY"
 # analysis.labeling.llm_detection: what the detecting LLM sees of each held-out snippet
 DETECTION_MODES = {
@@ -81,10 +83,7 @@ class Client:
         return json.load(f)["content"]
     content = self._post(body)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-      json.dump({"request": json.loads(body), "content": content}, f)
-    os.replace(tmp, path)
+    files.write_json(path, {"request": json.loads(body), "content": content}, indent=None)
     return content
 
   def _post(self, body: str) -> str:
