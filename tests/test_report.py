@@ -85,8 +85,9 @@ class _Collect(HTMLParser):
       self.sections.append(a["id"])
     if tag == "img":
       self.imgs.append((self.sections[-1], a["src"]))
-    if tag == "audio":
-      self.audio.append(a["src"])
+    if tag == "audio":                  # an embedded clip names its file in data-file
+      assert a.get("data-file") or not a["src"].startswith("data:")
+      self.audio.append(a.get("data-file") or a["src"])
 
 
 @pytest.fixture(scope="module")

@@ -67,11 +67,11 @@ def test_steering_section_spliced_once_with_players(tmp_path):
   assert "controls gaussian α=4 (range of 1)" in page and "loo_accuracy" not in page
   assert "rank p vs controls 0.5: gaussian 0.5" in page and "95% student t interval" in page
   assert "no evidence: 1 controls per strength" in page and "WARNING steer: only 2 prompts" in page
-  srcs = re.findall(r'<audio controls preload="metadata" src="([^"]+)"', page)
-  assert len(srcs) == 2 * 3                                  # 2 prompts x (base, steered, control)
-  for s in srcs:
-    assert not os.path.isabs(s)
-    assert sf.info(os.path.join(tmp_path, s)).duration == 0.1   # the file decodes
+  players = re.findall(r'<audio controls preload="metadata" data-file="([^"]+)" src="([^"]+)"', page)
+  assert len(players) == 2 * 3                               # 2 prompts x (base, steered, control)
+  for name, src in players:                                  # embedded, naming the file beside
+    assert not os.path.isabs(name) and src.startswith("data:audio/ogg;base64,")
+    assert sf.info(os.path.join(tmp_path, name)).duration == 0.1   # the file decodes
 
 
 def test_steering_page_without_analyze(tmp_path):
@@ -80,13 +80,31 @@ def test_steering_page_without_analyze(tmp_path):
   assert page.startswith("<!DOCTYPE html>") and 'id="steering"' in page
 
 
-def test_players_load_in_headless_chromium_after_the_folder_moves(tmp_path):
-  """Moved elsewhere, the report's players still load: Chromium reports every duration."""
+def test_players_load_in_headless_chromium_from_the_page_copied_alone(tmp_path):
+  """report.html copied elsewhere without its audio/ folder still plays: Chromium reports
+  every clip's duration from the embedded data."""
   browser.require()
   _steer_dir(tmp_path / "made")
   with open(tmp_path / "made" / "report.html", "w") as f:
     f.write('<html><body><section id="summary">x</section></body></html>')
   report.update_steering(str(tmp_path / "made"))
-  shutil.move(str(tmp_path / "made"), str(tmp_path / "moved"))
-  durations = browser.audio_durations(str(tmp_path / "moved" / "report.html"))
-  assert durations == [0.1] * 6, durations
+  os.makedirs(tmp_path / "elsewhere")
+  shutil.copy(tmp_path / "made" / "report.html", tmp_path / "elsewhere" / "report.html")
+  durations = browser.audio_durations(str(tmp_path / "elsewhere" / "report.html"))
+  assert len(durations) == 6 and all(abs(d - 0.1) < 0.03 for d in durations), durations  # Vorbis
+                                                            # rounds up to whole blocks: 0.116 s
+
+
+def test_embedding_stops_at_the_budget_and_keeps_links(tmp_path):
+  """Past the budget the remaining players stay linked to audio/ (a real report can hold
+  hundreds of clips); a missing file stays a link too."""
+  from musicsae_jax.analysis import report_audio
+  os.makedirs(tmp_path / "audio")
+  for i in range(3):
+    sf.write(tmp_path / "audio" / f"c{i}.wav", np.zeros(1600, np.float32), 16000)
+  page = "".join(f'<audio controls src="audio/c{i}.wav"></audio>' for i in (0, 1, 2, 9))
+  one = len(report_audio.data_uri(str(tmp_path / "audio" / "c0.wav")))
+  out = report_audio.embed(page, str(tmp_path), budget_mb=2.5 * one / 2 ** 20)
+  assert out.count("data:audio/ogg") == 2 and 'src="audio/c2.wav"' in out
+  assert 'src="audio/c9.wav"' in out                       # no such file: left as it was
+  assert report_audio.embed(out, str(tmp_path), budget_mb=2.5 * one / 2 ** 20) == out

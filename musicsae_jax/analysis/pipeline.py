@@ -357,7 +357,7 @@ def analyze(config, workdir: str, log: Callable[[str], None] = print,
   if os.path.exists(paths["report"]):   # keep what other launchers spliced in (steering, ...)
     with open(paths["report"]) as f:
       html_text = report.carry_sections(f.read(), html_text)
-  files.write_text(paths["report"], html_text)
+  report.write_page(paths["report"], html_text)
   raw = {name: (x, ok) for name, x, ok in inputs}
   rand = layers.random_direction_features(raw[site_name][0], {   # the features' own split
       k: (v, np.where(has_rows, y, -1)) for k, (v, y) in label_info.items()},

@@ -182,8 +182,14 @@ def splice_section(report_dir: str, sid: str, section: str, title: str = "",
     page = with_contents(page[:cut] + section + page[cut:])
   else:
     page = _page(title, section)
-  files.write_text(path, page)
+  write_page(path, page)
   return path
+
+
+def write_page(path: str, page: str) -> None:
+  """Write report.html with its clips embedded (report_audio), atomically."""
+  from musicsae_jax.analysis import report_audio
+  files.write_text(path, report_audio.embed(page, os.path.dirname(path)))
 
 
 def _section(sid: str, title: str, note: str, body: str) -> str:
