@@ -36,7 +36,9 @@ def losses(sample_rate: int):
 def train(model, wav: np.ndarray, cfg, *, log: Callable[[str], None] = print) -> dict:
   """Train `model` (an EncodecModel) in place on random crops of `wav` [N, samples].
 
-  cfg: steps, batch_size, crop_seconds, lr, weights (l1, msspec), kmeans_restarts, seed. Returns a
+  cfg: steps, batch_size, crop_seconds, lr, weights (l1, msspec through the Balancer;
+  penalty: the RVQ commitment loss, backpropagated apart as the solver does), kmeans_restarts,
+  seed. Returns a
   summary of the last steps' losses and the wall time.
   """
   from audiocraft.losses import Balancer
@@ -50,7 +52,7 @@ def train(model, wav: np.ndarray, cfg, *, log: Callable[[str], None] = print) ->
   gen = np.random.default_rng([int(cfg.seed), 0xC0DE])
   crop = min(int(round(float(cfg.crop_seconds) * sr)), wav.shape[1])
   steps, bs = int(cfg.steps), int(cfg.batch_size)
-  restarts = {int(s) for s in cfg.kmeans_restarts}
+  restarts = {0, *(int(s) for s in cfg.kmeans_restarts)}
   model.train()
   t0, hist = time.time(), []
   bar = Progress(steps, "organism codec", unit="steps", warmup=2, log_every=20.0)
@@ -59,12 +61,13 @@ def train(model, wav: np.ndarray, cfg, *, log: Callable[[str], None] = print) ->
     off = gen.integers(0, wav.shape[1] - crop + 1, bs)
     x = torch.from_numpy(np.stack([wav[i, o:o + crop] for i, o in zip(idx, off)]))[:, None]
     if step in restarts:
-      restart_codebooks(model)
+      pick = gen.integers(0, len(wav), int(cfg.kmeans_clips))
+      init_codebooks(model, torch.from_numpy(wav[pick, :crop])[:, None])
     qres = model(x)
     y = qres.x[..., :crop]
     opt.zero_grad(set_to_none=True)
-    if qres.penalty is not None and qres.penalty.requires_grad:
-      qres.penalty.backward(retain_graph=True)
+    if qres.penalty is not None and qres.penalty.requires_grad and float(cfg.weights.penalty):
+      (float(cfg.weights.penalty) * qres.penalty).backward(retain_graph=True)
     ls = {k: crit[k](y, x) for k in weights}
     balancer.backward(ls, y)
     opt.step()
@@ -77,16 +80,28 @@ def train(model, wav: np.ndarray, cfg, *, log: Callable[[str], None] = print) ->
           "final": {k: float(np.mean([h[k] for h in tail])) for k in weights}}
 
 
-def restart_codebooks(model) -> None:
-  """Re-run audiocraft's k-means codebook init on the next batch (every RVQ layer).
+@torch.no_grad()
+def init_codebooks(model, x: torch.Tensor) -> None:
+  """audiocraft's k-means codebook init of every RVQ layer on the encoder outputs of `x`
+  (the residual of the layers before), with the EMA state made consistent with it.
 
-  The codebooks are initialised by k-means on the first batch, while the encoder is still
-  random; as the encoder learns, its outputs leave those codes and most die (the EMA update
-  keeps a dead code where it is). Restarting the init a few times early on
-  (`codec.kmeans_restarts`) puts the codes back where the encoder's outputs now are.
+  audiocraft runs this once, on the first batch, while the encoder is still random; as the
+  encoder learns, its outputs leave those codes and most die (dead-code replacement is
+  undone by the EMA renormalisation of the same step). audiocraft's init also leaves
+  `embed_avg = embed` with `cluster_size = counts`, so the next EMA step divides each code
+  by its count and moves it off the data. Here the init runs on a larger batch at the
+  steps `codec.kmeans_restarts`, and `embed_avg = embed * cluster_size` (counts >= 1).
   """
+  emb = model.encoder(x)
+  residual = emb
   for layer in model.quantizer.vq.layers:
-    layer._codebook.inited.fill_(0)     # pylint: disable=protected-access
+    cb = layer._codebook                 # pylint: disable=protected-access
+    z = layer.project_in(layer._preprocess(residual))   # pylint: disable=protected-access
+    cb.inited.fill_(0)
+    cb.init_embed_(z.reshape(-1, z.shape[-1]))
+    cb.cluster_size.clamp_(min=1.0)
+    cb.embed_avg.copy_(cb.embed * cb.cluster_size[:, None])
+    residual = residual - layer.decode(layer.encode(residual))
 
 
 @torch.no_grad()

@@ -22,10 +22,11 @@ def organism() -> ml_collections.ConfigDict:
       cfg_dropout=0.2,                 # classifier-free guidance dropout while training
       seanet_filters=8, seanet_dimension=64, seanet_residual_layers=1))
   o.codec = ml_collections.ConfigDict(dict(
-      steps=1500, batch_size=8, crop_seconds=1.0, lr=1e-3, seed=0,
-      kmeans_restarts=(100, 300, 600),   # codebook re-inits (codec.restart_codebooks)
+      steps=1200, batch_size=8, crop_seconds=0.5, lr=1e-3, seed=0,
+      kmeans_restarts=(100, 300, 600, 900),   # codebook k-means re-inits (codec.init_codebooks)
+      kmeans_clips=32,                   # crops the k-means init runs on (also at step 0)
       ema_decay=0.99,                    # RVQ codebook EMA (audiocraft: 0.99)
-      weights=ml_collections.ConfigDict(dict(l1=0.1, msspec=2.0))))   # audiocraft's weights
+      weights=ml_collections.ConfigDict(dict(l1=0.1, msspec=2.0, penalty=1.0))))   # audiocraft's
   o.lm = ml_collections.ConfigDict(dict(
       steps=2500, batch_size=16, lr=2e-3, warmup_steps=100, weight_decay=0.1, max_norm=1.0,
       seed=0))
