@@ -74,6 +74,11 @@ def train(model, wav: np.ndarray, cfg, *, log: Callable[[str], None] = print) ->
     hist.append({k: float(v.detach()) for k, v in ls.items()})
     bar.update(1, l1=f"{hist[-1]['l1']:.4f}", msspec=f"{hist[-1]['msspec']:.3f}")
   bar.close()
+  # The encoder moves faster than the EMA codebooks follow: fit them once more to the
+  # trained encoder (k-means on more crops), so the codes the LM learns are all in use.
+  pick = gen.integers(0, len(wav), 2 * int(cfg.kmeans_clips))
+  model.train()
+  init_codebooks(model, torch.from_numpy(wav[pick, :crop])[:, None])
   model.eval()
   tail = hist[-max(1, steps // 10):]
   return {"steps": steps, "seconds": time.time() - t0,
