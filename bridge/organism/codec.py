@@ -18,11 +18,16 @@ import torch
 from bridge.organism import mel
 
 
-def losses(sample_rate: int):
+def losses(sample_rate: int, clip_samples: int = 0):
   """audiocraft's reconstruction losses by solver name: l1, msspec (training), and the
-  evaluation metrics mel (MelSpectrogramL1Loss) and sisnr (SISNR: minus SI-SNR in dB)."""
-  from audiocraft import losses as ac_losses
+  evaluation metrics mel (MelSpectrogramL1Loss) and sisnr (SISNR: minus SI-SNR in dB, over
+  one segment of `clip_samples`: its epsilon grows with the segment, so audiocraft's 20 s
+  default would cap a 2 s clip's SI-SNR near 33 dB)."""
   from torch import nn
+
+  from bridge import models
+  models.import_audiocraft()                   # the shim first: audiocraft imports torchaudio
+  from audiocraft import losses as ac_losses
   mel.install()
   return {"l1": nn.L1Loss(),
           "msspec": ac_losses.MultiScaleMelSpectrogramLoss(sample_rate=sample_rate,
@@ -30,7 +35,9 @@ def losses(sample_rate: int):
                                                            n_mels=64, normalized=False),
           "mel": ac_losses.MelSpectrogramL1Loss(sample_rate=sample_rate, n_fft=1024,
                                                 hop_length=256, n_mels=64, log=True),
-          "sisnr": ac_losses.SISNR(sample_rate=sample_rate)}   # 20 s segments: one per clip
+          "sisnr": ac_losses.SISNR(sample_rate=sample_rate, overlap=0.0,
+                                   segment=(clip_samples + 0.5) / sample_rate
+                                   if clip_samples else 20)}
 
 
 def train(model, wav: np.ndarray, cfg, *, log: Callable[[str], None] = print) -> dict:
@@ -119,7 +126,7 @@ def evaluate(model, wav: np.ndarray, batch_size: int = 16) -> dict:
   """Reconstruction of held-out clips [N, samples] through encode -> decode: audiocraft's
   msspec and mel distances and SI-SNR (dB, higher is better), each also for silence (a
   zero reconstruction) as the scale of 'nothing reconstructed'."""
-  crit = losses(int(model.sample_rate))
+  crit = losses(int(model.sample_rate), int(wav.shape[1]))
   model.eval()
   sums = {k: 0.0 for k in ("msspec", "mel", "sisnr_db", "msspec_silence", "mel_silence", "l1")}
   for s in range(0, len(wav), batch_size):
