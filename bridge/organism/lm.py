@@ -78,7 +78,7 @@ def train(lm, codes: np.ndarray, captions: list[str], cfg, *,
     if float(cfg.max_norm) > 0:
       torch.nn.utils.clip_grad_norm_(params, float(cfg.max_norm))
     opt.step()
-    hist.append(float(ce))
+    hist.append(float(ce.detach()))
     bar.update(1, ce=f"{hist[-1]:.3f}")
   bar.close()
   lm.eval()
