@@ -40,6 +40,7 @@ def test_metrics_are_written_and_the_codes_are_all_in_use(organism):
   assert 0 < lm["true"]["token_accuracy"] <= 1
   assert lm["true"]["perplexity"] < lm["uniform_perplexity"]
   assert set(lm) >= {"true", "shuffled", "none", "conditioning_gain_nats"}
+  assert {"program", "dynamics"} <= set(m["token_space"])
   assert len(m["heldout_ids"]) == round(c.organism.heldout_fraction * c.concepts.num_clips)
 
 
@@ -110,3 +111,19 @@ def test_mel_transform_matches_the_htk_filterbank_and_feeds_audiocraft_losses():
   assert float(crit["msspec"](0.5 * x, x)) > 0.0
   assert -float(crit["sisnr"](x, x)) > 40          # SI-SNR of a perfect copy, dB
   assert abs(-float(crit["sisnr"](x + 0.1 * torch.randn_like(x), x)) - 0.0) < 1.0   # noise at 0 dB
+
+
+def test_token_space_classifier_reads_a_planted_code_and_not_noise():
+  from bridge.organism import tokens
+  rng = np.random.default_rng(0)
+  n, K, T, card = 80, 2, 25, 16
+  codes = rng.integers(0, card, (n, K, T))
+  lab = ["a", "b"] * (n // 2)
+  codes[1::2, 1, :10] = 3                          # "b" clips use code 3 of codebook 1 often
+  bag = tokens.bag_of_codes(codes, card)
+  np.testing.assert_allclose(bag.reshape(n, K, card).sum(-1), 1.0, rtol=1e-6)
+  labels = [{"planted": v, "noise": ["x", "y"][int(rng.integers(2))]} for v in lab]
+  r = tokens.concept_accuracy(codes[:60], labels[:60], codes[60:], labels[60:],
+                              ("planted", "noise"), card)
+  assert r["planted"]["accuracy"] == 1.0 and r["planted"]["chance"] == 0.5
+  assert r["noise"]["accuracy"] < 0.8

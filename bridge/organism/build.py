@@ -101,6 +101,13 @@ def make_organism(config, workdir: str, *, log: Callable[[str], None] = print) -
       f"{lm_eval['shuffled']['perplexity']:.1f}, no text {lm_eval['none']['perplexity']:.1f}, "
       f"uniform {lm_eval['uniform_perplexity']})")
 
+  from bridge.organism import tokens as tok_lib
+  token_space = tok_lib.concept_accuracy(
+      codes[train], [clips["labels"][i] for i in train], codes[held],
+      [clips["labels"][i] for i in held], concepts_lib.LABEL_KEYS, int(model.lm.card))
+  log("organism token space (held out): " + ", ".join(
+      f"{k} {v['accuracy']:.2f} ({v['chance']:.2f})" for k, v in token_space.items()))
+
   acoustic = {}
   if int(o.acoustic_clips):
     from bridge.organism import acoustic as ac
@@ -131,7 +138,7 @@ def make_organism(config, workdir: str, *, log: Callable[[str], None] = print) -
       "codec": {"train": codec_train, "heldout": codec_eval, "codes_used_per_codebook": used,
                 "card": int(model.lm.card)},
       "lm": {"train": lm_train, "heldout": lm_eval},
-      "acoustic": acoustic, "seconds": time.time() - t_all,
+      "token_space": token_space, "acoustic": acoustic, "seconds": time.time() - t_all,
       "torch_threads": torch.get_num_threads()}
   with open(os.path.join(out, METRICS_FILE), "w") as f:
     json.dump(metrics, f, indent=1)
