@@ -44,7 +44,7 @@ def organism_metrics(model_dir: str) -> dict | None:
              "token_accuracy_shuffled_captions": lm["shuffled"]["token_accuracy"],
              "conditioning_gain_nats": lm["conditioning_gain_nats"],
              "uniform_perplexity": lm["uniform_perplexity"], "heldout_clips": lm["clips"]},
-      "acoustic": m.get("acoustic", {})}
+      "token_space": m.get("token_space", {}), "acoustic": m.get("acoustic", {})}
 
 
 def build(config, workdir: str, *, log=print) -> dict:
