@@ -82,6 +82,15 @@ def test_planted_concepts_are_found_and_a_random_labelling_is_not(organism):
                            pipeline.resolve(c))
   assert ctl["summary"]["neurons"]["passing"] == 0
   assert ctl["summary"]["random"]["passing"] == 0
+  # the scorecard: one JSON with the organism's metrics and these scores, and a report section
+  from musicsae_jax.analysis import scorecard
+  card = scorecard.build(c, wd, log=_quiet)
+  with open(card["path"]) as f:
+    saved = json.load(f)
+  assert saved["organism"]["lm"]["uniform_perplexity"] == c.organism.model.card
+  assert saved["features"]["per_label"]["program"]["sae"]["passing"] == 2
+  with open(os.path.join(wd, "reports", c.run, "report.html")) as f:
+    assert '<section id="scorecard">' in f.read()
 
 
 def test_bad_input_is_a_clear_error(tmp_path):

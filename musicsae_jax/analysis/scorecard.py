@@ -6,7 +6,8 @@ token accuracy and perplexity, with shuffled captions as the control for "uses i
 scores the SAE of the run against the exact labels (`ground_truth`: best SAE feature per
 label value vs raw neurons vs random directions, held-out AUROC and the max-null), and adds
 the layer probes when `probes_by_layer.json` exists. Writes reports/<run>/scorecard.json
-and the `scorecard` section of reports/<run>/report.html.
+and the `scorecard` section of reports/<run>/report.html (a plot of the best held-out AUROC
+per label value and family, outlined dots passing the null, and the table).
 """
 from __future__ import annotations
 
@@ -78,6 +79,37 @@ def _f(x, nd=3) -> str:
   return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{nd}f}"
 
 
+def families_png(feats: dict) -> str:
+  """Per label: the best held-out AUROC of each value (dots) and their mean (bars), one
+  colour per family; the dashed line is the mean best-of-m null threshold."""
+  from musicsae_jax import plots
+  plt = plots.pyplot()
+  keys = list(feats["labels"])
+  fams = list(feats["units"])
+  fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(keys) + 2), 3.6))
+  w = 0.8 / max(1, len(fams))
+  thr = []
+  for j, fam in enumerate(fams):
+    for i, key in enumerate(keys):
+      vals = [d[fam] for d in feats["labels"][key].values() if fam in d]
+      if not vals:
+        continue
+      x = i + (j - (len(fams) - 1) / 2) * w
+      ax.bar(x, np.mean([v["auroc"] for v in vals]) - 0.5, w, bottom=0.5, color=f"C{j}",
+             alpha=0.5, label=fam if i == 0 else None)
+      ax.scatter([x] * len(vals), [v["auroc"] for v in vals], s=10, color=f"C{j}",
+                 edgecolors=["k" if v["passes"] else "none" for v in vals])
+      thr += [v["null_threshold"] for v in vals]
+  if thr:
+    ax.axhline(float(np.mean(thr)), ls="--", color="grey", lw=1)
+  ax.set_xticks(range(len(keys)), keys, rotation=30)
+  ax.set_ylabel("best held-out AUROC")
+  ax.set_ylim(0.3, 1.0)
+  ax.legend(fontsize=8, loc="upper right")
+  fig.tight_layout()
+  return report._png(fig)   # pylint: disable=protected-access
+
+
 def section(card: dict) -> str:
   rows = []
   o = card.get("organism")
@@ -104,4 +136,6 @@ def section(card: dict) -> str:
           f"{feats['settings']['alpha']} (max over all units of its family). Units: "
           + ", ".join(f"{f} {n}" for f, n in feats["units"].items()) + ".")
   return report._section(SECTION, "Organism scorecard: does the chain find what is there?", note,  # pylint: disable=protected-access
-                         "".join(rows) + f"<p>{summ}</p><table>{head}{''.join(body)}</table>")
+                         "".join(rows) + f"<p>{summ}</p>"
+                         + report.img(families_png(feats), "best AUROC per label and family")
+                         + f"<table>{head}{''.join(body)}</table>")
