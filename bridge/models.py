@@ -334,12 +334,17 @@ rain sunset summer winter city forest beach party road trip festival dream memor
 """.split()
 
 
-def _tiny_tokenizer_dir(root: Path) -> str:
-  """Save a small T5 unigram tokenizer built from an in-memory vocab; return its dir."""
+def _tiny_tokenizer_dir(root: Path, words=()) -> str:
+  """Save a small T5 unigram tokenizer built from an in-memory vocab; return its dir.
+
+  `words` are whole-word tokens added to the built-in ones (e.g. every word of a caption
+  set, so each caption word is one token and none falls back to letters or <unk>).
+  """
   from transformers import T5Tokenizer
   letters = list("abcdefghijklmnopqrstuvwxyz0123456789.,-'!?&")
   vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-  vocab += [("\u2581" + w, -5.0 - 0.01 * i) for i, w in enumerate(dict.fromkeys(_TINY_WORDS))]
+  vocab += [("\u2581" + w, -5.0 - 0.01 * i)
+            for i, w in enumerate(dict.fromkeys([*_TINY_WORDS, *words]))]
   vocab += [(c, -8.0) for c in letters] + [("\u2581" + c, -8.5) for c in letters]
   tok = T5Tokenizer(vocab=vocab, extra_ids=0)
   out = root / "tiny-t5"
@@ -350,13 +355,16 @@ def _tiny_tokenizer_dir(root: Path) -> str:
 def build_tiny_musicgen(seed: int = 0, dim: int = 64, num_layers: int = 4, num_heads: int = 4,
                         card: int = 256, n_q: int = 4, t5_dim: int = 32, t5_layers: int = 2,
                         sample_rate: int = 16000, hop: int = 320, max_duration: float = 30.0,
-                        device: str = "cpu"):
+                        device: str = "cpu", words=(), overrides: dict | None = None):
   """A tiny random MusicGen built from audiocraft's own classes, deterministic from `seed`.
 
   LM via `builders.get_lm_model` (MusicGen's LM recipe at small dims, T5 cross-attention,
   delay pattern), a T5Conditioner whose T5 is a random `T5EncoderModel(T5Config(...))`
   with an in-memory tokenizer, and a random EnCodec via `builders.get_compression_model`.
-  Defaults: 16 kHz audio at 50 frames/s, 4 layers of width 64.
+  Defaults: 16 kHz audio at 50 frames/s, 4 layers of width 64. `words`: extra whole-word
+  tokens for the tokenizer; `overrides`: a nested dict merged into the build cfg (e.g.
+  `{"seanet": {"n_filters": 16}, "classifier_free_guidance": {"training_dropout": 0.2}}`),
+  for models that are trained afterwards (bridge/organism).
   """
   import_audiocraft()
   import omegaconf
@@ -366,7 +374,7 @@ def build_tiny_musicgen(seed: int = 0, dim: int = 64, num_layers: int = 4, num_h
   hf_logging.disable_progress_bar()
 
   tmp = Path(tempfile.mkdtemp(prefix="musicsae-tiny-t5-"))
-  tok_dir, vocab_size = _tiny_tokenizer_dir(tmp)
+  tok_dir, vocab_size = _tiny_tokenizer_dir(tmp, words)
   torch.manual_seed(seed)
   t5 = T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=t5_dim, d_kv=8, d_ff=2 * t5_dim,
                                num_layers=t5_layers, num_heads=4, dropout_rate=0.0,
@@ -409,6 +417,8 @@ def build_tiny_musicgen(seed: int = 0, dim: int = 64, num_layers: int = 4, num_h
               "kmeans_iters": 1, "threshold_ema_dead_code": 2, "orthogonal_reg_weight": 0.0,
               "orthogonal_reg_active_codes_only": False, "q_dropout": False},
   })
+  if overrides:
+    cfg = omegaconf.OmegaConf.merge(cfg, omegaconf.OmegaConf.create(dict(overrides)))
   try:
     with _local_t5_conditioners():  # get_lm_model hard-codes T5Conditioner
       torch.manual_seed(seed)

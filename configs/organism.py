@@ -1,0 +1,53 @@
+"""The model organism (issue 27): a small MusicGen trained on the concept set, whose labels
+are exact, and the chain (extract -> SAE -> ground-truth scores) validated against it.
+
+    python -m launch.make_organism --config=configs/organism.py --workdir=W   # ~30 min, 2 cores
+    make organism                                                             # the whole chain
+
+c.concepts: the clips (16 kHz, 2 s: the organism's rate and length); c.organism: sizes and
+training (bridge/organism/defaults.py); the extract/train/analysis blocks run the existing
+stages on the organism (`model.name` and `extract.audio.dataset` are set from the workdir
+by `launch.organism` / `make organism`).
+"""
+import ml_collections
+
+from bridge.organism import defaults as organism_defaults
+from configs import concepts
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = concepts.get_config()
+  c.dataset = "organism"
+  c.run = "organism"
+  c.concepts.num_clips = 1200
+  c.concepts.duration = 2.0
+  c.concepts.sample_rate = 16000
+  c.concepts.tempos = (60, 90, 120, 150)
+  c.concepts.tonics = ("C", "D", "E", "F#", "G#", "A#")
+  c.concepts.programs = (0, 19, 40, 73)     # piano, church organ, violin, flute
+  c.concepts.densities = (1, 2, 4)
+  c.concepts.dynamics = ("pp", "mf", "ff")
+  c.organism = organism_defaults.organism()
+
+  # --- the chain on the organism: capture the concept clips (no text), train an SAE -------
+  c.model.name = ""                         # set to <workdir>/organism by launch.organism
+  c.extract.source = "audio"
+  c.extract.audio.conditioning = "none"     # labels reach the LM only through the audio
+  c.extract.duration = 2.0
+  c.extract.sites = ("lm.layer.0", "lm.layer.1", "lm.layer.2", "lm.layer.3")
+  c.extract.torch_threads = 0
+  c.sae.architecture = "topk"
+  c.sae.expansion = 8
+  c.sae.k = 16
+  c.sae.k_aux = 32
+  c.train.source = "store"
+  c.train.site = "lm.layer.2"
+  c.train.steps = 2000
+  c.train.batch_size = 512
+  c.train.lr = 1e-3
+  c.train.warmup_steps = 50
+  c.train.eval_fraction = 0.15
+  c.train.eval_every = 500
+  c.train.checkpoint_every = 500
+  c.train.dead_tokens = 100_000
+  return c

@@ -1,0 +1,71 @@
+"""The model organism end to end: `python -m launch.organism --workdir=W` (`make organism`).
+
+Stages, each its own launch script in a fresh process (torch and JAX never share one),
+each printed with the command that reruns it alone:
+  organism       launch.make_organism   W/concepts/ (rendered), W/organism/ (+ organism.json)
+  extract        launch.extract         the concept clips through the organism, no text
+  train          launch.train           a TopK SAE on c.train.site
+  probe_layers   launch.probe_layers    concepts across layers (probes_by_layer.json)
+  scorecard      launch.scorecard       W/reports/<run>/scorecard.json + report section
+`--config.model.name` and `--config.extract.audio.dataset` are set to W/organism and
+folder:W/concepts for every stage; other `--config.*` overrides pass through. A stage that
+is done (organism.json, a complete store, a trained run) is skipped or resumed.
+"""
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+from launch import common
+
+STAGES = ("organism", "extract", "train", "probe_layers", "scorecard")
+_SCRIPTS = {"organism": "make_organism"}
+
+_CONFIG = flags.DEFINE_string("config", "configs/organism.py", "Organism config file.")
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/musicsae-organism", "Workspace root.")
+_STAGES = flags.DEFINE_list("stages", list(STAGES), f"Stages to run, in order, from {STAGES}.")
+
+
+def stage_command(stage: str, config: str, workdir: str, overrides: list[str]) -> list[str]:
+  cmd = [sys.executable, "-m", f"launch.{_SCRIPTS.get(stage, stage)}", f"--config={config}",
+         f"--workdir={workdir}"]
+  if stage != "organism":
+    cmd += [f"--config.model.name={os.path.join(workdir, 'organism')}",
+            f"--config.extract.audio.dataset=folder:{os.path.join(workdir, 'concepts')}"]
+  return cmd + overrides
+
+
+def main(argv):
+  overrides = [a for a in argv[1:] if a.startswith("--config.")]
+  extra = [a for a in argv[1:] if not a.startswith("--config.")]
+  if extra:
+    raise app.UsageError(f"unexpected arguments: {extra}")
+  unknown = [s for s in _STAGES.value if s not in STAGES]
+  if unknown:
+    raise app.UsageError(f"--stages: unknown {unknown}; choose from {STAGES}")
+  config = os.path.abspath(common.resolve_config_path(_CONFIG.value))
+  workdir = os.path.abspath(_WORKDIR.value)
+  os.makedirs(workdir, exist_ok=True)
+  t0 = time.time()
+  for i, stage in enumerate(_STAGES.value, 1):
+    if stage == "organism" and os.path.exists(os.path.join(workdir, "organism", "organism.json")):
+      print(f"=== [{i}/{len(_STAGES.value)}] organism: {workdir}/organism exists, skipped "
+            f"(--config.organism.overwrite=True with --stages=organism trains it again)")
+      continue
+    cmd = stage_command(stage, config, workdir, overrides)
+    print(f"\n=== [{i}/{len(_STAGES.value)}] {stage}: python {shlex.join(cmd[1:])}", flush=True)
+    t = time.time()
+    r = subprocess.run(cmd, cwd=common.REPO_ROOT)
+    if r.returncode:
+      print(f"=== {stage} failed (exit {r.returncode})", file=sys.stderr)
+      sys.exit(r.returncode)
+    print(f"=== {stage} done in {time.time() - t:.0f} s", flush=True)
+  print(f"\nOrganism chain finished in {time.time() - t0:.0f} s. Scorecard: "
+        f"{workdir}/reports/<run>/scorecard.json")
+
+
+if __name__ == "__main__":
+  common.run(main, known_only=True)

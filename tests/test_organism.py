@@ -1,0 +1,138 @@
+"""The model organism (bridge/organism): a seconds-sized MusicGen trained on the concept
+set with audiocraft's classes, loaded back through the real-weights path, captured, an SAE
+trained on it, and the planted easy concepts (instrument, dynamics) found by the
+ground-truth scores while a random labelling is not."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tinysoundfont")
+pytest.importorskip("pretty_midi")
+
+from configs import organism_tiny  # noqa: E402
+
+
+def _quiet(*_a, **_k):
+  pass
+
+
+@pytest.fixture(scope="module")
+def organism(tmp_path_factory):
+  from bridge.organism import build
+  wd = str(tmp_path_factory.mktemp("organism"))
+  c = organism_tiny.get_config()
+  metrics = build.make_organism(c, wd, log=_quiet)
+  c.model.name = os.path.join(wd, "organism")
+  c.extract.audio.dataset = "folder:" + os.path.join(wd, "concepts")
+  return c, wd, metrics
+
+
+def test_metrics_are_written_and_the_codes_are_all_in_use(organism):
+  c, wd, m = organism
+  with open(os.path.join(wd, "organism", "organism.json")) as f:
+    assert json.load(f)["lm"]["heldout"]["true"]["tokens"] == m["lm"]["heldout"]["true"]["tokens"]
+  cd, lm = m["codec"]["heldout"], m["lm"]["heldout"]
+  assert np.isfinite(cd["sisnr_db"]) and cd["msspec"] < cd["msspec_silence"]
+  # the final codebook refit keeps (nearly) every code in use: the LM has tokens to learn
+  assert min(m["codec"]["codes_used_per_codebook"]) > 0.5 * c.organism.model.card
+  assert 0 < lm["true"]["token_accuracy"] <= 1
+  assert lm["true"]["perplexity"] < lm["uniform_perplexity"]
+  assert set(lm) >= {"true", "shuffled", "none", "conditioning_gain_nats"}
+  assert {"program", "dynamics"} <= set(m["token_space"])
+  assert len(m["heldout_ids"]) == round(c.organism.heldout_fraction * c.concepts.num_clips)
+
+
+def test_loads_through_the_real_weights_path_and_tokenizes_every_caption_word(organism):
+  from bridge import models
+  from bridge.organism import data
+  c, wd, _ = organism
+  model = models.load_musicgen(os.path.join(wd, "organism"))
+  info = models.model_info(model)
+  assert (info.d_model, info.num_layers, info.n_q, info.card) == (32, 2, 2, 64)
+  tok = models.text_conditioner(model).t5_tokenizer
+  caption = data.caption({"family": "scale", "tempo": 120, "key": "G", "mode": "minor",
+                          "program": "Flute", "density": 2, "dynamics": "ff"})
+  ids = tok(caption)["input_ids"]
+  assert tok.unk_token_id not in ids
+  assert len(ids) <= len(data.words([caption])) + 6      # whole words, commas, </s>
+  model.set_generation_params(duration=0.2, top_k=16)
+  wav = model.generate([caption])
+  assert wav.shape[0] == 1 and np.isfinite(wav.numpy()).all()
+
+
+def test_planted_concepts_are_found_and_a_random_labelling_is_not(organism):
+  from bridge import extract
+  from musicsae_jax import store, train
+  from musicsae_jax.analysis import ground_truth, pipeline, stats
+  c, wd, _ = organism
+  extract.extract(c, wd, log=_quiet)
+  train.train_and_evaluate(c, wd)
+  res = ground_truth.score_store(c, wd, label_keys=("program", "dynamics"), log=_quiet)
+  for key in ("program", "dynamics"):
+    for val, d in res["labels"][key].items():
+      assert d["sae"]["passes"], (key, val, d["sae"])
+  # control: a coin-flip label of the same clips has no feature that passes the max-null
+  ds = store.open_dataset(os.path.join(wd, "activations", c.dataset))
+  x, _ = stats.prompt_means(ds.site(c.train.site), len(ds.prompts))
+  coin = np.random.default_rng(3).permutation(len(ds.prompts)) % 2
+  prompts = [{"labels": {"coin": ["heads", "tails"][k]}} for k in coin]
+  ctl = ground_truth.score(ground_truth.families(x, None), prompts, ("coin",),
+                           pipeline.resolve(c))
+  assert ctl["summary"]["neurons"]["passing"] == 0
+  assert ctl["summary"]["random"]["passing"] == 0
+  # the scorecard: one JSON with the organism's metrics and these scores, and a report section
+  from musicsae_jax.analysis import scorecard
+  card = scorecard.build(c, wd, log=_quiet)
+  with open(card["path"]) as f:
+    saved = json.load(f)
+  assert saved["organism"]["lm"]["uniform_perplexity"] == c.organism.model.card
+  assert saved["features"]["per_label"]["program"]["sae"]["passing"] == 2
+  with open(os.path.join(wd, "reports", c.run, "report.html")) as f:
+    assert '<section id="scorecard">' in f.read()
+
+
+def test_bad_input_is_a_clear_error(tmp_path):
+  from bridge.organism import build, data
+  c = organism_tiny.get_config()
+  c.organism.concepts_dir = str(tmp_path / "nothing")
+  c.concepts.sample_rate = 22050
+  with pytest.raises(data.OrganismError, match="render the concept set at the organism's rate"):
+    build.make_organism(c, str(tmp_path), log=_quiet)
+  with pytest.raises(data.OrganismError, match="metadata.jsonl is missing"):
+    data.load_clips(str(tmp_path), 16000, 1.0)
+  with pytest.raises(data.OrganismError, match="heldout_fraction"):
+    data.split(10, 1.0, 0)
+
+
+def test_mel_transform_matches_the_htk_filterbank_and_feeds_audiocraft_losses():
+  import torch
+  from bridge.organism import codec, mel
+  librosa = pytest.importorskip("librosa")
+  fb = mel.mel_filterbank(513, 0.0, 8000.0, 64, 16000).numpy()
+  ref = librosa.filters.mel(sr=16000, n_fft=1024, n_mels=64, fmin=0, fmax=8000, htk=True,
+                            norm=None).T
+  np.testing.assert_allclose(fb, ref, atol=1e-5)
+  crit = codec.losses(16000, 8000)
+  x = torch.randn(2, 1, 8000) * 0.1
+  assert float(crit["msspec"](x, x)) == 0.0
+  assert float(crit["msspec"](0.5 * x, x)) > 0.0
+  assert -float(crit["sisnr"](x, x)) > 40          # SI-SNR of a perfect copy, dB
+  assert abs(-float(crit["sisnr"](x + 0.1 * torch.randn_like(x), x)) - 0.0) < 1.0   # noise at 0 dB
+
+
+def test_token_space_classifier_reads_a_planted_code_and_not_noise():
+  from bridge.organism import tokens
+  rng = np.random.default_rng(0)
+  n, K, T, card = 80, 2, 25, 16
+  codes = rng.integers(0, card, (n, K, T))
+  lab = ["a", "b"] * (n // 2)
+  codes[1::2, 1, :10] = 3                          # "b" clips use code 3 of codebook 1 often
+  bag = tokens.bag_of_codes(codes, card)
+  np.testing.assert_allclose(bag.reshape(n, K, card).sum(-1), 1.0, rtol=1e-6)
+  labels = [{"planted": v, "noise": ["x", "y"][int(rng.integers(2))]} for v in lab]
+  r = tokens.concept_accuracy(codes[:60], labels[:60], codes[60:], labels[60:],
+                              ("planted", "noise"), card)
+  assert r["planted"]["accuracy"] == 1.0 and r["planted"]["chance"] == 0.5
+  assert r["noise"]["accuracy"] < 0.8
