@@ -90,13 +90,30 @@ def _loadavg() -> float:
 
 
 def _run(cmd: list[str], log_path: str, env=None) -> tuple[int, float, float]:
-  """(exit code, peak RSS MB of that process, wall seconds), output to log_path."""
+  """(exit code, peak RSS MB of that process, wall seconds), output to log_path.
+
+  The peak is the child's own VmHWM (/proc/<pid>/status, read every 0.2 s until it exits;
+  the last read is within 0.2 s of the end). Not the rusage of wait4: Linux carries a
+  process's max RSS across fork and exec, so a child of this process (which holds the
+  activations for evaluation) would report this process's peak instead of its own."""
   t0 = time.time()
+  peak_kb = 0
   with open(log_path, "w") as log:
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-    _, status, usage = os.wait4(p.pid, 0)
+    while True:
+      try:
+        with open(f"/proc/{p.pid}/status") as f:
+          hwm = [ln for ln in f if ln.startswith("VmHWM:")]
+        if hwm:
+          peak_kb = max(peak_kb, int(hwm[0].split()[1]))
+      except OSError:
+        pass
+      pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+      if pid:
+        break
+      time.sleep(0.2)
   p.returncode = os.waitstatus_to_exitcode(status)
-  return p.returncode, usage.ru_maxrss / 1024, time.time() - t0
+  return p.returncode, (peak_kb or usage.ru_maxrss) / 1024, time.time() - t0
 
 
 # --- data -------------------------------------------------------------------------------
