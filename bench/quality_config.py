@@ -15,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.sae.expansion = 8
   c.train = ml_collections.ConfigDict()
   c.train.source = "store"
-  c.train.dataset = "minilm-metadata"
+  c.train.dataset = "minilm-metadata-dev"        # train + validation documents
   c.train.site = "minilm.layer.3"
   c.train.steps = 100
   c.train.batch_size = 4096

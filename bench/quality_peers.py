@@ -1,14 +1,15 @@
 """Train a peer library's TopK SAE at its defaults on given rows (run by bench/quality.py).
 
 Runs in the peers' environment (torch, dictionary-learning, sae-lens), never in the
-project's. Reads the activations .npz and a split .npz (train row ids, eval row ids, both
-chosen by the caller exactly as the project's trainer chooses them), trains for
-`tokens // batch` steps on freshly shuffled train rows each epoch (a full in-memory
-shuffle, the most favourable input these libraries can get), and prints one JSON line:
-FVU pooled over the eval rows against their mean, L0, dead fraction (never fires on the
-eval rows; and `dead_frac_all`, never fires on any row, train and eval, the measure that can
-tell a dead latent from a rare one at m = 32d), acts/s of the training loop and this
-process's peak RSS.
+project's. Reads the activations .npz and a split .npz (train, validation and test row
+ids, chosen by the caller: whole documents, disjoint), trains for `tokens // batch` steps
+on freshly shuffled train rows each epoch (a full in-memory shuffle, the most favourable
+input these libraries can get) at `--lr_mult` times the library's own default lr, and
+prints one JSON line: FVU pooled over the validation rows (`val_fvu`, what a sweep
+selects on) and over the test rows (`fvu`, what is reported), each against its own mean;
+L0 and dead fraction on the test rows; `dead_frac_all`, never fires on any row (train,
+validation and test; the measure that can tell a dead latent from a rare one at m = 32d);
+acts/s of the training loop and this process's peak RSS.
 
 What "defaults" means for each library (read from their sources):
 - dictionary_learning `TopKTrainer`: lr 2e-4/sqrt(m/2^14), Adam(0.9, 0.999), clipping at 1,
@@ -54,11 +55,17 @@ def _import(trainer: str) -> None:
     import sae_lens.training.sae_trainer  # noqa: F401
 
 
-def train_dictionary_learning(x, m, k, steps, batch, seed):
+def default_lr(trainer: str, m: int) -> float:
+  """Each library's own default learning rate (read from its sources)."""
+  return 2e-4 / (m / 2**14) ** 0.5 if trainer == "dictionary_learning" else 3e-4
+
+
+def train_dictionary_learning(x, m, k, steps, batch, seed, lr):
   from dictionary_learning.trainers.top_k import TopKTrainer
   trainer = TopKTrainer(steps=steps, activation_dim=x.shape[1], dict_size=m, k=k, layer=0,
                         lm_name="all-MiniLM-L6-v2", warmup_steps=min(1000, steps // 10),
-                        seed=seed, device="cpu")
+                        seed=seed, device="cpu", lr=lr)
+  assert abs(trainer.lr - lr) <= 1e-12 * lr, (trainer.lr, lr)
   it = batches(x, batch, seed)
   for step in range(steps):
     trainer.update(step, next(it))
@@ -70,14 +77,14 @@ def train_dictionary_learning(x, m, k, steps, batch, seed):
   return encode, ae.decode
 
 
-def train_sae_lens(x, m, k, steps, batch, seed):
+def train_sae_lens(x, m, k, steps, batch, seed, lr):
   from sae_lens.config import SAETrainerConfig
   from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
   from sae_lens.training.sae_trainer import SAETrainer
   torch.manual_seed(seed)
   sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=x.shape[1], d_sae=m, k=k, device="cpu"))
   cfg = SAETrainerConfig(total_training_samples=steps * batch, train_batch_size_samples=batch,
-                         device="cpu", lr_end=3e-4 / 10)   # the runner's default, lr / 10
+                         device="cpu", lr=lr, lr_end=lr / 10)   # the runner's default, lr / 10
   sae = SAETrainer(cfg, sae, batches(x, batch, seed)).fit().eval()
   return sae.encode, sae.decode
 
@@ -121,25 +128,31 @@ def main():
   ap.add_argument("--batch", type=int, default=4096)
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--threads", type=int, default=0)
+  ap.add_argument("--lr_mult", type=float, default=1.0,
+                  help="learning rate = this x the library's own default")
   args = ap.parse_args()
   if args.threads:
     torch.set_num_threads(args.threads)
   acts = np.load(args.acts)["acts"]
   split = np.load(args.split)
-  x_train = torch.from_numpy(np.ascontiguousarray(acts[split["train_rows"]], np.float32))
-  x_eval = torch.from_numpy(np.ascontiguousarray(acts[split["eval_rows"]], np.float32))
+  rows = {name: torch.from_numpy(np.ascontiguousarray(acts[split[f"{name}_rows"]], np.float32))
+          for name in ("train", "val", "test")}
   del acts
   steps = args.tokens // args.batch
+  lr = args.lr_mult * default_lr(args.trainer, args.m)
   _import(args.trainer)
   t0 = time.time()
-  encode, decode = TRAINERS[args.trainer](x_train, args.m, args.k, steps, args.batch, args.seed)
+  encode, decode = TRAINERS[args.trainer](rows["train"], args.m, args.k, steps, args.batch,
+                                          args.seed, lr)
   seconds = time.time() - t0
-  ev = evaluate(encode, decode, x_eval, args.m)
-  fired_all = ev.pop("fired") + fired_counts(encode, x_train, args.m)
+  val = evaluate(encode, decode, rows["val"], args.m)
+  ev = evaluate(encode, decode, rows["test"], args.m)
+  fired_all = (ev.pop("fired") + val["fired"] + fired_counts(encode, rows["train"], args.m))
   out = {"trainer": args.trainer, "m": args.m, "k": args.k, "steps": steps,
-         "tokens": steps * args.batch, **ev,
+         "tokens": steps * args.batch, "lr": lr, "lr_mult": args.lr_mult,
+         "val_fvu": val["fvu"], **ev,
          "dead_frac_all": float((fired_all == 0).double().mean()),
-         "rows_all": len(x_train) + len(x_eval),
+         "rows_all": sum(len(x) for x in rows.values()),
          "acts_per_s": steps * args.batch / seconds, "train_s": seconds,
          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
   print(json.dumps(out))

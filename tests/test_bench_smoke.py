@@ -61,9 +61,14 @@ def test_sweep_bench(tmp_path):
 def test_quality_bench(tmp_path):
   """The store -> launch.train -> table path on synthetic rows; peers (own venv) skipped."""
   rows = run_json("bench/quality.py", f"--workdir={tmp_path}", "--synthetic_rows=6000",
-                  "--budgets=0.008", "--widths=2", "--archs=topk", "--peers=", "--batch=512")
+                  "--budgets=0.008", "--widths=2", "--archs=topk", "--peers=", "--batch=512",
+                  "--lr_mults=1")
   (r,) = [r for r in rows if "trainer" in r]
   assert r["trainer"] == "musicsae_jax topk" and 0 < r["fvu"] < 2 and r["l0"] == 32
+  assert r["lr_mult"] == 1 and 0 < r["val_fvu"] < 2
+  assert abs(r["val_fvu"] - r["trainer_eval_fvu"]) < 1e-4   # its eval split is validation
   assert r["peak_rss_mb"] > 0 and r["acts_per_s"] > 0
   assert r["rows_all"] == 6000 and 0 <= r["dead_frac_all"] <= r["dead_frac"] <= 1
   assert os.path.exists(tmp_path / "quality.md") and os.path.exists(tmp_path / "quality.json")
+  md = (tmp_path / "quality.md").read_text()
+  assert "Defaults" in md and "Each tuned" in md and "Command: `" in md
