@@ -7,12 +7,16 @@ with the trainer's default window budget (`train.shuffle_mb`) and with a window 
 the whole dataset (a full in-memory shuffle). Reports peak RSS, MB/s served and distinct
 prompts per batch (the prompt id rides in two bf16-exact columns of every row).
 
-It also measures what the per-read integrity checks cost (`checksum_cost`: without the
+It also measures what the per-read integrity checks cost (`checksum_cost`): without the
 CRC, the default, and a CRC at every read; interleaved in one process, min and median,
-wall and CPU seconds, with the load average, since a shared machine is noisy).
+wall and CPU seconds, with the load average, since a shared machine is noisy. Against
+the same modes it measures an alternative the store does not use: a second store of the
+same rows whose chunks end with zarr3's `crc32c` codec (written here by wrapping
+`store._codecs`), which TensorStore verifies in C++ at every read of a chunk, read
+without the Python CRC (`crc32c_codec`).
 
   python bench/loader.py [--sizes_mb=512,2048] [--d=1536] [--batches=60]
-  python bench/loader.py --sizes_mb=512 --checksum_repeats=7 --skip_serve
+  python bench/loader.py --sizes_mb=512 --checksum_repeats=7 --skip_serve [--codec=none]
 """
 import argparse
 import concurrent.futures
@@ -34,12 +38,27 @@ from musicsae_jax import store  # noqa: E402
 ROWS_PER_PROMPT = 500
 
 
-def write(path: str, size_mb: int, d: int, dtype: str) -> int:
-  spec = store.SiteSpec(d=d, dtype=dtype)
+def write(path: str, size_mb: int, d: int, dtype: str, codec: str = "zstd",
+          chunk_crc32c: bool = False) -> int:
+  """The bench store; chunk_crc32c: each chunk's codec chain ends with zarr3's crc32c."""
+  spec = store.SiteSpec(d=d, dtype=dtype, codec=codec)
   rows = size_mb * (1 << 20) // (d * spec.np_dtype.itemsize)
   n_prompts = -(-rows // ROWS_PER_PROMPT)
-  ds = store.create(path, {"site": spec}, prompts=[f"p{i}" for i in range(n_prompts)],
-                    overwrite=True)
+  codecs = store._codecs
+  if chunk_crc32c:             # the arrays' zarr.json then names it: every reader checks it
+    def with_crc32c(*a, **k):
+      out = codecs(*a, **k)
+      out[0]["configuration"]["codecs"].append({"name": "crc32c"})
+      return out
+    store._codecs = with_crc32c
+  try:
+    ds = store.create(path, {"site": spec}, prompts=[f"p{i}" for i in range(n_prompts)],
+                      overwrite=True)
+  finally:
+    store._codecs = codecs
+  with open(os.path.join(path, "sites", "site", "acts", "zarr.json")) as f:
+    inner = json.load(f)["codecs"][0]["configuration"]["codecs"]
+  assert (inner[-1]["name"] == "crc32c") == chunk_crc32c, inner
   rng = np.random.default_rng(0)
   with ds.writer(flush_seconds=1e9) as w:
     for p in range(n_prompts):
@@ -77,7 +96,9 @@ def serve(path: str, shuffle_mb: float, batches: int, batch: int) -> dict:
               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
-_CHECK_MODES = {"off": (False, False), "default": (True, False), "crc_every_read": (True, True)}
+# mode: (store, verify_checksums, crc_every_read); "crc32c": the store with the codec
+_CHECK_MODES = {"off": ("plain", False, False), "default": ("plain", True, False),
+                "crc_every_read": ("plain", True, True), "crc32c_codec": ("crc32c", False, False)}
 
 
 def _pct(x, ref) -> float:
@@ -90,7 +111,7 @@ def _summary(times: dict) -> dict:
     wall, cpu = np.array([t[0] for t in ts]), np.array([t[1] for t in ts])
     out[mode] = {"min_s": round(float(wall.min()), 4), "median_s": round(float(np.median(wall)), 4),
                  "first_s": round(float(wall[0]), 4), "cpu_median_s": round(float(np.median(cpu)), 4)}
-  for mode in ("default", "crc_every_read"):
+  for mode in ("default", "crc_every_read", "crc32c_codec"):
     out[mode]["overhead_pct"] = {
         "min": _pct(out[mode]["min_s"], out["off"]["min_s"]),
         "median": _pct(out[mode]["median_s"], out["off"]["median_s"]),
@@ -98,18 +119,21 @@ def _summary(times: dict) -> dict:
   return out
 
 
-def checksum_cost(path: str, repeats: int, threads: int) -> dict:
-  """What the per-read checks cost, in the same process, modes interleaved pass by pass:
-  `off` (no CRC: stats only), `default` (CRC at a chunk's first read by this reader and
-  whenever its file changed, a stat before and after every read), `crc_every_read` (CRC of
-  every chunk at every read). Measured on raw block reads (read_block on the loader's
+def checksum_cost(paths: dict, repeats: int, threads: int) -> dict:
+  """What the per-read checks cost, in the same process, modes interleaved pass by pass,
+  on the store (`plain`) and a copy of its rows whose chunks carry the crc32c codec
+  (`crc32c`): `off` (no CRC: stats only, the baseline), `default` (CRC at a chunk's first
+  read by this reader and whenever its file changed, a stat before and after every read),
+  `crc_every_read` (CRC of every chunk at every read), `crc32c_codec` (the crc32c store
+  without the Python CRC: TensorStore checks each chunk's crc32c at every read; stats as
+  in `off`). Measured on raw block reads (read_block on the loader's
   thread count) and on the loader filling its shuffle windows (read, checks, float32,
   scale, scatter), one reader per mode kept over the passes as a training job keeps it.
   min / median over the passes; `first_s`: the first pass (the default mode's full CRC)."""
   from musicsae_jax import data as data_lib, mesh as mesh_lib, train as train_lib
   time.sleep(2.5)               # the files settle, as any store extracted earlier has
-  readers = {m: store.open_dataset(path).site("site") for m in _CHECK_MODES}
-  for m, (check, every) in _CHECK_MODES.items():
+  readers = {m: store.open_dataset(paths[st]).site("site") for m, (st, _, _) in _CHECK_MODES.items()}
+  for m, (_, check, every) in _CHECK_MODES.items():
     readers[m].verify_checksums, readers[m].crc_every_read = check, every
   reads = {m: [] for m in _CHECK_MODES}
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
@@ -122,11 +146,11 @@ def checksum_cost(path: str, repeats: int, threads: int) -> dict:
   t = train_lib.default_config()
   ev = data_lib.split_prompts(readers["off"].read_index()[:, 0], t.eval_fraction, 0)
   pipes = {m: data_lib.Pipeline(
-      store.open_dataset(path).site("site"), batch_size=4096, seed=0, eval_prompts=ev,
+      store.open_dataset(paths[st]).site("site"), batch_size=4096, seed=0, eval_prompts=ev,
       scale=1.0, mesh=mesh_lib.make_mesh(), max_passes=t.shuffle_max_passes,
       shuffle_rows=data_lib.window_rows(train_lib.default_shuffle_mb("cpu"), readers["off"].d),
-      read_threads=threads) for m in _CHECK_MODES}
-  for m, (check, every) in _CHECK_MODES.items():
+      read_threads=threads) for m, (st, _, _) in _CHECK_MODES.items()}
+  for m, (_, check, every) in _CHECK_MODES.items():
     pipes[m].source.verify_checksums, pipes[m].source.crc_every_read = check, every
   groups = pipes["off"]._groups(0, 0)
   windows = {m: [] for m in _CHECK_MODES}
@@ -148,6 +172,7 @@ def main():
   p.add_argument("--sizes_mb", default="512,2048", help="store sizes to compare")
   p.add_argument("--d", type=int, default=1536)
   p.add_argument("--dtype", default="bfloat16", choices=store.DTYPES)
+  p.add_argument("--codec", default="zstd", choices=store.CODECS)
   p.add_argument("--batches", type=int, default=60)
   p.add_argument("--batch", type=int, default=4096)
   p.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
@@ -164,12 +189,15 @@ def main():
   for size in [int(s) for s in a.sizes_mb.split(",")]:
     tmp = tempfile.mkdtemp(dir=a.dir)
     try:
-      rows = write(os.path.join(tmp, "ds"), size, a.d, a.dtype)
+      rows = write(os.path.join(tmp, "ds"), size, a.d, a.dtype, a.codec)
       if a.checksum_repeats:
-        cost = checksum_cost(os.path.join(tmp, "ds"), a.checksum_repeats,
-                             min(8, max(1, (os.cpu_count() or 1) // 2)))
+        write(os.path.join(tmp, "ds_crc32c"), size, a.d, a.dtype, a.codec, chunk_crc32c=True)
+        cost = checksum_cost({"plain": os.path.join(tmp, "ds"),
+                              "crc32c": os.path.join(tmp, "ds_crc32c")},
+                             a.checksum_repeats, min(8, max(1, (os.cpu_count() or 1) // 2)))
+        shutil.rmtree(os.path.join(tmp, "ds_crc32c"))
         print(json.dumps({"bench": "loader_checksum_cost", "store_mb": size, "d": a.d,
-                          "dtype": a.dtype, **cost}), flush=True)
+                          "dtype": a.dtype, "codec": a.codec, **cost}), flush=True)
       for mode, mb in (("bounded", default_mb), ("full_shuffle", 4.0 * size * 4)):
         if a.skip_serve:
           break
