@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from bridge import capture, models  # noqa: E402
+from bridge.capture import record  # noqa: E402
+from bridge.models import audiocraft_musicgen, backends
 
 
 def _sync(device):
@@ -38,14 +39,14 @@ def main():
   a = ap.parse_args()
   if a.threads:
     torch.set_num_threads(a.threads)
-  model = (models.build_tiny_musicgen(device=a.device) if a.model == "tiny"
-           else models.load_musicgen(a.model, device=a.device))
-  info = models.model_info(model)
+  model = (audiocraft_musicgen.build_tiny_musicgen(device=a.device) if a.model == "tiny"
+           else audiocraft_musicgen.load_musicgen(a.model, device=a.device))
+  info = backends.model_info(model)
   model.set_generation_params(duration=a.duration, top_k=min(250, info.card))
   layers = range(info.num_layers) if a.layers == "all" else [int(x) for x in a.layers.split(",")]
   sites = [f"lm.layer.{i}" for i in layers]
   texts = [f"prompt {i}: happy piano song" for i in range(a.batch)]
-  capture.generate_with_capture(model, texts, sites, seed=0)  # warm-up
+  record.generate_with_capture(model, texts, sites, seed=0)  # warm-up
 
   def once(fn):
     _sync(a.device)
@@ -57,12 +58,12 @@ def main():
   # Interleave plain/hooked runs so machine noise hits both alike.
   plain, hooked = [], []
   for r in range(a.repeats):
-    plain.append(once(lambda: capture.generate_tokens(model, texts, seed=r)))
-    hooked.append(once(lambda: capture.generate_with_capture(model, texts, sites, seed=r)))
+    plain.append(once(lambda: record.generate_tokens(model, texts, seed=r)))
+    hooked.append(once(lambda: record.generate_with_capture(model, texts, sites, seed=r)))
   t_plain, t_hooked = statistics.median(plain), statistics.median(hooked)
-  cap = capture.generate_with_capture(model, texts, sites, seed=0)
+  cap = record.generate_with_capture(model, texts, sites, seed=0)
   t_tf = statistics.median(
-      once(lambda: capture.teacher_forced_capture(model, texts, cap.tokens, sites))
+      once(lambda: record.teacher_forced_capture(model, texts, cap.tokens, sites))
       for _ in range(a.repeats))
   frames = a.batch * cap.tokens.shape[-1]
   print(json.dumps({

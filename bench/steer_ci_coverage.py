@@ -6,7 +6,7 @@
 For each change distribution (normal; gamma(4), skewness 1; exponential, skewness 2) and
 n = 4, 8, 16 prompts, draws `--draws` prompt sets and prints one JSON object: the share of
 sets whose 95 % interval holds the true mean, for the Student t interval launch.steer uses
-(bridge.steer_stats.t_interval) and for the percentile bootstrap it replaced (1000
+(bridge.steering.stats.t_interval) and for the percentile bootstrap it replaced (1000
 resamples, n <= 8: at 16 its cost grows and it is no longer in question).
 """
 import argparse
@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from bridge import steer_stats  # noqa: E402
+from bridge.steering import stats  # noqa: E402
 
 
 def main():
@@ -30,12 +30,12 @@ def main():
   dists = {"normal": (lambda size: rng.normal(0.0, 1.0, size), 0.0),
            "gamma4": (lambda size: rng.gamma(4.0, 1.0, size), 4.0),
            "exponential": (lambda size: rng.exponential(1.0, size), 1.0)}
-  out = {"draws": args.draws, "level": steer_stats.LEVEL, "seed": args.seed, "coverage": {}}
+  out = {"draws": args.draws, "level": stats.LEVEL, "seed": args.seed, "coverage": {}}
   for name, (draw, mu) in dists.items():
     rows = {}
     for n in (4, 8, 16):
       x = draw((args.draws, n))
-      ci = np.array([steer_stats.t_interval(r) for r in x])
+      ci = np.array([stats.t_interval(r) for r in x])
       row = {"student_t": float(np.mean((ci[:, 0] <= mu) & (mu <= ci[:, 1])))}
       if n <= 8:
         idx = rng.integers(0, n, size=(args.draws, 1000, n))

@@ -9,7 +9,7 @@ from ml_collections import config_dict
 
 
 def model() -> ml_collections.ConfigDict:
-  """`c.model`: which MusicGen (bridge.extract.build_model)."""
+  """`c.model`: which MusicGen (bridge.capture.extract.build_model)."""
   m = ml_collections.ConfigDict()
   m.name = "tiny"                      # "tiny" | "facebook/musicgen-small" | a local dir
   m.backend = "audiocraft"             # "audiocraft" | "transformers" (README: Which backend?)
@@ -23,7 +23,7 @@ def model() -> ml_collections.ConfigDict:
 
 
 def extract() -> ml_collections.ConfigDict:
-  """`c.extract`: prompts -> generation with capture -> store (bridge.extract)."""
+  """`c.extract`: prompts -> generation with capture -> store (bridge.capture.extract)."""
   e = ml_collections.ConfigDict()
   e.prompts = "emotions"               # "emotions" | path to .txt / .jsonl / .csv
   e.per_label = 0                      # first N prompts per label value (0 = all)
@@ -31,7 +31,7 @@ def extract() -> ml_collections.ConfigDict:
   e.max_prompts = 0                    # 0 = no cap
   e.sites = ("lm.layer.1", "t5.pooled")
   e.duration = 10.0                    # seconds per prompt (50 frames/s)
-  e.batch_size = 8                     # part of the data's identity (see bridge/extract.py)
+  e.batch_size = 8                     # part of the data's identity (see bridge/capture/extract.py)
   e.seed = 0
   e.use_sampling = True
   e.top_k = 250                        # must not exceed the codebook size
@@ -52,7 +52,7 @@ def extract() -> ml_collections.ConfigDict:
 
 
 def audio() -> ml_collections.ConfigDict:
-  """`c.extract.audio`: clips from a dataset plugin (bridge.extract_audio), source=audio."""
+  """`c.extract.audio`: clips from a dataset plugin (bridge.capture.extract_audio), source=audio."""
   a = ml_collections.ConfigDict()
   a.dataset = ""                       # folder:<dir> | musiccaps:<dir> | song_describer:<dir>
                                        # | mtg_jamendo:<tsv> | fma:<dir> | <plugin.py>[:<arg>]
@@ -71,7 +71,7 @@ def audio() -> ml_collections.ConfigDict:
 
 
 def steer() -> ml_collections.ConfigDict:
-  """`c.steer`: steering with exported directions (bridge.steering.run_steering)."""
+  """`c.steer`: steering with exported directions (bridge.steering.experiment.run_steering)."""
   s = ml_collections.ConfigDict()
   s.prompts = ()                       # explicit prompt texts; () = built-in emotion prompts
   s.num_prompts = 16                   # first N built-in prompts (below 10: a warning; the
@@ -114,7 +114,7 @@ def steer() -> ml_collections.ConfigDict:
 
 def concepts() -> ml_collections.ConfigDict:
   """`c.concepts`: the ground-truth concept set rendered from MIDI (launch.make_concepts,
-  bridge.concepts). The default is the full set (3000 clips); configs/concepts_tiny.py is
+  bridge.sources.concepts). The default is the full set (3000 clips); configs/concepts_tiny.py is
   the one for tests and the demo."""
   c = ml_collections.ConfigDict()
   c.num_clips = 3000

@@ -9,8 +9,8 @@ Because every field exists, any of them can be overridden on the command line, e
 """
 import ml_collections
 
-from bridge import defaults as bridge_defaults
-from musicsae_jax import defaults as jax_defaults
+from bridge import config_defaults as bridge_defaults
+from musicsae_jax import config_defaults as jax_defaults
 
 
 def get_config() -> ml_collections.ConfigDict:

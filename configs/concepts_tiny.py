@@ -1,7 +1,7 @@
 """The tiny ground-truth concept set (tests, demo): 48 clips of 2 s at 16 kHz.
 
 `python -m launch.make_concepts --config=configs/concepts_tiny.py --out=DIR` renders it;
-every field of `c.concepts` (bridge/defaults.py) can be overridden, e.g.
+every field of `c.concepts` (bridge/config_defaults.py) can be overridden, e.g.
 `--config.concepts.num_clips=96`. `c.analysis.label_keys` names its concepts, so the
 analysis (probes, selectivity, the cross-layer table) runs on a store captured from it.
 """

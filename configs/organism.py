@@ -5,13 +5,13 @@ are exact, and the chain (extract -> SAE -> ground-truth scores) validated again
     make organism                                                             # the whole chain
 
 c.concepts: the clips (16 kHz, 2 s: the organism's rate and length); c.organism: sizes and
-training (bridge/organism/defaults.py); the extract/train/analysis blocks run the existing
+training (bridge/organism/config_defaults.py); the extract/train/analysis blocks run the existing
 stages on the organism (`model.name` and `extract.audio.dataset` are set from the workdir
 by `launch.organism` / `make organism`).
 """
 import ml_collections
 
-from bridge.organism import defaults as organism_defaults
+from bridge.organism import config_defaults as organism_defaults
 from configs import concepts
 
 

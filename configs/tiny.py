@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.analysis.labeling.clap = "tiny"    # the random test CLAP (wiring only; README "Feature labels")
   c.analysis.labeling.threads = 1      # tiny ops only lose from threads (10x on a busy box)
 
-  # --- steer (bridge.steering) --------------------------------------------------------
+  # --- steer (bridge/steering) ---------------------------------------------------------
   c.steer.strengths = (0.0, 4.0, 8.0)  # alpha; x the site's mean norm when relative
   # method=set (the demo runs "add,set" side by side): the feature's latent = 8 raw units
   # (the demo's features sit near 0 unsteered). Controls: the defaults (32 per kind and

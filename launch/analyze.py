@@ -3,7 +3,7 @@
 Writes reports/<run>/{features,selectivity,probes}.json, report.html and the feature browser
 reports/<run>/browser/ (see WORKSPACE.md).
 Feature labels (`--config.analysis.labelers="('words','clap','llm')"`): after the analysis, the
-CLAP embeddings run in a separate torch process (`python -m bridge.label_clap REPORT_DIR`), then
+CLAP embeddings run in a separate torch process (`python -m bridge.measures.clap_labels REPORT_DIR`), then
 reports/<run>/labels.json and the report's labels section are written (README, "Feature labels").
 Seed stability: `--compare_run=OTHER` matches the two runs' decoder rows (reports/<run>/stability.json
 and a seed-stability section in report.html);
@@ -43,11 +43,11 @@ def _labels(paths: dict) -> dict:
 
   def bridge(*extra):
     from musicsae_jax import progress
-    with progress.heartbeat("labels: CLAP embeddings (bridge.label_clap)", logging.info):
-      r = subprocess.run([sys.executable, "-m", "bridge.label_clap", report_dir, *extra],
+    with progress.heartbeat("labels: CLAP embeddings (bridge.measures.clap_labels)", logging.info):
+      r = subprocess.run([sys.executable, "-m", "bridge.measures.clap_labels", report_dir, *extra],
                          cwd=common.REPO_ROOT, env=env)
     if r.returncode:
-      sys.exit(f"CLAP labels failed (exit {r.returncode}); rerun: python -m bridge.label_clap "
+      sys.exit(f"CLAP labels failed (exit {r.returncode}); rerun: python -m bridge.measures.clap_labels "
                f"{' '.join([report_dir, *extra])}")
 
   if "clap" in s["labelers"] and paths.get("label_examples"):

@@ -33,8 +33,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   index, num = worker_split(FLAGS.worker_index, FLAGS.num_workers)
   pin_local_gpu()
-  from bridge.extract import extract
-  from bridge.models import ModelLoadError
+  from bridge.capture.extract import extract
+  from bridge.models.audiocraft_musicgen import ModelLoadError
   with common.user_errors(ModelLoadError):
     extract(FLAGS.config, FLAGS.workdir, worker_index=index, num_workers=num,
             overwrite=FLAGS.overwrite)

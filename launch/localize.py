@@ -5,7 +5,7 @@
 
 Reads `exports/<run>/` (the SAE: fidelity, SAE-feature patching), writes
 `reports/<run>/fidelity.json`, `ablation.json` + `ablation.png`, `patching.json` +
-`patching.png` (bridge/localize.py), then adds their sections to `report.html` in a
+`patching.png` (bridge/localize/stage.py), then adds their sections to `report.html` in a
 separate process (the report code is on the JAX side; this process holds torch).
 For a sweep (`runs/<run>/sweep.json`), fidelity is measured for every exported member
 (`reports/<run>/<member>/fidelity.json`, compared in `reports/<run>/fidelity_members.json`).
@@ -42,9 +42,9 @@ def fidelity_headline(path: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from bridge import localize
+  from bridge.localize import stage
   with common.user_errors():
-    written = localize.run_localize(_CONFIG.value, _WORKDIR.value, _WHAT.value)
+    written = stage.run_localize(_CONFIG.value, _WORKDIR.value, _WHAT.value)
   for name, path in written.items():
     print(f"{name}: {path}")
   if "fidelity" in written:

@@ -1,7 +1,7 @@
 """Render the ground-truth concept set: `python -m launch.make_concepts --out=DIR`.
 
 MIDI clips with exact labels (tempo, key, mode, chord quality, GM program, note density,
-dynamics) through TinySoundFont and a General MIDI soundfont (bridge/concepts.py), written
+dynamics) through TinySoundFont and a General MIDI soundfont (bridge/sources/concepts.py), written
 as an audio-dataset folder: DIR/metadata.jsonl ({id, path, caption, labels} per line),
 DIR/audio/<id>.flac, DIR/concepts.json. The default config is configs/concepts.py (3000
 clips); `--config=configs/concepts_tiny.py` is the tiny one; override fields with
@@ -25,7 +25,7 @@ flags.mark_flags_as_required(["out"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from bridge import concepts
+  from bridge.sources import concepts
   cfg = _CONFIG.value
   if "concepts" not in cfg:
     raise common.UserError("--config: the config has no `concepts` block "

@@ -29,7 +29,7 @@ def main(argv):
   if "organism" not in cfg or "concepts" not in cfg:
     raise common.UserError("--config: the config needs `concepts` and `organism` blocks "
                            "(start from configs/organism.py)")
-  from bridge import concepts
+  from bridge.sources import concepts
   from bridge.organism import build, data
   try:
     m = build.make_organism(cfg, _WORKDIR.value, log=logging.info)

@@ -24,10 +24,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from musicsae_jax.analysis import AnalysisError, layers
+  from musicsae_jax.analysis import AnalysisError, layer_probes
   from absl import logging
   with common.user_errors(AnalysisError):
-    paths = layers.probe_layers(_CONFIG.value, _WORKDIR.value, label_keys=_KEYS.value,
+    paths = layer_probes.probe_layers(_CONFIG.value, _WORKDIR.value, label_keys=_KEYS.value,
                                 sites=_SITES.value, run=_RUN.value, log=logging.info)
   for name, path in paths.items():
     print(f"{name}: {path}")

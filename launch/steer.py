@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags
 
-from bridge import steering
+from bridge.steering import experiment
 from launch import common
 
 _CONFIG = common.define_config()
@@ -30,7 +30,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   with common.user_errors():
-    res = steering.run_steering(_CONFIG.value, _WORKDIR.value)
+    res = experiment.run_steering(_CONFIG.value, _WORKDIR.value)
   print(res["path"])
   report = subprocess.run([sys.executable, "-c", _REPORT, os.path.dirname(res["path"])],
                           cwd=common.REPO_ROOT)

@@ -6,11 +6,11 @@ calls the same function, so a value the trainer would refuse (`architecture=topk
 """
 from __future__ import annotations
 
-from musicsae_jax import defaults
+from musicsae_jax import config_defaults
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
 
-DEFAULTS = {k: v for k, v in defaults.sae().to_dict().items() if k != "d"}  # one copy
+DEFAULTS = {k: v for k, v in config_defaults.sae().to_dict().items() if k != "d"}  # one copy
 
 
 def default_prefixes(m: int, k: int) -> list[int]:

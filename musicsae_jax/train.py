@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from musicsae_jax import calibration
 from musicsae_jax import checkpoint as ckpt_lib
 from musicsae_jax import data as data_lib
-from musicsae_jax import defaults
+from musicsae_jax import config_defaults
 from musicsae_jax import files
 from musicsae_jax import mesh as mesh_lib
 from musicsae_jax import plots
@@ -41,8 +41,8 @@ _RETIRED = ("shuffle_blocks",)  # train fields that older runs' config.json may 
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Every `c.train` field with its default (the one copy lives in musicsae_jax.defaults)."""
-  return defaults.train()
+  """Every `c.train` field with its default (the one copy lives in musicsae_jax.config_defaults)."""
+  return config_defaults.train()
 
 
 def default_lr(m: int) -> float:

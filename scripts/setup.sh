@@ -16,7 +16,7 @@ pip install -q -e ".[audiocraft-runtime,test,concepts]" 2>&1 | grep -vE '^WARNIN
 pip install -q --no-deps audiocraft==1.3.0 2>&1 | grep -v '^WARNING: Location' || true
 # The concept set's synthesizer, without pyaudio (live playback only; needs portaudio headers).
 pip install -q --no-deps tinysoundfont==0.3.7 2>&1 | grep -v '^WARNING: Location' || true
-# audiocraft is only found here, not imported: importing it needs bridge/models.py's shim.
+# audiocraft is only found here, not imported: importing it needs bridge/models/audiocraft_musicgen.py's shim.
 python -c "import importlib.util as u, musicsae_jax, jax, flax, optax, orbax.checkpoint, tensorstore, torch, pretty_midi, tinysoundfont; assert u.find_spec('audiocraft'), 'audiocraft missing'" \
   || { echo "[setup] install incomplete: the import above failed" >&2; exit 1; }
 echo "$HASH" > "$STAMP"

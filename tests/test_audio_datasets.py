@@ -1,11 +1,11 @@
-"""bridge.audio_datasets: each built-in reads a tiny fixture written in its published layout."""
+"""bridge.sources.audio_datasets: each built-in reads a tiny fixture written in its published layout."""
 import json
 import textwrap
 
 import numpy as np
 import pytest
 
-from bridge import audio_datasets as D
+from bridge.sources import audio_datasets as D
 
 
 def _touch(path):
@@ -125,7 +125,7 @@ def test_user_plugin_file(tmp_path):
   plugin = tmp_path / "my_plugin.py"
   plugin.write_text(textwrap.dedent('''\
       import numpy as np
-      from bridge.audio_datasets import AudioItem
+      from bridge.sources.audio_datasets import AudioItem
 
       def iter_items(location):
         yield ("tone", np.zeros(800, np.float32), "a tone", {"src": location}, 16000)

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from bridge import backends, capture, extract as X, models, models_hf, steering
+from bridge.models import backends, audiocraft_musicgen, transformers_musicgen
+from bridge.capture import record, extract as X
+from bridge.steering import hooks
 from musicsae_jax import export, store
 
 torch.set_num_threads(1)
@@ -15,14 +17,14 @@ LAYER_TOL = 1e-5   # step-by-step vs one batched forward: same math, other kerne
 
 @pytest.fixture(scope="module")
 def hf():
-  be = models_hf.build_tiny(seed=0)
+  be = transformers_musicgen.build_tiny(seed=0)
   be.set_generation_params(duration=0.4, top_k=50)   # 20 frames, 23 decoding passes
   return be
 
 
 @pytest.fixture(scope="module")
 def gen(hf):
-  return capture.generate_with_capture(hf, TEXTS, SITES, keep="both", seed=3)
+  return record.generate_with_capture(hf, TEXTS, SITES, keep="both", seed=3)
 
 
 def test_tiny_codec_decodes_codes_to_different_audio(hf):
@@ -34,8 +36,8 @@ def test_tiny_codec_decodes_codes_to_different_audio(hf):
 def test_every_step_is_recorded_not_overwritten(hf):
   """The overwrite regression: one row set per decoding position, and the steps differ.
   transformers runs position 0 twice (a discarded prefill): positions, not calls, count."""
-  with capture.LayerRecorder(hf, [2]) as rec:
-    tokens = capture.generate_tokens(hf, TEXTS[:2], seed=1)
+  with record.LayerRecorder(hf, [2]) as rec:
+    tokens = record.generate_tokens(hf, TEXTS[:2], seed=1)
   T = tokens.shape[-1]
   steps = rec.by_position(2)                               # [positions, 2B, D]
   assert T == 20 and steps.shape == (T + 3, 4, 64)         # delay pattern: T + max_delay
@@ -46,7 +48,7 @@ def test_every_step_is_recorded_not_overwritten(hf):
 
 
 def test_hooked_capture_equals_teacher_forced(hf, gen):
-  f = capture.teacher_forced_capture(hf, TEXTS, gen.tokens, SITES, keep="both")
+  f = record.teacher_forced_capture(hf, TEXTS, gen.tokens, SITES, keep="both")
   assert set(gen.acts) == set(f.acts)
   for s in gen.acts:
     for a, b in zip(gen.acts[s], f.acts[s]):
@@ -75,21 +77,21 @@ def test_cond_rows_equal_a_conditional_only_forward(hf, gen):
 
 def test_alpha_zero_is_bit_identical_and_steps_are_positions(hf):
   v = torch.randn(64, generator=torch.Generator().manual_seed(0))
-  base = capture.generate_with_capture(hf, TEXTS[:2], ["lm.layer.3"], seed=5)
-  with steering.add_direction(hf, 1, v, 0.0, half="both"), \
-       steering.add_text_direction(hf, v, 0.0, site="cond.proj"):
-    zero = capture.generate_with_capture(hf, TEXTS[:2], ["lm.layer.3"], seed=5)
+  base = record.generate_with_capture(hf, TEXTS[:2], ["lm.layer.3"], seed=5)
+  with hooks.add_direction(hf, 1, v, 0.0, half="both"), \
+       hooks.add_text_direction(hf, v, 0.0, site="cond.proj"):
+    zero = record.generate_with_capture(hf, TEXTS[:2], ["lm.layer.3"], seed=5)
   assert torch.equal(base.tokens, zero.tokens)
   for a, b in zip(base.acts["lm.layer.3"], zero.acts["lm.layer.3"]):
     np.testing.assert_array_equal(a, b)
   # a push from decoding pass 5 on: passes 0..4 untouched, pass 5 moved
-  with steering.add_direction(hf, 3, v, 10.0, steps=(5, None)):
-    late = capture.generate_with_capture(hf, TEXTS[:2], ["lm.layer.3"], seed=5)
+  with hooks.add_direction(hf, 3, v, 10.0, steps=(5, None)):
+    late = record.generate_with_capture(hf, TEXTS[:2], ["lm.layer.3"], seed=5)
   for a, b in zip(base.acts["lm.layer.3"], late.acts["lm.layer.3"]):
     np.testing.assert_array_equal(a[:5], b[:5])
     np.testing.assert_allclose(b[5] - a[5], 10.0 * v.numpy(), atol=1e-4)
   with pytest.raises(ValueError, match="uncond.*masked"):
-    steering.add_text_direction(hf, v, 1.0, half="uncond")
+    hooks.add_text_direction(hf, v, 1.0, half="uncond")
 
 
 def test_export_hook_names_are_real_modules(hf):
@@ -107,8 +109,8 @@ def test_export_hook_names_are_real_modules(hf):
 
 
 def test_unsteered_reread_nll_is_the_conditional_model(hf, gen):
-  from bridge import steer_eval
-  rr = steer_eval.unsteered_reread(hf, TEXTS, gen.tokens, 3, None, [])
+  from bridge.steering import experiment
+  rr = experiment.unsteered_reread(hf, TEXTS, gen.tokens, 3, None, [])
   assert len(rr["nll"]) == 3 and all(0 < v < 10 for v in rr["nll"])
 
 
@@ -181,22 +183,22 @@ def test_known_name_offline_without_cache_says_what_to_do(tmp_path, monkeypatch)
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   monkeypatch.setenv("HF_HOME", str(tmp_path))
   monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
-  with pytest.raises(models.ModelLoadError, match="facebook/musicgen-small.*no network.*directory"):
-    models_hf.load("small")
+  with pytest.raises(audiocraft_musicgen.ModelLoadError, match="facebook/musicgen-small.*no network.*directory"):
+    transformers_musicgen.load("small")
 
 
 def test_bad_names_and_dirs_are_clear_errors(tmp_path):
-  with pytest.raises(models.ModelLoadError, match="unknown MusicGen model 'gigantic'"):
-    models_hf.load("gigantic")
-  with pytest.raises(models.ModelLoadError, match="lacks config.json"):
-    models_hf.load(str(tmp_path))
+  with pytest.raises(audiocraft_musicgen.ModelLoadError, match="unknown MusicGen model 'gigantic'"):
+    transformers_musicgen.load("gigantic")
+  with pytest.raises(audiocraft_musicgen.ModelLoadError, match="lacks config.json"):
+    transformers_musicgen.load(str(tmp_path))
 
 
 def test_local_dir_round_trip(hf, tmp_path):
   """A save_pretrained directory (model + tokenizer) loads through the same path."""
   hf.model.save_pretrained(tmp_path)
   hf.tokenizer.save_pretrained(tmp_path)
-  be = models_hf.load(str(tmp_path))
+  be = transformers_musicgen.load(str(tmp_path))
   be.set_generation_params(duration=0.2, top_k=50)
   hf.set_generation_params(duration=0.2, top_k=50)
   try:
@@ -208,8 +210,8 @@ def test_local_dir_round_trip(hf, tmp_path):
 # --- parity with audiocraft on the same weights -----------------------------------------
 @pytest.fixture(scope="module")
 def pair():
-  from bridge import convert
-  ac = backends.adapt(models.build_tiny_musicgen(seed=0))
+  from bridge.models import convert
+  ac = backends.adapt(audiocraft_musicgen.build_tiny_musicgen(seed=0))
   ac.set_generation_params(duration=0.2, top_k=50)
   tr = convert.audiocraft_to_transformers(ac)
   tr.set_generation_params(duration=0.2, top_k=50)
@@ -218,9 +220,9 @@ def pair():
 
 def _both(pair, texts, sites=("lm.layer.0", "lm.layer.3", "t5.hidden", "cond.proj")):
   ac, tr = pair
-  tokens = capture.generate_tokens(ac, texts, seed=1)
-  a = capture.teacher_forced_capture(ac, texts, tokens, sites, keep="both")
-  b = capture.teacher_forced_capture(tr, texts, tokens, sites, keep="both")
+  tokens = record.generate_tokens(ac, texts, seed=1)
+  a = record.teacher_forced_capture(ac, texts, tokens, sites, keep="both")
+  b = record.teacher_forced_capture(tr, texts, tokens, sites, keep="both")
   return tokens, {s: [float(np.abs(x - y).max()) for x, y in zip(a.acts[s], b.acts[s])]
                   for s in a.acts}
 
@@ -233,9 +235,9 @@ def test_parity_unpadded_prompts_agree(pair):
       texts, padding=True, return_tensors="pt")["attention_mask"].all()
   tokens, diff = _both(pair, texts)
   assert max(max(v) for v in diff.values()) < LAYER_TOL, diff
-  from bridge import steer_eval
-  nll_a = steer_eval.unsteered_reread(ac, texts, tokens, None, None, [])["nll"]
-  nll_t = steer_eval.unsteered_reread(tr, texts, tokens, None, None, [])["nll"]
+  from bridge.steering import experiment
+  nll_a = experiment.unsteered_reread(ac, texts, tokens, None, None, [])["nll"]
+  nll_t = experiment.unsteered_reread(tr, texts, tokens, None, None, [])["nll"]
   np.testing.assert_allclose(nll_a, nll_t, atol=1e-5)
 
 
@@ -254,7 +256,7 @@ def test_steering_experiment_runs_on_transformers(tmp_path):
   import json
   import os
   from safetensors.torch import save_file
-  from bridge import steer_eval
+  from bridge.steering import experiment
   from configs import tiny
   exp = tmp_path / "exports" / "tiny"
   os.makedirs(exp)
@@ -273,7 +275,7 @@ def test_steering_experiment_runs_on_transformers(tmp_path):
   c.model.backend = "transformers"
   c.steer.num_prompts, c.steer.controls, c.steer.concept_per_value = 2, 1, 0
   c.steer.strengths, c.steer.duration, c.steer.save_audio = (0.0, 8.0), 0.4, True
-  res = steer_eval.run_steering(c, str(tmp_path))
+  res = experiment.run_steering(c, str(tmp_path))
   saved = json.load(open(res["path"]))
   zero, strong = saved["features"][0]["steered"]
   assert zero["reused_baseline"] and np.isfinite(strong["stats"]["nll"]["mean"])

@@ -1,9 +1,11 @@
-"""bridge.capture: every step recorded, conditional half, frame alignment, two paths agree."""
+"""bridge.capture.record: every step recorded, conditional half, frame alignment, two paths agree."""
 import numpy as np
 import pytest
 import torch
 
-from bridge import capture, models
+from bridge.models import site_names
+from bridge.capture import record
+from bridge.models import audiocraft_musicgen
 
 torch.set_num_threads(1)
 TEXTS = ["happy piano song for a summer picnic", "sad slow cello", "calm"]
@@ -12,22 +14,22 @@ LAYER_TOL = 1e-5  # hooks vs one batched forward: same math, different kernels (
 
 @pytest.fixture(scope="module")
 def tiny():
-  m = models.build_tiny_musicgen(seed=0)
+  m = audiocraft_musicgen.build_tiny_musicgen(seed=0)
   m.set_generation_params(duration=0.4, top_k=50)  # 20 frames, 23 decoding steps
   return m
 
 
 @pytest.fixture(scope="module")
 def gen(tiny):
-  return capture.generate_with_capture(tiny, TEXTS, ["lm.layer.0", "lm.layer.3", "t5.hidden",
+  return record.generate_with_capture(tiny, TEXTS, ["lm.layer.0", "lm.layer.3", "t5.hidden",
                                                      "t5.pooled", "cond.proj"],
                                        keep="both", seed=7)
 
 
 def test_every_step_is_recorded_not_overwritten(tiny):
   """The overwrite-bug regression: one entry per decoding step, and the steps differ."""
-  with capture.LayerRecorder(tiny.lm, [2]) as rec:
-    tokens = capture.generate_tokens(tiny, TEXTS[:2], seed=1)
+  with record.LayerRecorder(tiny.lm, [2]) as rec:
+    tokens = record.generate_tokens(tiny, TEXTS[:2], seed=1)
   T = tokens.shape[-1]
   assert T == 20 and len(rec.calls[2]) == T + 3           # delay pattern: T + max_delay steps
   steps = torch.stack(rec.calls[2])                        # [steps, 2B, D]
@@ -73,8 +75,8 @@ def test_hooked_capture_equals_teacher_forced(tiny, two_step):
   try:
     sites = ["lm.layer.0", "lm.layer.3", "lm.layer.1.attn", "lm.layer.2.cross_attn",
              "t5.hidden", "t5.pooled", "cond.proj"]
-    g = capture.generate_with_capture(tiny, TEXTS, sites, keep="both", seed=3)
-    f = capture.teacher_forced_capture(tiny, TEXTS, g.tokens, sites, keep="both")
+    g = record.generate_with_capture(tiny, TEXTS, sites, keep="both", seed=3)
+    f = record.teacher_forced_capture(tiny, TEXTS, g.tokens, sites, keep="both")
   finally:
     tiny.set_generation_params(duration=0.4, top_k=50)
   assert set(g.acts) == set(f.acts)
@@ -85,7 +87,7 @@ def test_hooked_capture_equals_teacher_forced(tiny, two_step):
 
 
 def test_t5_sites_match_a_direct_t5_call(tiny, gen):
-  cond = models.text_conditioner(tiny)
+  cond = audiocraft_musicgen.text_conditioner(tiny)
   inputs = cond.t5_tokenizer(TEXTS, return_tensors="pt", padding=True)
   with torch.no_grad():
     hidden = cond.t5(**inputs).last_hidden_state
@@ -100,11 +102,11 @@ def test_t5_sites_match_a_direct_t5_call(tiny, gen):
 
 
 def test_bad_sites_raise():
-  with pytest.raises(capture.UnknownSiteError, match="layer 4 out of range.*4 layers"):
-    capture.parse_sites(["lm.layer.4"], 4)
-  with pytest.raises(capture.UnknownSiteError, match="unknown site 'lm.resid'"):
-    capture.parse_sites(["lm.resid"], 4)
-  with pytest.raises(capture.UnknownSiteError, match="no capture sites"):
-    capture.parse_sites([], 4)
-  assert capture.parse_sites(["t5.pooled", "lm.layer.1", "t5.pooled"], 4) == ["t5.pooled",
+  with pytest.raises(site_names.UnknownSiteError, match="layer 4 out of range.*4 layers"):
+    site_names.parse_sites(["lm.layer.4"], 4)
+  with pytest.raises(site_names.UnknownSiteError, match="unknown site 'lm.resid'"):
+    site_names.parse_sites(["lm.resid"], 4)
+  with pytest.raises(site_names.UnknownSiteError, match="no capture sites"):
+    site_names.parse_sites([], 4)
+  assert site_names.parse_sites(["t5.pooled", "lm.layer.1", "t5.pooled"], 4) == ["t5.pooled",
                                                                               "lm.layer.1"]

@@ -1,4 +1,4 @@
-"""The ground-truth concept set (bridge/concepts.py, launch.make_concepts): the audio a
+"""The ground-truth concept set (bridge/sources/concepts.py, launch.make_concepts): the audio a
 clip renders to carries its labels (pitch classes by chroma, tempo by onsets), the folder
 keeps the audio-dataset contract, the set is a pure function of the seed, and a machine
 without the synthesizer gets one line naming the packages."""
@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from bridge import concepts
+from bridge.sources import concepts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

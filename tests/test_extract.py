@@ -1,4 +1,4 @@
-"""bridge.extract: rows per frame, resume after an interruption, workers, bad input."""
+"""bridge.capture.extract: rows per frame, resume after an interruption, workers, bad input."""
 import json
 import os
 import subprocess
@@ -9,7 +9,10 @@ import pytest
 import torch
 
 import configs.tiny
-from bridge import capture, extract as X, models, prompts
+from bridge.models import site_names
+from bridge.capture import record, extract as X
+from bridge.models import audiocraft_musicgen, backends
+from bridge.sources import prompts
 from musicsae_jax import store
 
 torch.set_num_threads(1)
@@ -58,7 +61,7 @@ def test_rows_are_prompts_times_frames(full):
     assert idx[:15].tolist() == [[0, f] for f in range(15)]
   assert full.site("t5.pooled").num_rows == 8
   assert full.site("lm.layer.3").d == 64 and full.site("t5.hidden").d == 32
-  assert full.site("audio.descriptors").d == len(X.audio_features.FRAME_DESCRIPTORS)
+  assert full.site("audio.descriptors").d == len(X.descriptors.FRAME_DESCRIPTORS)
   p = full.prompts
   assert p[0]["labels"]["emotion"] == "happy" and p[0]["seed"] == p[1]["seed"] != p[2]["seed"]
   m = full.manifest
@@ -72,9 +75,9 @@ def test_rows_match_a_direct_capture_of_the_same_batch(full):
   """Store rows for batch 1 == generate_with_capture of that batch with its seed."""
   c = small_config()
   model = X.build_model(c.model)
-  X._set_generation(model, c.extract, models.model_info(model))
+  X._set_generation(model, c.extract, backends.model_info(model))
   texts = [full.prompts[i]["text"] for i in (2, 3)]
-  cap = capture.generate_with_capture(model, texts, ["lm.layer.3"], seed=full.prompts[2]["seed"])
+  cap = record.generate_with_capture(model, texts, ["lm.layer.3"], seed=full.prompts[2]["seed"])
   acts, idx = site_rows(full, "lm.layer.3")
   np.testing.assert_array_equal(acts[idx[:, 0] == 2], cap.acts["lm.layer.3"][0])
 
@@ -149,8 +152,8 @@ def test_leftover_creating_dir_of_a_killed_worker_is_removed(tmp_path):
 
 
 @pytest.mark.parametrize("change,err,match", [
-    (dict(sites=("lm.layer.9",)), capture.UnknownSiteError, "layer 9 out of range"),
-    (dict(sites=("lm.attn.1",)), capture.UnknownSiteError, "unknown site 'lm.attn.1'"),
+    (dict(sites=("lm.layer.9",)), site_names.UnknownSiteError, "layer 9 out of range"),
+    (dict(sites=("lm.attn.1",)), site_names.UnknownSiteError, "unknown site 'lm.attn.1'"),
     (dict(top_k=1000), X.ExtractError, "top_k=1000 exceeds the codebook size 256"),
 ])
 def test_bad_config_raises(tmp_path, change, err, match):
@@ -164,7 +167,7 @@ def test_empty_prompt_file_and_unknown_model(tmp_path):
     X.extract(small_config(prompts=str(tmp_path / "p.txt")), str(tmp_path), log=lambda s: None)
   c = small_config()
   c.model.name = "facebook/musicgen-gigantic"
-  with pytest.raises(models.ModelLoadError, match="unknown MusicGen model"):
+  with pytest.raises(audiocraft_musicgen.ModelLoadError, match="unknown MusicGen model"):
     X.extract(c, str(tmp_path), log=lambda s: None)
 
 
@@ -189,8 +192,8 @@ def test_command_line_writes_a_zarr3_store_with_audio(tmp_path):
 def test_every_extract_field_is_identity_or_declared_resumable():
   """A new extract.* field must be classified: part of the dataset's identity (compared on
   resume) or one that cannot change what is stored."""
-  from bridge import defaults
-  fields = set(defaults.extract())
+  from bridge import config_defaults
+  fields = set(config_defaults.extract())
   assert fields == X.IDENTITY_FIELDS | X.RESUMABLE_FIELDS, fields ^ (X.IDENTITY_FIELDS |
                                                                      X.RESUMABLE_FIELDS)
   assert not X.IDENTITY_FIELDS & X.RESUMABLE_FIELDS

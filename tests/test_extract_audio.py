@@ -8,7 +8,9 @@ import soundfile as sf
 import torch
 
 import configs.tiny
-from bridge import audio_capture, audio_features, capture, extract as X, extract_audio, models
+from bridge.capture import from_audio, record, extract as X, extract_audio
+from bridge.measures import descriptors
+from bridge.models import audiocraft_musicgen, backends
 from musicsae_jax import store
 
 torch.set_num_threads(1)
@@ -19,14 +21,14 @@ SITES = ["lm.layer.0", "lm.layer.3", "t5.hidden", "t5.pooled", "cond.proj"]
 
 @pytest.fixture(scope="module")
 def tiny():
-  m = models.build_tiny_musicgen(seed=0)
+  m = audiocraft_musicgen.build_tiny_musicgen(seed=0)
   m.set_generation_params(duration=0.4, top_k=50)  # 20 frames
   return m
 
 
 @pytest.fixture(scope="module")
 def gen(tiny):
-  return capture.generate_with_capture(tiny, TEXTS, SITES, keep="both", seed=7, return_audio=True)
+  return record.generate_with_capture(tiny, TEXTS, SITES, keep="both", seed=7, return_audio=True)
 
 
 def _maxdiff(a, b):
@@ -34,7 +36,7 @@ def _maxdiff(a, b):
 
 
 def test_codes_of_a_generation_give_its_hook_capture(tiny, gen):
-  got = audio_capture.capture_from_codes(tiny, gen.tokens, TEXTS, SITES)
+  got = from_audio.capture_from_codes(tiny, gen.tokens, TEXTS, SITES)
   for s in SITES:
     assert [a.shape for a in got.acts[s]] == [a.shape for a in gen.acts[s]]
     assert _maxdiff(got.acts[s], gen.acts[s]) <= LAYER_TOL, s
@@ -42,13 +44,13 @@ def test_codes_of_a_generation_give_its_hook_capture(tiny, gen):
 
 def test_no_text_is_the_unconditional_half(tiny, gen):
   """conditioning='none' rows = the [B:] half of the CFG batch during generation."""
-  got = audio_capture.capture_from_codes(tiny, gen.tokens, [None, "", None], ["lm.layer.3"])
+  got = from_audio.capture_from_codes(tiny, gen.tokens, [None, "", None], ["lm.layer.3"])
   assert _maxdiff(got.acts["lm.layer.3"], gen.acts["lm.layer.3.uncond"]) <= LAYER_TOL
   assert _maxdiff(got.acts["lm.layer.3"], gen.acts["lm.layer.3"]) > 1e-2
-  with pytest.raises(audio_capture.AudioInputError, match="need a non-empty text"):
-    audio_capture.capture_from_codes(tiny, gen.tokens, [None] * 3, ["t5.pooled"])
-  with pytest.raises(audio_capture.AudioInputError, match=r"codes must be \[B, 4, T\]"):
-    audio_capture.capture_from_codes(tiny, gen.tokens[:, :2], TEXTS, ["lm.layer.0"])
+  with pytest.raises(from_audio.AudioInputError, match="need a non-empty text"):
+    from_audio.capture_from_codes(tiny, gen.tokens, [None] * 3, ["t5.pooled"])
+  with pytest.raises(from_audio.AudioInputError, match=r"codes must be \[B, 4, T\]"):
+    from_audio.capture_from_codes(tiny, gen.tokens[:, :2], TEXTS, ["lm.layer.0"])
 
 
 @pytest.fixture(scope="module")
@@ -101,15 +103,15 @@ def test_folder_of_wavs_end_to_end(tiny, folder, tmp_path):
   acts, idx = s.read_rows(np.arange(s.num_rows)), s.read_index()
   assert idx[:20, 0].tolist() == [0] * 20 and idx[:20, 1].tolist() == list(range(20))
   # batch 0 = clips g0, g1: load, encode and capture them directly
-  info = models.model_info(tiny)
+  info = backends.model_info(tiny)
   items = extract_audio.plan(audio_config(folder).extract, print)[1][:2]
-  wavs = np.stack([audio_capture.load_window(w.item.audio, None, info.sample_rate, 0.0, 0.4)[0]
+  wavs = np.stack([from_audio.load_window(w.item.audio, None, info.sample_rate, 0.0, 0.4)[0]
                    for w in items])
-  direct = audio_capture.capture_from_audio(tiny, wavs, TEXTS[:2], ["lm.layer.3"], 20)
+  direct = from_audio.capture_from_audio(tiny, wavs, TEXTS[:2], ["lm.layer.3"], 20)
   np.testing.assert_allclose(acts[:40], np.concatenate(direct.acts["lm.layer.3"]), atol=LAYER_TOL)
   # descriptors: of the input audio, row t = frame t, as in the generation path
   d = ds.site("audio.descriptors").read_rows(np.arange(20))
-  np.testing.assert_allclose(d, audio_features.frame_descriptors(wavs[0], 16000, 50.0, 20),
+  np.testing.assert_allclose(d, descriptors.frame_descriptors(wavs[0], 16000, 50.0, 20),
                              rtol=1e-5, atol=1e-4)
   # the short clip is zero-padded to the window
   assert ds.prompts[4]["labels"]["mood"] == "x"
@@ -175,17 +177,17 @@ def test_formats_resample_mono_and_offset(tmp_path, ext):
   left = 0.3 * np.sin(2 * np.pi * 440 * t) * np.linspace(0, 1, len(t))   # rising amplitude
   stereo = np.stack([left, left], 1).astype(np.float32)
   sf.write(tmp_path / f"x.{ext}", stereo, sr)
-  y, real = audio_capture.load_window(str(tmp_path / f"x.{ext}"), None, 16000, 0.5, 0.25)
-  ref, _ = audio_capture.load_window(stereo.T, sr, 16000, 0.5, 0.25)
+  y, real = from_audio.load_window(str(tmp_path / f"x.{ext}"), None, 16000, 0.5, 0.25)
+  ref, _ = from_audio.load_window(stereo.T, sr, 16000, 0.5, 0.25)
   assert y.shape == ref.shape == (4000,) and real == pytest.approx(0.25)
   if ext in ("wav", "flac"):
     np.testing.assert_allclose(y[:-16], ref[:-16], atol=1e-3)   # resampler edge at the cut
   rms = lambda a: float(np.sqrt(np.mean(a ** 2)))
   assert rms(y) == pytest.approx(rms(ref), rel=0.05)
-  head, _ = audio_capture.load_window(str(tmp_path / f"x.{ext}"), None, 16000, 0.0, 0.25)
-  assert rms(head) == pytest.approx(rms(audio_capture.load_window(stereo.T, sr, 16000, 0.0,
+  head, _ = from_audio.load_window(str(tmp_path / f"x.{ext}"), None, 16000, 0.0, 0.25)
+  assert rms(head) == pytest.approx(rms(from_audio.load_window(stereo.T, sr, 16000, 0.0,
                                                                   0.25)[0]), rel=0.1)
-  tail, real = audio_capture.load_window(str(tmp_path / f"x.{ext}"), None, 16000, 0.9, 0.25)
+  tail, real = from_audio.load_window(str(tmp_path / f"x.{ext}"), None, 16000, 0.9, 0.25)
   assert real == pytest.approx(0.1, abs=0.06) and not tail[-1000:].any()   # zero-padded
 
 

@@ -1,4 +1,4 @@
-"""bridge.label_clap: snippets cut from the extracted wavs and embedded with the tiny CLAP;
+"""bridge.measures.clap_labels: snippets cut from the extracted wavs and embedded with the tiny CLAP;
 the one-line skip without weights."""
 import hashlib
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import soundfile as sf
 
-from bridge import label_clap
+from bridge.measures import clap_labels
 
 SR, FR = 16000, 50.0
 
@@ -31,7 +31,7 @@ def _request(tmp_path, model):
 
 def test_tiny_clap_embeds_the_requested_snippets(tmp_path):
   out = _request(tmp_path, "tiny")
-  meta = label_clap.embed(str(out), batch=3, log=lambda m: None)
+  meta = clap_labels.embed(str(out), batch=3, log=lambda m: None)
   assert meta["snippets"] == 4 and meta["texts"] == 3 and meta["sample_rate"] == SR
   assert meta["request_sha256"] == hashlib.sha256((out / "label_examples.json").read_bytes()).hexdigest()
   z = np.load(out / "clap_embeddings.npz")
@@ -45,7 +45,7 @@ def test_tiny_clap_embeds_the_requested_snippets(tmp_path):
 def test_without_weights_one_line_and_no_embeddings(tmp_path):
   out = _request(tmp_path, str(tmp_path / "no-such-dir"))
   lines = []
-  meta = label_clap.embed(str(out), log=lines.append)
+  meta = clap_labels.embed(str(out), log=lines.append)
   assert "analysis.labeling.clap=" in meta["skipped"] and "not a local directory" in meta["skipped"]
   assert len(lines) == 1 and "\n" not in lines[0]
   assert json.loads((out / "clap_embeddings.json").read_text())["skipped"] == meta["skipped"]
@@ -54,9 +54,9 @@ def test_without_weights_one_line_and_no_embeddings(tmp_path):
 
 def test_label_texts_pass_reuses_the_same_tiny_model(tmp_path):
   out = _request(tmp_path, "tiny")
-  label_clap.embed(str(out), batch=4, log=lambda m: None)
+  clap_labels.embed(str(out), batch=4, log=lambda m: None)
   (out / "label_texts.json").write_text(json.dumps({"texts": ["drums", "calm piano", "bright guitar"]}))
-  assert label_clap.main(["label_clap", str(out), "--label_texts"]) == 0
+  assert clap_labels.main(["label_clap", str(out), "--label_texts"]) == 0
   meta = json.loads((out / "clap_label_texts.json").read_text())
   assert meta["texts"] == ["drums", "calm piano", "bright guitar"] and meta["model"].startswith("tiny")
   assert meta["request_sha256"] == hashlib.sha256((out / "label_examples.json").read_bytes()).hexdigest()

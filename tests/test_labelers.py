@@ -90,7 +90,7 @@ def _plant_embeddings(out):
 
 
 def _plant_label_texts(out, text, calls):
-  """What `bridge.label_clap --label_texts` writes: a label naming guitar (drums) lies on
+  """What `bridge.measures.clap_labels --label_texts` writes: a label naming guitar (drums) lies on
   'guitar' ('drums'), any other on a random direction."""
   calls.append(json.load(open(out / "label_texts.json"))["texts"])
   rng = np.random.default_rng(1)

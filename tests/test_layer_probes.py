@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from musicsae_jax import store
-from musicsae_jax.analysis import AnalysisError, layers
+from musicsae_jax.analysis import AnalysisError, layer_probes, layers
 
 # Probe settings and sizes as in tests/test_report.py (K=4, 3 folds, 48 prompts), so the
 # suite compiles the probe once for both files.
@@ -82,7 +82,7 @@ class _Sections(HTMLParser):
 
 def test_planted_concepts_are_found_at_their_layer_only(tmp_path):
   _store(str(tmp_path))
-  paths = layers.probe_layers(_config(), str(tmp_path), run="", log=lambda _: None)
+  paths = layer_probes.probe_layers(_config(), str(tmp_path), run="", log=lambda _: None)
   tab = json.load(open(paths["probes_by_layer"]))
   assert tab["sites"] == [f"lm.layer.{i}" for i in range(LAYERS)]
   assert tab["run"] is None and tab["skipped"] == {"const": "one value only ('x')"}
@@ -105,7 +105,7 @@ def test_planted_concepts_are_found_at_their_layer_only(tmp_path):
   # With a trained run (found as config.run): its latents are probed too, and each key
   # value's best feature is the axis it was planted on.
   _run(str(tmp_path))
-  tab = json.load(open(layers.probe_layers(_config(), str(tmp_path),
+  tab = json.load(open(layer_probes.probe_layers(_config(), str(tmp_path),
                                            log=lambda _: None)["probes_by_layer"]))
   sae = tab["table"]["key"]["sae"]
   assert tab["run"] == "planted" and sae["site"] == "lm.layer.2" and sae["accuracy"] >= 0.9
@@ -134,9 +134,9 @@ def test_random_direction_control_is_weaker_than_the_planted_axis():
 def test_named_label_that_cannot_be_probed_is_an_error(tmp_path):
   _store(str(tmp_path))
   with pytest.raises(AnalysisError, match="label 'const' cannot be probed.*one value only"):
-    layers.probe_layers(_config(), str(tmp_path), label_keys=["const"], log=lambda _: None)
+    layer_probes.probe_layers(_config(), str(tmp_path), label_keys=["const"], log=lambda _: None)
   with pytest.raises(AnalysisError, match="no lm.layer.<i> site|'lm.layer.9' is not in"):
-    layers.probe_layers(_config(), str(tmp_path), sites=["lm.layer.9"], log=lambda _: None)
+    layer_probes.probe_layers(_config(), str(tmp_path), sites=["lm.layer.9"], log=lambda _: None)
 
 
 def test_the_table_stars_the_features_that_pass_the_null():

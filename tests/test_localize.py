@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from bridge import capture, fidelity, interventions, layer_ablation, models, patching, steering
-from bridge.sae_torch import TorchSAE
+from bridge.capture import record
+from bridge.localize import fidelity, interventions, layer_ablation, patching
+from bridge.models import audiocraft_musicgen
+from bridge.steering import hooks
+from bridge.models.sae_torch import TorchSAE
 
 T, CFG = 10, 3.0
 TEXTS = ["happy upbeat pop", "sad slow piano"]
@@ -16,7 +19,7 @@ TEXTS = ["happy upbeat pop", "sad slow piano"]
 @pytest.fixture(scope="module")
 def model():
   torch.set_num_threads(1)
-  m = models.build_tiny_musicgen(seed=0)
+  m = audiocraft_musicgen.build_tiny_musicgen(seed=0)
   m.set_generation_params(duration=T / 50, use_sampling=True, top_k=50, cfg_coef=CFG)
   return m
 
@@ -176,7 +179,7 @@ def test_attention_sites_equal_a_manual_forward(model, tokens):
   torch.testing.assert_close(got[f"lm.layer.{i}.cross_attn"], ca, rtol=0, atol=1e-5)
   torch.testing.assert_close(got[f"lm.layer.{i}"], out, rtol=0, atol=1e-5)
   # the capture path gives the same rows (conditional half, first T positions)
-  cap = capture.teacher_forced_capture(model, TEXTS, tokens, [f"lm.layer.{i}.attn"])
+  cap = record.teacher_forced_capture(model, TEXTS, tokens, [f"lm.layer.{i}.attn"])
   np.testing.assert_allclose(np.stack(cap.acts[f"lm.layer.{i}.attn"]),
                              sa[:len(TEXTS), :T].numpy(), atol=1e-5)
 
@@ -187,14 +190,14 @@ def test_steering_an_attention_site_adds_exactly_there(model, tokens):
   v = torch.randn(model.lm.dim, generator=torch.Generator().manual_seed(1))
   before = tf.record([site, "lm.layer.1"])
   after = tf.record([site, "lm.layer.1"],
-                    steering.add_direction(model, site, v, alpha=2.0, half="cond"))
+                    hooks.add_direction(model, site, v, alpha=2.0, half="cond"))
   B = len(TEXTS)
   d = after[site] - before[site]
   torch.testing.assert_close(d[:B], (2.0 * v).expand_as(d[:B]), rtol=0, atol=1e-5)
   assert float(d[B:].abs().max()) == 0.0
   assert float((after["lm.layer.1"] - before["lm.layer.1"])[:B].abs().max()) > 0.1
   with pytest.raises(ValueError, match="lm.layer"):
-    steering.add_direction(model, "lm.layer.1.mlp", v, alpha=1.0)
+    hooks.add_direction(model, "lm.layer.1.mlp", v, alpha=1.0)
 
 
 def test_report_sections_from_the_json_files(model, tokens, tmp_path):
@@ -236,14 +239,14 @@ def test_layer_table_picks_the_best_site_per_label(tmp_path):
 
 def test_sweep_members_with_an_export_are_measured(tmp_path):
   import json
-  from bridge import localize
+  from bridge.localize import stage
   (tmp_path / "runs" / "sw").mkdir(parents=True)
   (tmp_path / "runs" / "sw" / "sweep.json").write_text(json.dumps(
       {"members": [{"name": "k8"}, {"name": "k16"}]}))
   (tmp_path / "exports" / "sw" / "k16").mkdir(parents=True)
   (tmp_path / "exports" / "sw" / "k16" / "cfg.json").write_text("{}")
-  assert localize.sweep_members(str(tmp_path), "sw") == ["k16"]
-  assert localize.sweep_members(str(tmp_path), "other") == []
+  assert stage.sweep_members(str(tmp_path), "sw") == ["k16"]
+  assert stage.sweep_members(str(tmp_path), "other") == []
 
 
 def test_patching_the_last_layer_during_generation_gives_a_s_audio(model):
@@ -287,7 +290,8 @@ def clip_folder(tmp_path_factory):
 
 
 def test_audio_pairs_are_minimal_where_they_exist(clip_folder):
-  from bridge import audio_datasets, audio_pairs
+  from bridge.sources import audio_datasets
+  from bridge.localize import audio_pairs
   items = audio_datasets.load_items(f"folder:{clip_folder}")
   ps = audio_pairs.find_pairs(items, "tempo", 3, seed=0)
   assert (ps[0].a.id, ps[0].b.id, ps[0].other_diffs) == ("c0", "c1", ())
@@ -310,19 +314,20 @@ def test_audio_pairs_are_minimal_where_they_exist(clip_folder):
     audio_pairs.find_pairs(items, "tempo:60/90", 1)
   with pytest.raises(audio_pairs.AudioPairError, match="LABEL:A/B"):
     audio_pairs.parse_audio_concept("tempo:60")
-  from bridge import localize                       # the config checks before the model loads
-  lc = localize._config({"localize": {"pairs_from": f"folder:{clip_folder}",
+  from bridge.localize import stage                       # the config checks before the model loads
+  lc = stage._config({"localize": {"pairs_from": f"folder:{clip_folder}",
                                       "audio_concepts": ("tempo,key:C/E",)}})
   assert lc["audio_concepts"] == ("tempo", "key:C/E")
-  assert len(localize._audio_items(lc)) == 6
+  assert len(stage._audio_items(lc)) == 6
   with pytest.raises(audio_pairs.AudioPairError, match="'bpm' values"):
-    localize._audio_items(dict(lc, audio_concepts=("bpm",)))
+    stage._audio_items(dict(lc, audio_concepts=("bpm",)))
   with pytest.raises(ValueError, match="go together"):
-    localize._audio_items(dict(lc, audio_concepts=()))
+    stage._audio_items(dict(lc, audio_concepts=()))
 
 
 def test_patching_an_audio_clip_into_itself_changes_nothing(model, clip_folder):
-  from bridge import audio_datasets, audio_pairs
+  from bridge.sources import audio_datasets
+  from bridge.localize import audio_pairs
   items = audio_datasets.load_items(f"folder:{clip_folder}")[:2]
   codes = audio_pairs.codes(model, items, T)
   assert codes.shape == (2, model.lm.n_q, T)
@@ -336,7 +341,7 @@ def test_patching_an_audio_clip_into_itself_changes_nothing(model, clip_folder):
 
 
 def test_audio_patching_of_the_last_layer_moves_all_the_way(model, clip_folder):
-  from bridge import audio_datasets
+  from bridge.sources import audio_datasets
   items = audio_datasets.load_items(f"folder:{clip_folder}")
   res = patching.run_audio(model, items, ["tempo"],
                            ["lm.layer.1", "lm.layer.2.attn", "lm.layer.3"],

@@ -45,13 +45,13 @@ def test_metrics_are_written_and_the_codes_are_all_in_use(organism):
 
 
 def test_loads_through_the_real_weights_path_and_tokenizes_every_caption_word(organism):
-  from bridge import models
+  from bridge.models import audiocraft_musicgen, backends
   from bridge.organism import data
   c, wd, _ = organism
-  model = models.load_musicgen(os.path.join(wd, "organism"))
-  info = models.model_info(model)
+  model = audiocraft_musicgen.load_musicgen(os.path.join(wd, "organism"))
+  info = backends.model_info(model)
   assert (info.d_model, info.num_layers, info.n_q, info.card) == (32, 2, 2, 64)
-  tok = models.text_conditioner(model).t5_tokenizer
+  tok = audiocraft_musicgen.text_conditioner(model).t5_tokenizer
   caption = data.caption({"family": "scale", "tempo": 120, "key": "G", "mode": "minor",
                           "program": "Flute", "density": 2, "dynamics": "ff"})
   ids = tok(caption)["input_ids"]
@@ -63,7 +63,7 @@ def test_loads_through_the_real_weights_path_and_tokenizes_every_caption_word(or
 
 
 def test_planted_concepts_are_found_and_a_random_labelling_is_not(organism):
-  from bridge import extract
+  from bridge.capture import extract
   from musicsae_jax import store, train
   from musicsae_jax.analysis import ground_truth, pipeline, stats
   c, wd, _ = organism

@@ -1,7 +1,7 @@
-"""bridge.prompts: the emotion set and the file loaders, with clear errors."""
+"""bridge.sources.prompts: the emotion set and the file loaders, with clear errors."""
 import pytest
 
-from bridge import prompts as P
+from bridge.sources import prompts as P
 
 
 def test_emotion_set_is_large_diverse_labelled_and_deterministic():

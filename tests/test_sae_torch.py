@@ -5,7 +5,7 @@ import pytest
 jax = pytest.importorskip("jax")
 torch = pytest.importorskip("torch")
 
-from bridge.sae_torch import TorchSAE  # noqa: E402
+from bridge.models.sae_torch import TorchSAE  # noqa: E402
 from musicsae_jax import export as ex  # noqa: E402
 from tests import numerics  # noqa: E402
 from musicsae_jax import sae as sae_lib  # noqa: E402

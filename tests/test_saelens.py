@@ -10,7 +10,7 @@ import pytest
 sae_lens = pytest.importorskip("sae_lens", reason="sae-lens not installed (pip install -e '.[test]')")
 torch = pytest.importorskip("torch")
 
-from bridge.sae_torch import TorchSAE  # noqa: E402
+from bridge.models.sae_torch import TorchSAE  # noqa: E402
 from musicsae_jax import export as ex  # noqa: E402
 
 D, M, K = 24, 96, 6

@@ -4,18 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from bridge import steer_controls
+from bridge.steering import controls
 
 
 def test_decoder_rows_exclude_the_steered_features_and_keep_the_norm():
   W = torch.randn(20, 8, generator=torch.Generator().manual_seed(0))
-  v, rows = steer_controls.decoder(10, W, [3, 4], 2.5, torch.Generator().manual_seed(1))
+  v, rows = controls.decoder(10, W, [3, 4], 2.5, torch.Generator().manual_seed(1))
   assert len(set(rows)) == 10 and not {3, 4} & set(rows)
   assert torch.allclose(v.norm(dim=1), torch.full((10,), 2.5))
   ref = W[rows] / W[rows].norm(dim=1, keepdim=True) * 2.5          # same rows, rescaled
   assert torch.allclose(v, ref, atol=1e-6)
   with pytest.raises(ValueError, match="--config.steer.controls=30"):
-    steer_controls.decoder(30, W, [3], 1.0, torch.Generator())
+    controls.decoder(30, W, [3], 1.0, torch.Generator())
 
 
 def test_covariance_directions_follow_the_activations():
@@ -26,21 +26,21 @@ def test_covariance_directions_follow_the_activations():
   d, axis = 16, 5
   x = rng.normal(0, 0.1, (400, d)) + 3.0                            # an offset: centred away
   x[:, axis] += rng.normal(0, 10.0, 400)
-  v = steer_controls.covariance(64, torch.tensor(x, dtype=torch.float32), 1.5,
+  v = controls.covariance(64, torch.tensor(x, dtype=torch.float32), 1.5,
                                 torch.Generator().manual_seed(0))
   assert torch.allclose(v.norm(dim=1), torch.full((64,), 1.5), atol=1e-5)
   cos2 = (v[:, axis] / 1.5) ** 2
   assert float(cos2.median()) > 0.98 and float(cos2.mean()) > 0.9
-  g = steer_controls.gaussian(64, d, 1.5, torch.Generator().manual_seed(0))
+  g = controls.gaussian(64, d, 1.5, torch.Generator().manual_seed(0))
   assert float(((g[:, axis] / 1.5) ** 2).median()) < 0.2              # isotropic: about 1/d
 
 
 def test_kinds_are_checked_and_decoder_falls_back_to_covariance():
-  assert steer_controls.check_kinds(("decoder", "gaussian")) == ["decoder", "gaussian"]
+  assert controls.check_kinds(("decoder", "gaussian")) == ["decoder", "gaussian"]
   for bad in (("decoder", "decoder"), ("pca",), ()):
     with pytest.raises(ValueError, match="--config.steer.control_kinds"):
-      steer_controls.check_kinds(bad)
-  assert steer_controls.resolve(["decoder", "gaussian"], has_decoder=True) == [
+      controls.check_kinds(bad)
+  assert controls.resolve(["decoder", "gaussian"], has_decoder=True) == [
       ("decoder", "decoder"), ("gaussian", "gaussian")]
-  assert steer_controls.resolve(["decoder", "covariance"], has_decoder=False) == [
+  assert controls.resolve(["decoder", "covariance"], has_decoder=False) == [
       ("decoder", "covariance")]                                      # listed once

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from bridge import steer_eval
+from bridge.steering import experiment
 from configs import tiny
 
 
@@ -22,7 +22,7 @@ def test_cond_proj_directions_steer_the_text_conditioning(tmp_path):
   c = tiny.get_config()
   c.steer.num_prompts, c.steer.controls, c.steer.concept_per_value = 2, 2, 0
   c.steer.strengths, c.steer.duration, c.steer.save_audio = (0.0, 8.0), 0.4, True
-  res = steer_eval.run_steering(c, str(tmp_path))
+  res = experiment.run_steering(c, str(tmp_path))
   saved = json.load(open(res["path"]))
   assert saved["site"] == "cond.proj" and saved["layer"] is None
   assert saved["concept"] == {"skipped": "steer.concept_per_value=0"}

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bridge import audio_features, steer_concept, steer_stats
+from bridge.measures import concept_classifier, descriptors
+from bridge.steering import stats as steer_stats
 
 
 def test_t_interval_matches_scipy():
@@ -96,11 +97,11 @@ def test_paired_summary_degenerate_cases():
 
 
 def test_mode_margin_is_continuous_and_signed():
-  maj, mnr, kmaj, _ = audio_features.mode_scores(np.roll(audio_features._MAJOR, 7))
+  maj, mnr, kmaj, _ = descriptors.mode_scores(np.roll(descriptors._MAJOR, 7))
   assert kmaj == 7 and maj == pytest.approx(1.0) and maj - mnr > 0.1
-  maj, mnr, _, kmin = audio_features.mode_scores(np.roll(audio_features._MINOR, 2))
+  maj, mnr, _, kmin = descriptors.mode_scores(np.roll(descriptors._MINOR, 2))
   assert kmin == 2 and maj - mnr < -0.1
-  flat = audio_features.mode_scores(np.ones(12))            # NaN correlations count as 0
+  flat = descriptors.mode_scores(np.ones(12))            # NaN correlations count as 0
   assert flat[0] == 0 and flat[1] == 0
 
 
@@ -108,23 +109,23 @@ def test_centroid_classifier_separates_clusters():
   rng = np.random.default_rng(3)
   x = np.concatenate([rng.normal(0, 1, (6, 5)), rng.normal(4, 1, (6, 5))])
   y = ["a"] * 6 + ["b"] * 6
-  clf = steer_concept.CentroidClassifier(x, y)
+  clf = concept_classifier.CentroidClassifier(x, y)
   p = clf.proba(x)
   assert np.allclose(p.sum(1), 1.0) and clf.values == ["a", "b"]
   assert (p[:6, 0] > 0.5).all() and (p[6:, 1] > 0.5).all()
   assert clf.loo_accuracy() == 1.0
   with pytest.raises(ValueError, match="2 label values"):
-    steer_concept.CentroidClassifier(x, ["a"] * 12)
+    concept_classifier.CentroidClassifier(x, ["a"] * 12)
 
 
 def test_reference_prompts_disjoint_and_balanced():
-  from bridge import prompts
+  from bridge.sources import prompts
   evaluated = [p["text"] for p in prompts.emotion_prompts(1)]
-  refs = steer_concept.reference_prompts("emotion", 3, evaluated)
+  refs = concept_classifier.reference_prompts("emotion", 3, evaluated)
   vals = [p["labels"]["emotion"] for p in refs]
   assert len(refs) == 12 and all(vals.count(v) == 3 for v in set(vals))
   assert not {p["text"] for p in refs} & set(evaluated)
-  assert steer_concept.reference_prompts("no_such_key", 3, []) == []
+  assert concept_classifier.reference_prompts("no_such_key", 3, []) == []
 
 
 def _cond(alpha, shift, control=None, kind="gaussian"):
@@ -136,29 +137,29 @@ def _cond(alpha, shift, control=None, kind="gaussian"):
 
 @pytest.mark.parametrize("concept", [True, False])
 def test_plot_steering_writes_png(tmp_path, concept):
-  from bridge import steer_eval
+  from bridge.steering import experiment
   res = {"controls": {"count": 2}, "concept": {"kind": "x"} if concept else {"skipped": "no"},
          "clap": {"skipped": "steer.clap is empty"},
          "features": [{"feature": 3, "label": "emotion=sad", "target": "sad",
                        "steered": [{**_cond(0.0, 0.0), "reused_baseline": True}, _cond(4.0, 0.2)],
                        "control": [_cond(4.0, 0.05, 0), _cond(4.0, -0.05, 1)]}]}
-  m, why = steer_eval.concept_measure(res)
+  m, why = experiment.concept_measure(res)
   assert (m, why) == (("concept", "") if concept else (
       None, "concept classifier skipped: no; CLAP skipped: steer.clap is empty"))
-  path = steer_eval.plot_steering(res, str(tmp_path / "steer.png"))
+  path = experiment.plot_steering(res, str(tmp_path / "steer.png"))
   assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_concept_score_never_falls_back_to_the_feature():
   """Without the classifier, CLAP's label similarity (audio) is the concept score; without
   either, there is none: feature_act_replay (circular for add) is never used."""
-  from bridge import steer_eval
+  from bridge.steering import experiment
   clap = {"model": "m", "label_texts": {"sad": "sad music", "calm": "calm music"}}
-  assert steer_eval.concept_measure({"concept": {"skipped": "x"}, "clap": clap})[0] == "clap_concept"
-  assert steer_eval.concept_measure({"concept": {"skipped": "x"}, "clap": {"skipped": "y"}})[0] is None
+  assert experiment.concept_measure({"concept": {"skipped": "x"}, "clap": clap})[0] == "clap_concept"
+  assert experiment.concept_measure({"concept": {"skipped": "x"}, "clap": {"skipped": "y"}})[0] is None
   entry = {"target": "sad", "steered": [_cond(4.0, 0.9)], "control": [_cond(4.0, 0.0, 0)]}
   entry["steered"][0]["stats"]["feature_act_replay"] = {"mean": 5.0, "ci": None}
-  v = steer_eval.judge(entry, identity=0.0, measure=None, why_none="no scorer", level=0.05,
+  v = experiment.judge(entry, identity=0.0, measure=None, why_none="no scorer", level=0.05,
                        n_per_kind=32)
   assert v["text"].startswith("no evidence: no independent concept score") and v["p"] is None
   assert "vs_controls" not in entry["steered"][0]
@@ -167,7 +168,7 @@ def test_concept_score_never_falls_back_to_the_feature():
 def test_judge_one_band_per_strength_and_every_kind():
   """32 controls per kind and strength: the rank p at each strength uses only that strength's
   controls, and the verdict needs the steered change beyond every kind."""
-  from bridge import steer_eval
+  from bridge.steering import experiment
   rng = np.random.default_rng(0)
   ctrl = []
   for a, spread in ((2.0, 0.01), (8.0, 1.0)):              # strong pushes move controls more
@@ -175,7 +176,7 @@ def test_judge_one_band_per_strength_and_every_kind():
       ctrl += [_cond(a, float(v), k, kind) for k, v in enumerate(spread * rng.normal(size=32))]
   entry = {"target": "sad", "control": ctrl,
            "steered": [{**_cond(0.0, 0.0), "reused_baseline": True}, _cond(2.0, 0.5), _cond(8.0, 0.5)]}
-  v = steer_eval.judge(entry, identity=0.0, measure="concept", why_none="", level=0.05, n_per_kind=32)
+  v = experiment.judge(entry, identity=0.0, measure="concept", why_none="", level=0.05, n_per_kind=32)
   s2, s8 = entry["steered"][1]["vs_controls"], entry["steered"][2]["vs_controls"]
   assert s2["p_rank"] == pytest.approx(1 / 33) and s2["n_controls"] == 64
   for s, a in ((s8, 8.0), (s2, 2.0)):
@@ -186,36 +187,36 @@ def test_judge_one_band_per_strength_and_every_kind():
   assert s8["p_rank"] > 0.05                                 # at 8 the controls reach 0.5
   assert v["alpha"] is None and v["text"].startswith("no evidence that it moves sad")
   entry["steered"][2] = _cond(8.0, 5.0)                      # beyond every control at 8 too
-  v = steer_eval.judge(entry, identity=0.0, measure="concept", why_none="", level=0.05, n_per_kind=32)
+  v = experiment.judge(entry, identity=0.0, measure="concept", why_none="", level=0.05, n_per_kind=32)
   assert v["text"] == "moves sad (concept) beyond controls at alpha >= 2, p = 0.03"
 
 
 def test_several_methods_get_their_own_strengths_controls_and_clip_names():
-  from bridge import steer_eval
+  from bridge.steering import experiment
   from configs import tiny
   c = tiny.get_config()
   c.steer.method = "add, set"
-  plan = steer_eval.methods_of(steer_eval._config(c))
+  plan = experiment.methods_of(experiment._config(c))
   assert plan == [{"method": "add", "strengths": [0.0, 4.0, 8.0], "controls": 32},
                   {"method": "set", "strengths": [8.0], "controls": 32}]  # steer.per_method.set
-  names = {steer_eval.audio_name(p["method"], "f3", 8.0) for p in plan}
+  names = {experiment.audio_name(p["method"], "f3", 8.0) for p in plan}
   assert names == {"add_f3_a8", "set_f3_a8"}
   for bad in ("add,add", "add,nudge", ""):
     c.steer.method = bad
     with pytest.raises(ValueError, match="--config.steer.method="):
-      steer_eval.methods_of(steer_eval._config(c))
+      experiment.methods_of(experiment._config(c))
 
 
 @pytest.mark.parametrize("n,shape", [(1, (1, 1)), (3, (1, 3)), (8, (3, 3))])
 def test_plot_steering_lays_panels_out_in_a_readable_grid(tmp_path, n, shape):
   """At most 3 panels a row (8 features: 3 rows), so the report shows each at a legible size."""
-  from bridge import steer_eval
+  from bridge.steering import experiment
   from PIL import Image
   feat = lambda i: {"feature": i, "label": "emotion=sad", "target": "sad",
                     "steered": [{**_cond(0.0, 0.0), "reused_baseline": True}, _cond(4.0, 0.2)],
                     "control": [_cond(4.0, 0.05, 0), _cond(4.0, -0.05, 1)]}
   res = {"controls": {"count": 2}, "concept": {"kind": "x"}, "clap": {"skipped": "no"},
          "features": [feat(i) for i in range(n)]}
-  w, h = Image.open(steer_eval.plot_steering(res, str(tmp_path / "steer.png"))).size
+  w, h = Image.open(experiment.plot_steering(res, str(tmp_path / "steer.png"))).size
   rows, cols = shape
   assert w <= 1200 and abs(w / h - (4.4 * cols) / (3.8 * rows)) < 0.05, (w, h)

@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from bridge import capture, models, steering
-from bridge.sae_torch import TorchSAE
+from bridge.capture import record
+from bridge.models import audiocraft_musicgen
+from bridge.steering import hooks
+from bridge.models.sae_torch import TorchSAE
 
 LAYER, B, T = 1, 2, 10            # 10 frames -> 13 decoding passes (delay pattern)
 TEXTS = ["happy upbeat pop", "sad slow piano"]
@@ -13,13 +15,13 @@ TEXTS = ["happy upbeat pop", "sad slow piano"]
 @pytest.fixture(scope="module")
 def model():
   torch.set_num_threads(1)
-  m = models.build_tiny_musicgen(seed=0)
+  m = audiocraft_musicgen.build_tiny_musicgen(seed=0)
   m.set_generation_params(duration=T / 50, use_sampling=True, top_k=50, cfg_coef=3.0)
   return m
 
 
 def gen(model, seed=0):
-  return capture.generate_tokens(model, TEXTS, seed=seed)
+  return record.generate_tokens(model, TEXTS, seed=seed)
 
 
 class Probe:
@@ -52,7 +54,7 @@ def test_adds_exactly_alpha_v_on_chosen_rows_and_steps(model):
   v = torch.randn(model.lm.dim)
   v /= v.norm()
   alpha, rel, (start, stop) = 0.5, 3.0, (3, 7)
-  before, after, _ = probed(model, lambda: steering.add_direction(
+  before, after, _ = probed(model, lambda: hooks.add_direction(
       model, LAYER, v, alpha, relative_to=rel, half="cond", steps=(start, stop)))
   assert len(before) == T + 3
   for i, (b, a) in enumerate(zip(before, after)):
@@ -67,10 +69,10 @@ def test_adds_exactly_alpha_v_on_chosen_rows_and_steps(model):
 
 def test_uncond_half_and_both(model):
   v = torch.ones(model.lm.dim)
-  before, after, _ = probed(model, lambda: steering.add_direction(model, LAYER, v, 2.0, half="uncond"))
+  before, after, _ = probed(model, lambda: hooks.add_direction(model, LAYER, v, 2.0, half="uncond"))
   for b, a in zip(before, after):
     assert torch.equal(a[:B], b[:B]) and torch.equal(a[B:], b[B:] + 2.0 * v)
-  before, after, _ = probed(model, lambda: steering.add_direction(model, LAYER, v, 2.0, half="both",
+  before, after, _ = probed(model, lambda: hooks.add_direction(model, LAYER, v, 2.0, half="both",
                                                                   steps=(None, 1)))
   assert torch.equal(after[0], before[0] + 2.0 * v)
   assert all(torch.equal(a, b) for a, b in zip(after[1:], before[1:]))
@@ -80,15 +82,15 @@ def test_alpha_zero_bit_identical_and_hooks_removed(model):
   n_hooks = len(layer(model)._forward_hooks)
   base = gen(model)
   v = torch.randn(model.lm.dim)
-  with steering.add_direction(model, LAYER, v, 0.0, half="both") as s, \
-       steering.add_text_direction(model, torch.randn(model.lm.dim), 0.0, half="both"):
+  with hooks.add_direction(model, LAYER, v, 0.0, half="both") as s, \
+       hooks.add_text_direction(model, torch.randn(model.lm.dim), 0.0, half="both"):
     assert len(layer(model)._forward_hooks) == n_hooks + 1
     same = gen(model)
   assert s.calls == T + 3
   assert torch.equal(same, base)
   assert len(layer(model)._forward_hooks) == n_hooks
-  assert not models.text_conditioner(model).output_proj._forward_hooks
-  with steering.add_direction(model, LAYER, v, 50.0, half="both"):
+  assert not audiocraft_musicgen.text_conditioner(model).output_proj._forward_hooks
+  with hooks.add_direction(model, LAYER, v, 50.0, half="both"):
     steered = gen(model)
   assert not torch.equal(steered, base)                    # the hook does act
   assert torch.equal(gen(model), base)                     # and is gone afterwards
@@ -97,7 +99,7 @@ def test_alpha_zero_bit_identical_and_hooks_removed(model):
 def test_hooks_compose(model):
   v, w = torch.randn(model.lm.dim), torch.randn(model.lm.dim)
   before = Probe(layer(model))
-  with steering.add_direction(model, LAYER, v, 1.0), steering.add_direction(model, LAYER, w, 2.0):
+  with hooks.add_direction(model, LAYER, v, 1.0), hooks.add_direction(model, LAYER, w, 2.0):
     after = Probe(layer(model))
     gen(model)
     after.remove()
@@ -121,7 +123,7 @@ def orthonormal_sae(d, m=8, seed=0):
 def test_clamp_changes_only_chosen_latents(model):
   sae = orthonormal_sae(model.lm.dim)
   feats = {0: 3.0, 1: ("scale", 0.0)}
-  before, after, _ = probed(model, lambda: steering.clamp_features(
+  before, after, _ = probed(model, lambda: hooks.clamp_features(
       model, LAYER, sae, feats, half="cond", steps=(2, 9)))
   Wd = sae.W_dec[[0, 1]]
   for i, (b, a) in enumerate(zip(before, after)):
@@ -141,17 +143,17 @@ def test_clamp_changes_only_chosen_latents(model):
 
 def test_clamp_noop_is_identity_up_to_roundoff(model):
   sae = orthonormal_sae(model.lm.dim)
-  before, after, _ = probed(model, lambda: steering.clamp_features(model, LAYER, sae,
+  before, after, _ = probed(model, lambda: hooks.clamp_features(model, LAYER, sae,
                                                                    {0: ("scale", 1.0)}))
   for b, a in zip(before, after):
     assert torch.equal(a, b)
 
 
 def test_text_direction_edits_cond_rows(model):
-  proj = models.text_conditioner(model).output_proj
+  proj = audiocraft_musicgen.text_conditioner(model).output_proj
   v = torch.randn(proj.out_features)
   before = Probe(proj)
-  with steering.add_text_direction(model, v, 1.5, half="cond"):
+  with hooks.add_text_direction(model, v, 1.5, half="cond"):
     after = Probe(proj)
     gen(model)
     after.remove()
@@ -163,13 +165,13 @@ def test_text_direction_edits_cond_rows(model):
 
 def test_bad_args(model):
   with pytest.raises(ValueError, match="half"):
-    steering.add_direction(model, LAYER, torch.zeros(model.lm.dim), 1.0, half="x")
+    hooks.add_direction(model, LAYER, torch.zeros(model.lm.dim), 1.0, half="x")
   with pytest.raises(ValueError, match="width"):
-    steering.add_direction(model, LAYER, torch.zeros(3), 1.0)
+    hooks.add_direction(model, LAYER, torch.zeros(3), 1.0)
   with pytest.raises(ValueError, match="layer"):
-    steering.add_direction(model, 99, torch.zeros(model.lm.dim), 1.0)
+    hooks.add_direction(model, 99, torch.zeros(model.lm.dim), 1.0)
   with pytest.raises(ValueError, match="trained on layer"):
-    steering.clamp_features(model, 0, orthonormal_sae(model.lm.dim), {0: 1.0})
+    hooks.clamp_features(model, 0, orthonormal_sae(model.lm.dim), {0: 1.0})
 
 
 def test_two_step_cfg_edits_conditional_calls_only(model):
@@ -177,7 +179,7 @@ def test_two_step_cfg_edits_conditional_calls_only(model):
   model.set_generation_params(duration=T / 50, use_sampling=True, top_k=50, cfg_coef=3.0,
                               two_step_cfg=True)
   try:
-    before, after, _ = probed(model, lambda: steering.add_direction(model, LAYER, v, 1.0,
+    before, after, _ = probed(model, lambda: hooks.add_direction(model, LAYER, v, 1.0,
                                                                     half="cond", steps=(2, 5)))
   finally:
     model.set_generation_params(duration=T / 50, use_sampling=True, top_k=50, cfg_coef=3.0)
@@ -191,7 +193,7 @@ def test_two_step_cfg_edits_conditional_calls_only(model):
 
 
 def test_vector_cast_to_activation_dtype(model):
-  s = steering.add_direction(model, LAYER, torch.ones(model.lm.dim), 0.25, half="both")
+  s = hooks.add_direction(model, LAYER, torch.ones(model.lm.dim), 0.25, half="both")
   x = torch.zeros(4, 1, model.lm.dim, dtype=torch.float16)
   y = s._hook(None, (), x)
   assert y.dtype == torch.float16 and torch.equal(y, x + 0.25)
@@ -200,22 +202,22 @@ def test_vector_cast_to_activation_dtype(model):
 def test_unsteered_reread_nll_and_replay(model):
   """The drift measure: per-prompt token NLL under the unsteered model, and the replayed
   feature on the same pass, equal to the established teacher-forced capture path."""
-  from bridge import steer_eval
+  from bridge.steering import experiment
   sae = orthonormal_sae(model.lm.dim)
   tokens = gen(model)
-  rr = steer_eval.unsteered_reread(model, TEXTS, tokens, LAYER, sae, [0, 3])
-  cap = capture.teacher_forced_capture(model, TEXTS, tokens, [f"lm.layer.{LAYER}"])
+  rr = experiment.unsteered_reread(model, TEXTS, tokens, LAYER, sae, [0, 3])
+  cap = record.teacher_forced_capture(model, TEXTS, tokens, [f"lm.layer.{LAYER}"])
   for b, rows in enumerate(cap.acts[f"lm.layer.{LAYER}"]):
     ref = sae.encode(torch.from_numpy(rows).float())[:, [0, 3]].mean(0)
     assert np.allclose(rr["replay"][b], ref.numpy(), atol=1e-4)
-  alone = steer_eval.unsteered_reread(model, TEXTS[:1], tokens[:1], LAYER, None, [])
+  alone = experiment.unsteered_reread(model, TEXTS[:1], tokens[:1], LAYER, None, [])
   assert abs(alone["nll"][0] - rr["nll"][0]) < 1e-4          # per prompt, batch-independent
   rand = torch.randint(0, model.lm.card, tokens.shape, generator=torch.Generator().manual_seed(0))
-  noise = steer_eval.unsteered_reread(model, TEXTS, rand, LAYER, None, [])
+  noise = experiment.unsteered_reread(model, TEXTS, rand, LAYER, None, [])
   assert all(g < r for g, r in zip(rr["nll"], noise["nll"]))  # sampled codes are likelier
-  with steering.add_direction(model, LAYER, torch.randn(model.lm.dim), 20.0, half="both"):
+  with hooks.add_direction(model, LAYER, torch.randn(model.lm.dim), 20.0, half="both"):
     steered = gen(model)
-  drift = steer_eval.unsteered_reread(model, TEXTS, steered, LAYER, None, [])
+  drift = experiment.unsteered_reread(model, TEXTS, steered, LAYER, None, [])
   assert np.mean(drift["nll"]) > np.mean(rr["nll"])           # a hard push is surprising
 
 
@@ -226,7 +228,7 @@ def test_unsteered_reread_nll_and_replay(model):
 def test_schedules_fire_on_the_right_steps(model, schedule, weight):
   v = torch.randn(model.lm.dim)
   start, stop = 2, 11
-  before, after, _ = probed(model, lambda: steering.add_direction(
+  before, after, _ = probed(model, lambda: hooks.add_direction(
       model, LAYER, v, 1.0, steps=(start, stop), schedule=schedule))
   for i, (b, a) in enumerate(zip(before, after)):
     w = weight(i - start) if start <= i < stop else 0.0
@@ -236,8 +238,8 @@ def test_schedules_fire_on_the_right_steps(model, schedule, weight):
 
 def test_clamp_ramp_scales_the_sae_edit(model):
   sae = orthonormal_sae(model.lm.dim)
-  full_b, full_a, _ = probed(model, lambda: steering.clamp_features(model, LAYER, sae, {0: 3.0}))
-  ramp_b, ramp_a, _ = probed(model, lambda: steering.clamp_features(model, LAYER, sae, {0: 3.0},
+  full_b, full_a, _ = probed(model, lambda: hooks.clamp_features(model, LAYER, sae, {0: 3.0}))
+  ramp_b, ramp_a, _ = probed(model, lambda: hooks.clamp_features(model, LAYER, sae, {0: 3.0},
                                                                     schedule="ramp:5"))
   assert torch.equal(ramp_b[0], full_b[0])                   # same first input (same seed)
   d_full, d_ramp = full_a[0] - full_b[0], ramp_a[0] - ramp_b[0]
@@ -248,9 +250,9 @@ def test_clamp_ramp_scales_the_sae_edit(model):
 def test_schedule_errors_and_alpha_zero_with_schedule(model):
   for bad in ("every", "every:0", "sometimes:3"):
     with pytest.raises(ValueError, match="schedule"):
-      steering.add_direction(model, LAYER, torch.zeros(model.lm.dim), 1.0, schedule=bad)
+      hooks.add_direction(model, LAYER, torch.zeros(model.lm.dim), 1.0, schedule=bad)
   base = gen(model)
-  with steering.add_direction(model, LAYER, torch.randn(model.lm.dim), 0.0, half="both",
+  with hooks.add_direction(model, LAYER, torch.randn(model.lm.dim), 0.0, half="both",
                               schedule="ramp:3"):
     assert torch.equal(gen(model), base)
 
@@ -259,10 +261,10 @@ def test_transplant_reproduces_the_source_pattern(model):
   """Record features 0,1 on generations of other prompts, impose them: the SAE reads the
   source pattern back at every transplanted step, nothing outside their span moves."""
   sae = orthonormal_sae(model.lm.dim)
-  _, pattern = steering.record_features(model, ["dark ambient drone", "bright fast ska"],
+  _, pattern = hooks.record_features(model, ["dark ambient drone", "bright fast ska"],
                                         LAYER, sae, [0, 1], seed=1)
   assert pattern.shape == (B, T, 2)
-  before, after, _ = probed(model, lambda: steering.transplant_features(
+  before, after, _ = probed(model, lambda: hooks.transplant_features(
       model, LAYER, sae, [0, 1], pattern))
   Wd = sae.W_dec[[0, 1]]
   for i, (b, a) in enumerate(zip(before, after)):

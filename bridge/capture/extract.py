@@ -8,7 +8,7 @@ batch mates. Fixed batches make a resumed run, and N workers (batch b goes to wo
 b % N), write exactly the rows of one uninterrupted run.
 
 `extract.source = "audio"` reads clips from a dataset plugin instead of prompts and
-captures them teacher-forced (bridge/extract_audio.py); the store, batches, resume and
+captures them teacher-forced (bridge/capture/extract_audio.py); the store, batches, resume and
 worker split are the same.
 """
 from __future__ import annotations
@@ -22,7 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bridge import audio_features, backends, capture, extract_audio, models, prompts as prompts_lib
+from bridge.models import site_names
+from bridge.measures import descriptors
+from bridge.models import backends, audiocraft_musicgen
+from bridge.capture import record, extract_audio
+from bridge.sources import prompts as prompts_lib
 from musicsae_jax import progress, store
 
 AUDIO_SITE = "audio.descriptors"
@@ -51,7 +55,7 @@ def dataset_path(config, workdir) -> str:
 
 
 def build_model(mcfg):
-  """The model named by `config.model` on `config.model.backend`, as a bridge.backends
+  """The model named by `config.model` on `config.model.backend`, as a bridge.models.backends
   adapter: 'tiny' (random, offline) or a real MusicGen."""
   backend = mcfg.get("backend", "audiocraft")
   if backend not in backends.BACKENDS:
@@ -61,14 +65,14 @@ def build_model(mcfg):
   dtype = mcfg.get("dtype", None)
   dtype = getattr(torch, dtype) if dtype else None
   if backend == "transformers":
-    from bridge import models_hf
+    from bridge.models import transformers_musicgen
     if mcfg.name == "tiny":
-      return models_hf.build_tiny(seed=int(mcfg.get("seed", 0)), device=mcfg.device, **sizes)
-    return models_hf.load(mcfg.name, device=mcfg.device, dtype=dtype)
+      return transformers_musicgen.build_tiny(seed=int(mcfg.get("seed", 0)), device=mcfg.device, **sizes)
+    return transformers_musicgen.load(mcfg.name, device=mcfg.device, dtype=dtype)
   if mcfg.name == "tiny":
-    model = models.build_tiny_musicgen(seed=int(mcfg.get("seed", 0)), device=mcfg.device, **sizes)
+    model = audiocraft_musicgen.build_tiny_musicgen(seed=int(mcfg.get("seed", 0)), device=mcfg.device, **sizes)
   else:
-    model = models.load_musicgen(mcfg.name, device=mcfg.device, dtype=dtype)
+    model = audiocraft_musicgen.load_musicgen(mcfg.name, device=mcfg.device, dtype=dtype)
   return backends.adapt(model)
 
 
@@ -90,17 +94,17 @@ def _prompt_list(ecfg) -> list[dict]:
 def _sites(ecfg, info) -> list[str]:
   sites = list(ecfg.sites)
   want_audio = AUDIO_SITE in sites
-  model_sites = capture.parse_sites([s for s in sites if s != AUDIO_SITE], info.num_layers)
+  model_sites = site_names.parse_sites([s for s in sites if s != AUDIO_SITE], info.num_layers)
   if ecfg.get("keep", "cond") == "both":
-    model_sites += [s + capture.UNCOND_SUFFIX for s in model_sites
-                    if s.startswith(capture.LAYER_PREFIX)]
+    model_sites += [s + site_names.UNCOND_SUFFIX for s in model_sites
+                    if s.startswith(site_names.LAYER_PREFIX)]
   return model_sites + ([AUDIO_SITE] if want_audio else [])
 
 
 def _site_dim(site, info) -> int:
   if site == AUDIO_SITE:
-    return len(audio_features.FRAME_DESCRIPTORS)
-  return capture.site_dim(site.removesuffix(capture.UNCOND_SUFFIX), info)
+    return len(descriptors.FRAME_DESCRIPTORS)
+  return site_names.site_dim(site.removesuffix(site_names.UNCOND_SUFFIX), info)
 
 
 def _set_generation(model, ecfg, info) -> dict:
@@ -121,7 +125,7 @@ def _audio_generation(model, ecfg, info, site_names, record) -> dict:
   """The manifest's `generation` record for audio input (what shaped the rows)."""
   if ecfg.duration <= 0 or ecfg.duration > model.max_duration:
     raise ExtractError(f"extract.duration={ecfg.duration} must be in (0, {model.max_duration}]")
-  text_sites = [s for s in site_names if s in capture.TEXT_SITES]
+  text_sites = [s for s in site_names if s in site_names.TEXT_SITES]
   if text_sites and record["conditioning"] == "none":
     raise ExtractError(f"extract.audio.conditioning='none' has no text: drop {text_sites} "
                        f"from extract.sites")
@@ -246,7 +250,7 @@ def extract(config, workdir, worker_index: int = 0, num_workers: int = 1,
                                f"of the CFG batch" + (" (+ .uncond sites)" if keep == "both" else "")
                                + ("; audio: teacher-forced over the clip's codes, pattern step i "
                                   "-> frame i" if source == "audio" else "")),
-                    audio_descriptors=list(audio_features.FRAME_DESCRIPTORS)
+                    audio_descriptors=list(descriptors.FRAME_DESCRIPTORS)
                     if AUDIO_SITE in sites else [],
                     save_audio=bool(ecfg.get("save_audio", False)))   # audio/<id>.wav
   model_meta = dict(info.to_dict(), source=config.model.name, **_model_build(config.model))
@@ -263,7 +267,7 @@ def extract(config, workdir, worker_index: int = 0, num_workers: int = 1,
       f"{time.time() - t0:.1f}s")
   audio_dir = Path(path) / "audio"
   need_audio = AUDIO_SITE in sites or ecfg.get("save_audio", False)
-  model_sites = [s for s in site_names if s != AUDIO_SITE and not s.endswith(capture.UNCOND_SUFFIX)]
+  model_sites = [s for s in site_names if s != AUDIO_SITE and not s.endswith(site_names.UNCOND_SUFFIX)]
 
   t_start, n_frames, done_now = time.time(), 0, set(done)
   bar = progress.Progress(len(todo), f"extract [worker {worker_index}/{num_workers}]", "batch",
@@ -277,11 +281,11 @@ def extract(config, workdir, worker_index: int = 0, num_workers: int = 1,
         cap = extract_audio.capture_batch(model, [windows[i] for i in ids], ecfg.get("audio"),
                                           model_sites, keep, info, frames)
       elif path_mode == "hooks":
-        cap = capture.generate_with_capture(model, texts, model_sites, keep=keep, seed=seed,
+        cap = record.generate_with_capture(model, texts, model_sites, keep=keep, seed=seed,
                                             return_audio=need_audio)
       else:
-        tokens = capture.generate_tokens(model, texts, seed)
-        cap = capture.teacher_forced_capture(model, texts, tokens, model_sites, keep=keep)
+        tokens = record.generate_tokens(model, texts, seed)
+        cap = record.teacher_forced_capture(model, texts, tokens, model_sites, keep=keep)
         cap.audio = model.generate_audio(tokens) if need_audio else None
       if need_audio:
         cap.acts.update(_audio_outputs(cap.audio, ids, info, frames, audio_dir,
@@ -313,6 +317,6 @@ def _audio_outputs(audio, ids, info, frames, audio_dir, descriptors: bool, save:
     for i, wav in zip(ids, wavs):
       sf.write(str(audio_dir / f"{i:06d}.wav"), wav.T, info.sample_rate)
   if descriptors:
-    out[AUDIO_SITE] = [audio_features.frame_descriptors(wav, info.sample_rate, info.frame_rate,
+    out[AUDIO_SITE] = [descriptors.frame_descriptors(wav, info.sample_rate, info.frame_rate,
                                                         frames) for wav in wavs]
   return out

@@ -5,7 +5,7 @@ A window is one row of the prompt table: `(item, start_s)`. `extract.audio.windo
 `crop` takes one window per item at its offset; `segment` cuts the clip into consecutive
 windows of `extract.duration` (the last partial one dropped unless it is the only one).
 The table order is the dataset's order, so batches, resume and the worker split are
-those of the prompt path (bridge/extract.py); captures are teacher-forced (no sampling),
+those of the prompt path (bridge/capture/extract.py); captures are teacher-forced (no sampling),
 but a batch stays the unit of determinism: T5 pads each batch's captions to its longest.
 
 Stems: with `extract.audio.stems_dir` and `extract.audio.stem`, each file `<name>.<ext>`
@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bridge import audio_capture, audio_datasets
+from bridge.capture import from_audio
+from bridge.sources import audio_datasets
 
 CONDITIONING = ("caption", "fixed", "none")
 WINDOWS = ("crop", "segment")
@@ -91,7 +92,7 @@ def plan(ecfg, log) -> tuple[list[dict], list[Window], dict]:
     if a.get("window", "crop") == "crop":
       windows.append(Window(it, start))
       continue
-    length = audio_capture.audio_seconds(it.audio, it.sample_rate) - start
+    length = from_audio.audio_seconds(it.audio, it.sample_rate) - start
     n = max(1, math.floor(length / dur + 1e-9))
     if a.get("max_segments", 0):
       n = min(n, int(a["max_segments"]))
@@ -124,9 +125,9 @@ def capture_batch(model, windows: list[Window], a_cfg, sites, keep, info, frames
   """Load the windows, encode them, capture `sites`; `Capture.audio` is the input [B, 1, n]."""
   hop = int(round(info.sample_rate / info.frame_rate))
   dur = frames * hop / info.sample_rate
-  wavs = np.stack([audio_capture.load_window(w.item.audio, w.item.sample_rate, info.sample_rate,
+  wavs = np.stack([from_audio.load_window(w.item.audio, w.item.sample_rate, info.sample_rate,
                                              w.start_s, dur)[0] for w in windows])
-  cap = audio_capture.capture_from_audio(model, wavs, texts_for(windows, a_cfg), sites, frames,
+  cap = from_audio.capture_from_audio(model, wavs, texts_for(windows, a_cfg), sites, frames,
                                          keep=keep)
   cap.audio = torch.from_numpy(wavs)[:, None]
   return cap

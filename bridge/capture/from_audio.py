@@ -1,7 +1,7 @@
 """Capture from audio instead of generating: load -> the model's EnCodec -> one teacher-forced
 forward with the same rows as the generation path.
 
-`capture_from_codes` is `capture.teacher_forced_capture` (tests/test_capture.py shows it
+`capture_from_codes` is `record.teacher_forced_capture` (tests/test_capture.py shows it
 equals the hook capture of a generation) with one addition: a text of `None` is MusicGen's
 own null condition (audiocraft's `ClassifierFreeGuidanceDropout` sets the text to None,
 and T5Conditioner masks it), so `conditioning="none"` rows are exactly the unconditional
@@ -15,7 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bridge import capture, models
+from bridge.models import site_names
+from bridge.capture import record
+from bridge.models import backends
 
 
 class AudioInputError(ValueError):
@@ -89,7 +91,7 @@ def capture_from_codes(model, codes: torch.Tensor, texts, sites, *, keep: str = 
   Text sites (t5.*, cond.proj) need a real text for every row: T5 sees no token of a
   null text, so it has no rows (and no mean) to record.
   """
-  info = models.model_info(model)
+  info = backends.model_info(model)
   codes = torch.as_tensor(codes)
   if codes.dim() != 3 or codes.shape[1] != info.n_q:
     raise AudioInputError(f"codes must be [B, {info.n_q}, T], got {tuple(codes.shape)}")
@@ -98,12 +100,12 @@ def capture_from_codes(model, codes: torch.Tensor, texts, sites, *, keep: str = 
                           f"{int(codes.max())}]")
   texts = list(texts)
   sites = list(sites)
-  if any(t is None or not t.strip() for t in texts) and any(s in capture.TEXT_SITES for s in sites):
-    raise AudioInputError(f"text sites {[s for s in sites if s in capture.TEXT_SITES]} need a "
+  if any(t is None or not t.strip() for t in texts) and any(s in site_names.TEXT_SITES for s in sites):
+    raise AudioInputError(f"text sites {[s for s in sites if s in site_names.TEXT_SITES]} need a "
                           f"non-empty text for every clip (conditioning 'none' or an empty "
                           f"caption has no T5 tokens); drop them from extract.sites")
   texts = [t if t and t.strip() else None for t in texts]
-  return capture.teacher_forced_capture(model, texts, codes.long().contiguous(), sites, keep=keep)
+  return record.teacher_forced_capture(model, texts, codes.long().contiguous(), sites, keep=keep)
 
 
 def capture_from_audio(model, wavs: np.ndarray, texts, sites, frames: int, *,

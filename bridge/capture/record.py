@@ -17,7 +17,7 @@ Two capture paths that give the same numbers (tests/test_capture.py):
 - `teacher_forced_capture`: one batched forward over already generated tokens (the delay
   pattern sequence, first T steps), much faster when re-capturing many layers.
 
-Both work on either backend (bridge.backends: audiocraft or transformers). transformers'
+Both work on either backend (bridge.models.backends: audiocraft or transformers). transformers'
 `generate` runs the first decoding pass twice (a prefill whose output it discards, then
 the loop), so on that backend the layer rows are keyed by decoding position (the cache
 length), not by call count; a position seen twice keeps its last call.
@@ -26,87 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 
 import numpy as np
 import torch
 
-from bridge import backends, models
-
-LAYER_PREFIX = "lm.layer."
-TEXT_SITES = ("t5.hidden", "t5.pooled", "cond.proj")
-UNCOND_SUFFIX = ".uncond"
-_LM_SITE_RE = re.compile(r"^lm\.layer\.(\d+)(?:\.(attn|cross_attn))?$")
-ATTN_MODULES = {"attn": "self_attn", "cross_attn": "cross_attention"}   # site tail -> module
-
-
-def is_lm_site(site: str) -> bool:
-  """A per-frame LM site: `lm.layer.<i>`, `lm.layer.<i>.attn` or `lm.layer.<i>.cross_attn`."""
-  return bool(_LM_SITE_RE.match(site))
-
-
-def lm_site_module(lm, site: str, *, layers=None, attn_modules=None) -> torch.nn.Module:
-  """The module whose forward output is `site` (a layer, or its attention sub-module).
-
-  `lm` is audiocraft's `MusicGen.lm`; another backend passes its decoder `layers` and the
-  names of its attention sub-modules (`attn_modules`, site tail -> attribute)."""
-  m = _LM_SITE_RE.match(site)
-  if not m:
-    raise UnknownSiteError(f"{site!r} is not an LM site (lm.layer.<i>[.attn|.cross_attn])")
-  layers = lm.transformer.layers if layers is None else layers
-  attn_modules = ATTN_MODULES if attn_modules is None else attn_modules
-  i = int(m.group(1))
-  if not 0 <= i < len(layers):
-    raise UnknownSiteError(f"site {site!r}: layer {i} out of range, the model has "
-                           f"{len(layers)} layers")
-  if m.group(2) is None:
-    return layers[i]
-  mod = getattr(layers[i], attn_modules[m.group(2)], None)
-  if mod is None:
-    raise UnknownSiteError(f"site {site!r}: layer {i} has no {attn_modules[m.group(2)]} "
-                           f"(a model without text cross-attention)")
-  return mod
-
-
-class UnknownSiteError(ValueError):
-  """A site name that is not one of the capture sites, or a layer out of range."""
-
-
-def parse_sites(sites, num_layers: int) -> list[str]:
-  """Validate site names against the model; returns them de-duplicated, in order."""
-  if isinstance(sites, str):
-    sites = [sites]
-  out = []
-  for s in sites:
-    m = _LM_SITE_RE.match(s)
-    if m:
-      i = int(m.group(1))
-      if not 0 <= i < num_layers:
-        raise UnknownSiteError(f"site {s!r}: layer {i} out of range, the model has "
-                               f"{num_layers} layers (lm.layer.0 .. lm.layer.{num_layers - 1})")
-    elif s not in TEXT_SITES:
-      raise UnknownSiteError(f"unknown site {s!r}: expected lm.layer.<i>[.attn|.cross_attn] (0 <= i < "
-                             f"{num_layers}) or one of {', '.join(TEXT_SITES)} (and, for "
-                             f"extraction, audio.descriptors; extract.keep='both' adds "
-                             f"lm.layer.<i>.uncond by itself)")
-    if s not in out:
-      out.append(s)
-  if not out:
-    raise UnknownSiteError("no capture sites given")
-  return out
-
-
-def site_dim(site: str, info: models.ModelInfo) -> int:
-  """Row width of a capture site."""
-  if site.startswith(LAYER_PREFIX) or site == "cond.proj":
-    return info.d_model
-  if site in ("t5.hidden", "t5.pooled"):
-    return info.t5_dim
-  raise UnknownSiteError(site)
+from bridge.models import audiocraft_musicgen, backends, site_names
 
 
 def _lm_sites(sites) -> list[str]:
-  return [s for s in sites if _LM_SITE_RE.match(s)]
+  return [s for s in sites if site_names.is_lm_site(s)]
 
 
 @dataclasses.dataclass
@@ -148,7 +76,7 @@ class LayerRecorder(_Hooks):
   def __init__(self, model, layers, last_only: bool = True):
     self.layers, self.last_only = list(layers), last_only
     if hasattr(model, "transformer") and hasattr(model, "condition_provider"):  # MusicGen.lm
-      self.modules = {i: lm_site_module(model, i) if isinstance(i, str)
+      self.modules = {i: site_names.lm_site_module(model, i) if isinstance(i, str)
                       else model.transformer.layers[i] for i in self.layers}
       self.offset = lambda kwargs, S: backends.streaming_offset(model.transformer)
     else:
@@ -199,7 +127,7 @@ class TextRecorder(_Hooks):
   def for_model(cls, model, sites=()):
     be = backends.adapt(model)
     if be.name == "audiocraft":
-      return cls(models.text_conditioner(be.model))
+      return cls(audiocraft_musicgen.text_conditioner(be.model))
     return cls(t5=be.text_module(), proj=be.proj_module() if "cond.proj" in sites else None)
 
   def _t5_hook(self, module, args, kwargs, output):
@@ -240,7 +168,7 @@ def _np_rows(x: torch.Tensor) -> list[np.ndarray]:
 
 
 def _text_sites(sites):
-  return [s for s in sites if s in TEXT_SITES]
+  return [s for s in sites if s in site_names.TEXT_SITES]
 
 
 # --------------------------------------------------------------------------------------
@@ -248,18 +176,7 @@ def _text_sites(sites):
 # --------------------------------------------------------------------------------------
 def generate_tokens(model, texts, seed: int | None = None) -> torch.Tensor:
   """Sample codes [B, K, T] for `texts` (one batch), seeding torch's RNG first if given."""
-  be = backends.adapt(model)
-  if be.name != "audiocraft":
-    return be.generate_tokens(texts, seed)
-  model = be.model
-  if model.duration > model.max_duration:
-    raise ValueError(f"duration {model.duration}s exceeds the model's window "
-                     f"{model.max_duration}s; extended generation re-encodes context and "
-                     f"cannot be captured one row per frame")
-  if seed is not None:
-    torch.manual_seed(seed)
-  attributes, _ = model._prepare_tokens_and_attributes(list(texts), None)
-  return model._generate_tokens(attributes, None, progress=False)
+  return backends.adapt(model).generate_tokens(texts, seed)
 
 
 def generate_with_capture(model, texts, sites, *, keep: str = "cond", seed: int | None = None,
@@ -269,7 +186,7 @@ def generate_with_capture(model, texts, sites, *, keep: str = "cond", seed: int 
     raise ValueError(f"keep must be 'cond' or 'both', got {keep!r}")
   be = backends.adapt(model)
   info = be.info
-  sites = parse_sites(sites, info.num_layers)
+  sites = site_names.parse_sites(sites, info.num_layers)
   layers, B = _lm_sites(sites), len(texts)
   two_step = be.two_step
   with LayerRecorder(be, layers) as lrec, TextRecorder.for_model(be, sites) as trec:
@@ -291,7 +208,7 @@ def generate_with_capture(model, texts, sites, *, keep: str = "cond", seed: int 
                          f"expected {T + info.max_delay} (delay pattern)")
     acts[i] = _np_rows(cond[:, :T])
     if keep == "both":
-      acts[f"{i}{UNCOND_SUFFIX}"] = _np_rows(uncond[:, :T])
+      acts[f"{i}{site_names.UNCOND_SUFFIX}"] = _np_rows(uncond[:, :T])
   for s in _text_sites(sites):
     acts[s] = trec.rows(s, B)
   audio = be.generate_audio(tokens) if return_audio else None
@@ -308,12 +225,12 @@ def teacher_forced_capture(model, texts, tokens: torch.Tensor, sites, *,
   if be.name != "audiocraft":
     return _teacher_forced_transformers(be, texts, tokens, sites, keep=keep)
   model = be.model
-  audiocraft = models.import_audiocraft()  # noqa: F841
+  audiocraft = audiocraft_musicgen.import_audiocraft()  # noqa: F841
   from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
   if keep not in ("cond", "both"):
     raise ValueError(f"keep must be 'cond' or 'both', got {keep!r}")
-  info = models.model_info(model)
-  sites = parse_sites(sites, info.num_layers)
+  info = backends.model_info(model)
+  sites = site_names.parse_sites(sites, info.num_layers)
   layers, B = _lm_sites(sites), len(texts)
   lm = model.lm
   if tokens.shape[0] != B:
@@ -336,7 +253,7 @@ def teacher_forced_capture(model, texts, tokens: torch.Tensor, sites, *,
       lm(x, [], condition_tensors=ct)
     return {i: rec.calls[i][0][:, -T:] for i in layers}  # drop any prepended conditioning
 
-  with torch.no_grad(), model.autocast, TextRecorder(models.text_conditioner(model)) as trec:
+  with torch.no_grad(), model.autocast, TextRecorder(audiocraft_musicgen.text_conditioner(model)) as trec:
     if keep == "cond":
       cond, uncond = run(attributes, inp), None
     elif two_step:
@@ -348,7 +265,7 @@ def teacher_forced_capture(model, texts, tokens: torch.Tensor, sites, *,
   for i in layers:
     acts[i] = _np_rows(cond[i])
     if uncond is not None:
-      acts[f"{i}{UNCOND_SUFFIX}"] = _np_rows(uncond[i])
+      acts[f"{i}{site_names.UNCOND_SUFFIX}"] = _np_rows(uncond[i])
   for s in _text_sites(sites):
     acts[s] = trec.rows(s, B)
   return Capture(tokens=tokens.cpu(), acts=acts)
@@ -361,7 +278,7 @@ def _teacher_forced_transformers(be, texts, tokens, sites, *, keep: str) -> Capt
   if keep not in ("cond", "both"):
     raise ValueError(f"keep must be 'cond' or 'both', got {keep!r}")
   info = be.info
-  sites = parse_sites(sites, info.num_layers)
+  sites = site_names.parse_sites(sites, info.num_layers)
   layers, B = _lm_sites(sites), len(texts)
   if tokens.shape[0] != B:
     raise ValueError(f"{tokens.shape[0]} token rows for {B} texts")
@@ -375,7 +292,7 @@ def _teacher_forced_transformers(be, texts, tokens, sites, *, keep: str) -> Capt
     out = rec.calls[i][0]
     acts[i] = _np_rows(out[:B])
     if keep == "both":
-      acts[f"{i}{UNCOND_SUFFIX}"] = _np_rows(out[B:])
+      acts[f"{i}{site_names.UNCOND_SUFFIX}"] = _np_rows(out[B:])
   for s in _text_sites(sites):
     acts[s] = trec.rows(s, B)
   return Capture(tokens=tokens.cpu(), acts=acts)

@@ -9,7 +9,7 @@ the seed. When no exact minimal pair exists the nearest pairs are used and each 
 records the labels it also differs in (`other_diffs`), so the report can say so.
 
 `codes(model, items, frames)` loads and encodes the clips exactly as audio extraction
-does (bridge/audio_capture.py: `load_window`, the model's EnCodec).
+does (bridge/capture/from_audio.py: `load_window`, the model's EnCodec).
 """
 from __future__ import annotations
 
@@ -101,10 +101,11 @@ def find_pairs(items, spec: str, n: int, seed: int = 0) -> list[Pair]:
 def codes(model, items, frames: int):
   """Codes [B, K, frames] of the clips' first window (at each item's offset), encoded by
   the model's compression model, as audio extraction encodes them."""
-  from bridge import audio_capture, models
-  info = models.model_info(model)
+  from bridge.capture import from_audio
+  from bridge.models import backends
+  info = backends.model_info(model)
   hop = int(round(info.sample_rate / info.frame_rate))
   dur = frames * hop / info.sample_rate
-  wavs = np.stack([audio_capture.load_window(it.audio, it.sample_rate, info.sample_rate,
+  wavs = np.stack([from_audio.load_window(it.audio, it.sample_rate, info.sample_rate,
                                              it.offset_s, dur)[0] for it in items])
-  return audio_capture.encode(model, wavs, frames)
+  return from_audio.encode(model, wavs, frames)

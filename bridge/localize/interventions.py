@@ -1,7 +1,7 @@
 """Teacher-forced next-token distributions of MusicGen under edits of one LM site.
 
 The shared instrument of downstream fidelity, layer ablation and activation patching
-(bridge/fidelity.py, bridge/layer_ablation.py, bridge/patching.py): one batched forward
+(bridge/localize/fidelity.py, bridge/localize/layer_ablation.py, bridge/localize/patching.py): one batched forward
 over the delay-pattern sequence of given tokens (`lm.compute_predictions`), the
 conditional and unconditional halves of classifier-free guidance in one batch
 `[cond; uncond]`, combined as audiocraft's sampler does,
@@ -10,7 +10,7 @@ conditional and unconditional halves of classifier-free guidance in one batch
 
 and returned as log-probabilities `[B, K, T, card]` aligned with the tokens (entry
 [b, k, t] predicts tokens[b, k, t]) with the pattern's validity mask. Edits are steering
-hooks (bridge/steering.py `_Steerer`), so `half` and `steps` mean what they mean there.
+hooks (bridge/steering/hooks.py `_Steerer`), so `half` and `steps` mean what they mean there.
 """
 from __future__ import annotations
 
@@ -19,14 +19,17 @@ from typing import Callable
 
 import torch
 
-from bridge import capture, models, steering
+from bridge.models import site_names
+from bridge.capture import record
+from bridge.models import audiocraft_musicgen
+from bridge.steering import hooks
 
 
 class TeacherForced:
   """Texts + tokens [B, K, T] prepared once; `log_probs(*edits)` runs one forward."""
 
   def __init__(self, model, texts, tokens: torch.Tensor, cfg_coef: float = 3.0):
-    models.import_audiocraft()
+    audiocraft_musicgen.import_audiocraft()
     from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
     if tokens.dim() != 3 or tokens.shape[0] != len(texts):
       raise ValueError(f"tokens must be [B, K, T] with B = {len(texts)} texts; got "
@@ -63,7 +66,7 @@ class TeacherForced:
     with contextlib.ExitStack() as stack:
       for e in edits:
         stack.enter_context(e)
-      rec = stack.enter_context(capture.LayerRecorder(self.lm, list(sites), last_only=False))
+      rec = stack.enter_context(record.LayerRecorder(self.lm, list(sites), last_only=False))
       self._forward()
     return {s: rec.calls[s][0].float() for s in sites}
 
@@ -73,11 +76,11 @@ class TeacherForced:
     handles = [self.lm.transformer.layers[i].register_forward_pre_hook(
         lambda m, a, i=i: ins.__setitem__(i, a[0].detach().float())) for i in layers]
     try:
-      outs = self.record([f"{capture.LAYER_PREFIX}{i}" for i in layers])
+      outs = self.record([f"{site_names.LAYER_PREFIX}{i}" for i in layers])
     finally:
       for h in handles:
         h.remove()
-    return {i: (ins[i], outs[f"{capture.LAYER_PREFIX}{i}"]) for i in layers}
+    return {i: (ins[i], outs[f"{site_names.LAYER_PREFIX}{i}"]) for i in layers}
 
 
 # --------------------------------------------------------------------------------------
@@ -107,21 +110,21 @@ def loss_recovered(ce_clean: float, ce_edit: float, ce_zero: float) -> float | N
 # --------------------------------------------------------------------------------------
 # Edits
 # --------------------------------------------------------------------------------------
-class replace_site(steering._Steerer):
+class replace_site(hooks._Steerer):
   """Replace the output of an LM site by `fn(x, rows, positions)` on the chosen half/steps.
 
   `x` [r, s, D] are the kept rows (a slice of the [cond; uncond] batch) and positions;
   `rows` is that slice, `positions` the absolute steps [s]."""
 
   def __init__(self, model, site, fn: Callable, half: str = "cond", steps=None):
-    super().__init__(**steering._layer_kwargs(model, site, half, steps))
+    super().__init__(**hooks._layer_kwargs(model, site, half, steps))
     self.fn = fn
 
   def edit(self, x, w=None):
     return self.fn(x, self._cur_rows, self._cur_pos).to(x.dtype)
 
 
-class ablate_block(steering._Steerer):
+class ablate_block(hooks._Steerer):
   """Ablate block `layer`'s contribution to the residual stream: out = in + c', with
   c' = 0 (`zero`), a fixed vector [D] (`mean`), or the contribution of the next prompt of
   the same half at the same step (`resample`: the batch rolled by one)."""
@@ -134,7 +137,7 @@ class ablate_block(steering._Steerer):
       raise ValueError(f"ablation mode {mode!r}; choose from {', '.join(self.MODES)}")
     if mode == "mean" and mean is None:
       raise ValueError("mean ablation needs the mean contribution vector")
-    super().__init__(**steering._layer_kwargs(model, int(layer), half, steps))
+    super().__init__(**hooks._layer_kwargs(model, int(layer), half, steps))
     self.mode, self.mean = mode, mean
     self._in = None
     self._pre = None

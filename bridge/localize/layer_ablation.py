@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bridge import interventions
+from bridge.localize import interventions
 from musicsae_jax import files
 
 DESCRIPTORS = ("tempo_bpm", "loudness_db", "brightness_hz", "mode_major_minus_minor")
@@ -51,10 +51,10 @@ def teacher_forced(model, texts, tokens, layers, modes, *, cfg_coef: float = 3.0
 
 def _clips(model, texts, seed: int, edit=None):
   """Audio [B, samples] (mono numpy) of one seeded generation, under `edit` if given."""
-  from bridge import capture
+  from bridge.capture import record
   import contextlib
   with (edit if edit is not None else contextlib.nullcontext()):
-    tokens = capture.generate_tokens(model, texts, seed=seed)
+    tokens = record.generate_tokens(model, texts, seed=seed)
   with torch.no_grad():
     wav = model.generate_audio(tokens)
   return wav.float().mean(1).cpu().numpy()
@@ -66,15 +66,15 @@ def generation(model, texts, tokens, layers, modes, *, seed: int, cfg_coef: floa
   standardised clip-vector distance, and of CLAP similarity to the prompt (if `clap`).
   `null_distance` is the same distance between the clean clips and clean clips of another
   seed: once sampling diverges, an ablation cannot look larger than a new sample."""
-  from bridge import audio_features
+  from bridge.measures import descriptors
   sr, fr = int(model.sample_rate), float(model.frame_rate)
   tf = interventions.TeacherForced(model, texts, tokens, cfg_coef)
   means = mean_contributions(tf, layers) if "mean" in modes else {}
   clean = _clips(model, texts, seed)
 
   def describe(wavs):
-    d = [audio_features.clip_descriptors(w, sr) for w in wavs]
-    v = np.stack([audio_features.clip_vector(w, sr, fr) for w in wavs])
+    d = [descriptors.clip_descriptors(w, sr) for w in wavs]
+    v = np.stack([descriptors.clip_vector(w, sr, fr) for w in wavs])
     c = clap_sim(wavs) if clap is not None else None
     return {k: np.array([x[k] for x in d], float) for k in DESCRIPTORS}, v, c
 

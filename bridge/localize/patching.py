@@ -14,7 +14,7 @@ it), 0 means patching it changes nothing toward A. A layer × concept heatmap of
 shows where each concept lives. Patching a run into itself leaves it unchanged.
 
 Audio pairs (`run_audio`, columns `audio:<label>`): two clips of a labelled concept folder
-that differ in one label (bridge/audio_pairs.py), each encoded by the model's EnCodec and
+that differ in one label (bridge/localize/audio_pairs.py), each encoded by the model's EnCodec and
 teacher-forced over its own codes, with no text by default (the null condition, so no
 caption can carry the label). A's activations replace B's at the same positions on both
 CFG halves (the clips differ in the tokens, which both halves read), and `moved` is the
@@ -31,7 +31,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bridge import capture, interventions, prompts as prompts_lib
+from bridge.capture import record
+from bridge.localize import interventions
+from bridge.sources import prompts as prompts_lib
 from musicsae_jax import files
 
 CONCEPT_KEYS = ("emotion", "instrument", "genre")
@@ -141,7 +143,7 @@ def run(model, concepts, sites, *, pairs: int, seed: int, cfg_coef: float = 3.0,
         half: str = "cond", steps=None, sae=None, features=None, generate: bool = False,
         references: int = 4, measure=None) -> dict:
   """The layer × concept table: mean `moved` per site row and concept column."""
-  from bridge import fidelity
+  from bridge.localize import fidelity
   sae_site = fidelity.site_of(sae)[0] if sae is not None else None
   res = {"concepts": list(concepts), "sites": list(sites), "half": half,
          "steps": list(steps) if steps else None,
@@ -150,7 +152,7 @@ def run(model, concepts, sites, *, pairs: int, seed: int, cfg_coef: float = 3.0,
          "per_concept": {}}
   for spec in concepts:
     ta, tb = concept_pairs(spec, pairs)
-    tokens = capture.generate_tokens(model, tb, seed=seed)
+    tokens = record.generate_tokens(model, tb, seed=seed)
     r = patch_moved(model, ta, tb, tokens, sites, cfg_coef=cfg_coef, half=half, steps=steps,
                     sae=sae, sae_site=sae_site, features=features, measure=measure)
     r["texts_a"], r["texts_b"] = ta, tb
@@ -189,7 +191,8 @@ def run_audio(model, items, concepts, sites, *, pairs: int, seed: int, frames: i
   """{`audio:<concept>`: per-concept result} for clip pairs of `items` (AudioItems with
   labels) that differ in each concept; see the module doc. `conditioning`: none (the null
   condition), fixed (`text` for every clip) or caption (each clip's own caption)."""
-  from bridge import audio_pairs, extract_audio, fidelity
+  from bridge.localize import audio_pairs, fidelity
+  from bridge.capture import extract_audio
   if conditioning not in AUDIO_CONDITIONING:
     raise ValueError(f"--config.localize.audio_conditioning={conditioning!r}; choose from "
                      f"{', '.join(AUDIO_CONDITIONING)}")
@@ -248,14 +251,14 @@ def plot(result: dict, path: str) -> str:
 # During generation, scored on the audio
 # --------------------------------------------------------------------------------------
 def _wav_vectors(model, texts, seed: int, edit=None) -> np.ndarray:
-  """Clip vectors (audio descriptors, steer_concept's input) of one seeded generation."""
+  """Clip vectors (audio descriptors, concept_classifier's input) of one seeded generation."""
   import contextlib
-  from bridge import audio_features
+  from bridge.measures import descriptors
   with (edit if edit is not None else contextlib.nullcontext()):
-    tokens = capture.generate_tokens(model, texts, seed=seed)
+    tokens = record.generate_tokens(model, texts, seed=seed)
   with torch.no_grad():
     wav = model.generate_audio(tokens).float().mean(1).cpu().numpy()
-  return np.stack([audio_features.clip_vector(w, int(model.sample_rate),
+  return np.stack([descriptors.clip_vector(w, int(model.sample_rate),
                                               float(model.frame_rate)) for w in wav])
 
 
@@ -263,9 +266,10 @@ def generation_moved(model, spec: str, sites, *, pairs: int, seed: int, referenc
                      half: str = "cond", steps=None) -> dict:
   """Patch A's per-step activations into B's sampling (same seed, same steps) and score the
   audio with a nearest-centroid classifier of the concept's two values trained on
-  reference clips of other contexts (bridge/steer_concept.py). Per site:
+  reference clips of other contexts (bridge/measures/concept_classifier.py). Per site:
   moved = (p_A(patched) − p_A(B)) / (p_A(A) − p_A(B)), p_A averaged over the pairs."""
-  from bridge import backends, steer_concept
+  from bridge.models import backends
+  from bridge.measures import concept_classifier
   if backends.adapt(model).two_step:
     raise ValueError("generation patching records one [cond; uncond] call per step; "
                      "two_step_cfg is not supported")
@@ -274,10 +278,10 @@ def generation_moved(model, spec: str, sites, *, pairs: int, seed: int, referenc
   ta, tb = ta_all[:pairs], tb_all[:pairs]
   ref = np.concatenate([_wav_vectors(model, ta_all[pairs:], seed + 1),
                         _wav_vectors(model, tb_all[pairs:], seed + 1)])
-  clf = steer_concept.CentroidClassifier(ref, [a] * references + [b] * references)
+  clf = concept_classifier.CentroidClassifier(ref, [a] * references + [b] * references)
   ia = clf.values.index(a)
   lm = model.lm
-  with capture.LayerRecorder(lm, list(sites)) as rec:     # A's output of each site, per step
+  with record.LayerRecorder(lm, list(sites)) as rec:     # A's output of each site, per step
     va = _wav_vectors(model, ta, seed)
   source = {s: torch.stack(rec.calls[s], 1) for s in sites}    # [2B, steps, D]
   vb = _wav_vectors(model, tb, seed)

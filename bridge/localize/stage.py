@@ -13,11 +13,11 @@ import os
 
 import torch
 
-from bridge import defaults
+from bridge import config_defaults
 from musicsae_jax import files
 
 WHAT = ("fidelity", "ablation", "patching")
-LOCALIZE_DEFAULTS = defaults.localize().to_dict()
+LOCALIZE_DEFAULTS = config_defaults.localize().to_dict()
 
 
 def _config(config) -> dict:
@@ -29,7 +29,7 @@ def _config(config) -> dict:
 
 
 def _texts(lc: dict) -> list[str]:
-  from bridge import prompts as prompts_lib
+  from bridge.sources import prompts as prompts_lib
   if lc["prompts"]:
     return [str(t) for t in lc["prompts"]]
   n = int(lc["num_prompts"])
@@ -51,7 +51,8 @@ def _sites(lc: dict, layers: list[int]) -> list[str]:
 def _audio_items(lc: dict):
   """The labelled clips of `localize.pairs_from` (None without audio pairs); the pairs of
   every `localize.audio_concepts` label are checked here, before the model loads."""
-  from bridge import audio_datasets, audio_pairs, patching
+  from bridge.sources import audio_datasets
+  from bridge.localize import audio_pairs, patching
   spec, concepts = str(lc["pairs_from"] or ""), list(lc["audio_concepts"])
   if bool(spec) != bool(concepts):
     raise ValueError("--config.localize.pairs_from and --config.localize.audio_concepts go "
@@ -75,7 +76,7 @@ def _write(path: str, obj: dict) -> str:
 
 
 def _sae(workdir: str, run: str, required: bool):
-  from bridge.sae_torch import TorchSAE
+  from bridge.models.sae_torch import TorchSAE
   exp = os.path.join(workdir, "exports", run)
   if not os.path.exists(os.path.join(exp, "cfg.json")):
     if required:
@@ -100,8 +101,8 @@ def sweep_members(workdir: str, run: str) -> list[str]:
 def _fidelity_members(model, workdir, run, members, texts, tokens, cfg, halves, common, log):
   """Fidelity of every exported sweep member: reports/<run>/<member>/fidelity.json and the
   comparison reports/<run>/fidelity_members.json."""
-  from bridge import fidelity
-  from bridge.sae_torch import TorchSAE
+  from bridge.localize import fidelity
+  from bridge.models.sae_torch import TorchSAE
   written, rows = {}, []
   for name in members:
     sae = TorchSAE.from_export(os.path.join(workdir, "exports", run, name))
@@ -123,7 +124,9 @@ def _fidelity_members(model, workdir, run, members, texts, tokens, cfg, halves, 
 
 def run_localize(config, workdir: str, what=WHAT, log=print) -> dict[str, str]:
   """Run the chosen studies; returns {name: path written}."""
-  from bridge import capture, extract, fidelity, layer_ablation, models, patching
+  from bridge.capture import record, extract
+  from bridge.localize import fidelity, layer_ablation, patching
+  from bridge.models import backends
   what = list(what)
   bad = [w for w in what if w not in WHAT]
   if bad or not what:
@@ -163,7 +166,7 @@ def run_localize(config, workdir: str, what=WHAT, log=print) -> dict[str, str]:
     torch.set_num_threads(threads)
   log(f"localize: loading model {config.model.name} ...")
   model = extract.build_model(config.model)
-  info = models.model_info(model)
+  info = backends.model_info(model)
   layers = [int(i) for i in lc["layers"]] or list(range(info.num_layers))
   if any(not 0 <= i < info.num_layers for i in layers):
     raise ValueError(f"--config.localize.layers={tuple(layers)}: the model has "
@@ -179,7 +182,7 @@ def run_localize(config, workdir: str, what=WHAT, log=print) -> dict[str, str]:
   tokens = None
   if "fidelity" in what or "ablation" in what:
     log(f"localize: generating {len(texts)} prompts x {lc['duration']} s (seed {seed})")
-    tokens = capture.generate_tokens(model, texts, seed=seed)
+    tokens = record.generate_tokens(model, texts, seed=seed)
   common = {"run": config.run, "model": info.to_dict(), "texts": texts, "seed": seed}
   if "fidelity" in what and members:
     written.update(_fidelity_members(model, workdir, config.run, members, texts, tokens, cfg,
@@ -197,7 +200,7 @@ def run_localize(config, workdir: str, what=WHAT, log=print) -> dict[str, str]:
       clap = None
       spec = str(config.get("steer", {}).get("clap", "") or "")
       if spec:
-        from bridge.steer_clap import ClapScorer
+        from bridge.measures.clap import ClapScorer
         clap, why = ClapScorer.load(spec)
         res["clap"] = why
       log(f"localize: sampling with each layer ablated ({', '.join(gen_modes)})")

@@ -25,7 +25,7 @@ def _tiny(seed: int = 0, extra_words=(), sampling_rate: int = 48000, spec_size: 
   the tokenizer all read as <unk>); the other arguments shrink the audio side for speed."""
   import re
   from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-  from bridge import prompts as prompts_lib
+  from bridge.sources import prompts as prompts_lib
   from transformers import (ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel,
                             ClapTextConfig, PreTrainedTokenizerFast)
   corpus = " ".join(p["text"] for p in prompts_lib.emotion_prompts(8)) + " music " + " ".join(extra_words)

@@ -1,16 +1,16 @@
-"""CLAP embeddings for feature labels: `python -m bridge.label_clap REPORT_DIR`.
+"""CLAP embeddings for feature labels: `python -m bridge.measures.clap_labels REPORT_DIR`.
 
 Reads `REPORT_DIR/label_examples.json` (written by launch.analyze: snippets as
 `[prompt_id, start_frame, num_frames]`, the frame rate, the dataset's audio directory,
 the CLAP model and the texts), cuts each snippet from `<dataset>/audio/<prompt_id:06d>.wav`,
-embeds snippets and texts with `steer_clap.ClapScorer` and writes
+embeds snippets and texts with `clap.ClapScorer` and writes
 `REPORT_DIR/clap_embeddings.npz` (`audio [snippets, e]`, `text [texts, e]`, L2-normalised)
 and `clap_embeddings.json` (model, counts, the request's SHA-256). Without weights (an
 empty model field, a missing directory) it writes `{"skipped": reason}`, prints that one
 line and exits 0: the labels then carry the reason, never imitated scores.
 The ranking and scoring are numpy on the JAX side (musicsae_jax.analysis.labelers).
 
-`python -m bridge.label_clap REPORT_DIR --label_texts` embeds the labels that came later
+`python -m bridge.measures.clap_labels REPORT_DIR --label_texts` embeds the labels that came later
 (LLM explanations, listed in `REPORT_DIR/label_texts.json` by the labelers) with the same
 model, so CLAP can score them too: `clap_label_texts.npz` (`text [texts, e]`) and
 `clap_label_texts.json` (model, texts, both requests' SHA-256).
@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from bridge import steer_clap
+from bridge.measures import clap
 from musicsae_jax import files
 
 REQUEST, OUT = "label_examples.json", "clap_embeddings"
@@ -53,7 +53,7 @@ def _read(path: str, what: str) -> tuple[dict, str]:
 def _scorer(req: dict):
   """The request's CLAP; the tiny test model is rebuilt from the same words (same weights)."""
   words = [w for t in req["clap"]["texts"] for w in t.split()]
-  return steer_clap.ClapScorer.load(req["clap"]["model"], field="analysis.labeling.clap",
+  return clap.ClapScorer.load(req["clap"]["model"], field="analysis.labeling.clap",
                                     tiny={**TINY, "extra_words": words})
 
 
@@ -149,13 +149,13 @@ def embed_label_texts(report_dir: str, log=print) -> dict:
 def main(argv: list[str]) -> int:
   args = [a for a in argv[1:] if a != "--label_texts"]
   if len(args) != 1:
-    print("usage: python -m bridge.label_clap REPORT_DIR [--label_texts] (REPORT_DIR holding "
+    print("usage: python -m bridge.measures.clap_labels REPORT_DIR [--label_texts] (REPORT_DIR holding "
           "label_examples.json)", file=sys.stderr)
     return 2
   try:
     (embed_label_texts if "--label_texts" in argv else embed)(args[0])
   except (FileNotFoundError, ValueError) as e:
-    print(f"bridge.label_clap: {e}", file=sys.stderr)
+    print(f"bridge.measures.clap_labels: {e}", file=sys.stderr)
     return 1
   return 0
 

@@ -5,7 +5,7 @@ prompt set, prompts disjoint from the evaluated ones), it answers "does the stee
 sound more like the target label?". It never sees activations: a classifier on the
 steered site's activations would only measure the added vector (circular).
 
-Model: nearest centroid on standardised clip vectors (`audio_features.clip_vector`);
+Model: nearest centroid on standardised clip vectors (`descriptors.clip_vector`);
 P(value | clip) = softmax over values of -||z - c_value||^2 / (2 d). Its leave-one-out
 accuracy on the reference set is reported next to chance, so a reader sees at once
 whether the score can mean anything (on a random tiny model it cannot).
@@ -52,7 +52,7 @@ class CentroidClassifier:
 
 def reference_prompts(label_key: str, per_value: int, exclude: list[str]) -> list[dict]:
   """Built-in labelled prompts carrying `label_key`, `per_value` per value, none in `exclude`."""
-  from bridge import prompts as prompts_lib
+  from bridge.sources import prompts as prompts_lib
   pool = prompts_lib.emotion_prompts(per_value + len(exclude) // 4 + 2)
   if label_key not in pool[0]["labels"]:
     return []

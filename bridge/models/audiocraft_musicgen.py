@@ -48,7 +48,7 @@ def _placeholder(name: str, doc: str) -> types.ModuleType:
     class _Unavailable:
       def __init__(self, *a, **k):
         raise ImportError(f"{name}.{attr} is unavailable: musicsae-jax installs a placeholder "
-                          f"for {name} so audiocraft imports (bridge/models.py); MusicGen "
+                          f"for {name} so audiocraft imports (bridge/models/audiocraft_musicgen.py); MusicGen "
                           f"text-to-music never needs it.")
       __call__ = __init__
     _Unavailable.__name__ = attr
@@ -139,23 +139,6 @@ def expected_sizes(mcfg) -> dict | None:
     d, layers = _RELEASED_SIZES[name]
     return {"d_model": d, "num_layers": layers, "t5_dim": _T5_BASE_DIM}
   return None
-
-
-def model_info(model) -> ModelInfo:
-  """Sizes and rates of a MusicGen on either backend (audiocraft MusicGen, transformers
-  MusicgenForConditionalGeneration, or a bridge.backends adapter of either)."""
-  from bridge import backends
-  be = backends.adapt(model)
-  if be.name != "audiocraft":
-    return be.info
-  model = be.model
-  lm = model.lm
-  delays = getattr(lm.pattern_provider, "delays", [0])
-  return ModelInfo(
-      name=str(model.name), d_model=int(lm.dim), num_layers=len(lm.transformer.layers),
-      n_q=int(lm.n_q), card=int(lm.card), frame_rate=float(model.frame_rate),
-      sample_rate=int(model.sample_rate), t5_dim=int(text_conditioner(model).dim),
-      max_delay=int(max(delays)))
 
 
 # --------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import types
 
 import torch
 
-from bridge import models
+from bridge.models import audiocraft_musicgen, site_names
 
 BACKENDS = ("audiocraft", "transformers")
 _ATTR = "_musicsae_backend"
@@ -52,6 +52,12 @@ def adapt(model):
   return be
 
 
+def model_info(model) -> audiocraft_musicgen.ModelInfo:
+  """Sizes and rates of a MusicGen on either backend (audiocraft MusicGen, transformers
+  MusicgenForConditionalGeneration, or an adapter of either)."""
+  return adapt(model).info
+
+
 class Backend:
   """Common interface (see module docstring). Unknown attributes go to the wrapped model."""
   name = ""
@@ -66,7 +72,7 @@ class Backend:
     return getattr(self.model, attr)
 
   @property
-  def info(self) -> models.ModelInfo:
+  def info(self) -> audiocraft_musicgen.ModelInfo:
     raise NotImplementedError
 
   def module_path(self, site: str) -> str:
@@ -96,7 +102,13 @@ class AudiocraftBackend(Backend):
 
   @property
   def info(self):
-    return models.model_info(self.model)
+    model, lm = self.model, self.model.lm
+    delays = getattr(lm.pattern_provider, "delays", [0])
+    return audiocraft_musicgen.ModelInfo(
+        name=str(model.name), d_model=int(lm.dim), num_layers=len(lm.transformer.layers),
+        n_q=int(lm.n_q), card=int(lm.card), frame_rate=float(model.frame_rate),
+        sample_rate=int(model.sample_rate),
+        t5_dim=int(audiocraft_musicgen.text_conditioner(model).dim), max_delay=int(max(delays)))
 
   @property
   def two_step(self):
@@ -105,16 +117,15 @@ class AudiocraftBackend(Backend):
 
   def layer_module(self, i):
     """The module whose output is LM site `i`: a block index or `lm.layer.<i>[.attn|.cross_attn]`."""
-    from bridge import capture
     if isinstance(i, str):
-      return capture.lm_site_module(self.model.lm, i)
+      return site_names.lm_site_module(self.model.lm, i)
     return self.model.lm.transformer.layers[int(i)]
 
   def text_module(self):
-    return models.text_conditioner(self.model).t5
+    return audiocraft_musicgen.text_conditioner(self.model).t5
 
   def proj_module(self):
-    return models.text_conditioner(self.model).output_proj
+    return audiocraft_musicgen.text_conditioner(self.model).output_proj
 
   def step_offset(self, kwargs=None, S: int = 1) -> int:
     return streaming_offset(self.model.lm.transformer)
@@ -123,8 +134,15 @@ class AudiocraftBackend(Backend):
     self.model.set_generation_params(**params)
 
   def generate_tokens(self, texts, seed=None):
-    from bridge import capture
-    return capture.generate_tokens(self.model, texts, seed)
+    model = self.model
+    if model.duration > model.max_duration:
+      raise ValueError(f"duration {model.duration}s exceeds the model's window "
+                       f"{model.max_duration}s; extended generation re-encodes context and "
+                       f"cannot be captured one row per frame")
+    if seed is not None:
+      torch.manual_seed(seed)
+    attributes, _ = model._prepare_tokens_and_attributes(list(texts), None)
+    return model._generate_tokens(attributes, None, progress=False)
 
   def generate_audio(self, tokens):
     return self.model.generate_audio(tokens)
@@ -153,7 +171,7 @@ class TransformersBackend(Backend):
       try:
         tokenizer = AutoTokenizer.from_pretrained(src)
       except Exception as e:  # noqa: BLE001
-        raise models.ModelLoadError(
+        raise audiocraft_musicgen.ModelLoadError(
             f"no T5 tokenizer for this transformers MusicGen ({src or 'built from a config'}); "
             f"pass one: TransformersBackend(model, tokenizer)") from e
     self.tokenizer = tokenizer
@@ -166,7 +184,7 @@ class TransformersBackend(Backend):
   @property
   def info(self):
     c = self.model.config
-    return models.ModelInfo(
+    return audiocraft_musicgen.ModelInfo(
         name=self.model_name, d_model=int(c.decoder.hidden_size),
         num_layers=int(c.decoder.num_hidden_layers), n_q=int(c.decoder.num_codebooks),
         card=int(c.decoder.vocab_size), frame_rate=float(c.audio_encoder.frame_rate),
@@ -200,8 +218,7 @@ class TransformersBackend(Backend):
     """The module whose output is LM site `i`: a block index or `lm.layer.<i>[.attn|.cross_attn]`."""
     layers = self.model.decoder.model.decoder.layers
     if isinstance(i, str):
-      from bridge import capture
-      return capture.lm_site_module(None, i, layers=layers, attn_modules=self.ATTN_MODULES)
+      return site_names.lm_site_module(None, i, layers=layers, attn_modules=self.ATTN_MODULES)
     return layers[int(i)]
 
   def text_module(self):

@@ -59,16 +59,16 @@ def lm_state_dict_to_transformers(sd: dict[str, torch.Tensor]) -> tuple[dict, di
 
 
 def audiocraft_to_transformers(model, audio_config=None):
-  """A transformers backend (bridge.backends.TransformersBackend) computing `model`'s LM.
+  """A transformers backend (bridge.models.backends.TransformersBackend) computing `model`'s LM.
 
   `model`: an audiocraft MusicGen (or its adapter) whose text conditioner is T5. The T5
   encoder and tokenizer are shared as they are; the LM weights are renamed and q/k/v split.
   """
   from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration
-  from bridge import backends, models, models_hf
+  from bridge.models import backends, audiocraft_musicgen, transformers_musicgen
   be = backends.adapt(model)
   lm = be.model.lm
-  cond = models.text_conditioner(be.model)
+  cond = audiocraft_musicgen.text_conditioner(be.model)
   info = be.info
   tr = lm.transformer
   layer0 = tr.layers[0]
@@ -83,16 +83,16 @@ def audiocraft_to_transformers(model, audio_config=None):
     hop = round(info.sample_rate / info.frame_rate)
     audio_config = EncodecConfig(
         sampling_rate=info.sample_rate, audio_channels=1, num_filters=4, hidden_size=32,
-        upsampling_ratios=models._ratios(hop), codebook_size=info.card, codebook_dim=32,
+        upsampling_ratios=audiocraft_musicgen._ratios(hop), codebook_size=info.card, codebook_dim=32,
         target_bandwidths=[info.n_q * info.frame_rate / 100.0], num_residual_layers=1,
         num_lstm_layers=1, use_causal_conv=False, normalize=False, compress=2)
-  with models_hf._quiet():   # T5 built from its config (a module passed in keeps inner
+  with transformers_musicgen._quiet():   # T5 built from its config (a module passed in keeps inner
     # config objects the composite does not update: padding masks were ignored), then loaded
     cfg = MusicgenConfig(text_encoder=copy.deepcopy(cond.t5.config), audio_encoder=audio_config,
                          decoder=dec_cfg)
     hf = MusicgenForConditionalGeneration(cfg).eval()
   if audio_config_given is None:
-    models_hf.random_codebooks(hf, 0)
+    transformers_musicgen.random_codebooks(hf, 0)
   hf.text_encoder.load_state_dict(cond.t5.state_dict())
   dec, proj = lm_state_dict_to_transformers(lm.state_dict())
   missing, unexpected = hf.decoder.load_state_dict(dec, strict=False)

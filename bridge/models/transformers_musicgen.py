@@ -1,7 +1,7 @@
 """MusicGen through Hugging Face transformers: real checkpoints by name/dir, or a tiny random one.
 
 The second backend (`model.backend = "transformers"`): `MusicgenForConditionalGeneration`
-with its T5 tokenizer. Loading returns a `bridge.backends.TransformersBackend`, the same
+with its T5 tokenizer. Loading returns a `bridge.models.backends.TransformersBackend`, the same
 interface the audiocraft model gets, so capture, steering and extraction do not care which
 implementation runs. No audiocraft import here.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bridge import models
+from bridge.models import audiocraft_musicgen
 
 KNOWN_NAMES = ("facebook/musicgen-small", "facebook/musicgen-medium",
                "facebook/musicgen-large")
@@ -41,7 +41,7 @@ def _quiet():
 def tiny_config(dim: int = 64, num_layers: int = 4, num_heads: int = 4, card: int = 256,
                 n_q: int = 4, t5_dim: int = 32, t5_layers: int = 2, sample_rate: int = 16000,
                 hop: int = 320, vocab_size: int = 32):
-  """A `MusicgenConfig` with the tiny audiocraft model's sizes (bridge.models.build_tiny_musicgen)."""
+  """A `MusicgenConfig` with the tiny audiocraft model's sizes (bridge.models.audiocraft_musicgen.build_tiny_musicgen)."""
   from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config)
   t5 = T5Config(vocab_size=vocab_size, d_model=t5_dim, d_kv=8, d_ff=2 * t5_dim,
                 num_layers=t5_layers, num_heads=4, dropout_rate=0.0,
@@ -49,7 +49,7 @@ def tiny_config(dim: int = 64, num_layers: int = 4, num_heads: int = 4, card: in
   frame_rate = sample_rate // hop
   # target bandwidth (kbps) -> quantizers: 1000 bw // (10 frame_rate) must give n_q layers
   enc = EncodecConfig(sampling_rate=sample_rate, audio_channels=1, num_filters=4, hidden_size=32,
-                      upsampling_ratios=models._ratios(hop), codebook_size=card,
+                      upsampling_ratios=audiocraft_musicgen._ratios(hop), codebook_size=card,
                       codebook_dim=32, target_bandwidths=[n_q * frame_rate / 100.0],
                       num_residual_layers=1, num_lstm_layers=1, use_causal_conv=False,
                       normalize=False, compress=2)
@@ -70,10 +70,10 @@ def build_tiny(seed: int = 0, device: str = "cpu", **sizes):
   so the text sites of the two tiny models agree; the LMs are initialised differently.
   """
   from transformers import MusicgenForConditionalGeneration, T5EncoderModel, T5Tokenizer
-  from bridge import backends
+  from bridge.models import backends
   tmp = Path(tempfile.mkdtemp(prefix="musicsae-tiny-t5-"))
   try:
-    tok_dir, vocab_size = models._tiny_tokenizer_dir(tmp)
+    tok_dir, vocab_size = audiocraft_musicgen._tiny_tokenizer_dir(tmp)
     tokenizer = T5Tokenizer.from_pretrained(tok_dir)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -109,13 +109,13 @@ def _resolve(name_or_dir: str) -> tuple[str, Path | None]:
   local = Path(name).expanduser()
   if local.is_dir():
     if not (local / "config.json").is_file():
-      raise models.ModelLoadError(
+      raise audiocraft_musicgen.ModelLoadError(
           f"transformers MusicGen directory {local} lacks config.json; it must be a "
           f"save_pretrained directory (config.json, weights, tokenizer files) as downloaded "
           f"for {KNOWN_NAMES[0]}.")
     return str(local), local
   if name not in KNOWN_NAMES:
-    raise models.ModelLoadError(
+    raise audiocraft_musicgen.ModelLoadError(
         f"unknown MusicGen model {name_or_dir!r} for model.backend=transformers: use 'tiny', "
         f"one of {', '.join(KNOWN_NAMES)}, or a local save_pretrained directory.")
   return name, None
@@ -125,27 +125,27 @@ def load(name_or_dir: str, device: str = "cpu", dtype: torch.dtype | None = None
   """A pretrained transformers MusicGen by hub name or local directory -> TransformersBackend.
 
   Same path for both up to the download (`from_pretrained`); offline without a cached copy
-  it fails at once with what to do (as bridge.models.load_musicgen does for audiocraft).
+  it fails at once with what to do (as bridge.models.audiocraft_musicgen.load_musicgen does for audiocraft).
   """
-  from bridge import backends
+  from bridge.models import backends
   if name_or_dir == "tiny":
     return build_tiny(device=device)
   src, local = _resolve(name_or_dir)
   from transformers import AutoTokenizer, MusicgenForConditionalGeneration
   try:
-    with models._offline_unless_hub_reachable(local is not None), _quiet():
+    with audiocraft_musicgen._offline_unless_hub_reachable(local is not None), _quiet():
       model = MusicgenForConditionalGeneration.from_pretrained(
           src, **({"dtype": dtype} if dtype is not None else {}))
       tokenizer = AutoTokenizer.from_pretrained(src)
   except Exception as e:  # noqa: BLE001 - hub/network errors come in many types
     why = " ".join(str(e).split())[:200]          # one line
     if local is not None:
-      raise models.ModelLoadError(
+      raise audiocraft_musicgen.ModelLoadError(
           f"could not load the transformers MusicGen in {local} ({type(e).__name__}: "
           f"{why}); it must hold config.json, the weights and the T5 tokenizer "
           f"files (save_pretrained of the model and its processor).") from e
     cache = os.environ.get("HF_HOME", "the default hub cache")
-    raise models.ModelLoadError(
+    raise audiocraft_musicgen.ModelLoadError(
         f"could not load {src!r} with transformers ({type(e).__name__}: {why}). No "
         f"weights in {cache} and no network? Download {src} (config.json, model weights, "
         f"tokenizer files) on a connected machine into a directory and pass that directory, "

@@ -1,5 +1,5 @@
 """A MusicGen model organism: audiocraft's own codec and LM, trained at small size on the
-synthesized concept set (bridge/concepts.py), whose labels are exact.
+synthesized concept set (bridge/sources/concepts.py), whose labels are exact.
 
   data.py     clips + label captions ("flute, 120 bpm, e major scale, ...") + the split
   mel.py      a torch mel spectrogram for audiocraft's spectral losses (no torchaudio here)

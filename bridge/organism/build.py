@@ -1,7 +1,7 @@
 """The organism recipe: concept set -> codec -> tokens -> LM -> a MusicGen directory.
 
 `make_organism(config, workdir)` renders the concept set if needed (c.concepts), builds a
-MusicGen from audiocraft's classes at the sizes of c.organism.model (bridge.models'
+MusicGen from audiocraft's classes at the sizes of c.organism.model (bridge.models.audiocraft_musicgen'
 tiny builder, with a tokenizer holding every caption word), trains the codec and then the
 LM on held-in clips, measures both on held-out clips, and saves `<out>/` in the layout of
 the hub checkpoints (state_dict.bin, compression_state_dict.bin, t5/), so `model.name=<out>`
@@ -18,8 +18,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bridge import concepts as concepts_lib
-from bridge import models
+from bridge.sources import concepts as concepts_lib
+from bridge.models import audiocraft_musicgen
 from bridge.organism import codec as codec_lib
 from bridge.organism import data
 from bridge.organism import lm as lm_lib
@@ -43,7 +43,7 @@ def build_model(o, words):
       "rvq": {"kmeans_init": True, "kmeans_iters": 50, "decay": float(o.codec.ema_decay)},
       "seanet": {"n_filters": int(m.seanet_filters), "dimension": int(m.seanet_dimension),
                  "n_residual_layers": int(m.seanet_residual_layers)}}
-  return models.build_tiny_musicgen(
+  return audiocraft_musicgen.build_tiny_musicgen(
       seed=int(o.seed), dim=int(m.dim), num_layers=int(m.num_layers), num_heads=int(m.num_heads),
       card=int(m.card), n_q=int(m.n_q), t5_dim=int(m.t5_dim), t5_layers=int(m.t5_layers),
       sample_rate=int(m.sample_rate), hop=int(m.hop), words=words, overrides=overrides)
@@ -78,7 +78,7 @@ def make_organism(config, workdir: str, *, log: Callable[[str], None] = print) -
       f"{len(held)} held out) from {concepts_dir}")
   model = build_model(o, data.words(clips["captions"]))
   sizes = {"lm_params": _count(model.lm), "codec_params": _count(model.compression_model),
-           "t5_params": _count(models.text_conditioner(model).t5)}
+           "t5_params": _count(audiocraft_musicgen.text_conditioner(model).t5)}
   log(f"organism: LM {sizes['lm_params'] / 1e6:.2f} M params, codec "
       f"{sizes['codec_params'] / 1e6:.2f} M, frozen T5 {sizes['t5_params'] / 1e6:.2f} M")
 
@@ -122,8 +122,8 @@ def make_organism(config, workdir: str, *, log: Callable[[str], None] = print) -
       log(f"organism acoustic {k}: original {v['accuracy_original']:.2f}, reconstructed "
           f"{v['accuracy_reconstructed']:.2f}, chance {v['chance']:.2f}")
 
-  models.save_musicgen(model, out)
-  reloaded = models.load_musicgen(out)                 # the real-weights path, as extract uses it
+  audiocraft_musicgen.save_musicgen(model, out)
+  reloaded = audiocraft_musicgen.load_musicgen(out)                 # the real-weights path, as extract uses it
   check = torch.from_numpy(wav[held[:2]])[:, None]
   with torch.no_grad():
     same = bool(torch.equal(reloaded.compression_model.encode(check)[0],

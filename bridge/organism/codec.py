@@ -25,8 +25,8 @@ def losses(sample_rate: int, clip_samples: int = 0):
   default would cap a 2 s clip's SI-SNR near 33 dB)."""
   from torch import nn
 
-  from bridge import models
-  models.import_audiocraft()                   # the shim first: audiocraft imports torchaudio
+  from bridge.models import audiocraft_musicgen
+  audiocraft_musicgen.import_audiocraft()                   # the shim first: audiocraft imports torchaudio
   from audiocraft import losses as ac_losses
   mel.install()
   return {"l1": nn.L1Loss(),

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from bridge import concepts
+from bridge.sources import concepts
 
 DENSITY = {1: "quarter notes", 2: "eighth notes", 3: "triplets", 4: "sixteenth notes"}
 DYNAMICS = {"pp": "very soft", "mf": "medium loud", "ff": "very loud"}

@@ -1,6 +1,6 @@
 """A torch mel spectrogram with torchaudio's `MelSpectrogram` interface, for audiocraft's
 spectral losses (`audiocraft.losses.specloss`), which import torchaudio's class at module
-level. torchaudio does not load next to CPU torch here (bridge/models.py installs a
+level. torchaudio does not load next to CPU torch here (bridge/models/audiocraft_musicgen.py installs a
 placeholder), so `install()` puts this class where the losses look it up; the losses
 themselves (padding, log floor, the multi-scale sum) stay audiocraft's.
 

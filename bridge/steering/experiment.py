@@ -5,7 +5,7 @@ has a paired baseline clip), then, for each method of `steer.method` (one, or se
 comma-separated, side by side on that baseline), every exported direction x strength and
 `steer.controls` controls x strength as the null (for add, per kind of `steer.control_kinds`:
 other decoder rows, the baseline's activation covariance, isotropic Gaussian, all of the
-features' norm (bridge.steer_controls); the same edit on other active features for
+features' norm (bridge.steering.controls); the same edit on other active features for
 scale/set/transplant). The identity
 strength (alpha 0 for add, 1 for scale) reuses the baseline (bit-identical to no hook;
 tested). Clip names carry the method (`audio_name`), so methods never overwrite each other.
@@ -14,10 +14,10 @@ Every clip is measured (`MEASURES`): audio descriptors (librosa), the steered fe
 during generation and on an unhooked re-read, the token NLL of the generated codes under
 the UNSTEERED model (drift: how surprising the steered music is to the model itself), and
 the target-concept probability from an in-run classifier on audio descriptors
-(`bridge.steer_concept`). `steer.json` keeps every value per prompt; each condition also
+(`bridge.measures.concept_classifier`). `steer.json` keeps every value per prompt; each condition also
 gets `stats[measure]` = paired change vs baseline: mean, t interval, t / Wilcoxon p; each
 steered strength `vs_controls`: the rank p of its concept change among the controls at that
-strength; each feature and method one `verdict` line (bridge.steer_stats).
+strength; each feature and method one `verdict` line (bridge.steering.stats).
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ import os
 import numpy as np
 import torch
 
-from bridge import backends, steer_controls, steer_stats, steering
+from bridge.models import backends, site_names
+from bridge.steering import controls, stats, hooks
 from musicsae_jax import files, progress
 
 TEXT_SITES = ("cond.proj", "t5.hidden")   # steered with add_text_direction (no steps)
@@ -47,7 +48,7 @@ def unsteered_reread(model, texts, tokens: torch.Tensor, layer, sae, fids) -> di
   """
   be = backends.adapt(model)
   seen = []
-  h = (steering._site_module(be, layer).register_forward_hook(
+  h = (hooks._site_module(be, layer).register_forward_hook(
       lambda m, a, o: seen.append((o[0] if isinstance(o, tuple) else o).detach()))
        if layer is not None else None)
   try:
@@ -112,7 +113,7 @@ class _FeatureProbe(contextlib.AbstractContextManager):
 
 
 def _config(config) -> dict:
-  sc = dict(steering.STEER_DEFAULTS)
+  sc = dict(hooks.STEER_DEFAULTS)
   sc.update({k: v.to_dict() if hasattr(v, "to_dict") else v
              for k, v in (config.get("steer") or {}).items() if v is not None})
   return sc
@@ -146,16 +147,16 @@ def audio_name(method: str, what: str, alpha: float) -> str:
 
 def builtin_prompts(n: int) -> list[str]:
   """The first `n` built-in emotion prompts (round-robin over emotions, so balanced)."""
-  from bridge import prompts as prompts_lib
+  from bridge.sources import prompts as prompts_lib
   return [p["text"] for p in prompts_lib.emotion_prompts(max(1, -(-int(n) // 4)))][: int(n)]
 
 
 def few_prompts_warning(n: int) -> str | None:
   """One line when `n` prompts are too few for the intervals and p-values to mean much."""
-  if n >= steer_stats.MIN_PROMPTS:
+  if n >= stats.MIN_PROMPTS:
     return None
   return (f"WARNING steer: only {n} prompts (steer.num_prompts / steer.prompts): below "
-          f"{steer_stats.MIN_PROMPTS} the t intervals are wide and the paired tests weak; "
+          f"{stats.MIN_PROMPTS} the t intervals are wide and the paired tests weak; "
           f"use 16 or more")
 
 
@@ -166,19 +167,20 @@ def _label_key(labels) -> str | None:
 
 def run_steering(config, workdir: str) -> dict:
   """Baseline, steered and control generations; per-prompt measures to steer.json."""
-  from bridge import audio_features, capture, extract, steer_concept
-  from bridge import models as models_lib
-  from bridge.sae_torch import TorchSAE
+  from bridge.measures import descriptors, concept_classifier
+  from bridge.capture import extract
+  from bridge.models import audiocraft_musicgen as models_lib
+  from bridge.models.sae_torch import TorchSAE
   import soundfile as sf
   sc = _config(config)
   exp_dir = os.path.join(workdir, "exports", config.run)
-  dirs, man = steering.load_directions(exp_dir)
-  sel = steering._selected(sc["features"], man, exp_dir)   # checked before the model loads
+  dirs, man = hooks.load_directions(exp_dir)
+  sel = hooks._selected(sc["features"], man, exp_dir)   # checked before the model loads
   kind = man.get("kind", "sae_decoder")     # or "mean_difference" / "probe" (no SAE features)
   sae = (TorchSAE.from_export(exp_dir) if kind == "sae_decoder" and
          os.path.exists(os.path.join(exp_dir, "cfg.json")) else None)
   layer = man["layer"]
-  if layer is None and capture.is_lm_site(man["site"]):
+  if layer is None and site_names.is_lm_site(man["site"]):
     layer = man["site"]              # an attention site: lm.layer.<i>.attn / .cross_attn
   text_site = man["site"] if man["site"] in TEXT_SITES else None
   if layer is None and text_site is None:
@@ -188,7 +190,7 @@ def run_steering(config, workdir: str) -> dict:
   B, seed = len(texts), int(sc["seed"])
   plan = methods_of(sc)
   names = [p["method"] for p in plan]
-  kinds = steer_controls.check_kinds(sc["control_kinds"])
+  kinds = controls.check_kinds(sc["control_kinds"])
   edits = [m for m in names if m != "add"]            # methods that edit SAE latents
   if text_site and edits:
     raise ValueError(f"--config.steer.method={edits[0]!r}: text-conditioning directions "
@@ -199,8 +201,8 @@ def run_steering(config, workdir: str) -> dict:
   if edits and sae is None:
     raise ValueError(f"--config.steer.method={edits[0]!r} edits SAE latents but {exp_dir} has no "
                      f"SAE (cfg.json); export the SAE with launch.export")
-  schedule = steering.parse_schedule(sc["schedule"])       # checked before the model loads
-  control_kinds = steer_controls.resolve(kinds, has_decoder=W_dec is not None) \
+  schedule = hooks.parse_schedule(sc["schedule"])       # checked before the model loads
+  control_kinds = controls.resolve(kinds, has_decoder=W_dec is not None) \
       if "add" in names else []
   if "transplant" in names and not sc["transplant_from"]:
     raise ValueError("--config.steer.method=transplant needs --config.steer.transplant_from="
@@ -208,26 +210,26 @@ def run_steering(config, workdir: str) -> dict:
   strengths = plan[0]["strengths"]
   sizes = models_lib.expected_sizes(config.model)     # known without loading: check now
   if sizes:
-    steering.check_sizes(sizes, dirs, layer, text_site, exp_dir, config.model.name)
+    hooks.check_sizes(sizes, dirs, layer, text_site, exp_dir, config.model.name)
   threads = int(config.get("extract", {}).get("torch_threads", 0))
   if threads:
     torch.set_num_threads(threads)
   with progress.phase(f"steer: loading model {config.model.name}"):
     model = extract.build_model(config.model)
-  steering._check_fits(model, dirs, layer, exp_dir, config.model.name, text_site)
+  hooks._check_fits(model, dirs, layer, exp_dir, config.model.name, text_site)
   model.set_generation_params(duration=float(sc["duration"]), use_sampling=True,
                               top_k=int(config.get("extract", {}).get("top_k", 50)))
   rel = man["mean_norm"] if sc["relative"] else None
   source = None
   if "transplant" in names:             # every feature's pattern over time on the source
-    _, source = steering.record_features(model, [str(sc["transplant_from"])], layer, sae,
+    _, source = hooks.record_features(model, [str(sc["transplant_from"])], layer, sae,
                                          range(sae.m), seed=seed)
   out_dir = os.path.join(workdir, "reports", config.run)
   audio_dir = os.path.join(out_dir, "audio")
   os.makedirs(audio_dir, exist_ok=True)
   fids = [int(man["feature_ids"][i]) for i in sel]
   be = backends.adapt(model)
-  layer_mod = steering._site_module(be, layer) if layer is not None else None
+  layer_mod = hooks._site_module(be, layer) if layer is not None else None
   rec_mod = layer_mod if layer is not None else (        # where covariance controls come from
       be.text_module() if text_site == "t5.hidden" else be.proj_module())
 
@@ -241,7 +243,7 @@ def run_steering(config, workdir: str) -> dict:
         _cond_rows(o, len(texts_)).detach().float().cpu())) if record is not None else None)
     try:
       with steer_ctx, probe as p:
-        tokens = capture.generate_tokens(model, texts_, seed=seed)
+        tokens = backends.adapt(model).generate_tokens(texts_, seed=seed)
     finally:
       if rec is not None:
         rec.remove()
@@ -254,10 +256,10 @@ def run_steering(config, workdir: str) -> dict:
         rel_path = f"audio/{name}_p{b}.wav"
         sf.write(os.path.join(out_dir, rel_path), w.T, model.sample_rate)
         paths.append(rel_path)
-      d = audio_features.clip_descriptors(w, model.sample_rate)
+      d = descriptors.clip_descriptors(w, model.sample_rate)
       for k in AUDIO_MEASURES:
         meas[k].append(float(d[k]))
-      vecs.append(audio_features.clip_vector(w, model.sample_rate))
+      vecs.append(descriptors.clip_vector(w, model.sample_rate))
     if clap is not None and name:
       meas["_clap"] = clap.audio(wav, model.sample_rate)
     if isinstance(p, _FeatureProbe):
@@ -270,7 +272,7 @@ def run_steering(config, workdir: str) -> dict:
   results = {"run": config.run, "site": man["site"], "layer": layer, "prompts": texts,
              "warnings": [warning] if warning else [],
              "significance": float(sc["significance"]),
-             "ci": {"method": steer_stats.CI_METHOD, "level": steer_stats.LEVEL},
+             "ci": {"method": stats.CI_METHOD, "level": stats.LEVEL},
              "seed": seed, "mean_norm": man["mean_norm"], "relative": bool(sc["relative"]),
              "strengths": strengths, "measures": list(MEASURES), "method": ",".join(names),
              "directions_kind": kind, "transplant_from": sc["transplant_from"] or None,
@@ -280,7 +282,7 @@ def run_steering(config, workdir: str) -> dict:
   for p in plan:
     p["nonzero"] = [a for a in p["strengths"] if a != IDENTITY.get(p["method"])]
   label_key = _label_key(man["labels"])
-  refs = (steer_concept.reference_prompts(label_key, int(sc["concept_per_value"]), texts)
+  refs = (concept_classifier.reference_prompts(label_key, int(sc["concept_per_value"]), texts)
           if label_key and int(sc["concept_per_value"]) > 0 else [])
   total = 1 + bool(refs) + sum((len(sel) + p["controls"] * (
       len(control_kinds) if p["method"] == "add" else 1)) * len(p["nonzero"]) for p in plan)
@@ -289,8 +291,8 @@ def run_steering(config, workdir: str) -> dict:
     bar.write(warning)
 
   # --- CLAP (optional; skipped with one line when no local model is named) --------------
-  from bridge import steer_clap
-  clap, clap_what = steer_clap.ClapScorer.load(str(sc["clap"] or ""))
+  from bridge.measures import clap
+  clap, clap_what = clap.ClapScorer.load(str(sc["clap"] or ""))
   values = sorted({str(lab).split("=", 1)[1] for lab in man["labels"] if lab and "=" in str(lab)})
   if clap is not None:
     prompt_emb = clap.text(texts)
@@ -305,7 +307,7 @@ def run_steering(config, workdir: str) -> dict:
   if refs:
     _, ref_vecs, _ = generate([p["text"] for p in refs], contextlib.nullcontext(), [], None)
     bar.update(1)
-    clf = steer_concept.CentroidClassifier(ref_vecs, [p["labels"][label_key] for p in refs])
+    clf = concept_classifier.CentroidClassifier(ref_vecs, [p["labels"][label_key] for p in refs])
     results["concept"] = {"kind": "nearest centroid on audio descriptors (mean, std over frames)",
                           "label_key": label_key, "values": clf.values,
                           "train_clips": len(refs), "loo_accuracy": clf.loo_accuracy(),
@@ -348,7 +350,7 @@ def run_steering(config, workdir: str) -> dict:
     return {"audio": cond["audio"], "per_prompt": per}
 
   def stats(cond: dict, base: dict) -> dict:
-    return {k: steer_stats.paired_summary(v, base["per_prompt"][k])
+    return {k: stats.paired_summary(v, base["per_prompt"][k])
             for k, v in cond["per_prompt"].items() if k in base["per_prompt"]}
 
   # --- baseline: once per prompt and seed, shared by every method ----------------------
@@ -361,15 +363,15 @@ def run_steering(config, workdir: str) -> dict:
     """`target`: a direction (add) or an SAE feature id (scale, set, transplant)."""
     kw = dict(half=sc["half"], steps=sc["steps"], schedule=schedule)
     if text_site:
-      return steering.add_text_direction(model, target, a, relative_to=rel, site=text_site,
+      return hooks.add_text_direction(model, target, a, relative_to=rel, site=text_site,
                                          half=sc["half"])
     if method == "add":
-      return steering.add_direction(model, layer, target, a, relative_to=rel, **kw)
+      return hooks.add_direction(model, layer, target, a, relative_to=rel, **kw)
     if method == "transplant":
       t = int(target)
-      return steering.transplant_features(model, layer, sae, [t], source[:, :, [t]], alpha=a, **kw)
+      return hooks.transplant_features(model, layer, sae, [t], source[:, :, [t]], alpha=a, **kw)
     spec = ("scale", a) if method == "scale" else a
-    return steering.clamp_features(model, layer, sae, {int(target): spec}, **kw)
+    return hooks.clamp_features(model, layer, sae, {int(target): spec}, **kw)
 
   # --- controls per method, shared by every feature -----------------------------------
   probe_others = base_raw[0].get("_probe")
@@ -384,13 +386,13 @@ def run_steering(config, workdir: str) -> dict:
       targets, kind_of, desc = [], [], {}
       for asked, kind in control_kinds:
         if kind == "gaussian":
-          v = steer_controls.gaussian(n_ctrl, dirs.shape[1], norm, g)
+          v = controls.gaussian(n_ctrl, dirs.shape[1], norm, g)
           desc[kind] = "isotropic Gaussian directions"
         elif kind == "decoder":
-          v, rows = steer_controls.decoder(n_ctrl, W_dec, fids, norm, g)
+          v, rows = controls.decoder(n_ctrl, W_dec, fids, norm, g)
           desc[kind] = f"other decoder rows of the SAE ({rows[:8]}{' ...' if len(rows) > 8 else ''})"
         else:
-          v = steer_controls.covariance(n_ctrl, torch.cat([a.reshape(-1, a.shape[-1]) for a in acts]),
+          v = controls.covariance(n_ctrl, torch.cat([a.reshape(-1, a.shape[-1]) for a in acts]),
                                         norm, g)
           desc[kind] = ("directions ~ N(0, activation covariance of the baseline at the site)" +
                         (" (no SAE for 'decoder')" if asked != kind else ""))
@@ -471,10 +473,10 @@ def judge(entry: dict, *, identity, measure: str | None, why_none: str, level: f
       if c["alpha"] == s["alpha"]:
         by_kind.setdefault(c.get("kind", "control"), []).append(
             c["stats"].get(measure, {}).get("mean"))
-    s["vs_controls"] = {"measure": measure, **steer_stats.vs_controls(obs, by_kind)}
+    s["vs_controls"] = {"measure": measure, **stats.vs_controls(obs, by_kind)}
     if identity is None or s["alpha"] > identity:      # pushes toward the feature
       points.append((s["alpha"], s["vs_controls"]["p_rank"]))
-  entry["verdict"] = steer_stats.verdict(sorted(points), target=entry["target"], measure=measure,
+  entry["verdict"] = stats.verdict(sorted(points), target=entry["target"], measure=measure,
                                          level=level, n_controls=n_per_kind, why_none=why_none)
   return entry["verdict"]
 

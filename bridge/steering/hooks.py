@@ -8,7 +8,7 @@ output of the previous one, in entry order)::
     with add_direction(model, 3, d[0], alpha=4.0, relative_to=man["mean_norm"]):
         wav = model.generate(["calm piano"])
 
-LM layer hooks sit on the backend's decoder layer (bridge.backends: audiocraft
+LM layer hooks sit on the backend's decoder layer (bridge.models.backends: audiocraft
 `model.lm.transformer.layers[i]`, transformers `model.decoder.model.decoder.layers[i]`;
 output `[B', S, D]`). With classifier-free guidance the batch is `[cond; uncond]` (rows
 `[:B'/2]` are conditional) on both; with audiocraft's `two_step_cfg` each step makes a
@@ -34,7 +34,8 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from bridge import backends, defaults
+from bridge.models import backends, site_names
+from bridge import config_defaults
 
 HALVES = ("cond", "uncond", "both")
 SCHEDULES = ("every", "ramp")
@@ -179,12 +180,11 @@ class _Steerer(contextlib.AbstractContextManager):
 def _site_module(model, layer) -> torch.nn.Module:
   """`layer`: an index (the residual stream after that block) or an LM site name
   (`lm.layer.<i>`, `lm.layer.<i>.attn`, `lm.layer.<i>.cross_attn`), on either backend."""
-  from bridge import capture
   be = backends.adapt(model)
   if isinstance(layer, str):
     try:
       return be.layer_module(layer)
-    except capture.UnknownSiteError as e:
+    except site_names.UnknownSiteError as e:
       raise ValueError(str(e)) from None
   n = be.info.num_layers
   if not 0 <= int(layer) < n:
@@ -325,10 +325,10 @@ class transplant_features(_Steerer):
 def record_features(model, texts, layer, sae, ids, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
   """(tokens, pattern [B, T, F]): features `ids` at each step of an unsteered generation of
   `texts` (teacher-forced re-read: pass i reads frame i), the input of transplant_features."""
-  from bridge import capture
-  tokens = capture.generate_tokens(model, texts, seed=seed)
+  from bridge.capture import record
+  tokens = record.generate_tokens(model, texts, seed=seed)
   site = layer if isinstance(layer, str) else f"lm.layer.{layer}"
-  cap = capture.teacher_forced_capture(model, texts, tokens, [site])
+  cap = record.teacher_forced_capture(model, texts, tokens, [site])
   rows = torch.from_numpy(np.stack(cap.acts[site])).float()
   with torch.no_grad():
     return tokens, sae.encode(rows)[..., [int(i) for i in ids]]
@@ -385,7 +385,7 @@ class add_text_direction(_Steerer):
 # The steering experiment (launch/steer.py): prompts × strengths, baseline vs steered
 # --------------------------------------------------------------------------------------
 
-STEER_DEFAULTS = defaults.steer().to_dict()   # every config.steer field and its default
+STEER_DEFAULTS = config_defaults.steer().to_dict()   # every config.steer field and its default
 
 
 def _selected(features, man: dict, exp_dir: str) -> list[int]:
@@ -403,7 +403,7 @@ def _selected(features, man: dict, exp_dir: str) -> list[int]:
 
 def check_sizes(sizes: dict, dirs, layer, text_site, exp_dir: str, model_name: str) -> None:
   """The exported directions must match the model they steer: width (of the LM, or of the
-  text site) and layer. `sizes`: {d_model, num_layers, t5_dim} (models.expected_sizes before
+  text site) and layer. `sizes`: {d_model, num_layers, t5_dim} (audiocraft_musicgen.expected_sizes before
   the model loads, or its model_info after)."""
   if text_site:
     width = sizes["t5_dim"] if text_site == "t5.hidden" else sizes["d_model"]
@@ -422,14 +422,7 @@ def check_sizes(sizes: dict, dirs, layer, text_site, exp_dir: str, model_name: s
 
 def _check_fits(model, dirs, layer, exp_dir: str, model_name: str, text_site=None) -> None:
   """check_sizes against the loaded model (and an attention site's module)."""
-  from bridge import models
-  info = models.model_info(model)
+  info = backends.model_info(model)
   check_sizes(dataclasses.asdict(info), dirs, layer, text_site, exp_dir, model_name)
   if isinstance(layer, str) and not text_site:
     _site_module(model, layer)      # an attention site of a layer the model has
-
-
-def run_steering(config, workdir: str) -> dict:
-  """The steering experiment (`launch.steer`); see bridge/steer_eval.py."""
-  from bridge import steer_eval
-  return steer_eval.run_steering(config, workdir)

@@ -37,8 +37,8 @@ SNIPPET_GRID_S = 0.25      # snippet starts snap to this grid, so nearby example
 
 
 def defaults() -> dict:
-  """The `analysis.browser` fields and their defaults (musicsae_jax.defaults.browser)."""
-  from musicsae_jax import defaults as d
+  """The `analysis.browser` fields and their defaults (musicsae_jax.config_defaults.browser)."""
+  from musicsae_jax import config_defaults as d
   return d.browser().to_dict()
 
 

@@ -5,7 +5,7 @@ section (`layers`) in report.html.
 
 Two ways in: `table(...)` reorganises the probe results `pipeline.analyze` already computed
 (no extra work), and `probe_store(...)` probes any store whose prompts.jsonl carries labels,
-with or without a run (`python -m launch.probe_layers`). Labels with K > 2 values get
+with or without a run (`python -m launch.probe_layers`, musicsae_jax/analysis/layer_probes.py). Labels with K > 2 values get
 multinomial probes (probes.cross_validate); chance is 1/K, and the control shuffles labels
 across prompts, so `gap` = accuracy − shuffled accuracy is the evidence a layer carries
 the concept linearly.
@@ -13,7 +13,6 @@ the concept linearly.
 from __future__ import annotations
 
 import html
-import json
 import os
 from typing import Callable
 
@@ -275,69 +274,3 @@ def write(tab: dict, out_dir: str) -> dict:
                                     f"musicsae report: {tab.get('run') or tab.get('dataset')}",
                                     before=report.LATER_SECTIONS)
   return {"probes_by_layer": path, "report": html_path}
-
-
-# --- from a workspace: any store with labels, plus the SAE of a run when there is one ------
-
-
-def probe_layers(config, workdir: str, *, label_keys=(), sites=(), run: str | None = None,
-                 log: Callable[[str], None] = print) -> dict:
-  """Probe config.dataset's layers for every label (or `label_keys`) and write
-  reports/<report name>/probes_by_layer.json + the `layers` section of its report.html.
-
-  run: a trained run (runs/<run>) whose SAE latents are probed and whose best feature per
-  label value is listed; None = config.run when runs/<config.run> exists; "" = none. The
-  report goes to reports/<run or config.run>/.
-  """
-  from musicsae_jax import store as store_lib
-  from musicsae_jax.analysis import pipeline
-  a = pipeline.resolve(config)
-  ds_path = os.path.join(workdir, "activations", a["dataset"])
-  if not store_lib.exists(ds_path):
-    raise AnalysisError(f"{ds_path}: no activation dataset {a['dataset']!r} (run launch.extract)")
-  ds = store_lib.open_dataset(ds_path)
-  if run is None:
-    run = a["run"] if os.path.exists(os.path.join(workdir, "runs", a["run"] or "", "config.json")) else ""
-  folds = int(a["probe_folds"])
-  extra, sae_site, pm, has_rows = [], None, None, None
-  if run:
-    run_cfg, norm, params, step = pipeline.load_run(workdir, run, a["step"])
-    sae_site = a["site"] or run_cfg.get("train", {}).get("site")
-    if sae_site not in ds.sites:
-      raise AnalysisError(f"run {run!r} was trained on {sae_site!r}, which is not in {ds_path}; "
-                          f"store sites: {sorted(ds.sites)}")
-    enc = stats.Encoder(stats.sae_from_params(params, run_cfg.get("sae")),
-                        float(norm.get("scale", 1.0)), int(a["batch_rows"]))
-    st = stats.feature_stats(ds.site(sae_site), enc, len(ds.prompts), top_n=1)
-    pm, has_rows = st.prompt_mean, st.prompt_count > 0
-    extra = [(f"sae:{sae_site}", pm, has_rows)]
-    log(f"probe_layers: SAE of run {run} (step {step}) on {sae_site}")
-  results, skipped = probe_store(ds, label_keys=label_keys, sites=sites, folds=folds,
-                                 l2=float(a["probe_l2"]), steps=int(a["probe_steps"]),
-                                 shuffles=int(a["probe_shuffles"]), seed=int(a["seed"]),
-                                 extra_inputs=extra, log=log)
-  feats, rand = None, None
-  if run:
-    feats = {}
-    labels = {}
-    for key in results:
-      values, y = lab.label_vector(ds.prompts, key)
-      labels[key] = (values, np.where(has_rows, y, -1))
-    x_site, _ = stats.prompt_means(ds.site(sae_site), len(ds.prompts))
-    vocab = np.array([p.get("split") == pipeline.HELDOUT_VOCAB for p in ds.prompts], bool)
-    splits = {}
-    for key in results:
-      values, y = lab.label_vector(ds.prompts, key)
-      v = pipeline._validate_label(pm, np.where(has_rows, y, -1), values, a, vocab)  # pylint: disable=protected-access
-      splits[key] = v["masks"]
-      best = {}
-      for k, val in enumerate(values):
-        if v["tops"][val]:
-          f = v["tops"][val][0]
-          best[val] = {"id": f, **pipeline._feature_scores(v, k, f, float(a["alpha"]))}  # pylint: disable=protected-access
-      feats[key] = best
-    rand = random_direction_features(x_site, labels, pm.shape[1], a, splits=splits)
-  settings = {k: a[k] for k in ("probe_folds", "probe_l2", "probe_steps", "probe_shuffles", "seed")}
-  tab = table(results, feats, dataset=a["dataset"], run=run or None, settings=settings,
-              skipped=skipped, random_directions=rand)
-  return write(tab, os.path.join(workdir, "reports", run or a["run"]))

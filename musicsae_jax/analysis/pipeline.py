@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from musicsae_jax import defaults, files, metrics, progress, store as store_lib
+from musicsae_jax import config_defaults, files, metrics, progress, store as store_lib
 from musicsae_jax.analysis import browser, labelers, labels as lab, layers, probes, report, stats, validity
 from musicsae_jax.analysis.stats import AnalysisError
 
@@ -23,7 +23,7 @@ AUDIO_SITE = "audio.descriptors"
 FORMAT_VERSION = 2
 HELDOUT_VOCAB = "heldout_vocab"     # prompts.jsonl "split" of held-out-vocabulary prompts
 
-DEFAULTS = defaults.analysis().to_dict()   # every config.analysis field and its default
+DEFAULTS = config_defaults.analysis().to_dict()   # every config.analysis field and its default
 
 
 def resolve(config) -> dict:

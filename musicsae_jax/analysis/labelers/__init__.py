@@ -6,7 +6,7 @@ The flow (`launch.analyze` runs it; `analysis.labelers` selects the labelers):
    `label_examples.json` (`write_request`): per feature the snippets to label from and the
    held-out ones to score on (`examples.choose`), the shared random snippets, and the texts
    CLAP must embed (the descriptor vocabulary and the word labels).
-2. The bridge embeds them with CLAP in a torch process (`python -m bridge.label_clap
+2. The bridge embeds them with CLAP in a torch process (`python -m bridge.measures.clap_labels
    REPORT_DIR` -> `clap_embeddings.npz` + `.json`; a one-line skip without weights).
 3. `write_labels` ranks the vocabulary (`clap.rank`), asks the LLM (`llm`), has the bridge
    embed the LLM labels (`--label_texts`), scores every label by every scorer available
@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from musicsae_jax import defaults, files
+from musicsae_jax import config_defaults, files
 from musicsae_jax.analysis.labelers import clap, descriptors as desc_lib, examples, llm, scoring
 from musicsae_jax.analysis.stats import AnalysisError
 
@@ -40,7 +40,7 @@ def resolve(a: dict) -> dict:
   bad = [n for n in names if n not in LABELERS]
   if bad:
     raise AnalysisError(f"analysis.labelers={names}: unknown {bad}; choose from {LABELERS}")
-  s = defaults.labeling().to_dict()
+  s = config_defaults.labeling().to_dict()
   given = dict(a.get("labeling") or {})
   unknown = sorted(set(given) - set(s))
   if unknown:
@@ -126,7 +126,7 @@ def _load_embeddings(out_dir: str, req: dict) -> tuple[dict | None, str]:
   if not req["clap"]["model"]:
     return None, "not selected (analysis.labelers)"
   if not os.path.exists(meta_path):
-    return None, f"no {EMBEDDINGS}.json (run python -m bridge.label_clap {out_dir})"
+    return None, f"no {EMBEDDINGS}.json (run python -m bridge.measures.clap_labels {out_dir})"
   with open(meta_path) as f:
     meta = json.load(f)
   if "skipped" in meta:
@@ -134,10 +134,10 @@ def _load_embeddings(out_dir: str, req: dict) -> tuple[dict | None, str]:
   with np.load(os.path.join(out_dir, EMBEDDINGS + ".npz")) as z:
     emb = {"audio": z["audio"].astype(np.float64), "text": z["text"].astype(np.float64)}
   if meta.get("request_sha256") != request_digest(out_dir):
-    return None, f"{EMBEDDINGS}.npz is older than {REQUEST} (rerun python -m bridge.label_clap)"
+    return None, f"{EMBEDDINGS}.npz is older than {REQUEST} (rerun python -m bridge.measures.clap_labels)"
   texts = req["clap"]["texts"]
   if emb["audio"].shape[0] != len(req["snippets"]) or emb["text"].shape[0] != len(texts):
-    return None, f"{EMBEDDINGS}.npz does not match {REQUEST} (rerun python -m bridge.label_clap)"
+    return None, f"{EMBEDDINGS}.npz does not match {REQUEST} (rerun python -m bridge.measures.clap_labels)"
   emb["text_index"] = {t: i for i, t in enumerate(texts)}
   emb["model"] = meta.get("model", "")
   return emb, emb["model"]
@@ -149,7 +149,7 @@ def _label_vectors(out_dir: str, req: dict, emb: dict, texts: list[str],
 
   Texts outside the request (LLM labels, known only after the CLAP pass) are listed in
   label_texts.json and embedded by `embed_label_texts(out_dir)` (launch.analyze runs
-  `python -m bridge.label_clap REPORT_DIR --label_texts`); embeddings already on disk for
+  `python -m bridge.measures.clap_labels REPORT_DIR --label_texts`); embeddings already on disk for
   the same request and model are reused."""
   vecs = {t: emb["text"][emb["text_index"][t]] for t in texts if t in emb["text_index"]}
   missing = sorted(set(texts) - set(vecs))
@@ -160,7 +160,7 @@ def _label_vectors(out_dir: str, req: dict, emb: dict, texts: list[str],
 
   def load() -> tuple[dict, str]:
     if not os.path.exists(meta_path):
-      return {}, f"no {LABEL_TEXT_EMBEDDINGS}.json (python -m bridge.label_clap {out_dir} --label_texts)"
+      return {}, f"no {LABEL_TEXT_EMBEDDINGS}.json (python -m bridge.measures.clap_labels {out_dir} --label_texts)"
     with open(meta_path) as f:
       meta = json.load(f)
     if "skipped" in meta:
@@ -172,7 +172,7 @@ def _label_vectors(out_dir: str, req: dict, emb: dict, texts: list[str],
     got = {t: text[i] for i, t in enumerate(meta["texts"])}
     return got, ("" if all(t in got for t in missing) else
                  f"{LABEL_TEXT_EMBEDDINGS}.npz lacks some labels "
-                 f"(python -m bridge.label_clap {out_dir} --label_texts)")
+                 f"(python -m bridge.measures.clap_labels {out_dir} --label_texts)")
 
   got, why = load()
   if why:

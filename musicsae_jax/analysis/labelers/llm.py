@@ -142,7 +142,7 @@ def describe(ex: dict, prompts: list[dict], frame_rate: float, window: list[int]
 
 class SnippetAudio:
   """A snippet `[prompt_id, start_frame, num_frames]` as WAV bytes, cut from
-  `<audio_dir>/<prompt_id:06d>.wav` exactly as bridge.label_clap cuts it for CLAP (mono
+  `<audio_dir>/<prompt_id:06d>.wav` exactly as bridge.measures.clap_labels cuts it for CLAP (mono
   mean of the channels, sample bounds rounded from the frame bounds)."""
 
   def __init__(self, audio_dir: str, frame_rate: float, snippets: list[list[int]]):
