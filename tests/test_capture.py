@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.models import site_names
+from bridge.models import capture_sites
 from bridge.capture import record
 from bridge.models import audiocraft_musicgen
 
@@ -102,11 +102,11 @@ def test_t5_sites_match_a_direct_t5_call(tiny, gen):
 
 
 def test_bad_sites_raise():
-  with pytest.raises(site_names.UnknownSiteError, match="layer 4 out of range.*4 layers"):
-    site_names.parse_sites(["lm.layer.4"], 4)
-  with pytest.raises(site_names.UnknownSiteError, match="unknown site 'lm.resid'"):
-    site_names.parse_sites(["lm.resid"], 4)
-  with pytest.raises(site_names.UnknownSiteError, match="no capture sites"):
-    site_names.parse_sites([], 4)
-  assert site_names.parse_sites(["t5.pooled", "lm.layer.1", "t5.pooled"], 4) == ["t5.pooled",
+  with pytest.raises(capture_sites.UnknownSiteError, match="layer 4 out of range.*4 layers"):
+    capture_sites.parse_sites(["lm.layer.4"], 4)
+  with pytest.raises(capture_sites.UnknownSiteError, match="unknown site 'lm.resid'"):
+    capture_sites.parse_sites(["lm.resid"], 4)
+  with pytest.raises(capture_sites.UnknownSiteError, match="no capture sites"):
+    capture_sites.parse_sites([], 4)
+  assert capture_sites.parse_sites(["t5.pooled", "lm.layer.1", "t5.pooled"], 4) == ["t5.pooled",
                                                                               "lm.layer.1"]

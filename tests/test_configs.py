@@ -10,7 +10,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from bridge.models import site_names
+from bridge.models import capture_sites
 from musicsae_jax import sae, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +33,7 @@ def test_config_resolves(path):
   t = train.resolve_train_config(c.train)          # unknown train fields raise
   if "model" in c and c.model.name in LAYERS:
     num_layers, d = LAYERS[c.model.name]
-    sites = site_names.parse_sites([s for s in c.extract.sites if s != "audio.descriptors"],
+    sites = capture_sites.parse_sites([s for s in c.extract.sites if s != "audio.descriptors"],
                                 num_layers)                           # layers in range
     assert t.site in sites, f"train.site {t.site} is not extracted"
     assert c.sae.d == d

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import configs.tiny
-from bridge.models import site_names
+from bridge.models import capture_sites
 from bridge.capture import record, extract as X
 from bridge.models import audiocraft_musicgen, backends
 from bridge.sources import prompts
@@ -61,7 +61,7 @@ def test_rows_are_prompts_times_frames(full):
     assert idx[:15].tolist() == [[0, f] for f in range(15)]
   assert full.site("t5.pooled").num_rows == 8
   assert full.site("lm.layer.3").d == 64 and full.site("t5.hidden").d == 32
-  assert full.site("audio.descriptors").d == len(X.descriptors.FRAME_DESCRIPTORS)
+  assert full.site("audio.descriptors").d == len(X.audio_descriptors.FRAME_DESCRIPTORS)
   p = full.prompts
   assert p[0]["labels"]["emotion"] == "happy" and p[0]["seed"] == p[1]["seed"] != p[2]["seed"]
   m = full.manifest
@@ -152,8 +152,8 @@ def test_leftover_creating_dir_of_a_killed_worker_is_removed(tmp_path):
 
 
 @pytest.mark.parametrize("change,err,match", [
-    (dict(sites=("lm.layer.9",)), site_names.UnknownSiteError, "layer 9 out of range"),
-    (dict(sites=("lm.attn.1",)), site_names.UnknownSiteError, "unknown site 'lm.attn.1'"),
+    (dict(sites=("lm.layer.9",)), capture_sites.UnknownSiteError, "layer 9 out of range"),
+    (dict(sites=("lm.attn.1",)), capture_sites.UnknownSiteError, "unknown site 'lm.attn.1'"),
     (dict(top_k=1000), X.ExtractError, "top_k=1000 exceeds the codebook size 256"),
 ])
 def test_bad_config_raises(tmp_path, change, err, match):

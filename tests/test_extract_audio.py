@@ -9,7 +9,7 @@ import torch
 
 import configs.tiny
 from bridge.capture import from_audio, record, extract as X, extract_audio
-from bridge.measures import descriptors
+from bridge.measures import audio_descriptors
 from bridge.models import audiocraft_musicgen, backends
 from musicsae_jax import store
 
@@ -111,7 +111,7 @@ def test_folder_of_wavs_end_to_end(tiny, folder, tmp_path):
   np.testing.assert_allclose(acts[:40], np.concatenate(direct.acts["lm.layer.3"]), atol=LAYER_TOL)
   # descriptors: of the input audio, row t = frame t, as in the generation path
   d = ds.site("audio.descriptors").read_rows(np.arange(20))
-  np.testing.assert_allclose(d, descriptors.frame_descriptors(wavs[0], 16000, 50.0, 20),
+  np.testing.assert_allclose(d, audio_descriptors.frame_descriptors(wavs[0], 16000, 50.0, 20),
                              rtol=1e-5, atol=1e-4)
   # the short clip is zero-padded to the window
   assert ds.prompts[4]["labels"]["mood"] == "x"

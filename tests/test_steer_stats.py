@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bridge.measures import concept_classifier, descriptors
+from bridge.measures import concept_classifier, audio_descriptors
 from bridge.steering import stats as steer_stats
 
 
@@ -97,11 +97,11 @@ def test_paired_summary_degenerate_cases():
 
 
 def test_mode_margin_is_continuous_and_signed():
-  maj, mnr, kmaj, _ = descriptors.mode_scores(np.roll(descriptors._MAJOR, 7))
+  maj, mnr, kmaj, _ = audio_descriptors.mode_scores(np.roll(audio_descriptors._MAJOR, 7))
   assert kmaj == 7 and maj == pytest.approx(1.0) and maj - mnr > 0.1
-  maj, mnr, _, kmin = descriptors.mode_scores(np.roll(descriptors._MINOR, 2))
+  maj, mnr, _, kmin = audio_descriptors.mode_scores(np.roll(audio_descriptors._MINOR, 2))
   assert kmin == 2 and maj - mnr < -0.1
-  flat = descriptors.mode_scores(np.ones(12))            # NaN correlations count as 0
+  flat = audio_descriptors.mode_scores(np.ones(12))            # NaN correlations count as 0
   assert flat[0] == 0 and flat[1] == 0
 
 

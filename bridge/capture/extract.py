@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bridge.models import site_names
-from bridge.measures import descriptors
+from bridge.models import capture_sites
+from bridge.measures import audio_descriptors
 from bridge.models import backends, audiocraft_musicgen
 from bridge.capture import record, extract_audio
 from bridge.sources import prompts as prompts_lib
@@ -94,17 +94,17 @@ def _prompt_list(ecfg) -> list[dict]:
 def _sites(ecfg, info) -> list[str]:
   sites = list(ecfg.sites)
   want_audio = AUDIO_SITE in sites
-  model_sites = site_names.parse_sites([s for s in sites if s != AUDIO_SITE], info.num_layers)
+  model_sites = capture_sites.parse_sites([s for s in sites if s != AUDIO_SITE], info.num_layers)
   if ecfg.get("keep", "cond") == "both":
-    model_sites += [s + site_names.UNCOND_SUFFIX for s in model_sites
-                    if s.startswith(site_names.LAYER_PREFIX)]
+    model_sites += [s + capture_sites.UNCOND_SUFFIX for s in model_sites
+                    if s.startswith(capture_sites.LAYER_PREFIX)]
   return model_sites + ([AUDIO_SITE] if want_audio else [])
 
 
 def _site_dim(site, info) -> int:
   if site == AUDIO_SITE:
-    return len(descriptors.FRAME_DESCRIPTORS)
-  return site_names.site_dim(site.removesuffix(site_names.UNCOND_SUFFIX), info)
+    return len(audio_descriptors.FRAME_DESCRIPTORS)
+  return capture_sites.site_dim(site.removesuffix(capture_sites.UNCOND_SUFFIX), info)
 
 
 def _set_generation(model, ecfg, info) -> dict:
@@ -121,17 +121,17 @@ def _set_generation(model, ecfg, info) -> dict:
   return params
 
 
-def _audio_generation(model, ecfg, info, site_names, record) -> dict:
+def _audio_generation(model, ecfg, info, site_names, audio_record) -> dict:
   """The manifest's `generation` record for audio input (what shaped the rows)."""
   if ecfg.duration <= 0 or ecfg.duration > model.max_duration:
     raise ExtractError(f"extract.duration={ecfg.duration} must be in (0, {model.max_duration}]")
-  text_sites = [s for s in site_names if s in site_names.TEXT_SITES]
-  if text_sites and record["conditioning"] == "none":
+  text_sites = [s for s in site_names if s in capture_sites.TEXT_SITES]
+  if text_sites and audio_record["conditioning"] == "none":
     raise ExtractError(f"extract.audio.conditioning='none' has no text: drop {text_sites} "
                        f"from extract.sites")
   two_step = bool(ecfg.get("two_step_cfg", False))   # keep='both': separate forwards
   model.set_generation_params(duration=float(ecfg.duration), two_step_cfg=two_step)
-  return dict(record, duration=float(ecfg.duration), two_step_cfg=two_step)
+  return dict(audio_record, duration=float(ecfg.duration), two_step_cfg=two_step)
 
 
 def _diff(have: dict, want: dict, prefix: str = "") -> list[str]:
@@ -250,7 +250,7 @@ def extract(config, workdir, worker_index: int = 0, num_workers: int = 1,
                                f"of the CFG batch" + (" (+ .uncond sites)" if keep == "both" else "")
                                + ("; audio: teacher-forced over the clip's codes, pattern step i "
                                   "-> frame i" if source == "audio" else "")),
-                    audio_descriptors=list(descriptors.FRAME_DESCRIPTORS)
+                    audio_descriptors=list(audio_descriptors.FRAME_DESCRIPTORS)
                     if AUDIO_SITE in sites else [],
                     save_audio=bool(ecfg.get("save_audio", False)))   # audio/<id>.wav
   model_meta = dict(info.to_dict(), source=config.model.name, **_model_build(config.model))
@@ -267,7 +267,7 @@ def extract(config, workdir, worker_index: int = 0, num_workers: int = 1,
       f"{time.time() - t0:.1f}s")
   audio_dir = Path(path) / "audio"
   need_audio = AUDIO_SITE in sites or ecfg.get("save_audio", False)
-  model_sites = [s for s in site_names if s != AUDIO_SITE and not s.endswith(site_names.UNCOND_SUFFIX)]
+  model_sites = [s for s in site_names if s != AUDIO_SITE and not s.endswith(capture_sites.UNCOND_SUFFIX)]
 
   t_start, n_frames, done_now = time.time(), 0, set(done)
   bar = progress.Progress(len(todo), f"extract [worker {worker_index}/{num_workers}]", "batch",
@@ -317,6 +317,6 @@ def _audio_outputs(audio, ids, info, frames, audio_dir, descriptors: bool, save:
     for i, wav in zip(ids, wavs):
       sf.write(str(audio_dir / f"{i:06d}.wav"), wav.T, info.sample_rate)
   if descriptors:
-    out[AUDIO_SITE] = [descriptors.frame_descriptors(wav, info.sample_rate, info.frame_rate,
+    out[AUDIO_SITE] = [audio_descriptors.frame_descriptors(wav, info.sample_rate, info.frame_rate,
                                                         frames) for wav in wavs]
   return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bridge.models import site_names
+from bridge.models import capture_sites
 from bridge.capture import record
 from bridge.models import backends
 
@@ -100,8 +100,8 @@ def capture_from_codes(model, codes: torch.Tensor, texts, sites, *, keep: str = 
                           f"{int(codes.max())}]")
   texts = list(texts)
   sites = list(sites)
-  if any(t is None or not t.strip() for t in texts) and any(s in site_names.TEXT_SITES for s in sites):
-    raise AudioInputError(f"text sites {[s for s in sites if s in site_names.TEXT_SITES]} need a "
+  if any(t is None or not t.strip() for t in texts) and any(s in capture_sites.TEXT_SITES for s in sites):
+    raise AudioInputError(f"text sites {[s for s in sites if s in capture_sites.TEXT_SITES]} need a "
                           f"non-empty text for every clip (conditioning 'none' or an empty "
                           f"caption has no T5 tokens); drop them from extract.sites")
   texts = [t if t and t.strip() else None for t in texts]

@@ -30,11 +30,11 @@ import dataclasses
 import numpy as np
 import torch
 
-from bridge.models import audiocraft_musicgen, backends, site_names
+from bridge.models import audiocraft_musicgen, backends, capture_sites
 
 
 def _lm_sites(sites) -> list[str]:
-  return [s for s in sites if site_names.is_lm_site(s)]
+  return [s for s in sites if capture_sites.is_lm_site(s)]
 
 
 @dataclasses.dataclass
@@ -76,7 +76,7 @@ class LayerRecorder(_Hooks):
   def __init__(self, model, layers, last_only: bool = True):
     self.layers, self.last_only = list(layers), last_only
     if hasattr(model, "transformer") and hasattr(model, "condition_provider"):  # MusicGen.lm
-      self.modules = {i: site_names.lm_site_module(model, i) if isinstance(i, str)
+      self.modules = {i: capture_sites.lm_site_module(model, i) if isinstance(i, str)
                       else model.transformer.layers[i] for i in self.layers}
       self.offset = lambda kwargs, S: backends.streaming_offset(model.transformer)
     else:
@@ -168,7 +168,7 @@ def _np_rows(x: torch.Tensor) -> list[np.ndarray]:
 
 
 def _text_sites(sites):
-  return [s for s in sites if s in site_names.TEXT_SITES]
+  return [s for s in sites if s in capture_sites.TEXT_SITES]
 
 
 # --------------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ def generate_with_capture(model, texts, sites, *, keep: str = "cond", seed: int 
     raise ValueError(f"keep must be 'cond' or 'both', got {keep!r}")
   be = backends.adapt(model)
   info = be.info
-  sites = site_names.parse_sites(sites, info.num_layers)
+  sites = capture_sites.parse_sites(sites, info.num_layers)
   layers, B = _lm_sites(sites), len(texts)
   two_step = be.two_step
   with LayerRecorder(be, layers) as lrec, TextRecorder.for_model(be, sites) as trec:
@@ -208,7 +208,7 @@ def generate_with_capture(model, texts, sites, *, keep: str = "cond", seed: int 
                          f"expected {T + info.max_delay} (delay pattern)")
     acts[i] = _np_rows(cond[:, :T])
     if keep == "both":
-      acts[f"{i}{site_names.UNCOND_SUFFIX}"] = _np_rows(uncond[:, :T])
+      acts[f"{i}{capture_sites.UNCOND_SUFFIX}"] = _np_rows(uncond[:, :T])
   for s in _text_sites(sites):
     acts[s] = trec.rows(s, B)
   audio = be.generate_audio(tokens) if return_audio else None
@@ -230,7 +230,7 @@ def teacher_forced_capture(model, texts, tokens: torch.Tensor, sites, *,
   if keep not in ("cond", "both"):
     raise ValueError(f"keep must be 'cond' or 'both', got {keep!r}")
   info = backends.model_info(model)
-  sites = site_names.parse_sites(sites, info.num_layers)
+  sites = capture_sites.parse_sites(sites, info.num_layers)
   layers, B = _lm_sites(sites), len(texts)
   lm = model.lm
   if tokens.shape[0] != B:
@@ -265,7 +265,7 @@ def teacher_forced_capture(model, texts, tokens: torch.Tensor, sites, *,
   for i in layers:
     acts[i] = _np_rows(cond[i])
     if uncond is not None:
-      acts[f"{i}{site_names.UNCOND_SUFFIX}"] = _np_rows(uncond[i])
+      acts[f"{i}{capture_sites.UNCOND_SUFFIX}"] = _np_rows(uncond[i])
   for s in _text_sites(sites):
     acts[s] = trec.rows(s, B)
   return Capture(tokens=tokens.cpu(), acts=acts)
@@ -278,7 +278,7 @@ def _teacher_forced_transformers(be, texts, tokens, sites, *, keep: str) -> Capt
   if keep not in ("cond", "both"):
     raise ValueError(f"keep must be 'cond' or 'both', got {keep!r}")
   info = be.info
-  sites = site_names.parse_sites(sites, info.num_layers)
+  sites = capture_sites.parse_sites(sites, info.num_layers)
   layers, B = _lm_sites(sites), len(texts)
   if tokens.shape[0] != B:
     raise ValueError(f"{tokens.shape[0]} token rows for {B} texts")
@@ -292,7 +292,7 @@ def _teacher_forced_transformers(be, texts, tokens, sites, *, keep: str) -> Capt
     out = rec.calls[i][0]
     acts[i] = _np_rows(out[:B])
     if keep == "both":
-      acts[f"{i}{site_names.UNCOND_SUFFIX}"] = _np_rows(out[B:])
+      acts[f"{i}{capture_sites.UNCOND_SUFFIX}"] = _np_rows(out[B:])
   for s in _text_sites(sites):
     acts[s] = trec.rows(s, B)
   return Capture(tokens=tokens.cpu(), acts=acts)

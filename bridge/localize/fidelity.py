@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bridge.models import site_names
+from bridge.models import capture_sites
 from bridge.localize import interventions
 
 CONDITIONS = ("clean", "sae", "sae_plus_error", "zero", "mean")
@@ -28,11 +28,11 @@ CONDITIONS = ("clean", "sae", "sae_plus_error", "zero", "mean")
 
 def site_of(sae) -> tuple[str, str | None]:
   """(LM site to splice, the half implied by an `.uncond` site or None) of an export."""
-  site = sae.site or (f"{site_names.LAYER_PREFIX}{sae.layer}" if sae.layer is not None else None)
+  site = sae.site or (f"{capture_sites.LAYER_PREFIX}{sae.layer}" if sae.layer is not None else None)
   if site is None:
     raise ValueError("the SAE export names no site (cfg.json musicsae.site)")
-  base = site.removesuffix(site_names.UNCOND_SUFFIX)
-  if not site_names.is_lm_site(base):
+  base = site.removesuffix(capture_sites.UNCOND_SUFFIX)
+  if not capture_sites.is_lm_site(base):
     raise ValueError(f"the SAE was trained on {site!r}; downstream fidelity needs an LM site "
                      f"(lm.layer.<i>[.attn|.cross_attn]) whose output feeds the next-token loss")
   return base, ("uncond" if site != base else None)

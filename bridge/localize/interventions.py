@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from bridge.models import site_names
+from bridge.models import capture_sites
 from bridge.capture import record
 from bridge.models import audiocraft_musicgen
 from bridge.steering import hooks
@@ -76,11 +76,11 @@ class TeacherForced:
     handles = [self.lm.transformer.layers[i].register_forward_pre_hook(
         lambda m, a, i=i: ins.__setitem__(i, a[0].detach().float())) for i in layers]
     try:
-      outs = self.record([f"{site_names.LAYER_PREFIX}{i}" for i in layers])
+      outs = self.record([f"{capture_sites.LAYER_PREFIX}{i}" for i in layers])
     finally:
       for h in handles:
         h.remove()
-    return {i: (ins[i], outs[f"{site_names.LAYER_PREFIX}{i}"]) for i in layers}
+    return {i: (ins[i], outs[f"{capture_sites.LAYER_PREFIX}{i}"]) for i in layers}
 
 
 # --------------------------------------------------------------------------------------

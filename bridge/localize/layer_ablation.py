@@ -66,15 +66,15 @@ def generation(model, texts, tokens, layers, modes, *, seed: int, cfg_coef: floa
   standardised clip-vector distance, and of CLAP similarity to the prompt (if `clap`).
   `null_distance` is the same distance between the clean clips and clean clips of another
   seed: once sampling diverges, an ablation cannot look larger than a new sample."""
-  from bridge.measures import descriptors
+  from bridge.measures import audio_descriptors
   sr, fr = int(model.sample_rate), float(model.frame_rate)
   tf = interventions.TeacherForced(model, texts, tokens, cfg_coef)
   means = mean_contributions(tf, layers) if "mean" in modes else {}
   clean = _clips(model, texts, seed)
 
   def describe(wavs):
-    d = [descriptors.clip_descriptors(w, sr) for w in wavs]
-    v = np.stack([descriptors.clip_vector(w, sr, fr) for w in wavs])
+    d = [audio_descriptors.clip_descriptors(w, sr) for w in wavs]
+    v = np.stack([audio_descriptors.clip_vector(w, sr, fr) for w in wavs])
     c = clap_sim(wavs) if clap is not None else None
     return {k: np.array([x[k] for x in d], float) for k in DESCRIPTORS}, v, c
 

@@ -253,12 +253,12 @@ def plot(result: dict, path: str) -> str:
 def _wav_vectors(model, texts, seed: int, edit=None) -> np.ndarray:
   """Clip vectors (audio descriptors, concept_classifier's input) of one seeded generation."""
   import contextlib
-  from bridge.measures import descriptors
+  from bridge.measures import audio_descriptors
   with (edit if edit is not None else contextlib.nullcontext()):
     tokens = record.generate_tokens(model, texts, seed=seed)
   with torch.no_grad():
     wav = model.generate_audio(tokens).float().mean(1).cpu().numpy()
-  return np.stack([descriptors.clip_vector(w, int(model.sample_rate),
+  return np.stack([audio_descriptors.clip_vector(w, int(model.sample_rate),
                                               float(model.frame_rate)) for w in wav])
 
 

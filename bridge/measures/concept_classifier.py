@@ -5,7 +5,7 @@ prompt set, prompts disjoint from the evaluated ones), it answers "does the stee
 sound more like the target label?". It never sees activations: a classifier on the
 steered site's activations would only measure the added vector (circular).
 
-Model: nearest centroid on standardised clip vectors (`descriptors.clip_vector`);
+Model: nearest centroid on standardised clip vectors (`audio_descriptors.clip_vector`);
 P(value | clip) = softmax over values of -||z - c_value||^2 / (2 d). Its leave-one-out
 accuracy on the reference set is reported next to chance, so a reader sees at once
 whether the score can mean anything (on a random tiny model it cannot).

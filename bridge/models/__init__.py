@@ -6,6 +6,6 @@ and an exported SAE as a torch module.
   audiocraft_musicgen.py    audiocraft MusicGen: load, save, a tiny random one offline
   transformers_musicgen.py  transformers MusicgenForConditionalGeneration: load, tiny
   convert.py                audiocraft -> transformers weights (same network)
-  site_names.py             capture-site names and the module behind each
+  capture_sites.py          capture-site names and the module behind each
   sae_torch.py              an exported SAE as a torch module (raw activations)
 """

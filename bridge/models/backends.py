@@ -27,7 +27,7 @@ import types
 
 import torch
 
-from bridge.models import audiocraft_musicgen, site_names
+from bridge.models import audiocraft_musicgen, capture_sites
 
 BACKENDS = ("audiocraft", "transformers")
 _ATTR = "_musicsae_backend"
@@ -118,7 +118,7 @@ class AudiocraftBackend(Backend):
   def layer_module(self, i):
     """The module whose output is LM site `i`: a block index or `lm.layer.<i>[.attn|.cross_attn]`."""
     if isinstance(i, str):
-      return site_names.lm_site_module(self.model.lm, i)
+      return capture_sites.lm_site_module(self.model.lm, i)
     return self.model.lm.transformer.layers[int(i)]
 
   def text_module(self):
@@ -218,7 +218,7 @@ class TransformersBackend(Backend):
     """The module whose output is LM site `i`: a block index or `lm.layer.<i>[.attn|.cross_attn]`."""
     layers = self.model.decoder.model.decoder.layers
     if isinstance(i, str):
-      return site_names.lm_site_module(None, i, layers=layers, attn_modules=self.ATTN_MODULES)
+      return capture_sites.lm_site_module(None, i, layers=layers, attn_modules=self.ATTN_MODULES)
     return layers[int(i)]
 
   def text_module(self):

@@ -1,5 +1,5 @@
 """Can a concept be measured on the codec's decoded audio? Per label, a classifier on audio
-descriptors (`descriptors.clip_vector`, the steering evaluation's nearest-centroid
+descriptors (`audio_descriptors.clip_vector`, the steering evaluation's nearest-centroid
 classifier) is fitted on original training clips and scored on held-out originals and on
 the same clips after encode -> decode. Reconstructed accuracy near the originals' means
 the concept survives the codec and can be scored acoustically; near chance means it must
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from bridge.measures import descriptors
+from bridge.measures import audio_descriptors
 from bridge.measures.concept_classifier import CentroidClassifier
 
 
 def clip_vectors(wav: np.ndarray, sample_rate: int) -> np.ndarray:
-  return np.stack([descriptors.clip_vector(w, sample_rate) for w in wav])
+  return np.stack([audio_descriptors.clip_vector(w, sample_rate) for w in wav])
 
 
 def concept_survival(train_x: np.ndarray, train_labels: list[dict], held_x: np.ndarray,

@@ -27,8 +27,9 @@ import os
 import numpy as np
 import torch
 
-from bridge.models import backends, site_names
-from bridge.steering import controls, stats, hooks
+from bridge.models import backends, capture_sites
+from bridge.steering import controls, hooks
+from bridge.steering import stats as steer_stats
 from musicsae_jax import files, progress
 
 TEXT_SITES = ("cond.proj", "t5.hidden")   # steered with add_text_direction (no steps)
@@ -133,9 +134,9 @@ def methods_of(sc: dict) -> list[dict]:
   for m in names:
     o = per.get(m) or {}
     strengths = o.get("strengths") if o.get("strengths") is not None else sc["strengths"]
-    controls = o.get("controls") if o.get("controls") is not None else sc["controls"]
+    n_controls = o.get("controls") if o.get("controls") is not None else sc["controls"]
     out.append({"method": m, "strengths": [float(a) for a in strengths],
-                "controls": int(controls)})
+                "controls": int(n_controls)})
   return out
 
 
@@ -153,10 +154,10 @@ def builtin_prompts(n: int) -> list[str]:
 
 def few_prompts_warning(n: int) -> str | None:
   """One line when `n` prompts are too few for the intervals and p-values to mean much."""
-  if n >= stats.MIN_PROMPTS:
+  if n >= steer_stats.MIN_PROMPTS:
     return None
   return (f"WARNING steer: only {n} prompts (steer.num_prompts / steer.prompts): below "
-          f"{stats.MIN_PROMPTS} the t intervals are wide and the paired tests weak; "
+          f"{steer_stats.MIN_PROMPTS} the t intervals are wide and the paired tests weak; "
           f"use 16 or more")
 
 
@@ -167,7 +168,7 @@ def _label_key(labels) -> str | None:
 
 def run_steering(config, workdir: str) -> dict:
   """Baseline, steered and control generations; per-prompt measures to steer.json."""
-  from bridge.measures import descriptors, concept_classifier
+  from bridge.measures import audio_descriptors, concept_classifier
   from bridge.capture import extract
   from bridge.models import audiocraft_musicgen as models_lib
   from bridge.models.sae_torch import TorchSAE
@@ -180,7 +181,7 @@ def run_steering(config, workdir: str) -> dict:
   sae = (TorchSAE.from_export(exp_dir) if kind == "sae_decoder" and
          os.path.exists(os.path.join(exp_dir, "cfg.json")) else None)
   layer = man["layer"]
-  if layer is None and site_names.is_lm_site(man["site"]):
+  if layer is None and capture_sites.is_lm_site(man["site"]):
     layer = man["site"]              # an attention site: lm.layer.<i>.attn / .cross_attn
   text_site = man["site"] if man["site"] in TEXT_SITES else None
   if layer is None and text_site is None:
@@ -256,10 +257,10 @@ def run_steering(config, workdir: str) -> dict:
         rel_path = f"audio/{name}_p{b}.wav"
         sf.write(os.path.join(out_dir, rel_path), w.T, model.sample_rate)
         paths.append(rel_path)
-      d = descriptors.clip_descriptors(w, model.sample_rate)
+      d = audio_descriptors.clip_descriptors(w, model.sample_rate)
       for k in AUDIO_MEASURES:
         meas[k].append(float(d[k]))
-      vecs.append(descriptors.clip_vector(w, model.sample_rate))
+      vecs.append(audio_descriptors.clip_vector(w, model.sample_rate))
     if clap is not None and name:
       meas["_clap"] = clap.audio(wav, model.sample_rate)
     if isinstance(p, _FeatureProbe):
@@ -272,7 +273,7 @@ def run_steering(config, workdir: str) -> dict:
   results = {"run": config.run, "site": man["site"], "layer": layer, "prompts": texts,
              "warnings": [warning] if warning else [],
              "significance": float(sc["significance"]),
-             "ci": {"method": stats.CI_METHOD, "level": stats.LEVEL},
+             "ci": {"method": steer_stats.CI_METHOD, "level": steer_stats.LEVEL},
              "seed": seed, "mean_norm": man["mean_norm"], "relative": bool(sc["relative"]),
              "strengths": strengths, "measures": list(MEASURES), "method": ",".join(names),
              "directions_kind": kind, "transplant_from": sc["transplant_from"] or None,
@@ -291,8 +292,8 @@ def run_steering(config, workdir: str) -> dict:
     bar.write(warning)
 
   # --- CLAP (optional; skipped with one line when no local model is named) --------------
-  from bridge.measures import clap
-  clap, clap_what = clap.ClapScorer.load(str(sc["clap"] or ""))
+  from bridge.measures.clap import ClapScorer
+  clap, clap_what = ClapScorer.load(str(sc["clap"] or ""))
   values = sorted({str(lab).split("=", 1)[1] for lab in man["labels"] if lab and "=" in str(lab)})
   if clap is not None:
     prompt_emb = clap.text(texts)
@@ -350,7 +351,7 @@ def run_steering(config, workdir: str) -> dict:
     return {"audio": cond["audio"], "per_prompt": per}
 
   def stats(cond: dict, base: dict) -> dict:
-    return {k: stats.paired_summary(v, base["per_prompt"][k])
+    return {k: steer_stats.paired_summary(v, base["per_prompt"][k])
             for k, v in cond["per_prompt"].items() if k in base["per_prompt"]}
 
   # --- baseline: once per prompt and seed, shared by every method ----------------------
@@ -473,10 +474,10 @@ def judge(entry: dict, *, identity, measure: str | None, why_none: str, level: f
       if c["alpha"] == s["alpha"]:
         by_kind.setdefault(c.get("kind", "control"), []).append(
             c["stats"].get(measure, {}).get("mean"))
-    s["vs_controls"] = {"measure": measure, **stats.vs_controls(obs, by_kind)}
+    s["vs_controls"] = {"measure": measure, **steer_stats.vs_controls(obs, by_kind)}
     if identity is None or s["alpha"] > identity:      # pushes toward the feature
       points.append((s["alpha"], s["vs_controls"]["p_rank"]))
-  entry["verdict"] = stats.verdict(sorted(points), target=entry["target"], measure=measure,
+  entry["verdict"] = steer_stats.verdict(sorted(points), target=entry["target"], measure=measure,
                                          level=level, n_controls=n_per_kind, why_none=why_none)
   return entry["verdict"]
 

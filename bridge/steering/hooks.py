@@ -34,7 +34,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from bridge.models import backends, site_names
+from bridge.models import backends, capture_sites
 from bridge import config_defaults
 
 HALVES = ("cond", "uncond", "both")
@@ -184,7 +184,7 @@ def _site_module(model, layer) -> torch.nn.Module:
   if isinstance(layer, str):
     try:
       return be.layer_module(layer)
-    except site_names.UnknownSiteError as e:
+    except capture_sites.UnknownSiteError as e:
       raise ValueError(str(e)) from None
   n = be.info.num_layers
   if not 0 <= int(layer) < n:
