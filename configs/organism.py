@@ -1,4 +1,4 @@
-"""The model organism (issue 27): a small MusicGen trained on the concept set, whose labels
+"""The model organism: a small MusicGen trained on the concept set, whose labels
 are exact, and the chain (extract -> SAE -> ground-truth scores) validated against it.
 
     python -m launch.make_organism --config=configs/organism.py --workdir=W   # ~30 min, 2 cores
@@ -15,12 +15,18 @@ from bridge.organism import config_defaults as organism_defaults
 from configs import concepts
 
 
+def set_clip_seconds(c: ml_collections.ConfigDict, seconds: float) -> None:
+  """The rendered clips' length and the capture window: one number, so they cannot disagree."""
+  c.concepts.duration = seconds
+  c.extract.duration = seconds
+
+
 def get_config() -> ml_collections.ConfigDict:
   c = concepts.get_config()
   c.dataset = "organism"
   c.run = "organism"
   c.concepts.num_clips = 1200
-  c.concepts.duration = 2.0
+  set_clip_seconds(c, 2.0)
   c.concepts.sample_rate = 16000
   c.concepts.tempos = (60, 90, 120, 150)
   c.concepts.tonics = ("C", "D", "E", "F#", "G#", "A#")
@@ -33,7 +39,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.name = ""                         # set to <workdir>/organism by launch.organism
   c.extract.source = "audio"
   c.extract.audio.conditioning = "none"     # labels reach the LM only through the audio
-  c.extract.duration = 2.0
   c.extract.sites = ("lm.layer.0", "lm.layer.1", "lm.layer.2", "lm.layer.3")
   c.extract.torch_threads = 0
   c.sae.architecture = "topk"

@@ -11,7 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset = "organism-tiny"
   c.run = "organism-tiny"
   c.concepts.num_clips = 96
-  c.concepts.duration = 1.0
+  organism.set_clip_seconds(c, 1.0)
   c.concepts.tempos = (120,)
   c.concepts.tonics = ("C", "G")
   c.concepts.programs = (0, 73)
@@ -25,7 +25,6 @@ def get_config() -> ml_collections.ConfigDict:
                       seanet_filters=4, seanet_dimension=16))
   o.codec.update(dict(steps=30, batch_size=4, crop_seconds=0.5, kmeans_restarts=(10, 20)))
   o.lm.update(dict(steps=60, batch_size=16, warmup_steps=10, lr=3e-3))
-  c.extract.duration = 1.0
   c.extract.sites = ("lm.layer.0", "lm.layer.1")
   c.extract.torch_threads = 1
   c.train.site = "lm.layer.1"

@@ -15,7 +15,10 @@ import difflib
 import errno
 import logging as pylogging
 import os
+import shlex
+import subprocess
 import sys
+import time
 import warnings
 
 from absl import app, flags, logging
@@ -239,3 +242,44 @@ def user_errors(*extra: type[BaseException]):
 def run(main, *, known_only: bool = False, extra: tuple = ()) -> None:
   """`app.run(main)` with short flag errors, quiet logs and one-line user errors."""
   app.run(guard(main, extra), flags_parser=lambda argv: _parse_flags(argv, known_only))
+
+
+# --- chains of stages (launch.demo, launch.organism) ----------------------------------------
+def chain_args(argv: list[str], stages: list[str], allowed, config: str) -> tuple[list[str], str]:
+  """The `--config.*` overrides a chain passes to every stage, and its config file's absolute
+  path; other arguments, unknown stages and a missing config file are usage errors."""
+  overrides = [a for a in argv[1:] if a.startswith("--config.")]
+  extra = [a for a in argv[1:] if not a.startswith("--config.")]
+  if extra:
+    raise app.UsageError(f"unexpected arguments: {extra}")
+  unknown = [s for s in stages if s not in allowed]
+  if unknown:
+    raise app.UsageError(f"--stages: unknown {unknown}; choose from {tuple(allowed)}")
+  path = resolve_config_path(config)                 # configs/… works from any cwd
+  if not os.path.exists(path.split(":", 1)[0]):
+    raise app.UsageError(f"--config={config}: no such file (looked in {os.getcwd()} "
+                         f"and {REPO_ROOT})")
+  return overrides, os.path.abspath(path)
+
+
+def run_chain(commands: list[tuple[str, list[str]]], *, skipped=lambda stage: None,
+              on_failure: str = "") -> float:
+  """Run (stage, command) pairs in order, each in a fresh process from the repository root
+  (torch and JAX never share one), printing the command that reruns the stage alone. A
+  stage for which `skipped(stage)` gives a reason is not run; a failing stage ends the
+  chain with its exit status. Returns the chain's seconds."""
+  t0 = time.time()
+  for i, (stage, cmd) in enumerate(commands, 1):
+    head = f"=== [{i}/{len(commands)}] {stage}"
+    why = skipped(stage)
+    if why:
+      print(f"{head}: {why}")
+      continue
+    print(f"\n{head}: python {shlex.join(cmd[1:])}", flush=True)
+    t = time.time()
+    r = subprocess.run(cmd, cwd=REPO_ROOT)
+    if r.returncode:
+      print(f"=== {stage} failed (exit {r.returncode}){on_failure}", file=sys.stderr)
+      sys.exit(r.returncode)
+    print(f"=== {stage} done in {time.time() - t:.0f} s", flush=True)
+  return time.time() - t0

@@ -11,12 +11,9 @@ the command this script prints. Rerunning the demo after a crash continues where
 stopped: extraction skips completed prompts, training resumes from its checkpoint.
 """
 import os
-import shlex
-import subprocess
 import sys
-import time
 
-from absl import app, flags
+from absl import flags
 
 from launch import common
 
@@ -47,32 +44,13 @@ def stage_command(stage: str, config: str, workdir: str, overrides: list[str]) -
 
 def main(argv):
   # absl has parsed the flags it knows; `--config.x=y` overrides pass through to the stages.
-  overrides = [a for a in argv[1:] if a.startswith("--config.")]
-  extra = [a for a in argv[1:] if not a.startswith("--config.")]
-  if extra:
-    raise app.UsageError(f"unexpected arguments: {extra}")
-  unknown = [s for s in _STAGES.value if s not in STAGES]
-  if unknown:
-    raise app.UsageError(f"--stages: unknown {unknown}; choose from {STAGES}")
-  config = common.resolve_config_path(_CONFIG.value)   # configs/… works from any cwd
-  if not os.path.exists(config.split(":", 1)[0]):
-    raise app.UsageError(f"--config={_CONFIG.value}: no such file (looked in {os.getcwd()} "
-                         f"and {common.REPO_ROOT})")
-  config = os.path.abspath(config)
+  overrides, config = common.chain_args(argv, _STAGES.value, STAGES, _CONFIG.value)
   workdir = os.path.abspath(_WORKDIR.value)
   os.makedirs(workdir, exist_ok=True)
-  t0 = time.time()
-  for i, stage in enumerate(_STAGES.value, 1):
-    cmd = stage_command(stage, config, workdir, overrides)
-    print(f"\n=== [{i}/{len(_STAGES.value)}] {stage}: python {shlex.join(cmd[1:])}", flush=True)
-    t = time.time()
-    r = subprocess.run(cmd, cwd=common.REPO_ROOT)
-    if r.returncode:
-      print(f"=== {stage} failed (exit {r.returncode}); fix and rerun the demo: finished stages "
-            f"resume or are skipped", file=sys.stderr)
-      sys.exit(r.returncode)
-    print(f"=== {stage} done in {time.time() - t:.0f} s", flush=True)
-  print(f"\nDemo finished in {time.time() - t0:.0f} s. Workspace: {workdir}")
+  seconds = common.run_chain(
+      [(s, stage_command(s, config, workdir, overrides)) for s in _STAGES.value],
+      on_failure="; fix and rerun the demo: finished stages resume or are skipped")
+  print(f"\nDemo finished in {seconds:.0f} s. Workspace: {workdir}")
   for name in ("activations", "runs", "exports", "reports"):
     path = os.path.join(workdir, name)
     if os.path.isdir(path):

@@ -12,12 +12,9 @@ folder:W/concepts for every stage; other `--config.*` overrides pass through. A 
 is done (organism.json, a complete store, a trained run) is skipped or resumed.
 """
 import os
-import shlex
-import subprocess
 import sys
-import time
 
-from absl import app, flags
+from absl import flags
 
 from launch import common
 
@@ -39,31 +36,19 @@ def stage_command(stage: str, config: str, workdir: str, overrides: list[str]) -
 
 
 def main(argv):
-  overrides = [a for a in argv[1:] if a.startswith("--config.")]
-  extra = [a for a in argv[1:] if not a.startswith("--config.")]
-  if extra:
-    raise app.UsageError(f"unexpected arguments: {extra}")
-  unknown = [s for s in _STAGES.value if s not in STAGES]
-  if unknown:
-    raise app.UsageError(f"--stages: unknown {unknown}; choose from {STAGES}")
-  config = os.path.abspath(common.resolve_config_path(_CONFIG.value))
+  overrides, config = common.chain_args(argv, _STAGES.value, STAGES, _CONFIG.value)
   workdir = os.path.abspath(_WORKDIR.value)
   os.makedirs(workdir, exist_ok=True)
-  t0 = time.time()
-  for i, stage in enumerate(_STAGES.value, 1):
+
+  def skipped(stage):
     if stage == "organism" and os.path.exists(os.path.join(workdir, "organism", "organism.json")):
-      print(f"=== [{i}/{len(_STAGES.value)}] organism: {workdir}/organism exists, skipped "
-            f"(--config.organism.overwrite=True with --stages=organism trains it again)")
-      continue
-    cmd = stage_command(stage, config, workdir, overrides)
-    print(f"\n=== [{i}/{len(_STAGES.value)}] {stage}: python {shlex.join(cmd[1:])}", flush=True)
-    t = time.time()
-    r = subprocess.run(cmd, cwd=common.REPO_ROOT)
-    if r.returncode:
-      print(f"=== {stage} failed (exit {r.returncode})", file=sys.stderr)
-      sys.exit(r.returncode)
-    print(f"=== {stage} done in {time.time() - t:.0f} s", flush=True)
-  print(f"\nOrganism chain finished in {time.time() - t0:.0f} s. Scorecard: "
+      return (f"{workdir}/organism exists, skipped (--config.organism.overwrite=True with "
+              f"--stages=organism trains it again)")
+    return None
+
+  seconds = common.run_chain(
+      [(s, stage_command(s, config, workdir, overrides)) for s in _STAGES.value], skipped=skipped)
+  print(f"\nOrganism chain finished in {seconds:.0f} s. Scorecard: "
         f"{workdir}/reports/<run>/scorecard.json")
 
 
