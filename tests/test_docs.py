@@ -76,3 +76,20 @@ def test_site_builds_strict(tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   assert (tmp_path / "site" / "index.html").exists()
   assert (tmp_path / "site" / "steering" / "index.html").exists()
+  home = (tmp_path / "site" / "index.html").read_text()
+  assert "A 10-minute tour" in home and 'href="training/"' in home
+  assert "manifest" in (tmp_path / "site" / "workspace" / "index.html").read_text()
+
+
+def test_root_pages_enter_the_site_with_their_links_rewritten():
+  sys.path.insert(0, os.path.join(ROOT, "scripts"))
+  try:
+    import mkdocs_hooks
+  finally:
+    sys.path.pop(0)
+  text = ("[a](docs/training.md#x) [b](WORKSPACE.md#store) [c](configs/tiny.py) [d](#tour) "
+          "[e](https://example.org/p.md) ![f](docs/sweep.png)")
+  assert mkdocs_hooks.as_seen_from_docs(text) == (
+      "[a](training.md#x) [b](workspace.md#store) [c](../configs/tiny.py) [d](#tour) "
+      "[e](https://example.org/p.md) ![f](sweep.png)")
+  assert mkdocs_hooks.root_pages_in_docs("see [w](../WORKSPACE.md#runs)") == "see [w](workspace.md#runs)"
