@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from bridge.capture import record  # noqa: E402
-from bridge.models import audiocraft_musicgen, backends
+from bridge.models import audiocraft_musicgen, backends  # noqa: E402
 
 
 def _sync(device):
