@@ -7,16 +7,20 @@ with the trainer's default window budget (`train.shuffle_mb`) and with a window 
 the whole dataset (a full in-memory shuffle). Reports peak RSS, MB/s served and distinct
 prompts per batch (the prompt id rides in two bf16-exact columns of every row).
 
-It also measures what the per-read integrity checks cost (`checksum_cost`): without the
-CRC, the default, and a CRC at every read; interleaved in one process, min and median,
-wall and CPU seconds, with the load average, since a shared machine is noisy. Against
-the same modes it measures an alternative the store does not use: a second store of the
-same rows whose chunks end with zarr3's `crc32c` codec (written here by wrapping
-`store._codecs`), which TensorStore verifies in C++ at every read of a chunk, read
-without the Python CRC (`crc32c_codec`).
+It also measures what the per-read integrity checks cost (`checksum_cost`): the read
+without a checksum (the baseline), the default (xxh3_64 of every chunk at every read),
+the identity mode (check_every_read=False) and a store whose records hold the older
+zlib CRC-32s, checked at every read; interleaved in one process, min and median, wall
+and CPU seconds, with the load average, since a shared machine is noisy. `read_profile`
+splits one block read into its parts (TensorStore read and decode, the four stats, each
+checksum function on the chunk just decoded). With --crc32c_codec it also measures an
+alternative the store does not use: a second store of the same rows whose chunks end
+with zarr3's `crc32c` codec (written here by wrapping `store._codecs`), which
+TensorStore verifies in C++ at every read of a chunk, read without the store's checksum.
 
   python bench/loader.py [--sizes_mb=512,2048] [--d=1536] [--batches=60]
-  python bench/loader.py --sizes_mb=512 --checksum_repeats=7 --skip_serve [--codec=none]
+  python bench/loader.py --sizes_mb=512 --checksum_repeats=9 --skip_serve [--codec=none]
+  python bench/loader.py --sizes_mb=512 --checksum_repeats=7 --skip_serve --crc32c_codec
 """
 import argparse
 import concurrent.futures
@@ -96,9 +100,12 @@ def serve(path: str, shuffle_mb: float, batches: int, batch: int) -> dict:
               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
-# mode: (store, verify_checksums, crc_every_read); "crc32c": the store with the codec
-_CHECK_MODES = {"off": ("plain", False, False), "default": ("plain", True, False),
-                "crc_every_read": ("plain", True, True), "crc32c_codec": ("crc32c", False, False)}
+# mode: (store, verify_checksums, check_every_read); "plain": xxh3_64 records (as written
+# now), "crc32": the same files with zlib CRC-32 records (as older versions wrote them),
+# "crc32c": the rows rewritten with zarr3's crc32c codec (--crc32c_codec only)
+_CHECK_MODES = {"off": ("plain", False, True), "default": ("plain", True, True),
+                "changed_only": ("plain", True, False), "crc32_every_read": ("crc32", True, True),
+                "crc32c_codec": ("crc32c", False, True)}
 
 
 def _pct(x, ref) -> float:
@@ -111,7 +118,7 @@ def _summary(times: dict) -> dict:
     wall, cpu = np.array([t[0] for t in ts]), np.array([t[1] for t in ts])
     out[mode] = {"min_s": round(float(wall.min()), 4), "median_s": round(float(np.median(wall)), 4),
                  "first_s": round(float(wall[0]), 4), "cpu_median_s": round(float(np.median(cpu)), 4)}
-  for mode in ("default", "crc_every_read", "crc32c_codec"):
+  for mode in [m for m in times if m != "off"]:
     out[mode]["overhead_pct"] = {
         "min": _pct(out[mode]["min_s"], out["off"]["min_s"]),
         "median": _pct(out[mode]["median_s"], out["off"]["median_s"]),
@@ -119,23 +126,82 @@ def _summary(times: dict) -> dict:
   return out
 
 
+def crc32_copy(src: str, dst: str) -> None:
+  """The store at `src` as an older version wrote it: the same data files (hard links)
+  and commit records holding zlib CRC-32s (rehash checks the xxh3_64s on the way)."""
+  shutil.copytree(src, dst, copy_function=os.link)
+  for rec in os.listdir(os.path.join(dst, "commits")):     # own files, not links to src's
+    if rec.endswith(".json"):
+      f = os.path.join(dst, "commits", rec)
+      shutil.copyfile(f, f + ".own")
+      os.replace(f + ".own", f)
+  assert store.rehash(dst, "crc32") == [0]
+
+
+def read_profile(path: str, repeats: int) -> dict:
+  """Where a checked block read's time goes, per block (ms, CPU, the median over passes):
+  the TensorStore read and decode of acts and index (`read`), the four shard stats of the
+  check (`stats`), and each checksum of the acts chunk just decoded, as the reader runs
+  it (each function gets its own read of the block, so each is the first to touch the
+  decoded bytes): xxh3_64 (the store's), zlib CRC-32 (older records) and, when the
+  google-crc32c package is installed, hardware CRC32C (for comparison)."""
+  import zlib
+  from musicsae_jax import checksums
+  fns = {"xxh3_64": lambda x: checksums.digest("xxh3_64", x),
+         "crc32": lambda x: zlib.crc32(x.reshape(-1).view(np.uint8))}
+  try:
+    import google_crc32c
+    fns["crc32c"] = lambda x: google_crc32c.value(x.reshape(-1).view(np.uint8))
+  except ImportError:
+    pass
+  site = store.open_dataset(path).site("site")
+  site.verify_checksums = False
+  parts = {k: [] for k in ["read", "stats", *fns]}
+  for _ in range(repeats):
+    acc = dict.fromkeys(parts, 0.0)
+    for i in range(site.num_blocks):
+      p, s = site._block(i)
+      for k, fn in fns.items():
+        c0 = time.process_time()
+        acts, _ = site.read_block(i)
+        c1 = time.process_time()
+        fn(acts)
+        c2 = time.process_time()
+        for w in (0, 1, 0, 1):
+          site._file_id(p, w, s)
+        acc["read"] += (c1 - c0) / len(fns)
+        acc[k] += c2 - c1
+        acc["stats"] += (time.process_time() - c2) / len(fns)
+    for k in parts:
+      parts[k].append(acc[k] / site.num_blocks)
+  med = {k: float(np.median(v)) for k, v in parts.items()}
+  mb = site.chunk_rows * site.d * site.spec.np_dtype.itemsize / 1e6
+  return {"block_mb": round(mb, 2),
+          "ms_per_block": {k: round(1e3 * v, 4) for k, v in med.items()},
+          "pct_of_read": {k: round(100 * v / med["read"], 2) for k in fns for v in [med[k]]},
+          "checksum_gb_s": {k: round(mb / 1e3 / med[k], 1) for k in fns if med[k] > 0}}
+
+
 def checksum_cost(paths: dict, repeats: int, threads: int) -> dict:
   """What the per-read checks cost, in the same process, modes interleaved pass by pass,
-  on the store (`plain`) and a copy of its rows whose chunks carry the crc32c codec
-  (`crc32c`): `off` (no CRC: stats only, the baseline), `default` (CRC at a chunk's first
-  read by this reader and whenever its file changed, a stat before and after every read),
-  `crc_every_read` (CRC of every chunk at every read), `crc32c_codec` (the crc32c store
-  without the Python CRC: TensorStore checks each chunk's crc32c at every read; stats as
-  in `off`). Measured on raw block reads (read_block on the loader's
+  on the store (`plain`, xxh3_64 records), the same files with CRC-32 records (`crc32`)
+  and, when given, a copy of its rows whose chunks carry the crc32c codec (`crc32c`):
+  `off` (no checksum: stats only, the baseline), `default` (xxh3_64 of every chunk at
+  every read, a stat before and after it), `changed_only` (check_every_read=False: a
+  chunk's checksum at its first read by this reader and whenever its file changed),
+  `crc32_every_read` (an older store's CRC-32 at every read), `crc32c_codec` (the crc32c
+  store without the store's checksum: TensorStore checks each chunk's crc32c at every
+  read; stats as in `off`). Measured on raw block reads (read_block on the loader's
   thread count) and on the loader filling its shuffle windows (read, checks, float32,
   scale, scatter), one reader per mode kept over the passes as a training job keeps it.
-  min / median over the passes; `first_s`: the first pass (the default mode's full CRC)."""
+  min / median over the passes; `first_s`: the first pass."""
   from musicsae_jax import data as data_lib, mesh as mesh_lib, train as train_lib
   time.sleep(2.5)               # the files settle, as any store extracted earlier has
-  readers = {m: store.open_dataset(paths[st]).site("site") for m, (st, _, _) in _CHECK_MODES.items()}
-  for m, (_, check, every) in _CHECK_MODES.items():
-    readers[m].verify_checksums, readers[m].crc_every_read = check, every
-  reads = {m: [] for m in _CHECK_MODES}
+  modes = {m: v for m, v in _CHECK_MODES.items() if v[0] in paths}
+  readers = {m: store.open_dataset(paths[st]).site("site") for m, (st, _, _) in modes.items()}
+  for m, (_, check, every) in modes.items():
+    readers[m].verify_checksums, readers[m].check_every_read = check, every
+  reads = {m: [] for m in modes}
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     for _ in range(repeats):
       for m, site in readers.items():
@@ -149,11 +215,11 @@ def checksum_cost(paths: dict, repeats: int, threads: int) -> dict:
       store.open_dataset(paths[st]).site("site"), batch_size=4096, seed=0, eval_prompts=ev,
       scale=1.0, mesh=mesh_lib.make_mesh(), max_passes=t.shuffle_max_passes,
       shuffle_rows=data_lib.window_rows(train_lib.default_shuffle_mb("cpu"), readers["off"].d),
-      read_threads=threads) for m, (st, _, _) in _CHECK_MODES.items()}
-  for m, (_, check, every) in _CHECK_MODES.items():
-    pipes[m].source.verify_checksums, pipes[m].source.crc_every_read = check, every
+      read_threads=threads) for m, (st, _, _) in modes.items()}
+  for m, (_, check, every) in modes.items():
+    pipes[m].source.verify_checksums, pipes[m].source.check_every_read = check, every
   groups = pipes["off"]._groups(0, 0)
-  windows = {m: [] for m in _CHECK_MODES}
+  windows = {m: [] for m in modes}
   for _ in range(repeats):
     for m, pipe in pipes.items():
       t0, c0 = time.perf_counter(), time.process_time()
@@ -179,6 +245,8 @@ def main():
   p.add_argument("--checksum_repeats", type=int, default=5,
                  help="passes over every block with and without the CRC check (0: skip)")
   p.add_argument("--skip_serve", action="store_true", help="only the checksum comparison")
+  p.add_argument("--crc32c_codec", action="store_true",
+                 help="also a store whose chunks carry zarr3's crc32c codec (not used by the store)")
   p.add_argument("--_serve", nargs=2, help=argparse.SUPPRESS)
   a = p.parse_args()
   if a._serve:
@@ -191,11 +259,17 @@ def main():
     try:
       rows = write(os.path.join(tmp, "ds"), size, a.d, a.dtype, a.codec)
       if a.checksum_repeats:
-        write(os.path.join(tmp, "ds_crc32c"), size, a.d, a.dtype, a.codec, chunk_crc32c=True)
-        cost = checksum_cost({"plain": os.path.join(tmp, "ds"),
-                              "crc32c": os.path.join(tmp, "ds_crc32c")},
-                             a.checksum_repeats, min(8, max(1, (os.cpu_count() or 1) // 2)))
-        shutil.rmtree(os.path.join(tmp, "ds_crc32c"))
+        paths = {"plain": os.path.join(tmp, "ds"), "crc32": os.path.join(tmp, "ds_crc32")}
+        crc32_copy(paths["plain"], paths["crc32"])
+        if a.crc32c_codec:
+          paths["crc32c"] = os.path.join(tmp, "ds_crc32c")
+          write(paths["crc32c"], size, a.d, a.dtype, a.codec, chunk_crc32c=True)
+        prof = read_profile(paths["plain"], a.checksum_repeats)
+        print(json.dumps({"bench": "loader_read_profile", "store_mb": size, "d": a.d,
+                          "dtype": a.dtype, "codec": a.codec, **prof}), flush=True)
+        cost = checksum_cost(paths, a.checksum_repeats, min(8, max(1, (os.cpu_count() or 1) // 2)))
+        for extra in ("ds_crc32", "ds_crc32c"):
+          shutil.rmtree(os.path.join(tmp, extra), ignore_errors=True)
         print(json.dumps({"bench": "loader_checksum_cost", "store_mb": size, "d": a.d,
                           "dtype": a.dtype, "codec": a.codec, **cost}), flush=True)
       for mode, mb in (("bounded", default_mb), ("full_shuffle", 4.0 * size * 4)):
