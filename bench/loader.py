@@ -8,12 +8,12 @@ the whole dataset (a full in-memory shuffle). Reports peak RSS, MB/s served and 
 prompts per batch (the prompt id rides in two bf16-exact columns of every row).
 
 It also measures what the per-read integrity checks cost (`checksum_cost`): the read
-without a checksum (the baseline), the default (xxh3_64 of every chunk at every read),
-the identity mode (check_every_read=False) and a store whose records hold the older
-zlib CRC-32s, checked at every read; interleaved in one process, min and median, wall
-and CPU seconds, with the load average, since a shared machine is noisy. `read_profile`
-splits one block read into its parts (TensorStore read and decode, the four stats, each
-checksum function on the chunk just decoded). With --crc32c_codec it also measures an
+without a checksum (the baseline), the default (ISA-L's CRC-32 of every chunk at every
+read), the identity mode (check_every_read=False) and zlib's CRC-32 (the same values,
+the function used before) at every read; interleaved in one process, min and median,
+wall and CPU seconds, with the load average, since a shared machine is noisy.
+`read_profile` splits one block read into its parts (TensorStore read and decode, the
+four stats, each checksum function on the chunk just decoded). With --crc32c_codec it also measures an
 alternative the store does not use: a second store of the same rows whose chunks end
 with zarr3's `crc32c` codec (written here by wrapping `store._codecs`), which
 TensorStore verifies in C++ at every read of a chunk, read without the store's checksum.
@@ -100,12 +100,20 @@ def serve(path: str, shuffle_mb: float, batches: int, batch: int) -> dict:
               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
-# mode: (store, verify_checksums, check_every_read); "plain": xxh3_64 records (as written
-# now), "crc32": the same files with zlib CRC-32 records (as older versions wrote them),
-# "crc32c": the rows rewritten with zarr3's crc32c codec (--crc32c_codec only)
-_CHECK_MODES = {"off": ("plain", False, True), "default": ("plain", True, True),
-                "changed_only": ("plain", True, False), "crc32_every_read": ("crc32", True, True),
-                "crc32c_codec": ("crc32c", False, True)}
+# mode: (store, verify_checksums, check_every_read, CRC-32 function); "crc32c": the rows
+# rewritten with zarr3's crc32c codec (--crc32c_codec only)
+_CHECK_MODES = {"off": ("plain", False, True, "isal"), "default": ("plain", True, True, "isal"),
+                "changed_only": ("plain", True, False, "isal"),
+                "zlib_every_read": ("plain", True, True, "zlib"),
+                "crc32c_codec": ("crc32c", False, True, "isal")}
+
+
+def _configure(site, mode: str):
+  import zlib
+  _, site.verify_checksums, site.check_every_read, fn = _CHECK_MODES[mode]
+  if fn == "zlib":             # the function before ISA-L's: same values
+    site.crc32 = lambda rows, value=0: zlib.crc32(
+        np.ascontiguousarray(rows).reshape(-1).view(np.uint8), value)
 
 
 def _pct(x, ref) -> float:
@@ -126,29 +134,22 @@ def _summary(times: dict) -> dict:
   return out
 
 
-def crc32_copy(src: str, dst: str) -> None:
-  """The store at `src` as an older version wrote it: the same data files (hard links)
-  and commit records holding zlib CRC-32s (rehash checks the xxh3_64s on the way)."""
-  shutil.copytree(src, dst, copy_function=os.link)
-  for rec in os.listdir(os.path.join(dst, "commits")):     # own files, not links to src's
-    if rec.endswith(".json"):
-      f = os.path.join(dst, "commits", rec)
-      shutil.copyfile(f, f + ".own")
-      os.replace(f + ".own", f)
-  assert store.rehash(dst, "crc32") == [0]
-
-
 def read_profile(path: str, repeats: int) -> dict:
   """Where a checked block read's time goes, per block (ms, CPU, the median over passes):
   the TensorStore read and decode of acts and index (`read`), the four shard stats of the
   check (`stats`), and each checksum of the acts chunk just decoded, as the reader runs
   it (each function gets its own read of the block, so each is the first to touch the
-  decoded bytes): xxh3_64 (the store's), zlib CRC-32 (older records) and, when the
-  google-crc32c package is installed, hardware CRC32C (for comparison)."""
+  decoded bytes): ISA-L's CRC-32 (the store's), zlib's CRC-32 (the same values, the
+  function used before) and, for comparison when their packages are installed, xxHash's
+  xxh3_64 and google-crc32c's hardware CRC32C."""
   import zlib
   from musicsae_jax import checksums
-  fns = {"xxh3_64": lambda x: checksums.digest("xxh3_64", x),
-         "crc32": lambda x: zlib.crc32(x.reshape(-1).view(np.uint8))}
+  fns = {"crc32_isal": checksums.crc32, "crc32_zlib": lambda x: zlib.crc32(x.reshape(-1).view(np.uint8))}
+  try:
+    import xxhash
+    fns["xxh3_64"] = lambda x: xxhash.xxh3_64_intdigest(x.reshape(-1).view(np.uint8))
+  except ImportError:
+    pass
   try:
     import google_crc32c
     fns["crc32c"] = lambda x: google_crc32c.value(x.reshape(-1).view(np.uint8))
@@ -184,23 +185,22 @@ def read_profile(path: str, repeats: int) -> dict:
 
 def checksum_cost(paths: dict, repeats: int, threads: int) -> dict:
   """What the per-read checks cost, in the same process, modes interleaved pass by pass,
-  on the store (`plain`, xxh3_64 records), the same files with CRC-32 records (`crc32`)
-  and, when given, a copy of its rows whose chunks carry the crc32c codec (`crc32c`):
-  `off` (no checksum: stats only, the baseline), `default` (xxh3_64 of every chunk at
-  every read, a stat before and after it), `changed_only` (check_every_read=False: a
-  chunk's checksum at its first read by this reader and whenever its file changed),
-  `crc32_every_read` (an older store's CRC-32 at every read), `crc32c_codec` (the crc32c
-  store without the store's checksum: TensorStore checks each chunk's crc32c at every
-  read; stats as in `off`). Measured on raw block reads (read_block on the loader's
+  on the store (`plain`) and, when given, a copy of its rows whose chunks carry the
+  crc32c codec (`crc32c`): `off` (no checksum: stats only, the baseline), `default`
+  (ISA-L's CRC-32 of every chunk at every read, a stat before and after it),
+  `changed_only` (check_every_read=False: a chunk's CRC at its first read by this reader
+  and whenever its file changed), `zlib_every_read` (zlib's CRC-32, the function used
+  before, at every read), `crc32c_codec` (the crc32c store without the store's CRC:
+  TensorStore checks each chunk's crc32c at every read; stats as in `off`). Measured on raw block reads (read_block on the loader's
   thread count) and on the loader filling its shuffle windows (read, checks, float32,
   scale, scatter), one reader per mode kept over the passes as a training job keeps it.
   min / median over the passes; `first_s`: the first pass."""
   from musicsae_jax import data as data_lib, mesh as mesh_lib, train as train_lib
   time.sleep(2.5)               # the files settle, as any store extracted earlier has
   modes = {m: v for m, v in _CHECK_MODES.items() if v[0] in paths}
-  readers = {m: store.open_dataset(paths[st]).site("site") for m, (st, _, _) in modes.items()}
-  for m, (_, check, every) in modes.items():
-    readers[m].verify_checksums, readers[m].check_every_read = check, every
+  readers = {m: store.open_dataset(paths[v[0]]).site("site") for m, v in modes.items()}
+  for m, site in readers.items():
+    _configure(site, m)
   reads = {m: [] for m in modes}
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     for _ in range(repeats):
@@ -212,12 +212,12 @@ def checksum_cost(paths: dict, repeats: int, threads: int) -> dict:
   t = train_lib.default_config()
   ev = data_lib.split_prompts(readers["off"].read_index()[:, 0], t.eval_fraction, 0)
   pipes = {m: data_lib.Pipeline(
-      store.open_dataset(paths[st]).site("site"), batch_size=4096, seed=0, eval_prompts=ev,
+      store.open_dataset(paths[v[0]]).site("site"), batch_size=4096, seed=0, eval_prompts=ev,
       scale=1.0, mesh=mesh_lib.make_mesh(), max_passes=t.shuffle_max_passes,
       shuffle_rows=data_lib.window_rows(train_lib.default_shuffle_mb("cpu"), readers["off"].d),
-      read_threads=threads) for m, (st, _, _) in modes.items()}
-  for m, (_, check, every) in modes.items():
-    pipes[m].source.verify_checksums, pipes[m].source.check_every_read = check, every
+      read_threads=threads) for m, v in modes.items()}
+  for m, pipe in pipes.items():
+    _configure(pipe.source, m)
   groups = pipes["off"]._groups(0, 0)
   windows = {m: [] for m in modes}
   for _ in range(repeats):
@@ -259,8 +259,7 @@ def main():
     try:
       rows = write(os.path.join(tmp, "ds"), size, a.d, a.dtype, a.codec)
       if a.checksum_repeats:
-        paths = {"plain": os.path.join(tmp, "ds"), "crc32": os.path.join(tmp, "ds_crc32")}
-        crc32_copy(paths["plain"], paths["crc32"])
+        paths = {"plain": os.path.join(tmp, "ds")}
         if a.crc32c_codec:
           paths["crc32c"] = os.path.join(tmp, "ds_crc32c")
           write(paths["crc32c"], size, a.d, a.dtype, a.codec, chunk_crc32c=True)
@@ -268,8 +267,7 @@ def main():
         print(json.dumps({"bench": "loader_read_profile", "store_mb": size, "d": a.d,
                           "dtype": a.dtype, "codec": a.codec, **prof}), flush=True)
         cost = checksum_cost(paths, a.checksum_repeats, min(8, max(1, (os.cpu_count() or 1) // 2)))
-        for extra in ("ds_crc32", "ds_crc32c"):
-          shutil.rmtree(os.path.join(tmp, extra), ignore_errors=True)
+        shutil.rmtree(os.path.join(tmp, "ds_crc32c"), ignore_errors=True)
         print(json.dumps({"bench": "loader_checksum_cost", "store_mb": size, "d": a.d,
                           "dtype": a.dtype, "codec": a.codec, **cost}), flush=True)
       for mode, mb in (("bounded", default_mb), ("full_shuffle", 4.0 * size * 4)):

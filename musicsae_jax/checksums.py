@@ -1,25 +1,19 @@
-"""Per-chunk checksums of committed rows: the algorithms a commit record may name.
+"""Per-chunk checksums of committed rows: CRC-32, computed with ISA-L.
 
 A commit record names its algorithm in "checksum_algorithm"; records written before that
-field existed hold zlib CRC-32s and read as "crc32". New records use xxh3_64 (xxHash),
-about five times faster than zlib's CRC-32 on a chunk just decoded, so a reader can check
-every chunk at every read for a few per cent of the read time (bench/loader.py).
-
-Digests are stored as JSON ints for crc32 (as they always were) and as 16-digit lowercase
-hex strings for xxh3_64 (64-bit ints lose precision in many JSON readers).
+field existed hold the same CRC-32 (zlib's polynomial and values) and read as "crc32".
+ISA-L's CRC-32 (the `isal` package, carry-less multiply instructions) gives zlib's values
+at about five times zlib's speed, so a reader can check every chunk at every read for a
+few per cent of the read time (bench/loader.py), on stores written before as well.
 """
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
-import xxhash
+from isal import isal_zlib
 
-DEFAULT = "xxh3_64"
-LEGACY = "crc32"                # records without "checksum_algorithm"
-ALGORITHMS = (DEFAULT, LEGACY)
-DESCRIPTION = {"xxh3_64": "xxh3_64 per chunk_rows rows (little-endian bytes)",
-               "crc32": "crc32 per chunk_rows rows (little-endian bytes)"}
+DEFAULT = "crc32"
+ALGORITHMS = (DEFAULT,)
+DESCRIPTION = "crc32 per chunk_rows rows (little-endian bytes)"
 
 
 class UnknownAlgorithmError(ValueError):
@@ -27,78 +21,32 @@ class UnknownAlgorithmError(ValueError):
 
 
 def algorithm_of(record: dict) -> str:
-  """The algorithm of a commit record's checksums (LEGACY when it names none)."""
-  algo = record.get("checksum_algorithm", LEGACY)
+  """The algorithm of a commit record's checksums ("crc32" when it names none)."""
+  algo = record.get("checksum_algorithm", DEFAULT)
   if algo not in ALGORITHMS:
     raise UnknownAlgorithmError(f"checksum_algorithm {algo!r}; this version knows {ALGORITHMS} "
-                                f"(upgrade musicsae-jax to read it)")
+                                f"(written by a newer musicsae-jax? upgrade to read it)")
   return algo
 
 
-def _bytes(rows: np.ndarray) -> np.ndarray:
-  return np.ascontiguousarray(rows).reshape(-1).view(np.uint8)
+def crc32(rows: np.ndarray, value: int = 0) -> int:
+  """CRC-32 (zlib's) of rows' little-endian bytes, continuing from `value`."""
+  return isal_zlib.crc32(np.ascontiguousarray(rows).reshape(-1).view(np.uint8), value)
 
 
-def digest(algo: str, rows: np.ndarray) -> int:
-  """The checksum of rows' little-endian bytes, as an int."""
-  if algo == "xxh3_64":
-    return xxhash.xxh3_64_intdigest(_bytes(rows))
-  return zlib.crc32(_bytes(rows))
+def extend(sums: list[int], start: int, rows: np.ndarray, chunk_rows: int) -> None:
+  """Extend per-chunk CRC-32s with rows that begin at row `start` of the array.
 
-
-def decode(algo: str, stored) -> int:
-  """A digest as stored in JSON -> int."""
-  return int(stored, 16) if algo == "xxh3_64" else int(stored)
-
-
-def encode(algo: str, value: int) -> int | str:
-  """An int digest -> its JSON form."""
-  return f"{value:016x}" if algo == "xxh3_64" else int(value)
-
-
-class ChunkSums:
-  """The per-chunk digests of one array, extended as rows are appended.
-
-  sums[c] covers the committed rows of chunk c. CRC-32 continues from its value; xxh3
-  continues from a hasher kept for the open (last, partial) chunk, so a flush extends
-  it without reading rows back. A writer resuming a partial xxh3 chunk seeds that hasher
-  with `resume(rows)` (the chunk's committed rows, read back once).
+  sums[c] covers the committed rows of chunk c; CRC-32 continues from its value, so a
+  partial last chunk is extended without reading it back.
   """
-
-  def __init__(self, algo: str, sums: list[int] | None = None):
-    self.algo = algo
-    self.sums = list(sums or [])
-    self._open = None            # xxh3 state of the last chunk while it is partial
-
-  def copy(self) -> "ChunkSums":
-    out = ChunkSums(self.algo, self.sums)
-    out._open = None if self._open is None else self._open.copy()
-    return out
-
-  def resume(self, rows: np.ndarray) -> None:
-    """Seed the open chunk's state from its committed rows (xxh3; CRC-32 needs none)."""
-    if self.algo == "xxh3_64":
-      self._open = xxhash.xxh3_64(_bytes(rows))
-
-  def extend(self, start: int, rows: np.ndarray, chunk_rows: int) -> None:
-    """Append rows that begin at row `start` of the array."""
-    pos, off = start, 0
-    while off < len(rows):
-      c, within = divmod(pos, chunk_rows)
-      take = min(chunk_rows - within, len(rows) - off)
-      piece = _bytes(rows[off:off + take])
-      if self.algo == "crc32":
-        if within == 0:
-          self.sums.append(zlib.crc32(piece))
-        else:
-          self.sums[c] = zlib.crc32(piece, self.sums[c])
-      else:
-        if within == 0:
-          self._open = xxhash.xxh3_64()
-          self.sums.append(0)
-        elif self._open is None:
-          raise RuntimeError("ChunkSums.extend: a partial xxh3 chunk continued without "
-                             "resume()")
-        self._open.update(piece)
-        self.sums[c] = self._open.intdigest()
-      pos, off = pos + take, off + take
+  pos, off = start, 0
+  while off < len(rows):
+    c, within = divmod(pos, chunk_rows)
+    take = min(chunk_rows - within, len(rows) - off)
+    piece = rows[off:off + take]
+    if within == 0:
+      sums.append(crc32(piece))
+    else:
+      sums[c] = crc32(piece, sums[c])
+    pos, off = pos + take, off + take

@@ -13,17 +13,15 @@ Crash safety: rows are written first, then the worker's commit record is replace
 atomically (write temp file, fsync, rename). Rows past the committed count are invisible
 and are overwritten by the next append, so a batch is either committed or not there.
 
-Integrity: the commit record also holds a checksum of every committed chunk (per site,
-acts and index; xxh3_64, or zlib CRC-32 in records written before the algorithm was
-recorded: see `checksums`), so `verify()` (CLI: `python -m musicsae_jax.store verify
-PATH`) can prove the committed rows are the ones written, and every read checks them
-too: a reader reads whole chunks, stats their shard files before and after each read
-(MissingDataError when gone) and compares each chunk with its checksum (ChecksumError) at
-every read (see SiteReader), so a file corrupted or removed while a job runs fails that
-job's next read of it, naming the file and rows. Every written chunk is stored, zeros
-included, so a shard file missing under committed rows is damage, never the zarr fill
-value. `python -m musicsae_jax.store rehash PATH` moves an older store's CRC-32s to
-xxh3_64 (after checking them).
+Integrity: the commit record also holds a CRC-32 of every committed chunk (per site,
+acts and index; see `checksums`), so `verify()` (CLI: `python -m musicsae_jax.store
+verify PATH`) can prove the committed rows are the ones written, and every read checks
+them too: a reader reads whole chunks, stats their shard files before and after each
+read (MissingDataError when gone) and recomputes each chunk's CRC-32 at every read
+(ChecksumError; see SiteReader), so a file corrupted or removed while a job runs fails
+that job's next read of it, naming the file and rows. Every written chunk
+is stored, zeros included, so a shard file missing under committed rows is damage, never
+the zarr fill value.
 """
 from __future__ import annotations
 
@@ -90,7 +88,7 @@ class MissingDataError(StoreError):
 
 
 class ChecksumError(StoreError):
-  """Committed rows read back do not match the checksum of their commit record."""
+  """Committed rows read back do not match the CRC-32 of their commit record."""
 
 
 class DuplicatePromptError(StoreError, ValueError):
@@ -394,8 +392,8 @@ class Dataset:
                              f"{sorted(self.sites)}")
     commits = self.commits()     # rows and checksums from the same records
     rows = [int(c["rows"].get(name, 0)) for c in commits]
-    algos, sums = zip(*(_record_sums(self.path, c, name) for c in commits))
-    return SiteReader(self, name, rows, list(sums), list(algos))
+    sums = [_record_sums(self.path, c, name) for c in commits]
+    return SiteReader(self, name, rows, sums)
 
   def check_files(self) -> None:
     """Raise MissingDataError naming the first shard file missing under committed rows
@@ -419,24 +417,14 @@ def _empty_commit(worker: int) -> dict:
   return {"worker": worker, "rows": {}, "completed_prompts": [], "flushes": 0}
 
 
-def _record_algorithm(root: str, record: dict) -> str:
+def _record_sums(root: str, record: dict, site: str) -> dict | None:
+  """A commit record's per-chunk CRC-32s of `site` ({"acts": [...], "index": [...]}, None
+  when it holds none); ManifestError when it names an algorithm this version lacks."""
   try:
-    return checksums_lib.algorithm_of(record)
+    checksums_lib.algorithm_of(record)
   except checksums_lib.UnknownAlgorithmError as e:
     raise ManifestError(f"{_commit_path(root, int(record.get('worker', 0)))}: {e}") from None
-
-
-def _record_sums(root: str, record: dict, site: str) -> tuple[str, dict | None]:
-  """(algorithm, {"acts": [int], "index": [int]} or None) of a commit record's site."""
-  algo = _record_algorithm(root, record)
-  have = (record.get("checksums") or {}).get(site)
-  if have is None:
-    return algo, None
-  try:
-    return algo, {k: [checksums_lib.decode(algo, v) for v in have[k]] for k in ("acts", "index")}
-  except (KeyError, TypeError, ValueError) as e:
-    raise ManifestError(f"{_commit_path(root, int(record.get('worker', 0)))}: corrupt "
-                        f"{algo} checksums of site {site!r} ({e})") from None
+  return (record.get("checksums") or {}).get(site)
 
 
 # --------------------------------------------------------------------------------------
@@ -450,28 +438,27 @@ class SiteReader:
   (chunk_rows rows) of one part, the unit training reads in shuffled order.
 
   Every read is checked: the shard files under the rows must exist (a stat before and
-  after the read), and each chunk read must match the checksum of its commit record,
-  recomputed at every read of it (xxh3_64: a few per cent of a read, bench/loader.py).
-  Reads are whole chunks (a row read decodes its whole chunk anyway), so the checksums
-  cover exactly what was read. A file removed or damaged while a job runs fails the job's
-  next read of it. Failures raise MissingDataError / ChecksumError naming the file and
-  the rows. Datasets written before checksums existed get the file check only.
+  after the read), and each chunk read must match the CRC-32 of its commit record,
+  recomputed at every read of it (ISA-L's CRC-32: a few per cent of a read,
+  bench/loader.py). Reads are whole chunks (a row read decodes its whole chunk anyway),
+  so the checksums cover exactly what was read. A file removed or damaged while a job
+  runs fails the job's next read of it. Failures raise MissingDataError / ChecksumError
+  naming the file and the rows. Datasets written before checksums existed get the file
+  check only.
 
-  `check_every_read = False` trades that for speed on stores whose records still hold
-  CRC-32s (about a fifth of a read; `python -m musicsae_jax.store rehash` upgrades them):
-  a chunk is then checked at its first read and again at every later read whose shard file
-  is not provably the one checked (inode, size, mtime, ctime unchanged across the read and
-  since; a file changed within the last seconds is never trusted: timestamps are coarse).
+  `check_every_read = False` checks a chunk at its first read and again at every later
+  read whose shard file is not provably the one checked (inode, size, mtime and ctime
+  unchanged across the read and since; a file changed within the last seconds is never
+  trusted: timestamps are coarse).
   """
 
   verify_checksums = True     # False only to measure the check's cost (bench/loader.py)
-  check_every_read = True     # False: skip chunks of files unchanged since they passed
+  check_every_read = True     # False: skip the CRC of chunks whose files are unchanged
+  crc32 = staticmethod(checksums_lib.crc32)   # the function (bench/loader.py swaps in zlib's)
   _SETTLED_NS = 2_000_000_000  # a file's ctime older than this: its identity is trusted
 
   def __init__(self, ds: Dataset, name: str, part_rows: list[int],
-               checksums: list[dict | None] | None = None, algorithms: list[str] | None = None):
-    """checksums[p]: part p's {"acts": [int], "index": [int]} (None: none recorded),
-    computed with algorithms[p] (see musicsae_jax.checksums)."""
+               checksums: list[dict | None] | None = None):
     self.dataset, self.name = ds, name
     self.spec = ds.sites[name].resolved()
     self.d, self.dtype, self.chunk_rows = self.spec.d, self.spec.dtype, self.spec.chunk_rows
@@ -483,8 +470,6 @@ class SiteReader:
     self.num_blocks = len(blocks)
     self._arrays: dict[int, tuple[Any, Any]] = {}
     self._sums = list(checksums) if checksums is not None else [None] * len(part_rows)
-    self._algos = (list(algorithms) if algorithms is not None
-                   else [checksums_lib.DEFAULT] * len(part_rows))
     self._verified: dict[tuple[int, int, int], tuple] = {}   # (part, array, row) -> file id
 
   def __repr__(self) -> str:
@@ -535,7 +520,7 @@ class SiteReader:
 
   def _verify_read(self, p: int, w: int, lo: int, rows: np.ndarray, before: tuple) -> None:
     """Check a chunk just read (rows from local row lo of part p, array w) whose shard file
-    had identity `before` when the read started: skip the checksum only when the file is the
+    had identity `before` when the read started: skip the CRC only when the file is the
     one whose chunk passed it before and did not change during this read."""
     after = self._file_id(p, w, lo)
     key = (p, w, lo)
@@ -548,13 +533,13 @@ class SiteReader:
 
   def _check_chunk(self, p: int, lo: int, what: str, rows: np.ndarray) -> None:
     """Compare rows [lo, lo + len(rows)) of part p (a whole committed chunk) with their
-    checksum; raise naming the file and rows when they differ."""
+    CRC-32; raise naming the file and rows when they differ."""
     sums = self._sums[p]
     if sums is None or not self.verify_checksums:
       return
     c = lo // self.chunk_rows
     have = sums[what][c] if c < len(sums[what]) else None
-    if have is not None and checksums_lib.digest(self._algos[p], rows) == have:
+    if have is not None and self.crc32(rows) == have:
       return
     hi = lo + len(rows)
     gone = self._missing(p, lo, hi)      # removed during the read: say so
@@ -563,7 +548,7 @@ class SiteReader:
     f = _shard_file(os.path.join(self._part_base(p), what), lo // self.spec.shard_rows)
     raise ChecksumError(
         f"{f}: {what} rows {lo}..{hi - 1} of site {self.name!r} (worker {p}) do not match "
-        f"their checksum ({self._algos[p]}: corrupt or overwritten); the dataset is damaged: check it with "
+        f"their checksum (corrupt or overwritten); the dataset is damaged: check it with "
         f"`python -m musicsae_jax.store verify {self.dataset.path}` and re-extract")
 
   def _chunk_end(self, p: int, lo: int) -> int:
@@ -711,18 +696,6 @@ class SiteReader:
 # writing
 
 
-def _lock_worker(root: str, worker: int) -> int:
-  """Take worker `worker`'s write lock (an flock released with its fd); LockedError if held."""
-  fd = os.open(_commit_path(root, worker) + ".lock", os.O_CREAT | os.O_RDWR)
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    os.close(fd)
-    raise LockedError(f"{root}: worker {worker} is being written by another live "
-                      f"process; use a different --worker_index or wait for it to finish") from None
-  return fd
-
-
 class Writer:
   """Appends rows for one worker. Rows and prompt completions become visible together.
 
@@ -733,19 +706,19 @@ class Writer:
   batch, and the next writer continues after the committed rows.
   """
 
-  def __init__(self, ds: Dataset, worker_index: int = 0, flush_seconds: float = 60.0,
-               checksum: str = checksums_lib.DEFAULT):
-    """`checksum`: the algorithm of a new commit record; a record that already holds
-    checksums keeps its own (so an older store's records stay CRC-32 until rehashed)."""
-    if checksum not in checksums_lib.ALGORITHMS:
-      raise StoreError(f"{ds.path}: checksum must be one of {checksums_lib.ALGORITHMS}, "
-                       f"got {checksum!r}")
+  def __init__(self, ds: Dataset, worker_index: int = 0, flush_seconds: float = 60.0):
     if not isinstance(worker_index, int) or not 0 <= worker_index < ds.num_workers:
       raise StoreError(f"{ds.path}: worker_index must be in [0, {ds.num_workers}) for a dataset "
                        f"created with num_workers={ds.num_workers}, got {worker_index!r}")
     self.ds, self.worker = ds, worker_index
     self.flush_seconds = flush_seconds
-    self._lock_fd = _lock_worker(ds.path, worker_index)
+    self._lock_fd = os.open(_commit_path(ds.path, worker_index) + ".lock", os.O_CREAT | os.O_RDWR)
+    try:
+      fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(self._lock_fd)
+      raise LockedError(f"{ds.path}: worker {worker_index} is being written by another live "
+                        f"process; use a different --worker_index or wait for it to finish") from None
     p = _commit_path(ds.path, worker_index)
     for tmp in glob.glob(glob.escape(p) + ".tmp-*"):   # left by a writer killed mid-replace
       os.remove(tmp)
@@ -753,20 +726,17 @@ class Writer:
     self._specs = {n: s.resolved() for n, s in ds.sites.items()}
     # Prompts committed by any worker at open: their rows must not be appended again.
     self._done = ds.completed_prompts() | set(self._commit["completed_prompts"])
-    # Per-chunk checksums continue only where the record covers every committed row.
-    held = any(self._commit.get("checksums") or {})
-    self._algo = _record_algorithm(ds.path, self._commit) if held else checksum
-    self._sums: dict[str, dict[str, checksums_lib.ChunkSums]] = {}
+    # Per-chunk CRCs continue only where the record covers every committed row.
+    self._crcs = {}
     for n, spec in self._specs.items():
-      _, have = _record_sums(ds.path, self._commit, n)
-      rows = self.committed_rows(n)
+      have, rows = _record_sums(ds.path, self._commit, n), self.committed_rows(n)
       if have is None and rows:
         continue                    # written before checksums existed: none kept for it
       have = have or {"acts": [], "index": []}
       if len(have["acts"]) != -(-rows // spec.chunk_rows):
         raise ManifestError(f"{p}: checksums of site {n!r} cover {len(have['acts'])} chunks "
                             f"but {rows} rows were committed")
-      self._sums[n] = {k: checksums_lib.ChunkSums(self._algo, have[k]) for k in ("acts", "index")}
+      self._crcs[n] = {"acts": list(have["acts"]), "index": list(have["index"])}
     self._arrays: dict[str, tuple[Any, Any]] = {}
     self._pending: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n in ds.sites}
     self._pending_rows = dict.fromkeys(ds.sites, 0)
@@ -780,28 +750,6 @@ class Writer:
         acts.resize(exclusive_max=[n, None], shrink_only=True).result()
         index.resize(exclusive_max=[n, None], shrink_only=True).result()
         self._arrays.pop(name)
-    for name, sums in self._sums.items():
-      self._resume_open_chunk(name, sums)
-
-  def _resume_open_chunk(self, name: str, sums: dict) -> None:
-    """A partial last chunk's xxh3 continues from its rows: read them back once, check
-    them against the record, and seed the hashers (CRC-32 continues from its value)."""
-    spec, n = self._specs[name], self.committed_rows(name)
-    lo = n // spec.chunk_rows * spec.chunk_rows
-    if self._algo == "crc32" or lo == n:
-      return
-    arrays = self._array(name)
-    for w, what in enumerate(("acts", "index")):
-      rows = arrays[w][lo:n].read().result()
-      if checksums_lib.digest(self._algo, rows) != sums[what].sums[-1]:
-        f = _shard_file(os.path.join(_part_dir(self.ds.path, name, self.worker,
-                                               self.ds.num_workers), what),
-                        lo // spec.shard_rows)
-        raise ChecksumError(f"{f}: {what} rows {lo}..{n - 1} of site {name!r} (worker "
-                            f"{self.worker}) do not match their checksum (corrupt or "
-                            f"overwritten); cannot append after them: check the dataset with "
-                            f"`python -m musicsae_jax.store verify {self.ds.path}`")
-      sums[what].resume(rows)
 
   def __enter__(self) -> "Writer":
     return self
@@ -880,7 +828,7 @@ class Writer:
     if not any(self._pending_rows.values()) and not self._pending_prompts:
       return
     new_rows = dict(self._commit["rows"])
-    new_sums = {n: {k: v.copy() for k, v in c.items()} for n, c in self._sums.items()}
+    new_crcs = {n: {k: list(v) for k, v in c.items()} for n, c in self._crcs.items()}
     txn = ts.Transaction()      # coalesces the appended pieces into whole-shard writes
     pending = []
     for name, chunks in self._pending.items():
@@ -893,13 +841,13 @@ class Writer:
       idx = idx.resize(exclusive_max=[stop, None], expand_only=True).result()
       self._arrays[name] = (arr, idx)
       tarr, tidx = arr.with_transaction(txn), idx.with_transaction(txn)
-      sums = new_sums.get(name)
+      crcs = new_crcs.get(name)
       for a, i in chunks:
         pending.append(tarr[start:start + len(a)].write(a))
         pending.append(tidx[start:start + len(a)].write(i))
-        if sums is not None:
-          sums["acts"].extend(start, a, self._specs[name].chunk_rows)
-          sums["index"].extend(start, i, self._specs[name].chunk_rows)
+        if crcs is not None:
+          checksums_lib.extend(crcs["acts"], start, a, self._specs[name].chunk_rows)
+          checksums_lib.extend(crcs["index"], start, i, self._specs[name].chunk_rows)
         start += len(a)
       new_rows[name] = stop
     for f in pending:
@@ -907,13 +855,12 @@ class Writer:
     txn.commit_async().result()
     done = sorted(set(self._commit["completed_prompts"]) | set(self._pending_prompts))
     record = {"worker": self.worker, "rows": new_rows, "completed_prompts": done,
-              "checksums": {n: {k: [checksums_lib.encode(self._algo, x) for x in v.sums]
-                                for k, v in c.items()} for n, c in new_sums.items()},
-              "checksum_algorithm": self._algo, "checksum": checksums_lib.DESCRIPTION[self._algo],
+              "checksums": new_crcs, "checksum_algorithm": checksums_lib.DEFAULT,
+              "checksum": checksums_lib.DESCRIPTION,
               "flushes": int(self._commit.get("flushes", 0)) + 1,
               "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _write_json_atomic(_commit_path(self.ds.path, self.worker), record)
-    self._commit, self._sums = record, new_sums
+    self._commit, self._crcs = record, new_crcs
     self._done |= set(self._pending_prompts)
     self._pending = {n: [] for n in self._specs}
     self._pending_rows = dict.fromkeys(self._specs, 0)
@@ -941,7 +888,7 @@ class Writer:
 def verify(path: str) -> dict:
   """Check a dataset end to end; returns {'problems': [str], 'sites': {name: rows}}.
 
-  Reads every committed row once and checks: shard files present, per-chunk checksums
+  Reads every committed row once and checks: shard files present, per-chunk CRC-32s
   against the commit records, no NaN/Inf, each (prompt, frame) row once, rows only for
   completed prompts, every completed prompt present in every site, and no prompt
   completed by two workers. Every chunk of every site is checked whatever else is wrong
@@ -968,7 +915,7 @@ def verify(path: str) -> dict:
       if not n:
         continue
       where = f"site {name!r} worker {p}"
-      algo, sums = _record_sums(ds.path, commits[p], name)
+      sums = _record_sums(ds.path, commits[p], name)
       if sums is None:
         problems.append(f"{where}: commit record has no checksums (written by an older "
                         f"version); contents not checked")
@@ -999,9 +946,9 @@ def verify(path: str) -> dict:
             continue
           c = lo // site.chunk_rows
           if sums is not None and (c >= len(sums[what]) or
-                                   checksums_lib.digest(algo, x) != sums[what][c]):
+                                   checksums_lib.crc32(x) != sums[what][c]):
             problems.append(f"{f}: {what} rows {lo}..{hi - 1} of {where} do not match their "
-                            f"checksum ({algo}: corrupt or overwritten)")
+                            f"checksum (corrupt or overwritten)")
             damaged |= what == "index"
             if what == "index":
               continue                # its (prompt, frame) keys are not to be trusted
@@ -1033,64 +980,14 @@ def verify(path: str) -> dict:
           "completed_prompts": len(done), "prompts": len(ds.prompts)}
 
 
-def rehash(path: str, algorithm: str = checksums_lib.DEFAULT) -> list[int]:
-  """Move every commit record's chunk checksums to `algorithm` (older stores hold CRC-32s,
-  which cost about a fifth of a read when checked at every read). Each chunk is read and
-  checked against its old checksum first (ChecksumError / MissingDataError naming the
-  file and rows, nothing rewritten for that worker); each record is replaced atomically
-  under its worker's write lock. Returns the workers whose records changed."""
-  if algorithm not in checksums_lib.ALGORITHMS:
-    raise StoreError(f"{path}: checksum must be one of {checksums_lib.ALGORITHMS}, got "
-                     f"{algorithm!r}")
-  ds = open_dataset(path)
-  changed = []
-  for w in range(ds.num_workers):
-    p = _commit_path(ds.path, w)
-    if not os.path.exists(p):
-      continue
-    fd = _lock_worker(ds.path, w)
-    try:
-      record = _read_json(p, "commit record")
-      old = _record_algorithm(ds.path, record)
-      if old == algorithm or not record.get("checksums"):
-        continue
-      new = {}
-      for name in record["checksums"]:
-        _, sums = _record_sums(ds.path, record, name)
-        site = SiteReader(ds, name, [0] * w + [int(record["rows"].get(name, 0))],
-                          [None] * w + [sums], [old] * (w + 1))
-        new[name] = {"acts": [], "index": []}
-        for i in range(site.num_blocks):           # checked against the old sums
-          for what, rows in zip(("acts", "index"), site.read_block(i)):
-            new[name][what].append(checksums_lib.encode(algorithm,
-                                                        checksums_lib.digest(algorithm, rows)))
-      record.update(checksums=new, checksum_algorithm=algorithm,
-                    checksum=checksums_lib.DESCRIPTION[algorithm])
-      _write_json_atomic(p, record)
-      changed.append(w)
-    finally:
-      fcntl.flock(fd, fcntl.LOCK_UN)
-      os.close(fd)
-  return changed
-
-
 def _main(argv: Sequence[str]) -> int:
-  """`python -m musicsae_jax.store verify PATH`: exit 0 when whole, 1 listing problems.
-  `python -m musicsae_jax.store rehash PATH`: move a store's checksums to xxh3_64."""
+  """`python -m musicsae_jax.store verify PATH`: exit 0 when whole, 1 listing problems."""
   import argparse
   ap = argparse.ArgumentParser(prog="python -m musicsae_jax.store")
   sub = ap.add_subparsers(dest="cmd", required=True)
   sub.add_parser("verify", help="check a dataset's files, checksums and rows").add_argument("path")
-  sub.add_parser("rehash", help="check a dataset's chunks, then record their checksums as "
-                                f"{checksums_lib.DEFAULT} (faster to check)").add_argument("path")
   args = ap.parse_args(argv)
   try:
-    if args.cmd == "rehash":
-      workers = rehash(args.path)
-      print(f"{args.path}: {len(workers)} commit record(s) now hold {checksums_lib.DEFAULT} "
-            f"checksums (workers {workers})" if workers else
-            f"{args.path}: nothing to do (no CRC-32 checksums)")
-      return 0
     report = verify(args.path)
   except StoreError as e:
     print(f"{type(e).__name__}: {e}", file=sys.stderr)
