@@ -184,7 +184,8 @@ def read_profile(path: str, repeats: int) -> dict:
 
 
 def checksum_cost(paths: dict, repeats: int, threads: int) -> dict:
-  """What the per-read checks cost, in the same process, modes interleaved pass by pass,
+  """What the per-read checks cost, in the same process, modes interleaved (a few blocks,
+  or one window, at a time, in rotated order, so load swings hit every mode alike),
   on the store (`plain`) and, when given, a copy of its rows whose chunks carry the
   crc32c codec (`crc32c`): `off` (no checksum: stats only, the baseline), `default`
   (ISA-L's CRC-32 of every chunk at every read, a stat before and after it),
@@ -201,14 +202,23 @@ def checksum_cost(paths: dict, repeats: int, threads: int) -> dict:
   readers = {m: store.open_dataset(paths[v[0]]).site("site") for m, v in modes.items()}
   for m, site in readers.items():
     _configure(site, m)
+  names = list(modes)
   reads = {m: [] for m in modes}
+  step = 4 * threads           # blocks read by one mode before the next mode's turn
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    for site in readers.values():     # warm-up, untimed: pools, first allocations
+      list(pool.map(site.read_block, range(min(step, site.num_blocks))))
     for _ in range(repeats):
-      for m, site in readers.items():
-        t0, c0 = time.perf_counter(), time.process_time()
-        for _ in pool.map(site.read_block, range(site.num_blocks)):
-          pass
-        reads[m].append((time.perf_counter() - t0, time.process_time() - c0))
+      acc = {m: [0.0, 0.0] for m in modes}
+      for k, lo in enumerate(range(0, readers["off"].num_blocks, step)):
+        for m in names[k % len(names):] + names[:k % len(names)]:   # rotated: no order bias
+          t0, c0 = time.perf_counter(), time.process_time()
+          for _ in pool.map(readers[m].read_block, range(lo, min(lo + step, readers[m].num_blocks))):
+            pass
+          acc[m][0] += time.perf_counter() - t0
+          acc[m][1] += time.process_time() - c0
+      for m in modes:
+        reads[m].append(tuple(acc[m]))
   t = train_lib.default_config()
   ev = data_lib.split_prompts(readers["off"].read_index()[:, 0], t.eval_fraction, 0)
   pipes = {m: data_lib.Pipeline(
@@ -220,12 +230,18 @@ def checksum_cost(paths: dict, repeats: int, threads: int) -> dict:
     _configure(pipe.source, m)
   groups = pipes["off"]._groups(0, 0)
   windows = {m: [] for m in modes}
+  for pipe in pipes.values():         # warm-up, untimed
+    pipe._load_window(0, 0, 0, *groups[0])
   for _ in range(repeats):
-    for m, pipe in pipes.items():
-      t0, c0 = time.perf_counter(), time.process_time()
-      for g, grp in enumerate(groups):
-        pipe._load_window(0, 0, g, *grp)
-      windows[m].append((time.perf_counter() - t0, time.process_time() - c0))
+    acc = {m: [0.0, 0.0] for m in modes}
+    for g, grp in enumerate(groups):
+      for m in names[g % len(names):] + names[:g % len(names)]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        pipes[m]._load_window(0, 0, g, *grp)
+        acc[m][0] += time.perf_counter() - t0
+        acc[m][1] += time.process_time() - c0
+    for m in modes:
+      windows[m].append(tuple(acc[m]))
   return {"blocks": readers["off"].num_blocks, "read_threads": threads, "repeats": repeats,
           "block_reads": _summary(reads),
           "loader_windows": {"windows": len(groups), "passes": pipes["off"].passes,

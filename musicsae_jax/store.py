@@ -1,7 +1,7 @@
 """The activation store: TensorStore zarr3 arrays of activations plus a manifest and prompt table.
 
 The torch bridge writes through this module and the JAX trainer streams from it, so it
-imports only numpy and tensorstore. The on-disk layout is the contract in WORKSPACE.md:
+imports only numpy, tensorstore and isal (CRC-32). The on-disk layout is the contract in WORKSPACE.md:
 
   <dataset>/manifest.json                  static description (format, model, sites, workers)
   <dataset>/prompts.jsonl                  prompt_id, text, labels, seed[, split]
