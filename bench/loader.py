@@ -7,16 +7,20 @@ with the trainer's default window budget (`train.shuffle_mb`) and with a window 
 the whole dataset (a full in-memory shuffle). Reports peak RSS, MB/s served and distinct
 prompts per batch (the prompt id rides in two bf16-exact columns of every row).
 
-It also measures what the per-read integrity checks cost (`checksum_cost`): without the
-CRC, the default, and a CRC at every read; interleaved in one process, min and median,
-wall and CPU seconds, with the load average, since a shared machine is noisy. Against
-the same modes it measures an alternative the store does not use: a second store of the
-same rows whose chunks end with zarr3's `crc32c` codec (written here by wrapping
-`store._codecs`), which TensorStore verifies in C++ at every read of a chunk, read
-without the Python CRC (`crc32c_codec`).
+It also measures what the per-read integrity checks cost (`checksum_cost`): the read
+without a checksum (the baseline), the default (ISA-L's CRC-32 of every chunk at every
+read), the identity mode (check_every_read=False) and zlib's CRC-32 (the same values,
+the function used before) at every read; interleaved in one process, min and median,
+wall and CPU seconds, with the load average, since a shared machine is noisy.
+`read_profile` splits one block read into its parts (TensorStore read and decode, the
+four stats, each checksum function on the chunk just decoded). With --crc32c_codec it also measures an
+alternative the store does not use: a second store of the same rows whose chunks end
+with zarr3's `crc32c` codec (written here by wrapping `store._codecs`), which
+TensorStore verifies in C++ at every read of a chunk, read without the store's checksum.
 
   python bench/loader.py [--sizes_mb=512,2048] [--d=1536] [--batches=60]
-  python bench/loader.py --sizes_mb=512 --checksum_repeats=7 --skip_serve [--codec=none]
+  python bench/loader.py --sizes_mb=512 --checksum_repeats=9 --skip_serve [--codec=none]
+  python bench/loader.py --sizes_mb=512 --checksum_repeats=7 --skip_serve --crc32c_codec
 """
 import argparse
 import concurrent.futures
@@ -96,9 +100,20 @@ def serve(path: str, shuffle_mb: float, batches: int, batch: int) -> dict:
               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
-# mode: (store, verify_checksums, crc_every_read); "crc32c": the store with the codec
-_CHECK_MODES = {"off": ("plain", False, False), "default": ("plain", True, False),
-                "crc_every_read": ("plain", True, True), "crc32c_codec": ("crc32c", False, False)}
+# mode: (store, verify_checksums, check_every_read, CRC-32 function); "crc32c": the rows
+# rewritten with zarr3's crc32c codec (--crc32c_codec only)
+_CHECK_MODES = {"off": ("plain", False, True, "isal"), "default": ("plain", True, True, "isal"),
+                "changed_only": ("plain", True, False, "isal"),
+                "zlib_every_read": ("plain", True, True, "zlib"),
+                "crc32c_codec": ("crc32c", False, True, "isal")}
+
+
+def _configure(site, mode: str):
+  import zlib
+  _, site.verify_checksums, site.check_every_read, fn = _CHECK_MODES[mode]
+  if fn == "zlib":             # the function before ISA-L's: same values
+    site.crc32 = lambda rows, value=0: zlib.crc32(
+        np.ascontiguousarray(rows).reshape(-1).view(np.uint8), value)
 
 
 def _pct(x, ref) -> float:
@@ -111,7 +126,7 @@ def _summary(times: dict) -> dict:
     wall, cpu = np.array([t[0] for t in ts]), np.array([t[1] for t in ts])
     out[mode] = {"min_s": round(float(wall.min()), 4), "median_s": round(float(np.median(wall)), 4),
                  "first_s": round(float(wall[0]), 4), "cpu_median_s": round(float(np.median(cpu)), 4)}
-  for mode in ("default", "crc_every_read", "crc32c_codec"):
+  for mode in [m for m in times if m != "off"]:
     out[mode]["overhead_pct"] = {
         "min": _pct(out[mode]["min_s"], out["off"]["min_s"]),
         "median": _pct(out[mode]["median_s"], out["off"]["median_s"]),
@@ -119,47 +134,114 @@ def _summary(times: dict) -> dict:
   return out
 
 
+def read_profile(path: str, repeats: int) -> dict:
+  """Where a checked block read's time goes, per block (ms, CPU, the median over passes):
+  the TensorStore read and decode of acts and index (`read`), the four shard stats of the
+  check (`stats`), and each checksum of the acts chunk just decoded, as the reader runs
+  it (each function gets its own read of the block, so each is the first to touch the
+  decoded bytes): ISA-L's CRC-32 (the store's), zlib's CRC-32 (the same values, the
+  function used before) and, for comparison when their packages are installed, xxHash's
+  xxh3_64 and google-crc32c's hardware CRC32C."""
+  import zlib
+  from musicsae_jax import checksums
+  fns = {"crc32_isal": checksums.crc32, "crc32_zlib": lambda x: zlib.crc32(x.reshape(-1).view(np.uint8))}
+  try:
+    import xxhash
+    fns["xxh3_64"] = lambda x: xxhash.xxh3_64_intdigest(x.reshape(-1).view(np.uint8))
+  except ImportError:
+    pass
+  try:
+    import google_crc32c
+    fns["crc32c"] = lambda x: google_crc32c.value(x.reshape(-1).view(np.uint8))
+  except ImportError:
+    pass
+  site = store.open_dataset(path).site("site")
+  site.verify_checksums = False
+  parts = {k: [] for k in ["read", "stats", *fns]}
+  for _ in range(repeats):
+    acc = dict.fromkeys(parts, 0.0)
+    for i in range(site.num_blocks):
+      p, s = site._block(i)
+      for k, fn in fns.items():
+        c0 = time.process_time()
+        acts, _ = site.read_block(i)
+        c1 = time.process_time()
+        fn(acts)
+        c2 = time.process_time()
+        for w in (0, 1, 0, 1):
+          site._file_id(p, w, s)
+        acc["read"] += (c1 - c0) / len(fns)
+        acc[k] += c2 - c1
+        acc["stats"] += (time.process_time() - c2) / len(fns)
+    for k in parts:
+      parts[k].append(acc[k] / site.num_blocks)
+  med = {k: float(np.median(v)) for k, v in parts.items()}
+  mb = site.chunk_rows * site.d * site.spec.np_dtype.itemsize / 1e6
+  return {"block_mb": round(mb, 2),
+          "ms_per_block": {k: round(1e3 * v, 4) for k, v in med.items()},
+          "pct_of_read": {k: round(100 * v / med["read"], 2) for k in fns for v in [med[k]]},
+          "checksum_gb_s": {k: round(mb / 1e3 / med[k], 1) for k in fns if med[k] > 0}}
+
+
 def checksum_cost(paths: dict, repeats: int, threads: int) -> dict:
-  """What the per-read checks cost, in the same process, modes interleaved pass by pass,
-  on the store (`plain`) and a copy of its rows whose chunks carry the crc32c codec
-  (`crc32c`): `off` (no CRC: stats only, the baseline), `default` (CRC at a chunk's first
-  read by this reader and whenever its file changed, a stat before and after every read),
-  `crc_every_read` (CRC of every chunk at every read), `crc32c_codec` (the crc32c store
-  without the Python CRC: TensorStore checks each chunk's crc32c at every read; stats as
-  in `off`). Measured on raw block reads (read_block on the loader's
+  """What the per-read checks cost, in the same process, modes interleaved (a few blocks,
+  or one window, at a time, in rotated order, so load swings hit every mode alike),
+  on the store (`plain`) and, when given, a copy of its rows whose chunks carry the
+  crc32c codec (`crc32c`): `off` (no checksum: stats only, the baseline), `default`
+  (ISA-L's CRC-32 of every chunk at every read, a stat before and after it),
+  `changed_only` (check_every_read=False: a chunk's CRC at its first read by this reader
+  and whenever its file changed), `zlib_every_read` (zlib's CRC-32, the function used
+  before, at every read), `crc32c_codec` (the crc32c store without the store's CRC:
+  TensorStore checks each chunk's crc32c at every read; stats as in `off`). Measured on raw block reads (read_block on the loader's
   thread count) and on the loader filling its shuffle windows (read, checks, float32,
   scale, scatter), one reader per mode kept over the passes as a training job keeps it.
-  min / median over the passes; `first_s`: the first pass (the default mode's full CRC)."""
+  min / median over the passes; `first_s`: the first pass."""
   from musicsae_jax import data as data_lib, mesh as mesh_lib, train as train_lib
   time.sleep(2.5)               # the files settle, as any store extracted earlier has
-  readers = {m: store.open_dataset(paths[st]).site("site") for m, (st, _, _) in _CHECK_MODES.items()}
-  for m, (_, check, every) in _CHECK_MODES.items():
-    readers[m].verify_checksums, readers[m].crc_every_read = check, every
-  reads = {m: [] for m in _CHECK_MODES}
+  modes = {m: v for m, v in _CHECK_MODES.items() if v[0] in paths}
+  readers = {m: store.open_dataset(paths[v[0]]).site("site") for m, v in modes.items()}
+  for m, site in readers.items():
+    _configure(site, m)
+  names = list(modes)
+  reads = {m: [] for m in modes}
+  step = 4 * threads           # blocks read by one mode before the next mode's turn
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    for site in readers.values():     # warm-up, untimed: pools, first allocations
+      list(pool.map(site.read_block, range(min(step, site.num_blocks))))
     for _ in range(repeats):
-      for m, site in readers.items():
-        t0, c0 = time.perf_counter(), time.process_time()
-        for _ in pool.map(site.read_block, range(site.num_blocks)):
-          pass
-        reads[m].append((time.perf_counter() - t0, time.process_time() - c0))
+      acc = {m: [0.0, 0.0] for m in modes}
+      for k, lo in enumerate(range(0, readers["off"].num_blocks, step)):
+        for m in names[k % len(names):] + names[:k % len(names)]:   # rotated: no order bias
+          t0, c0 = time.perf_counter(), time.process_time()
+          for _ in pool.map(readers[m].read_block, range(lo, min(lo + step, readers[m].num_blocks))):
+            pass
+          acc[m][0] += time.perf_counter() - t0
+          acc[m][1] += time.process_time() - c0
+      for m in modes:
+        reads[m].append(tuple(acc[m]))
   t = train_lib.default_config()
   ev = data_lib.split_prompts(readers["off"].read_index()[:, 0], t.eval_fraction, 0)
   pipes = {m: data_lib.Pipeline(
-      store.open_dataset(paths[st]).site("site"), batch_size=4096, seed=0, eval_prompts=ev,
+      store.open_dataset(paths[v[0]]).site("site"), batch_size=4096, seed=0, eval_prompts=ev,
       scale=1.0, mesh=mesh_lib.make_mesh(), max_passes=t.shuffle_max_passes,
       shuffle_rows=data_lib.window_rows(train_lib.default_shuffle_mb("cpu"), readers["off"].d),
-      read_threads=threads) for m, (st, _, _) in _CHECK_MODES.items()}
-  for m, (_, check, every) in _CHECK_MODES.items():
-    pipes[m].source.verify_checksums, pipes[m].source.crc_every_read = check, every
+      read_threads=threads) for m, v in modes.items()}
+  for m, pipe in pipes.items():
+    _configure(pipe.source, m)
   groups = pipes["off"]._groups(0, 0)
-  windows = {m: [] for m in _CHECK_MODES}
+  windows = {m: [] for m in modes}
+  for pipe in pipes.values():         # warm-up, untimed
+    pipe._load_window(0, 0, 0, *groups[0])
   for _ in range(repeats):
-    for m, pipe in pipes.items():
-      t0, c0 = time.perf_counter(), time.process_time()
-      for g, grp in enumerate(groups):
-        pipe._load_window(0, 0, g, *grp)
-      windows[m].append((time.perf_counter() - t0, time.process_time() - c0))
+    acc = {m: [0.0, 0.0] for m in modes}
+    for g, grp in enumerate(groups):
+      for m in names[g % len(names):] + names[:g % len(names)]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        pipes[m]._load_window(0, 0, g, *grp)
+        acc[m][0] += time.perf_counter() - t0
+        acc[m][1] += time.process_time() - c0
+    for m in modes:
+      windows[m].append(tuple(acc[m]))
   return {"blocks": readers["off"].num_blocks, "read_threads": threads, "repeats": repeats,
           "block_reads": _summary(reads),
           "loader_windows": {"windows": len(groups), "passes": pipes["off"].passes,
@@ -179,6 +261,8 @@ def main():
   p.add_argument("--checksum_repeats", type=int, default=5,
                  help="passes over every block with and without the CRC check (0: skip)")
   p.add_argument("--skip_serve", action="store_true", help="only the checksum comparison")
+  p.add_argument("--crc32c_codec", action="store_true",
+                 help="also a store whose chunks carry zarr3's crc32c codec (not used by the store)")
   p.add_argument("--_serve", nargs=2, help=argparse.SUPPRESS)
   a = p.parse_args()
   if a._serve:
@@ -191,11 +275,15 @@ def main():
     try:
       rows = write(os.path.join(tmp, "ds"), size, a.d, a.dtype, a.codec)
       if a.checksum_repeats:
-        write(os.path.join(tmp, "ds_crc32c"), size, a.d, a.dtype, a.codec, chunk_crc32c=True)
-        cost = checksum_cost({"plain": os.path.join(tmp, "ds"),
-                              "crc32c": os.path.join(tmp, "ds_crc32c")},
-                             a.checksum_repeats, min(8, max(1, (os.cpu_count() or 1) // 2)))
-        shutil.rmtree(os.path.join(tmp, "ds_crc32c"))
+        paths = {"plain": os.path.join(tmp, "ds")}
+        if a.crc32c_codec:
+          paths["crc32c"] = os.path.join(tmp, "ds_crc32c")
+          write(paths["crc32c"], size, a.d, a.dtype, a.codec, chunk_crc32c=True)
+        prof = read_profile(paths["plain"], a.checksum_repeats)
+        print(json.dumps({"bench": "loader_read_profile", "store_mb": size, "d": a.d,
+                          "dtype": a.dtype, "codec": a.codec, **prof}), flush=True)
+        cost = checksum_cost(paths, a.checksum_repeats, min(8, max(1, (os.cpu_count() or 1) // 2)))
+        shutil.rmtree(os.path.join(tmp, "ds_crc32c"), ignore_errors=True)
         print(json.dumps({"bench": "loader_checksum_cost", "store_mb": size, "d": a.d,
                           "dtype": a.dtype, "codec": a.codec, **cost}), flush=True)
       for mode, mb in (("bounded", default_mb), ("full_shuffle", 4.0 * size * 4)):

@@ -1,7 +1,7 @@
 """The activation store: TensorStore zarr3 arrays of activations plus a manifest and prompt table.
 
 The torch bridge writes through this module and the JAX trainer streams from it, so it
-imports only numpy and tensorstore. The on-disk layout is the contract in WORKSPACE.md:
+imports only numpy, tensorstore and isal (CRC-32). The on-disk layout is the contract in WORKSPACE.md:
 
   <dataset>/manifest.json                  static description (format, model, sites, workers)
   <dataset>/prompts.jsonl                  prompt_id, text, labels, seed[, split]
@@ -14,12 +14,12 @@ atomically (write temp file, fsync, rename). Rows past the committed count are i
 and are overwritten by the next append, so a batch is either committed or not there.
 
 Integrity: the commit record also holds a CRC-32 of every committed chunk (per site,
-acts and index), so `verify()` (CLI: `python -m musicsae_jax.store verify PATH`) can
-prove the committed rows are the ones written, and every read checks them too: a reader
-reads whole chunks, stats their shard files before and after each read (MissingDataError
-when gone) and compares each chunk with its CRC-32 (ChecksumError) at its first read and
-whenever its file changed since (see SiteReader), so a file corrupted or removed while a
-job runs fails that job's next read of it, naming the file and rows. Every written chunk
+acts and index; see `checksums`), so `verify()` (CLI: `python -m musicsae_jax.store
+verify PATH`) can prove the committed rows are the ones written, and every read checks
+them too: a reader reads whole chunks, stats their shard files before and after each
+read (MissingDataError when gone) and recomputes each chunk's CRC-32 at every read
+(ChecksumError; see SiteReader), so a file corrupted or removed while a job runs fails
+that job's next read of it, naming the file and rows. Every written chunk
 is stored, zeros included, so a shard file missing under committed rows is damage, never
 the zarr fill value.
 """
@@ -35,13 +35,13 @@ import shutil
 import socket
 import sys
 import time
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import tensorstore as ts
 
+from musicsae_jax import checksums as checksums_lib
 from musicsae_jax import files
 
 FORMAT_VERSION = 1
@@ -175,24 +175,6 @@ def _commit_path(root: str, worker: int) -> str:
 def _shard_file(array_dir: str, shard: int) -> str:
   """The file of row-shard `shard` of a [rows, width] zarr3 array (default key encoding)."""
   return os.path.join(array_dir, "c", str(shard), "0")
-
-
-def _crc_extend(crcs: list[int], start: int, rows: np.ndarray, chunk_rows: int) -> None:
-  """Extend per-chunk CRC-32s (of the rows' little-endian bytes) with rows from `start`.
-
-  crcs[c] covers the committed rows of chunk c; CRC-32 continues incrementally, so a
-  partial last chunk is extended without reading it back.
-  """
-  pos, off = start, 0
-  while off < len(rows):
-    c, within = divmod(pos, chunk_rows)
-    take = min(chunk_rows - within, len(rows) - off)
-    piece = np.ascontiguousarray(rows[off:off + take]).view(np.uint8)
-    if within == 0:
-      crcs.append(zlib.crc32(piece))
-    else:
-      crcs[c] = zlib.crc32(piece, crcs[c])
-    pos, off = pos + take, off + take
 
 
 def _pid_alive(pid: int) -> bool:
@@ -410,7 +392,7 @@ class Dataset:
                              f"{sorted(self.sites)}")
     commits = self.commits()     # rows and checksums from the same records
     rows = [int(c["rows"].get(name, 0)) for c in commits]
-    sums = [(c.get("checksums") or {}).get(name) for c in commits]
+    sums = [_record_sums(self.path, c, name) for c in commits]
     return SiteReader(self, name, rows, sums)
 
   def check_files(self) -> None:
@@ -435,6 +417,16 @@ def _empty_commit(worker: int) -> dict:
   return {"worker": worker, "rows": {}, "completed_prompts": [], "flushes": 0}
 
 
+def _record_sums(root: str, record: dict, site: str) -> dict | None:
+  """A commit record's per-chunk CRC-32s of `site` ({"acts": [...], "index": [...]}, None
+  when it holds none); ManifestError when it names an algorithm this version lacks."""
+  try:
+    checksums_lib.algorithm_of(record)
+  except checksums_lib.UnknownAlgorithmError as e:
+    raise ManifestError(f"{_commit_path(root, int(record.get('worker', 0)))}: {e}") from None
+  return (record.get("checksums") or {}).get(site)
+
+
 # --------------------------------------------------------------------------------------
 # reading
 
@@ -445,20 +437,24 @@ class SiteReader:
   Global row ids run through part 0, then part 1, ...; a block is one stored chunk
   (chunk_rows rows) of one part, the unit training reads in shuffled order.
 
-  Every read is checked: the shard files under the rows must exist, and each chunk read
-  must match the CRC-32 of its commit record. Reads are whole chunks (a row read decodes
-  its whole chunk anyway), so the checksums cover exactly what was read. The CRC is
-  computed at a chunk's first read, and again at every later read whose shard file is not
-  provably the one checked: each read stats the file before and after (inode, size, mtime,
-  ctime), so any write, replacement or removal of it since, by anyone, means a full check
-  (a file changed within the last seconds is never trusted: timestamps are coarse). A file
-  removed or damaged while a job runs fails the job's next read of it. Failures raise
-  MissingDataError / ChecksumError naming the file and the rows. Datasets written before
-  checksums existed get the file check only.
+  Every read is checked: the shard files under the rows must exist (a stat before and
+  after the read), and each chunk read must match the CRC-32 of its commit record,
+  recomputed at every read of it (ISA-L's CRC-32: a few per cent of a read,
+  bench/loader.py). Reads are whole chunks (a row read decodes its whole chunk anyway),
+  so the checksums cover exactly what was read. A file removed or damaged while a job
+  runs fails the job's next read of it. Failures raise MissingDataError / ChecksumError
+  naming the file and the rows. Datasets written before checksums existed get the file
+  check only.
+
+  `check_every_read = False` checks a chunk at its first read and again at every later
+  read whose shard file is not provably the one checked (inode, size, mtime and ctime
+  unchanged across the read and since; a file changed within the last seconds is never
+  trusted: timestamps are coarse).
   """
 
   verify_checksums = True     # False only to measure the check's cost (bench/loader.py)
-  crc_every_read = False      # True: recompute CRCs even of unchanged files (bench, paranoia)
+  check_every_read = True     # False: skip the CRC of chunks whose files are unchanged
+  crc32 = staticmethod(checksums_lib.crc32)   # the function (bench/loader.py swaps in zlib's)
   _SETTLED_NS = 2_000_000_000  # a file's ctime older than this: its identity is trusted
 
   def __init__(self, ds: Dataset, name: str, part_rows: list[int],
@@ -528,11 +524,11 @@ class SiteReader:
     one whose chunk passed it before and did not change during this read."""
     after = self._file_id(p, w, lo)
     key = (p, w, lo)
-    if (after == before and self._verified.get(key) == after and not self.crc_every_read):
+    if (after == before and self._verified.get(key) == after and not self.check_every_read):
       return
     self._check_chunk(p, lo, ("acts", "index")[w], rows)
     if (after == before and self._sums[p] is not None and self.verify_checksums
-        and time.time_ns() - after[3] > self._SETTLED_NS):
+        and not self.check_every_read and time.time_ns() - after[3] > self._SETTLED_NS):
       self._verified[key] = after
 
   def _check_chunk(self, p: int, lo: int, what: str, rows: np.ndarray) -> None:
@@ -543,7 +539,7 @@ class SiteReader:
       return
     c = lo // self.chunk_rows
     have = sums[what][c] if c < len(sums[what]) else None
-    if have is not None and zlib.crc32(np.ascontiguousarray(rows).view(np.uint8)) == have:
+    if have is not None and self.crc32(rows) == have:
       return
     hi = lo + len(rows)
     gone = self._missing(p, lo, hi)      # removed during the read: say so
@@ -731,10 +727,9 @@ class Writer:
     # Prompts committed by any worker at open: their rows must not be appended again.
     self._done = ds.completed_prompts() | set(self._commit["completed_prompts"])
     # Per-chunk CRCs continue only where the record covers every committed row.
-    sums = self._commit.get("checksums") or {}
     self._crcs = {}
     for n, spec in self._specs.items():
-      have, rows = sums.get(n), self.committed_rows(n)
+      have, rows = _record_sums(ds.path, self._commit, n), self.committed_rows(n)
       if have is None and rows:
         continue                    # written before checksums existed: none kept for it
       have = have or {"acts": [], "index": []}
@@ -851,8 +846,8 @@ class Writer:
         pending.append(tarr[start:start + len(a)].write(a))
         pending.append(tidx[start:start + len(a)].write(i))
         if crcs is not None:
-          _crc_extend(crcs["acts"], start, a, self._specs[name].chunk_rows)
-          _crc_extend(crcs["index"], start, i, self._specs[name].chunk_rows)
+          checksums_lib.extend(crcs["acts"], start, a, self._specs[name].chunk_rows)
+          checksums_lib.extend(crcs["index"], start, i, self._specs[name].chunk_rows)
         start += len(a)
       new_rows[name] = stop
     for f in pending:
@@ -860,7 +855,8 @@ class Writer:
     txn.commit_async().result()
     done = sorted(set(self._commit["completed_prompts"]) | set(self._pending_prompts))
     record = {"worker": self.worker, "rows": new_rows, "completed_prompts": done,
-              "checksums": new_crcs, "checksum": "crc32 per chunk_rows rows (little-endian bytes)",
+              "checksums": new_crcs, "checksum_algorithm": checksums_lib.DEFAULT,
+              "checksum": checksums_lib.DESCRIPTION,
               "flushes": int(self._commit.get("flushes", 0)) + 1,
               "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _write_json_atomic(_commit_path(self.ds.path, self.worker), record)
@@ -919,7 +915,7 @@ def verify(path: str) -> dict:
       if not n:
         continue
       where = f"site {name!r} worker {p}"
-      sums = (commits[p].get("checksums") or {}).get(name)
+      sums = _record_sums(ds.path, commits[p], name)
       if sums is None:
         problems.append(f"{where}: commit record has no checksums (written by an older "
                         f"version); contents not checked")
@@ -950,7 +946,7 @@ def verify(path: str) -> dict:
             continue
           c = lo // site.chunk_rows
           if sums is not None and (c >= len(sums[what]) or
-                                   zlib.crc32(np.ascontiguousarray(x).view(np.uint8)) != sums[what][c]):
+                                   checksums_lib.crc32(x) != sums[what][c]):
             problems.append(f"{f}: {what} rows {lo}..{hi - 1} of {where} do not match their "
                             f"checksum (corrupt or overwritten)")
             damaged |= what == "index"

@@ -157,11 +157,18 @@ def test_iterate_matches_direct_batches_and_counts_waiting():
   assert pipe.wait_s >= 0.0
 
 
-@pytest.mark.parametrize("damage", ["remove", "flip"])
-def test_a_shard_damaged_while_training_reads_fails_the_stream(tmp_path, monkeypatch, damage):
-  """A shard file removed (or one bit flipped) after the stream has read it clean: the next
-  read of its rows, in a later window or epoch on a reader thread, stops the consumer with
-  an error naming the file, instead of serving zeros or wrong rows."""
+@pytest.mark.parametrize("damage,every_read,legacy", [
+    ("remove", True, False), ("flip", True, False), ("flip", True, True),
+    ("remove", False, False), ("flip", False, False)])
+def test_a_shard_damaged_while_training_reads_fails_the_stream(tmp_path, monkeypatch, damage,
+                                                              every_read, legacy):
+  """A shard file removed (or one bit flipped in place) after the stream has read its rows
+  clean: a later read of them, in a later window or epoch on a reader thread, stops the
+  consumer with an error naming the file and the rows, instead of serving zeros or wrong
+  rows. By default every read recomputes the checksum, so the flip is caught at once
+  (same inode, same timestamp tick); with check_every_read=False it is caught because the
+  file's identity changed. `legacy`: a store written before the algorithm was recorded."""
+  import json
   import os
   import time
   from musicsae_jax import store
@@ -174,24 +181,37 @@ def test_a_shard_damaged_while_training_reads_fails_the_stream(tmp_path, monkeyp
       w.append("s", rng.normal(size=(32, 8)).astype(np.float32),
                np.stack([np.full(32, p), np.arange(32)], 1))
       w.commit([p])
+  if legacy:                                  # as written before the algorithm was recorded
+    rec_path = os.path.join(ds.path, "commits", "worker-0.json")
+    rec = json.load(open(rec_path))
+    del rec["checksum_algorithm"]
+    json.dump(rec, open(rec_path, "w"))
   time.sleep(0.05)                            # past the timestamp tick of the last write
   site = store.open_dataset(ds.path).site("s")
+  site.check_every_read = every_read
+  reads = []
+  real_read_block = site.read_block
+  monkeypatch.setattr(site, "read_block", lambda i: (reads.append(i), real_read_block(i))[1])
   pipe = _pipe(site, shuffle_rows=256, read_threads=2)
   it = pipe.iterate(0)
-  for _ in range(3):
+  for _ in range(pipe.batches_in_epoch(0) + 1):     # every block read clean at least once
     next(it)
-  assert site._verified                       # files read clean are trusted while unchanged
-  time.sleep(0.05)
+  assert 6 in reads and len(reads) >= site.num_blocks   # block 6: rows 384..447
+  assert bool(site._verified) == (not every_read)   # only then are unchanged files trusted
+  if not every_read:
+    time.sleep(0.05)
   shard = os.path.join(ds.path, "sites", "s", "acts", "c", "3", "0")
   if damage == "remove":
     os.remove(shard)
+    err, want = store.MissingDataError, f"{shard}: missing shard file holding committed rows 384..511"
   else:
-    b = bytearray(open(shard, "rb").read())
-    b[200] ^= 0x10                          # in chunk 0 of the shard: rows 384..447
-    open(shard + ".new", "wb").write(bytes(b))
-    os.replace(shard + ".new", shard)
-  err = store.MissingDataError if damage == "remove" else store.ChecksumError
-  with pytest.raises(err, match=f"{shard}: .*rows 384"):
+    with open(shard, "r+b") as f:             # in place: same inode
+      f.seek(200)                             # in chunk 0 of the shard: rows 384..447
+      byte = f.read(1)[0]
+      f.seek(200)
+      f.write(bytes([byte ^ 0x10]))
+    err, want = store.ChecksumError, f"{shard}: acts rows 384..447 of site 's' \\(worker 0\\)"
+  with pytest.raises(err, match=want):
     for _ in range(3 * pipe.batches_in_epoch(0)):
       next(it)
   it.close()

@@ -412,19 +412,28 @@ def _one_writer_dataset(tmp_path, codec="none"):
   return store.open_dataset(ds.path)
 
 
-@pytest.mark.parametrize("codec,nbytes", [("none", 1), ("none", 8), ("zstd", 1)])
-def test_every_read_checks_the_chunk_checksums(tmp_path, monkeypatch, codec, nbytes):
+@pytest.mark.parametrize("codec,nbytes,every_read", [
+    ("none", 1, True), ("zstd", 1, True), ("none", 1, False), ("none", 8, False),
+    ("zstd", 1, False)])
+def test_every_read_checks_the_chunk_checksums(tmp_path, monkeypatch, codec, nbytes, every_read):
   """A flipped bit (or 8 flipped bytes) in a shard fails every kind of read of the rows it
-  holds, naming the file and the rows, even after those rows were read once clean (and
-  their file trusted as unchanged: the flip changes it)."""
+  holds, naming the file and the rows, even after those rows were read once clean: by
+  default because every read recomputes the checksum (no file is trusted: the flip lands
+  at once, in the timestamp tick of the clean read), with check_every_read=False because
+  the flip changes the file's identity."""
   import time
   monkeypatch.setattr(store.SiteReader, "_SETTLED_NS", 0)   # trust files at once
   ds = _one_writer_dataset(tmp_path, codec)
   site = ds.site("lm.layer.1")
+  assert site.check_every_read                # the default
+  site.check_every_read = every_read
   time.sleep(0.05)                           # past the timestamp tick of the last write
   site.read_block(0), site.read_block(1)     # read clean once
-  assert (0, 0, 0) in site._verified and (0, 0, 16) in site._verified
-  time.sleep(0.05)
+  if every_read:
+    assert not site._verified                 # nothing is trusted
+  else:
+    assert (0, 0, 0) in site._verified and (0, 0, 16) in site._verified
+    time.sleep(0.05)
   shard = os.path.join(ds.path, "sites", "lm.layer.1", "acts", "c", "0", "0")
   _flip(shard, 16 * 12 * 4 + 100 if codec == "none" else 40, nbytes)   # inside chunk 1 / 0
   rows = "rows 16..31" if codec == "none" else "rows 0..15"
@@ -472,3 +481,84 @@ def test_verify_reports_a_missing_file_and_a_corrupt_chunk_of_one_site(tmp_path)
   assert problems[1].startswith(f"{corrupt}: acts rows 64..79 of site 'lm.layer.1' worker 0 "
                                 f"do not match their checksum")
   assert not any("no rows" in p for p in problems)
+
+
+
+def _chunk_crcs(rows, chunk_rows=16):
+  """zlib's CRC-32 of each chunk's bytes: the reference the store's ISA-L CRC must equal."""
+  import zlib
+  return [zlib.crc32(np.ascontiguousarray(rows[lo:lo + chunk_rows]).tobytes())
+          for lo in range(0, len(rows), chunk_rows)]
+
+
+def test_checksums_are_zlibs_crc32_of_each_chunk_across_flushes_and_resumed_writers(tmp_path):
+  """Record checksums equal zlib's CRC-32 of each chunk's bytes, also for chunks filled by
+  several flushes and by writers that resumed a partial chunk; the record names them."""
+  ds = make(tmp_path)
+  with ds.writer(flush_seconds=1e9) as w:
+    for b in range(3):                      # three flushes into chunks 0..
+      w.append("lm.layer.1", *batch(b))
+      w.commit([b])
+      w.flush()
+  for b in range(3, 6):                     # each writer resumes a partial last chunk
+    with ds.writer() as w:
+      w.append("lm.layer.1", *batch(b))
+      w.commit([b])
+  record = json.load(open(os.path.join(ds.path, "commits", "worker-0.json")))
+  assert record["checksum_algorithm"] == "crc32"
+  acts, index = expected(range(6))
+  assert len(acts) % 16                     # the last chunk is partial
+  assert record["checksums"]["lm.layer.1"] == {"acts": _chunk_crcs(acts),
+                                               "index": _chunk_crcs(index)}
+  assert store.verify(ds.path)["problems"] == []
+
+
+def test_a_store_written_before_the_algorithm_was_recorded_reads_verifies_and_appends(tmp_path):
+  """A record as older versions wrote it (no checksum_algorithm): every read still checks
+  its CRC-32s (a flipped bit fails a read naming file and rows) and appends continue them."""
+  ds = make(tmp_path)
+  with ds.writer() as w:
+    for b in range(8):
+      w.append("lm.layer.1", *batch(b))
+      w.commit([b])
+  p = os.path.join(ds.path, "commits", "worker-0.json")
+  record = json.load(open(p))
+  del record["checksum_algorithm"]
+  json.dump(record, open(p, "w"))
+  acts, _ = expected(range(8))
+  assert store.verify(ds.path)["problems"] == []
+  site = store.open_dataset(ds.path).site("lm.layer.1")
+  np.testing.assert_array_equal(site.read_all(), acts)
+  with store.open_dataset(ds.path).writer() as w:
+    w.append("lm.layer.1", *batch(8))
+    w.commit([8])
+  acts, index = expected(range(9))
+  record = json.load(open(p))
+  assert record["checksums"]["lm.layer.1"] == {"acts": _chunk_crcs(acts),
+                                               "index": _chunk_crcs(index)}
+  assert store.verify(ds.path)["problems"] == []
+  del record["checksum_algorithm"]             # old again, now damaged: still caught
+  json.dump(record, open(p, "w"))
+  site = store.open_dataset(ds.path).site("lm.layer.1")
+  site.read_block(0)
+  shard = os.path.join(ds.path, "sites", "lm.layer.1", "acts", "c", "0", "0")
+  b = bytearray(open(shard, "rb").read())
+  b[40] ^= 0x01                              # zstd: damages chunk 0
+  open(shard, "wb").write(bytes(b))
+  with pytest.raises(store.ChecksumError, match=f"{shard}: acts rows 0..15 of site 'lm.layer.1'"):
+    site.read_block(0)
+
+
+def test_an_unknown_checksum_algorithm_is_refused_naming_the_record(tmp_path):
+  ds = make(tmp_path)
+  with ds.writer() as w:
+    w.append("lm.layer.1", *batch(0))
+    w.commit([0])
+  p = os.path.join(ds.path, "commits", "worker-0.json")
+  record = json.load(open(p))
+  record["checksum_algorithm"] = "sha1"
+  json.dump(record, open(p, "w"))
+  with pytest.raises(store.ManifestError, match=f"{p}: checksum_algorithm 'sha1'"):
+    store.open_dataset(ds.path).site("lm.layer.1")
+  with pytest.raises(store.ManifestError, match=f"{p}: checksum_algorithm 'sha1'"):
+    store.open_dataset(ds.path).writer()
