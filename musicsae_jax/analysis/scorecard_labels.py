@@ -92,7 +92,7 @@ def _rate(hits) -> float | None:
   return float(np.mean(hits)) if len(hits) else None
 
 
-def score(pm: np.ndarray, prompts: list[dict], features: dict, *, top: int, shuffles: int = 20,
+def score(pm: np.ndarray, prompts: list[dict], features: dict, *, top: int, shuffles: int = 50,
           seed: int = 0) -> dict:
   """Exact-match rates of word labels (see the module doc).
 

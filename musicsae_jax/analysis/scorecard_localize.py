@@ -134,8 +134,9 @@ def compare(scores: dict[str, dict], label_keys, sites: list[str]) -> dict:
     row = {}
     for meth, sc in scores.items():
       v = _vector(sc.get(key, {}), sites)
-      row[meth] = {"scores": [None if not np.isfinite(x) else float(x) for x in v],
-                   "best_site": sites[int(np.nanargmax(v))] if np.isfinite(v).any() else None}
+      ok = np.isfinite(v)
+      row[meth] = {"scores": [None if not np.isfinite(x) else float(x) for x in v],   # flat: no best
+                   "best_site": sites[int(np.nanargmax(v))] if ok.any() and np.ptp(v[ok]) > 0 else None}
     table[key] = row
   meths = list(scores)
   for i, m1 in enumerate(meths):
