@@ -176,8 +176,11 @@ def test_localization_compares_methods_across_layers():
   assert ag["same_best"] == {"a": True, "b": None}
   pat = {"per_concept": {"audio:tempo": {"moved": {"lm.layer.0": [0.2, None, 0.4],
                                                     "lm.layer.0.attn": [0.1, None, 0.3]}}}}
-  assert loc.patching_scores(pat) == {"tempo": {"lm.layer.0": {"score": pytest.approx(0.2),
-                                                               "pairs": 2}}}
+  assert loc.patching_scores(pat) == {"tempo": {"lm.layer.0": {
+      "score": pytest.approx(0.2), "pairs": 2, "se": pytest.approx(0.1)}}}   # std 0.141 / sqrt 2
+  noisy = {"a": {s: {"score": 0.1 * i, "se": 0.1} for i, s in enumerate(sites)}}
+  row = loc.compare({"probe": noisy}, ["a"], sites)["table"]["a"]["probe"]
+  assert row["margin"] == pytest.approx(0.1) and row["clear"] is False
 
 
 def test_bad_input_is_a_clear_error(tmp_path):

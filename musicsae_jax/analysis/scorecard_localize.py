@@ -13,7 +13,9 @@ Per label and per `lm.layer.<i>` site of the store:
               (`<run>-l<i>`, trained by `train_layer_saes`; the run's own site uses <run>).
 The best layer per label and method, and per pair of methods the Spearman correlation of
 their layer scores per label (mean over labels; nan where a method is flat) and how often
-their best layers coincide.
+their best layers coincide. A best layer is `clear` when it beats the runner-up by more than
+twice its standard error (probe: fold std / sqrt(folds); patching: over pairs; the SAE
+score has none, so None).
 """
 from __future__ import annotations
 
@@ -99,8 +101,11 @@ def sae_scores(means: dict, label_keys, a: dict) -> dict:
 
 
 def probe_scores(probes_by_layer: dict) -> dict:
-  """{label: {site: {"score": accuracy − shuffled, "accuracy"}}} from probes_by_layer.json."""
-  return {key: {r["site"]: {"score": r["gap"], "accuracy": r["accuracy"]} for r in t["layers"]}
+  """{label: {site: {"score": accuracy − shuffled, "accuracy", "se"}}} from
+  probes_by_layer.json; se: the fold standard deviation / sqrt(folds)."""
+  folds = int((probes_by_layer.get("settings") or {}).get("probe_folds", 5))
+  return {key: {r["site"]: {"score": r["gap"], "accuracy": r["accuracy"],
+                            "se": float(r["accuracy_std"]) / np.sqrt(folds)} for r in t["layers"]}
           for key, t in probes_by_layer["table"].items()}
 
 
@@ -117,7 +122,8 @@ def patching_scores(patching: dict) -> dict:
       m = np.array([np.nan if x is None else x for x in moved], float)
       ok = np.isfinite(m)
       out.setdefault(key, {})[site[: -len(".attn")]] = {
-          "score": float(m[ok].mean()) if ok.any() else None, "pairs": int(ok.sum())}
+          "score": float(m[ok].mean()) if ok.any() else None, "pairs": int(ok.sum()),
+          "se": float(m[ok].std(ddof=1) / np.sqrt(ok.sum())) if ok.sum() > 1 else None}
   return out
 
 
@@ -135,8 +141,14 @@ def compare(scores: dict[str, dict], label_keys, sites: list[str]) -> dict:
     for meth, sc in scores.items():
       v = _vector(sc.get(key, {}), sites)
       ok = np.isfinite(v)
-      row[meth] = {"scores": [None if not np.isfinite(x) else float(x) for x in v],   # flat: no best
-                   "best_site": sites[int(np.nanargmax(v))] if ok.any() and np.ptp(v[ok]) > 0 else None}
+      best = int(np.nanargmax(v)) if ok.any() and np.ptp(v[ok]) > 0 else None   # flat: no best
+      row[meth] = {"scores": [None if not np.isfinite(x) else float(x) for x in v],
+                   "best_site": None if best is None else sites[best]}
+      if best is not None and ok.sum() > 1:
+        margin = float(v[best] - np.sort(v[ok])[-2])
+        se = (sc.get(key, {}).get(sites[best]) or {}).get("se")
+        row[meth].update(margin=margin, se=se,      # clear: best beats the runner-up by > 2 se
+                         clear=None if se is None else bool(margin > 2 * se))
     table[key] = row
   meths = list(scores)
   for i, m1 in enumerate(meths):
@@ -238,7 +250,8 @@ def section(loc: dict) -> str:
   head = "<tr><th>label</th>" + "".join(f"<th>best layer: {m}</th>" for m in meths) + "</tr>"
   body = "".join(
       f"<tr><td>{html.escape(k)}</td>" + "".join(
-          f"<td>{html.escape((r[m]['best_site'] or '–').replace('lm.layer.', 'L'))}</td>"
+          f"<td>{html.escape((r[m]['best_site'] or '–').replace('lm.layer.', 'L'))}"
+          f"{'' if r[m].get('clear') is not False else ' (within 2 se)'}</td>"
           for m in meths) + "</tr>" for k, r in loc["table"].items())
   agr = "".join(f"<li>{html.escape(p)}: mean Spearman across layers {_f(d['mean_spearman'])}, "
                 f"same best layer for {_f(d['same_best_fraction'])} of {d['labels']} labels</li>"
