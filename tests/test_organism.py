@@ -159,8 +159,17 @@ def test_naming_sets_come_from_the_captions_and_labels_match_only_those_words():
   assert "violin" in sl.word_labels(pm, [p["text"] for p in prompts], [0], 4)[0]
 
 
-def test_localization_compares_methods_across_layers():
+def test_localization_compares_methods_across_layers(tmp_path):
+  from launch import organism as launcher
   from musicsae_jax.analysis import scorecard_localize as loc
+  from musicsae_jax.analysis.stats import AnalysisError
+  c = organism_tiny.get_config()
+  c.extract.sites = ("t5.hidden",)
+  with pytest.raises(AnalysisError, match="no lm.layer"):
+    loc.train_layer_saes(c, str(tmp_path))
+  assert loc.layer_run("org", "lm.layer.3", "lm.layer.2") == "org-l3"
+  cmd = launcher.stage_command("localize", "cfg.py", "/w", [])
+  assert "--what=patching" in cmd and "--config.localize.pairs_from=folder:/w/concepts" in cmd
   sites = [f"lm.layer.{i}" for i in range(4)]
   up = {"a": {s: {"score": float(i)} for i, s in enumerate(sites)},
         "b": {s: {"score": float(-i)} for i, s in enumerate(sites)}}
