@@ -55,4 +55,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 500
   c.train.checkpoint_every = 500
   c.train.dead_tokens = 100_000
+  # --- localization (launch.localize --what=patching): clip pairs one label apart, no text;
+  # the self-attention rows say which block writes the difference (pairs_from: the workdir)
+  c.localize.concepts = ()
+  c.localize.audio_concepts = c.analysis.label_keys
+  c.localize.patch_sites = ("attn",)
+  c.localize.patch_sae = False
+  c.localize.pairs = 8
   return c

@@ -5,7 +5,9 @@ each printed with the command that reruns it alone:
   organism       launch.make_organism   W/concepts/ (rendered), W/organism/ (+ organism.json)
   extract        launch.extract         the concept clips through the organism, no text
   train          launch.train           a TopK SAE on c.train.site
+  layer_saes     launch.layer_saes      the same SAE on every other lm.layer site (<run>-l<i>)
   probe_layers   launch.probe_layers    concepts across layers (probes_by_layer.json)
+  localize       launch.localize        patching of concept-clip pairs (patching.json)
   scorecard      launch.scorecard       W/reports/<run>/scorecard.json + report section
 `--config.model.name` and `--config.extract.audio.dataset` are set to W/organism and
 folder:W/concepts for every stage; other `--config.*` overrides pass through. A stage that
@@ -18,7 +20,7 @@ from absl import flags
 
 from launch import common
 
-STAGES = ("organism", "extract", "train", "probe_layers", "scorecard")
+STAGES = ("organism", "extract", "train", "layer_saes", "probe_layers", "localize", "scorecard")
 _SCRIPTS = {"organism": "make_organism"}
 
 _CONFIG = flags.DEFINE_string("config", "configs/organism.py", "Organism config file.")
@@ -32,6 +34,9 @@ def stage_command(stage: str, config: str, workdir: str, overrides: list[str]) -
   if stage != "organism":
     cmd += [f"--config.model.name={os.path.join(workdir, 'organism')}",
             f"--config.extract.audio.dataset=folder:{os.path.join(workdir, 'concepts')}"]
+  if stage == "localize":
+    cmd += ["--what=patching",
+            f"--config.localize.pairs_from=folder:{os.path.join(workdir, 'concepts')}"]
   return cmd + overrides
 
 

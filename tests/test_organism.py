@@ -93,6 +93,106 @@ def test_planted_concepts_are_found_and_a_random_labelling_is_not(organism):
     assert '<section id="scorecard">' in f.read()
 
 
+def test_scorecard_grades_word_labels_and_localizes_each_label_on_every_layer(organism):
+  import copy
+  from bridge.capture import extract
+  from bridge.localize import stage as localize
+  from musicsae_jax import train
+  from musicsae_jax.analysis import layer_probes, scorecard, scorecard_localize
+  c0, wd, _ = organism
+  c = copy.deepcopy(c0)
+  keys = ("program", "dynamics")
+  c.analysis.label_keys = keys
+  c.localize.audio_concepts = keys
+  c.localize.pairs_from = c.extract.audio.dataset
+  c.localize.pairs = 4
+  extract.extract(c, wd, log=_quiet)             # resumes: done when an earlier test ran
+  train.train_and_evaluate(c, wd)
+  runs = scorecard_localize.train_layer_saes(c, wd, log=_quiet)
+  assert runs == {"lm.layer.0": "organism-tiny-l0", "lm.layer.1": "organism-tiny"}
+  layer_probes.probe_layers(c, wd, label_keys=keys, log=_quiet)
+  localize.run_localize(c, wd, ("patching",), log=_quiet)
+  card = scorecard.build(c, wd, log=_quiet)
+  with open(card["path"]) as f:
+    saved = json.load(f)
+  lab = saved["labels"]
+  assert set(lab["excluded"]) == {"clap", "llm"}
+  assert lab["naming_sets"]["program"]["Flute"] == ["flute"]
+  assert lab["naming_sets"]["dynamics"]["pp"] == ["softly"]
+  # every value of the planted concepts passes (test above), and its word label names it
+  # more often than the same labeller on shuffled captions does
+  p = lab["passing"]
+  assert p["n"] == 4 and p["rate"] > p["shuffled_mean"], p
+  assert lab["all"]["rate"] > lab["all"]["shuffled_mean"], lab["all"]
+  loc = saved["localization"]
+  assert loc["sites"] == ["lm.layer.0", "lm.layer.1"]
+  assert loc["methods"] == ["probe", "patching", "sae"]
+  for key in keys:
+    for m in loc["methods"]:
+      row = loc["table"][key][m]
+      assert len(row["scores"]) == 2 and None not in row["scores"], (key, m, row)
+      assert row["best_site"] in loc["sites"] + [None]     # None: a flat row
+  assert set(loc["agreement"]) == {"probe~patching", "probe~sae", "patching~sae"}
+  with open(os.path.join(wd, "reports", c.run, "report.html")) as f:
+    page = f.read()
+  assert '<section id="scorecard-labels">' in page
+  assert '<section id="scorecard-localization">' in page
+
+
+def test_naming_sets_come_from_the_captions_and_labels_match_only_those_words():
+  from musicsae_jax.analysis import scorecard_labels as sl
+  prompts = [{"text": f"{inst} playing {q} triad, {d}", "labels": {"program": inst, "chord": q}}
+             for inst in ("flute", "violin") for q in ("minor", "major")
+             for d in ("very softly", "very loudly")]
+  prompts += [{"text": "flute playing a minor scale, very softly",
+               "labels": {"program": "flute", "mode": "minor"}}] * 4
+  sets = sl.naming_sets(prompts, "program")
+  assert sets == {"flute": [("flute",)], "violin": [("violin",)]}
+  chord = sl.naming_sets(prompts, "chord")
+  # "minor" is mostly a scale word here, so only "minor" with "triad" names the chord
+  assert chord["minor"] == [("minor", "triad")] and chord["major"] == [("major",)]
+  assert sl.names("triad / minor / flute", chord["minor"])
+  assert not sl.names("minor / flute", chord["minor"])
+  assert not sl.names("flutes", sets["flute"])
+  # a word label from the top prompts' captions, as the analysis writes it
+  pm = np.zeros((len(prompts), 1))
+  pm[[i for i, p in enumerate(prompts) if p["labels"]["program"] == "violin"], 0] = 1.0
+  assert "violin" in sl.word_labels(pm, [p["text"] for p in prompts], [0], 4)[0]
+
+
+def test_localization_compares_methods_across_layers(tmp_path):
+  from launch import organism as launcher
+  from musicsae_jax.analysis import scorecard_localize as loc
+  from musicsae_jax.analysis.stats import AnalysisError
+  c = organism_tiny.get_config()
+  c.extract.sites = ("t5.hidden",)
+  with pytest.raises(AnalysisError, match="no lm.layer"):
+    loc.train_layer_saes(c, str(tmp_path))
+  assert loc.layer_run("org", "lm.layer.3", "lm.layer.2") == "org-l3"
+  cmd = launcher.stage_command("localize", "cfg.py", "/w", [])
+  assert "--what=patching" in cmd and "--config.localize.pairs_from=folder:/w/concepts" in cmd
+  sites = [f"lm.layer.{i}" for i in range(4)]
+  up = {"a": {s: {"score": float(i)} for i, s in enumerate(sites)},
+        "b": {s: {"score": float(-i)} for i, s in enumerate(sites)}}
+  same = {"a": {s: {"score": float(i) ** 2} for i, s in enumerate(sites)},
+          "b": {s: {"score": 1.0} for s in sites}}
+  r = loc.compare({"probe": up, "sae": same}, ["a", "b"], sites)
+  assert r["table"]["a"]["probe"]["best_site"] == "lm.layer.3"
+  assert r["table"]["b"]["probe"]["best_site"] == "lm.layer.0"
+  ag = r["agreement"]["probe~sae"]
+  assert ag["spearman"]["a"] == pytest.approx(1.0)
+  assert ag["spearman"]["b"] is None               # a flat row has no ranking
+  assert r["table"]["b"]["sae"]["best_site"] is None   # nor a best layer
+  assert ag["same_best"] == {"a": True, "b": None}
+  pat = {"per_concept": {"audio:tempo": {"moved": {"lm.layer.0": [0.2, None, 0.4],
+                                                    "lm.layer.0.attn": [0.1, None, 0.3]}}}}
+  assert loc.patching_scores(pat) == {"tempo": {"lm.layer.0": {
+      "score": pytest.approx(0.2), "pairs": 2, "se": pytest.approx(0.1)}}}   # std 0.141 / sqrt 2
+  noisy = {"a": {s: {"score": 0.1 * i, "se": 0.1} for i, s in enumerate(sites)}}
+  row = loc.compare({"probe": noisy}, ["a"], sites)["table"]["a"]["probe"]
+  assert row["margin"] == pytest.approx(0.1) and row["clear"] is False
+
+
 def test_bad_input_is_a_clear_error(tmp_path):
   from bridge.organism import build, data
   c = organism_tiny.get_config()

@@ -61,12 +61,24 @@ def build(config, workdir: str, *, log=print) -> dict:
       tab = json.load(f)["table"]
     card["probes"] = {k: {"best_site": t["best_site"], "best_accuracy": t["best_accuracy"],
                           "chance": t["chance"], "best_gap": t["best_gap"]} for k, t in tab.items()}
+  from musicsae_jax.analysis import scorecard_labels, scorecard_localize
+  means = scorecard_localize.sae_means(config, workdir, a, log=log)
+  site = card["features"]["site"]
+  if site in means["sites"]:
+    card["labels"] = scorecard_labels.score(means["sites"][site]["pm"], means["prompts"],
+                                            card["features"]["labels"], top=int(a["top_prompts"]),
+                                            seed=int(a["seed"]))
+  card["localization"] = scorecard_localize.build(config, workdir, a, means, log=log)
   out_dir = os.path.join(workdir, "reports", a["run"])
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, FILE)
   with open(path, "w") as f:
     json.dump(card, f, indent=1, default=float)
   report.splice_section(out_dir, SECTION, section(card), f"musicsae report: {a['run']}")
+  if "labels" in card:
+    report.splice_section(out_dir, scorecard_labels.SECTION, scorecard_labels.section(card["labels"]))
+  report.splice_section(out_dir, scorecard_localize.SECTION,
+                        scorecard_localize.section(card["localization"]))
   s = card["features"]["summary"]
   log("scorecard: " + "; ".join(
       f"{fam} {v['passing']}/{v['values']} values pass, mean best AUROC {v['mean_best_auroc']:.3f}"
