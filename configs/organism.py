@@ -19,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = concepts.get_config()
   c.dataset = "organism"
   c.run = "organism"
-  c.concepts.num_clips = 1200
+  c.concepts.num_clips = 2400           # 2040 for codec + LM (204 of them LM validation)
   c.concepts.duration = 2.0
   c.concepts.sample_rate = 16000
   c.concepts.tempos = (60, 90, 120, 150)

@@ -44,6 +44,21 @@ def test_metrics_are_written_and_the_codes_are_all_in_use(organism):
   assert len(m["heldout_ids"]) == round(c.organism.heldout_fraction * c.concepts.num_clips)
 
 
+def test_the_lm_is_selected_on_training_clips_and_its_gap_is_recorded(organism):
+  from bridge.organism import data
+  c, _, m = organism
+  t = m["lm"]["train"]
+  train, held = data.split(c.concepts.num_clips, c.organism.heldout_fraction, c.organism.seed)
+  fit, val = data.validation_split(train, c.organism.lm.val_fraction, c.organism.lm.seed)
+  # validation clips come from the training split only, disjoint from what the steps see
+  assert not set(val) & set(held) and not set(val) & set(fit) and set(fit) | set(val) == set(train)
+  assert t["val_clips"] == len(val) > 0
+  assert [p["step"] for p in t["curve"]] == list(range(20, t["steps_run"] + 1, 20))
+  assert t["best_val_ce"] == min(p["val_ce"] for p in t["curve"])
+  assert np.isclose(t["heldout_ce"], m["lm"]["heldout"]["true"]["cross_entropy"])
+  assert np.isclose(t["gap_nats"], t["heldout_ce"] - t["train_ce"])
+
+
 def test_loads_through_the_real_weights_path_and_tokenizes_every_caption_word(organism):
   from bridge import models
   from bridge.organism import data
