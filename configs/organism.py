@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.concepts.densities = (1, 2, 4)
   c.concepts.dynamics = ("pp", "mf", "ff")
   c.organism = organism_defaults.organism()
+  c.organism_steer = organism_defaults.organism_steer()
 
   # --- the chain on the organism: capture the concept clips (no text), train an SAE -------
   c.model.name = ""                         # set to <workdir>/organism by launch.organism

