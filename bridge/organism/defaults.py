@@ -45,7 +45,8 @@ def organism_steer() -> ml_collections.ConfigDict:
   s = ml_collections.ConfigDict()
   s.num_generations = 32               # one batch per condition, same seed for every condition
   s.seed = 0
-  s.strengths = (1.0, 2.0, 4.0)        # x RMS activation norm of the SAE's layer (unsteered)
+  s.strengths = (0.1, 0.25, 0.5, 1.0)  # x RMS activation norm of the SAE's layer (unsteered);
+                                       # 2 already drives every direction to one mode
   s.controls = 10                      # per kind (decoder rows, Gaussian); the verdict ranks the
                                        # feature among both kinds pooled: 20 reach p < 0.05
   s.significance = 0.05

@@ -15,7 +15,9 @@ Per feature and strength:
 and the same for control directions of the same norm (random other decoder rows,
 isotropic Gaussian: bridge.steer_controls), with the rank p of the feature's success among
 the controls' success for the same target (both kinds pooled), and one verdict line
-(bridge.steer_stats).
+(bridge.steer_stats). `adherence_resampled`, the agreement of the unsteered batch with an
+unsteered batch of another seed, is the floor: sampling diverges after the first changed
+token, so even a tiny push can re-draw the other labels.
 """
 from __future__ import annotations
 
@@ -116,7 +118,7 @@ def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict:
   from bridge import backends, capture
   sc = config.organism_steer
   t0 = time.time()
-  threads = int(config.get("extract", {}).get("torch_threads", 0))
+  threads = int(config.organism.torch_threads)    # 1: far faster than 2 on a shared machine
   if threads:
     torch.set_num_threads(threads)
   card, model, sae, clf, clf_acc = _load(config, workdir, log)
@@ -132,7 +134,7 @@ def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict:
   be = backends.adapt(model)
   W_dec = sae.W_dec.detach().float()
 
-  def generate(ctx=None, record=None):
+  def generate(ctx=None, record=None, seed=seed):
     h = (steering._site_module(be, layer).register_forward_hook(  # pylint: disable=protected-access
         lambda m, a, o: record.append((o[0] if isinstance(o, tuple) else o)[:n].detach()))
          if record is not None else None)
@@ -149,6 +151,10 @@ def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict:
 
   acts: list[torch.Tensor] = []
   base = generate(record=acts)
+  # Sampling is chaotic: once one token differs, the rest of the clip is a new draw. The
+  # agreement of two unsteered batches with different seeds is the adherence of a push
+  # that re-rolls everything; a steered batch's adherence sits between it and 1.
+  resampled = adherence(base, generate(seed=seed + 1))
   x = torch.cat([a.reshape(-1, a.shape[-1]) for a in acts]).float()
   rms = float(x.pow(2).sum(-1).mean().sqrt())
   log(f"steer tokens: {len(feats)} features with a passing latent, {n} generations of "
@@ -229,6 +235,7 @@ def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict:
          "control_kinds": {"decoder": "random other decoder rows of the SAE (unit norm)",
                            "gaussian": "isotropic Gaussian directions (unit norm)"},
          "control_adherence_all_labels": ctl_adherence,
+         "adherence_resampled": resampled,
          "classifier": {"kind": "logistic regression on bags of codec codes (bridge/organism/"
                                 "tokens.py), fitted on the organism's training clips",
                         "heldout_accuracy": clf_acc,

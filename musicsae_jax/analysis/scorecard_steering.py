@@ -42,6 +42,7 @@ def load(out_dir: str) -> dict | None:
           "control_kinds": s["control_kinds"], "significance": s["significance"],
           "half": s.get("half"), "classifier": s["classifier"],
           "control_adherence_all_labels": s["control_adherence_all_labels"],
+          "adherence_resampled": s.get("adherence_resampled"),
           "seconds": s["seconds"], "features": feats,
           "summary": {"features": len(feats), "beat_controls": len(beats)}}
 
@@ -109,6 +110,10 @@ def success_adherence_png(st: dict) -> str:
                    [np.mean([x["success_mean"] for x in c])], marker=marker, color="grey",
                    s=sizes[a] * 2, label=f"{kind} controls" if i == 0 else None)
   ax.axhline(0, color="grey", lw=0.5)
+  if st.get("adherence_resampled") is not None:
+    ax.axvline(st["adherence_resampled"], color="grey", ls=":", lw=1)
+    ax.text(st["adherence_resampled"], ax.get_ylim()[1], " another seed, unsteered", fontsize=7,
+            va="top", color="grey")
   ax.set_xlabel("adherence (share of the other labels unchanged)")
   ax.set_ylabel("success (target rate − unsteered rate)")
   ax.set_xlim(-0.02, 1.02)
@@ -143,7 +148,8 @@ def section(st: dict) -> str:
           f"(strength × RMS norm {st['rms_norm']:.2f}, {html.escape(str(st['half']))} CFG halves), "
           f"classified in token space (held-out accuracy {acc}). Success = target-value rate "
           f"minus the unsteered rate; adherence = share of the other labels whose value equals "
-          f"the unsteered generation with the same seed. Controls: {st['controls_per_kind']} "
+          f"the unsteered generation with the same seed (an unsteered batch with another seed keeps "
+          f"{_f(st.get('adherence_resampled'))}, dotted line). Controls: {st['controls_per_kind']} "
           f"random other decoder rows and {st['controls_per_kind']} Gaussian directions of the "
           f"same norm per strength; rank p = the feature's success among all controls' "
           f"success for the same target (both kinds pooled). {st['summary']['beat_controls']}/"
