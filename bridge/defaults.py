@@ -12,7 +12,7 @@ def model() -> ml_collections.ConfigDict:
   """`c.model`: which MusicGen (bridge.extract.build_model)."""
   m = ml_collections.ConfigDict()
   m.name = "tiny"                      # "tiny" | "facebook/musicgen-small" | a local dir
-  m.backend = "audiocraft"             # "audiocraft" | "transformers" (README: Which backend?)
+  m.backend = "audiocraft"             # "audiocraft" | "transformers" (docs/extraction.md: Which backend?)
   m.device = "cpu"
   m.dtype = ""                         # "" = audiocraft's choice (fp16 LM on CUDA)
   m.seed = 0                           # the tiny model's weights come from this seed
@@ -77,7 +77,7 @@ def steer() -> ml_collections.ConfigDict:
   s.num_prompts = 16                   # first N built-in prompts (below 10: a warning; the
                                        # t interval and rank p rest on few clips)
   s.strengths = (0.0, 2.0, 4.0, 8.0)   # alpha: x the site's mean norm when relative,
-                                       # else raw units of the site (see README, Units)
+                                       # else raw units of the site (see docs/steering.md, "Units")
   s.relative = True
   s.features = config_dict.placeholder(tuple)   # None: every exported direction
   s.half = "cond"                      # cond | uncond | both halves of the CFG batch

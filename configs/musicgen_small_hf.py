@@ -3,7 +3,7 @@
 The experiment of configs/musicgen_small.py (layers 6, 12, 18 + T5 sites, BatchTopK on
 lm.layer.12) run on `MusicgenForConditionalGeneration` instead of audiocraft. Its own
 dataset and run names: the two backends' activations differ on padded prompts
-(transformers masks padded text in cross-attention; README "Which backend?"), so their
+(transformers masks padded text in cross-attention; docs/extraction.md "Which backend?"), so their
 stores must not mix. Weights: the transformers layout of facebook/musicgen-small
 (config.json, model.safetensors, tokenizer files) from the hub cache, or a local
 save_pretrained directory via --config.model.name=/path/to/dir.

@@ -47,14 +47,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.shuffle_mb = 64.0
 
   # --- analysis (musicsae_jax.analysis): the defaults, plus CLAP labels ---------------
-  c.analysis.labeling.clap = "tiny"    # the random test CLAP (wiring only; README "Feature labels")
+  c.analysis.labeling.clap = "tiny"    # the random test CLAP (wiring only; docs/analysis.md "Feature labels")
   c.analysis.labeling.threads = 1      # tiny ops only lose from threads (10x on a busy box)
 
   # --- steer (bridge.steering) --------------------------------------------------------
   c.steer.strengths = (0.0, 4.0, 8.0)  # alpha; x the site's mean norm when relative
   # method=set (the demo runs "add,set" side by side): the feature's latent = 8 raw units
   # (the demo's features sit near 0 unsteered). Controls: the defaults (32 per kind and
-  # strength, 16 prompts); at 1 s per clip the tiny model makes them cheap (README, "Did
+  # strength, 16 prompts); at 1 s per clip the tiny model makes them cheap (docs/steering.md, "Did
   # steering work?").
   c.steer.per_method.set.strengths = (8.0,)
   c.steer.duration = 1.0

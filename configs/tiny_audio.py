@@ -6,7 +6,7 @@ Clips come from the dataset plugin examples/chord_plugin.py (exact labels: mode,
 root); each is encoded by the model's own EnCodec and captured in one teacher-forced forward
 without text (conditioning "none"): the captions name the labels, so caption conditioning
 would let a probe read them from the text instead of the audio. Point `--config.extract.audio.dataset` at your own audio
-(folder:<dir>, musiccaps:<dir>, ...; README "Your own audio").
+(folder:<dir>, musiccaps:<dir>, ...; docs/extraction.md "Your own audio").
 """
 import os
 

@@ -4,7 +4,7 @@ Writes reports/<run>/{features,selectivity,probes}.json, report.html and the fea
 reports/<run>/browser/ (see WORKSPACE.md).
 Feature labels (`--config.analysis.labelers="('words','clap','llm')"`): after the analysis, the
 CLAP embeddings run in a separate torch process (`python -m bridge.label_clap REPORT_DIR`), then
-reports/<run>/labels.json and the report's labels section are written (README, "Feature labels").
+reports/<run>/labels.json and the report's labels section are written (docs/analysis.md, "Feature labels").
 Seed stability: `--compare_run=OTHER` matches the two runs' decoder rows (reports/<run>/stability.json
 and a seed-stability section in report.html);
 `--compare_only=1` skips the rest. Override fields: `--config.analysis.label_keys="('emotion','genre')" --config.analysis.probe_folds=4`.

@@ -3,7 +3,7 @@
 Writes <workdir>/activations/<config.dataset>/. Rerun the same command to resume; run
 N copies with --worker_index=i --num_workers=N to split the prompts.
 `--config.extract.source=audio --config.extract.audio.dataset=folder:/clips` captures
-audio files instead of generating (README "Your own audio").
+audio files instead of generating (docs/extraction.md "Your own audio").
 
 Without those flags the split comes from the launcher's environment
 (`musicsae_jax.distributed.worker_from_env`): JAX_PROCESS_ID/JAX_NUM_PROCESSES,

@@ -25,7 +25,7 @@ def sae() -> ml_collections.ConfigDict:
   s.expansion = 16
   s.k = 32                             # topk / batchtopk / matryoshka: active latents per row
   s.l1_coeff = 2.0                     # relu: L1 penalty on decoder-norm-weighted latents
-                                       # (L0 ~40 on bench/quality.py activations, README)
+                                       # (L0 ~40 on bench/quality.py activations, docs/benchmarks.md)
   s.target_l0 = _none(float)           # jumprelu: the L0 its thresholds steer to (None: k;
                                        # 0: off, the fixed-penalty recipe)
   s.l0_coeff = 1e-3                    # jumprelu: L0 penalty

@@ -46,9 +46,11 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def default_lr(m: int) -> float:
-  """Gao et al.'s width rule lr ~ 1/sqrt(m) at 4x their level: on bench/quality.py
-  (MiniLM, m = 8d, 0.5M tokens, batch 4096) FVU went 0.283 / 0.217 / 0.172 at 1x / 2x /
-  4x (README, SAE quality)."""
+  """Gao et al.'s width rule lr ~ 1/sqrt(m) at 4x their level, the setting with no dead
+  latents. bench/quality.py's fair protocol (MiniLM, m = 8d, 0.5M tokens; split by document,
+  chosen on validation) gives validation FVU 0.173 here with none dead; 2x this lr gives
+  0.146 with 3 % dead and 4x 0.137 with 33 % dead (docs/benchmarks.md, SAE quality): a
+  higher lr buys FVU with dead latents, so the default stays."""
   return 8e-4 / float(np.sqrt(m / 2**14))
 
 
@@ -62,7 +64,7 @@ def default_shuffle_mb(platform: str) -> float:
   """768 MB of shuffle windows on CPU (a laptop's memory; a step takes seconds, so the
   loader's re-reads keep up), 4096 MB on GPU/TPU: on one H200 at d=1536 the trainer
   waited on data 56 % of the time at 768 MB (each block decoded 8 times an epoch) and 6 %
-  at 4096 MB (README, On a GPU). It depends on the platform only, the same for every
+  at 4096 MB (docs/benchmarks.md, On a GPU). It depends on the platform only, the same for every
   process of a job, so batches stay a function of (seed, step)."""
   return 768.0 if platform == "cpu" else 4096.0
 

@@ -1,7 +1,7 @@
 """`c.organism`: every option of the model organism (bridge/organism) with its default.
 torch-free, like bridge/defaults.py, so config files and the JAX stages load it cheaply.
 
-Sized for about 30 minutes on 2 CPU cores (measured: README "A model whose truth we know").
+Sized for about 30 minutes on 2 CPU cores (measured: docs/concepts.md "A model whose truth we know").
 """
 import ml_collections
 
