@@ -36,6 +36,17 @@ def load(out_dir: str) -> dict | None:
                                                      "adherence", "p_rank", "controls")}
                                   | {"ci": r["paired"]["ci"]} for r in f["by_strength"]]})
   beats = [f for f in feats if f["verdict_alpha"] is not None]
+  per_strength = []
+  for i, a in enumerate(s["strengths"]):
+    rows = [f["by_strength"][i] for f in feats]
+    ctl = {k: {m: float(np.mean([r["controls"][k][m] for r in rows])) if rows else None
+               for m in ("success_mean", "adherence_mean")} for k in s["control_kinds"]}
+    per_strength.append({
+        "strength": a, "features_ranked_first": sum(
+            r["p_rank"] is not None and r["p_rank"] <= s["significance"] for r in rows),
+        "mean_success": float(np.mean([r["success"] for r in rows])) if rows else None,
+        "mean_adherence": float(np.mean([r["adherence"] for r in rows])) if rows else None,
+        "controls": ctl})
   return {"file": path, "layer": s["layer"], "site": s["site"], "rms_norm": s["rms_norm"],
           "strengths": s["strengths"], "strength_units": s["strength_units"],
           "num_generations": s["num_generations"], "controls_per_kind": s["controls_per_kind"],
@@ -44,7 +55,8 @@ def load(out_dir: str) -> dict | None:
           "control_adherence_all_labels": s["control_adherence_all_labels"],
           "adherence_resampled": s.get("adherence_resampled"),
           "seconds": s["seconds"], "features": feats,
-          "summary": {"features": len(feats), "beat_controls": len(beats)}}
+          "summary": {"features": len(feats), "beat_controls": len(beats),
+                      "per_strength": per_strength}}
 
 
 def attach(card: dict, out_dir: str) -> dict:
