@@ -47,8 +47,8 @@ def organism_steer() -> ml_collections.ConfigDict:
   s.seed = 0
   s.strengths = (0.1, 0.25, 0.5, 1.0)  # x RMS activation norm of the SAE's layer (unsteered);
                                        # 2 already drives every direction to one mode
-  s.controls = 10                      # per kind (decoder rows, Gaussian); the verdict ranks the
-                                       # feature among both kinds pooled: 20 reach p < 0.05
+  s.controls = 20                      # per kind (decoder rows, Gaussian); the verdict ranks the
+                                       # feature among both kinds pooled (40: p floor 1/41)
   s.significance = 0.05
   s.top_k = 50
   s.half = "both"                      # no text: steer the model, not only CFG's conditional half
