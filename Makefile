@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up .venv if needed, then run the offline end-to-end demo
 #   make test   set up .venv if needed, then run the test suite
-# make organism trains the model organism and scores the chain against it (~40 min, 2 cores)
+# make organism trains the model organism, scores the chain against it and steers it (~65 min, 2 cores)
 WORKDIR ?= /tmp/musicsae-demo
 ORGANISM_WORKDIR ?= /tmp/musicsae-organism
 # Test processes (pytest-xdist, one test file per worker): 2 fits a 2-core, 24 GB machine;

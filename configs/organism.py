@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = concepts.get_config()
   c.dataset = "organism"
   c.run = "organism"
-  c.concepts.num_clips = 1200
+  c.concepts.num_clips = 2400           # 2040 for codec + LM (204 of them LM validation)
   set_clip_seconds(c, 2.0)
   c.concepts.sample_rate = 16000
   c.concepts.tempos = (60, 90, 120, 150)
@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.concepts.densities = (1, 2, 4)
   c.concepts.dynamics = ("pp", "mf", "ff")
   c.organism = organism_defaults.organism()
+  c.organism_steer = organism_defaults.organism_steer()
 
   # --- the chain on the organism: capture the concept clips (no text), train an SAE -------
   c.model.name = ""                         # set to <workdir>/organism by launch.organism

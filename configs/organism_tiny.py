@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
   o.model.update(dict(dim=32, num_layers=2, num_heads=2, card=64, n_q=2, t5_dim=16,
                       seanet_filters=4, seanet_dimension=16))
   o.codec.update(dict(steps=30, batch_size=4, crop_seconds=0.5, kmeans_restarts=(10, 20)))
-  o.lm.update(dict(steps=60, batch_size=16, warmup_steps=10, lr=3e-3))
+  o.lm.update(dict(steps=60, batch_size=16, warmup_steps=10, lr=3e-3, val_every=20))
   c.extract.sites = ("lm.layer.0", "lm.layer.1")
   c.extract.torch_threads = 1
   c.train.site = "lm.layer.1"

@@ -9,6 +9,11 @@ each printed with the command that reruns it alone:
   probe_layers   launch.probe_layers    concepts across layers (probes_by_layer.json)
   localize       launch.localize        patching of concept-clip pairs (patching.json)
   scorecard      launch.scorecard       W/reports/<run>/scorecard.json + report section
+  export         launch.export          the SAE for torch (W/exports/<run>/)
+  steer          launch.organism_steer  steer with every passing latent, score in token space
+                                        (W/reports/<run>/steering_tokens.json)
+  steer_report   launch.scorecard --steering_only   that table into scorecard.json + report
+Steering alone on a finished workdir: --stages=export,steer,steer_report.
 `--config.model.name` and `--config.extract.audio.dataset` are set to W/organism and
 folder:W/concepts for every stage; other `--config.*` overrides pass through. A stage that
 is done (organism.json, a complete store, a trained run) is skipped or resumed.
@@ -20,8 +25,10 @@ from absl import flags
 
 from launch import common
 
-STAGES = ("organism", "extract", "train", "layer_saes", "probe_layers", "localize", "scorecard")
-_SCRIPTS = {"organism": "make_organism"}
+STAGES = ("organism", "extract", "train", "layer_saes", "probe_layers", "localize", "scorecard",
+          "export", "steer", "steer_report")
+_SCRIPTS = {"organism": "make_organism", "steer": "organism_steer", "steer_report": "scorecard"}
+_FLAGS = {"steer_report": ["--steering_only"]}
 
 _CONFIG = flags.DEFINE_string("config", "configs/organism.py", "Organism config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/musicsae-organism", "Workspace root.")
@@ -37,7 +44,7 @@ def stage_command(stage: str, config: str, workdir: str, overrides: list[str]) -
   if stage == "localize":
     cmd += ["--what=patching",
             f"--config.localize.pairs_from=folder:{os.path.join(workdir, 'concepts')}"]
-  return cmd + overrides
+  return cmd + _FLAGS.get(stage, []) + overrides
 
 
 def main(argv):

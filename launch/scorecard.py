@@ -12,12 +12,24 @@ from launch import common
 
 _CONFIG = common.define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workspace root.")
+_STEERING_ONLY = flags.DEFINE_bool(
+    "steering_only", False, "Only add reports/<run>/steering_tokens.json (launch.organism_steer) "
+    "to an existing scorecard.json and its report section; no re-scoring.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _STEERING_ONLY.value:
+    from musicsae_jax.analysis import scorecard_steering
+    try:
+      card = scorecard_steering.update(_WORKDIR.value, _CONFIG.value.run)
+    except FileNotFoundError as e:
+      raise common.UserError(str(e)) from e
+    s = card["steering"]["summary"]
+    print(f"scorecard steering: {s['beat_controls']}/{s['features']} features beat their controls")
+    return
   from musicsae_jax.analysis import scorecard
   from musicsae_jax.analysis.stats import AnalysisError
   try:

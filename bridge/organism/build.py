@@ -38,6 +38,7 @@ def build_model(o, words):
   m = o.model
   overrides = {
       "classifier_free_guidance": {"training_dropout": float(m.cfg_dropout)},
+      "transformer_lm": {"dropout": float(m.get("lm_dropout", 0.0))},
       # audiocraft's recipe: RVQ codebooks start from k-means on the first training batch
       # (the random-init path of the untrained tiny model collapses to one code here).
       "rvq": {"kmeans_init": True, "kmeans_iters": 50, "decay": float(o.codec.ema_decay)},
@@ -94,8 +95,17 @@ def make_organism(config, workdir: str, *, log: Callable[[str], None] = print) -
   used = [int(len(np.unique(codes[:, k]))) for k in range(codes.shape[1])]
   torch.manual_seed(int(o.lm.seed))
   caps = clips["captions"]
-  lm_train = lm_lib.train(model.lm, codes[train], [caps[i] for i in train], o.lm, log=log)
+  fit, val = data.validation_split(train, float(o.lm.get("val_fraction", 0.0)), int(o.lm.seed))
+  lm_train = lm_lib.train(model.lm, codes[fit], [caps[i] for i in fit], o.lm,
+                          val=(codes[val], [caps[i] for i in val]) if len(val) else None, log=log)
   lm_eval = lm_lib.evaluate(model.lm, codes[held], [caps[i] for i in held], seed=int(o.seed))
+  # The same teacher-forced measure on as many clips the LM trained on: the generalisation gap.
+  seen = fit[:len(held)]
+  lm_train["train_ce"] = lm_lib.mean_cross_entropy(model.lm, codes[seen], [caps[i] for i in seen])
+  lm_train["heldout_ce"] = lm_lib.mean_cross_entropy(model.lm, codes[held], [caps[i] for i in held])
+  lm_train["gap_nats"] = lm_train["heldout_ce"] - lm_train["train_ce"]
+  log(f"organism LM cross entropy: {lm_train['train_ce']:.3f} nats on {len(seen)} training "
+      f"clips, {lm_train['heldout_ce']:.3f} held out (gap {lm_train['gap_nats']:.3f})")
   log(f"organism LM (held out): token accuracy {lm_eval['true']['token_accuracy']:.3f}, "
       f"perplexity {lm_eval['true']['perplexity']:.1f} (shuffled captions "
       f"{lm_eval['shuffled']['perplexity']:.1f}, no text {lm_eval['none']['perplexity']:.1f}, "

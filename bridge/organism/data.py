@@ -68,3 +68,16 @@ def split(n: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.nd
   if k >= n:
     raise OrganismError(f"{n} clips are too few to hold out {heldout_fraction:.0%}")
   return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def validation_split(train: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(fit, validation): a seeded split of the training indices for model selection, so the
+  held-out clips are never used to choose a checkpoint. fraction 0 = no validation."""
+  train = np.asarray(train)
+  if fraction <= 0:
+    return train, train[:0]
+  if fraction >= 1:
+    raise OrganismError(f"organism.lm.val_fraction={fraction} must be in [0, 1)")
+  perm = np.random.default_rng([int(seed), 0x7A1]).permutation(len(train))
+  k = max(1, int(round(fraction * len(train))))
+  return np.sort(train[perm[k:]]), np.sort(train[perm[:k]])

@@ -53,19 +53,47 @@ def _lr(step: int, cfg) -> float:
   return float(cfg.lr) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
+@torch.no_grad()
+def mean_cross_entropy(lm, codes: np.ndarray, captions, *, batch_size: int = 32) -> float:
+  """Teacher-forced cross entropy (nats per token, mean over codebooks' valid positions as in
+  `cross_entropy`) with each clip's own caption, in eval mode (no dropout)."""
+  was = lm.training
+  lm.eval()
+  tot, n = 0.0, 0
+  for s in range(0, len(codes), batch_size):
+    x = torch.from_numpy(codes[s:s + batch_size])
+    logits, mask = _forward(lm, x, list(captions[s:s + batch_size]), dropout=False)
+    ce, _ = cross_entropy(logits, x, mask)
+    tot += float(ce) * len(x)
+    n += len(x)
+  lm.train(was)
+  return tot / max(1, n)
+
+
 def train(lm, codes: np.ndarray, captions: list[str], cfg, *,
+          val: tuple[np.ndarray, list[str]] | None = None,
           log: Callable[[str], None] = print) -> dict:
   """Train `lm` in place on codes [N, K, T] with their captions. cfg: steps, batch_size,
-  lr, warmup_steps, weight_decay, max_norm, seed."""
+  lr, warmup_steps, weight_decay, max_norm, seed, val_every, patience.
+
+  `val` (codes, captions), clips of the training split that the steps never see: scored
+  every `val_every` steps; the LM ends with the weights of its best validation score
+  (early stopping after `patience` scores without improvement). This selects on training
+  data only, so the held-out metrics stay unbiased."""
+  import copy
   from musicsae_jax.progress import Progress
   params = [p for p in lm.parameters() if p.requires_grad]
   opt = torch.optim.AdamW(params, lr=float(cfg.lr), betas=(0.9, 0.95),
                           weight_decay=float(cfg.weight_decay))
   gen = np.random.default_rng([int(cfg.seed), 0x1A4])
   steps, bs = int(cfg.steps), int(cfg.batch_size)
+  every = int(cfg.get("val_every", 0)) if val is not None else 0
+  patience = int(cfg.get("patience", 0))
   lm.train()
-  t0, hist = time.time(), []
+  t0, hist, curve = time.time(), [], []
+  best = (math.inf, 0, None)
   bar = Progress(steps, "organism lm", unit="steps", warmup=2, log_every=20.0)
+  done = steps
   for step in range(steps):
     for g in opt.param_groups:
       g["lr"] = _lr(step, cfg)
@@ -80,10 +108,27 @@ def train(lm, codes: np.ndarray, captions: list[str], cfg, *,
     opt.step()
     hist.append(float(ce.detach()))
     bar.update(1, ce=f"{hist[-1]:.3f}")
+    if every and ((step + 1) % every == 0 or step + 1 == steps):
+      v = mean_cross_entropy(lm, val[0], val[1])
+      curve.append({"step": step + 1, "train_batch_ce": float(np.mean(hist[-every:])),
+                    "val_ce": v})
+      if v < best[0]:
+        best = (v, step + 1, copy.deepcopy(lm.state_dict()))
+      elif patience and len(curve) - 1 - [c["step"] for c in curve].index(best[1]) >= patience:
+        done = step + 1
+        log(f"organism lm: validation CE has not improved for {patience} scores since step "
+            f"{best[1]} ({best[0]:.3f}); stopping at step {done}")
+        break
   bar.close()
+  if best[2] is not None:
+    lm.load_state_dict(best[2])
   lm.eval()
-  return {"steps": steps, "seconds": time.time() - t0,
-          "final_ce": float(np.mean(hist[-max(1, steps // 10):]))}
+  out = {"steps": steps, "steps_run": done, "seconds": time.time() - t0,
+         "final_batch_ce": float(np.mean(hist[-max(1, len(hist) // 10):]))}
+  if curve:
+    out.update(best_step=best[1], best_val_ce=best[0], val_clips=int(len(val[0])),
+               curve=curve)
+  return out
 
 
 @torch.no_grad()

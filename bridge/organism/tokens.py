@@ -33,27 +33,54 @@ def _fit(x: np.ndarray, y: np.ndarray, classes: int, l2: float, steps: int) -> t
   return lin
 
 
+class TokenClassifier:
+  """One logistic regression per label on standardised bags of codes, fitted on labelled
+  clips' codes; `predict` names a value of every label for new codes (e.g. generated ones).
+  A label whose clips have only some keys (mode: scale clips; chord: chord clips) is fitted
+  on the clips that have it and predicts one of its values for every input."""
+
+  def __init__(self, codes: np.ndarray, labels: list[dict], keys, card: int, *,
+               l2: float = 1e-3, steps: int = 200):
+    x = bag_of_codes(codes, card)
+    self.card = int(card)
+    self.mu, self.sd = x.mean(0), x.std(0) + 1e-6
+    x = (x - self.mu) / self.sd
+    self.values, self._lin = {}, {}
+    for key in keys:
+      rows = [i for i, l in enumerate(labels) if key in l]
+      values = sorted({str(labels[i][key]) for i in rows})
+      if len(values) < 2:
+        continue
+      pos = {v: j for j, v in enumerate(values)}
+      y = np.array([pos[str(labels[i][key])] for i in rows])
+      with torch.enable_grad():
+        self._lin[key] = _fit(x[rows], y, len(values), l2, steps)
+      self.values[key] = values
+
+  @property
+  def keys(self) -> list[str]:
+    return list(self.values)
+
+  def predict(self, codes: np.ndarray) -> dict[str, list[str]]:
+    """{key: [value per clip]} for codes [N, K, T]."""
+    x = torch.from_numpy((bag_of_codes(codes, self.card) - self.mu) / self.sd)
+    with torch.no_grad():
+      return {k: [self.values[k][j] for j in lin(x).argmax(1).tolist()]
+              for k, lin in self._lin.items()}
+
+
 def concept_accuracy(train_codes: np.ndarray, train_labels: list[dict], held_codes: np.ndarray,
                      held_labels: list[dict], keys, card: int, *, l2: float = 1e-3,
                      steps: int = 200) -> dict:
   """{key: {accuracy, chance, values, clips}} on held-out clips, per label."""
-  xtr, xho = bag_of_codes(train_codes, card), bag_of_codes(held_codes, card)
-  mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
-  xtr, xho = (xtr - mu) / sd, (xho - mu) / sd
+  clf = TokenClassifier(train_codes, train_labels, keys, card, l2=l2, steps=steps)
+  pred = clf.predict(held_codes)
   out = {}
-  for key in keys:
-    tr = [i for i, l in enumerate(train_labels) if key in l]
+  for key in clf.keys:
     ho = [i for i, l in enumerate(held_labels) if key in l]
-    values = sorted({str(train_labels[i][key]) for i in tr})
-    if len(values) < 2 or not ho:
+    if not ho:
       continue
-    pos = {v: j for j, v in enumerate(values)}
-    ytr = np.array([pos[str(train_labels[i][key])] for i in tr])
-    yho = np.array([pos.get(str(held_labels[i][key]), -1) for i in ho])
-    with torch.enable_grad():
-      lin = _fit(xtr[tr], ytr, len(values), l2, steps)
-    with torch.no_grad():
-      pred = lin(torch.from_numpy(xho[ho])).argmax(1).numpy()
-    out[key] = {"accuracy": float(np.mean(pred == yho)), "chance": 1.0 / len(values),
-                "values": len(values), "clips": len(ho)}
+    hit = [pred[key][i] == str(held_labels[i][key]) for i in ho]
+    out[key] = {"accuracy": float(np.mean(hit)), "chance": 1.0 / len(clf.values[key]),
+                "values": len(clf.values[key]), "clips": len(ho)}
   return out

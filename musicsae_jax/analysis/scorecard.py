@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from musicsae_jax.analysis import ground_truth, report
+from musicsae_jax.analysis import ground_truth, report, scorecard_steering
 from musicsae_jax.analysis.stats import AnalysisError
 
 FORMAT_VERSION = 1
@@ -72,6 +72,7 @@ def build(config, workdir: str, *, log=print) -> dict:
   out_dir = os.path.join(workdir, "reports", a["run"])
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, FILE)
+  scorecard_steering.attach(card, out_dir)       # when launch.organism_steer has run
   with open(path, "w") as f:
     json.dump(card, f, indent=1, default=float)
   report.splice_section(out_dir, SECTION, section(card), f"musicsae report: {a['run']}")
@@ -79,6 +80,7 @@ def build(config, workdir: str, *, log=print) -> dict:
     report.splice_section(out_dir, scorecard_labels.SECTION, scorecard_labels.section(card["labels"]))
   report.splice_section(out_dir, scorecard_localize.SECTION,
                         scorecard_localize.section(card["localization"]))
+  scorecard_steering.splice(card, out_dir, f"musicsae report: {a['run']}")
   s = card["features"]["summary"]
   log("scorecard: " + "; ".join(
       f"{fam} {v['passing']}/{v['values']} values pass, mean best AUROC {v['mean_best_auroc']:.3f}"
