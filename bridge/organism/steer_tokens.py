@@ -13,7 +13,7 @@ Per feature and strength:
   adherence = fraction of the OTHER labels whose classified value equals that of the
               unsteered generation with the same seed (1 = nothing else moved)
 and the same for control directions of the same norm (random other decoder rows,
-isotropic Gaussian: bridge.steer_controls), with the rank p of the feature's success among
+isotropic Gaussian: bridge.steering.controls), with the rank p of the feature's success among
 the controls' success for the same target (both kinds pooled), and one verdict line
 (bridge.steer_stats). `adherence_resampled`, the agreement of the unsteered batch with an
 unsteered batch of another seed, is the floor: sampling diverges after the first changed
