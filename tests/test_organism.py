@@ -223,12 +223,14 @@ def test_steering_stage_writes_its_table_into_the_scorecard(organism):
   with open(os.path.join(wd, "reports", c.run, "scorecard.json")) as f:
     passing = steer_tokens.passing_features(json.load(f), res["classifier"]["chance"])
   assert [(f["key"], f["value"]) for f in res["features"]] == [(f["key"], f["value"]) for f in passing]
-  assert 0 <= res["adherence_resampled"] <= 1
+  assert 0 <= res["adherence_resampled"] <= 1 and 0 <= res["same_seed_agreement_resampled"] <= 1
+  assert res["format_version"] == steer_tokens.FORMAT_VERSION == scorecard_steering.FORMAT_VERSION
   assert len(res["controls"]) == 20 and {c_["kind"] for c_ in res["controls"]} == {"decoder", "gaussian"}
   for f in res["features"]:
     assert [r["strength"] for r in f["by_strength"]] == [0.25, 1.0]
     for r in f["by_strength"]:
       assert np.isclose(r["success"], r["rate"] - r["base_rate"]) and 0 <= r["adherence"] <= 1
+      assert 0 <= r["same_seed_agreement"] <= 1
       assert r["p_rank"] is not None and 1 / 21 <= r["p_rank"] <= 1
     assert f["verdict"]["text"]
   # Measured on this organism: the planted loudness concept's latent for pp raises the pp
@@ -242,6 +244,36 @@ def test_steering_stage_writes_its_table_into_the_scorecard(organism):
   with open(os.path.join(wd, "reports", c.run, "report.html")) as f:
     page = f.read()
   assert '<section id="scorecard">' in page and '<section id="scorecard_steering">' in page
+
+
+def test_adherence_compares_label_distributions_and_agreement_compares_seeds():
+  """Hand-computed: a batch whose clips are re-drawn but keep their label distribution keeps
+  adherence 1 while its same-seed agreement falls; collapsing a label lowers adherence by
+  that label's total variation distance."""
+  from bridge.organism import steer_tokens as st
+  base = {"key": ["C", "C", "D", "D"], "mode": ["major", "minor", "major", "minor"],
+          "program": ["piano", "piano", "piano", "flute"]}
+  shuffled = {"key": ["D", "D", "C", "C"], "mode": ["minor", "major", "minor", "major"],
+              "program": ["piano", "flute", "piano", "piano"]}
+  assert st.adherence(base, shuffled) == pytest.approx(1.0)
+  # same seed: key 0/4, mode 0/4, program 2/4 kept
+  assert st.same_seed_agreement(base, shuffled) == pytest.approx(2 / 12)
+  collapsed = dict(base, mode=["major"] * 4)                 # TV(mode) = 0.5
+  assert st.adherence(base, collapsed) == pytest.approx(1 - 0.5 / 3)
+  assert st.adherence(base, collapsed, exclude="mode") == pytest.approx(1.0)
+  new_value = dict(base, program=["organ"] * 4)              # TV(program) = 1
+  assert st.adherence(base, new_value, exclude="key") == pytest.approx(1 - 1 / 2)
+  s = st.summarize(base, collapsed, "mode", "major")
+  assert (s["rate"], s["base_rate"], s["success"]) == (1.0, 0.5, 0.5)
+  assert s["adherence"] == pytest.approx(1.0) and s["same_seed_agreement"] == pytest.approx(1.0)
+
+
+def test_an_older_steering_file_is_refused_with_the_command_to_rerun(tmp_path):
+  from musicsae_jax.analysis import scorecard_steering
+  (tmp_path / "steering_tokens.json").write_text(json.dumps({"format_version": 1}))
+  with pytest.raises(scorecard_steering.SteeringFileError,
+                     match=r"steering_tokens.json has format_version 1.*--stages=steer,steer_report"):
+    scorecard_steering.load(str(tmp_path))
 
 
 def test_bad_input_is_a_clear_error(tmp_path):

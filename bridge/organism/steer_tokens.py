@@ -10,14 +10,20 @@ its tokens are not.
 
 Per feature and strength:
   success   = rate(target value) steered - rate(target value) unsteered (same seed, paired)
-  adherence = fraction of the OTHER labels whose classified value equals that of the
-              unsteered generation with the same seed (1 = nothing else moved)
+  adherence = 1 - mean over the OTHER labels of the total variation distance between their
+              value distributions in the steered and the unsteered batch (1 = the batch's
+              other labels are distributed as before)
+  same_seed_agreement = fraction of the other labels whose classified value equals that of
+              the unsteered generation with the same seed
 and the same for control directions of the same norm (random other decoder rows,
 isotropic Gaussian: bridge.steering.controls), with the rank p of the feature's success among
 the controls' success for the same target (both kinds pooled), and one verdict line
-(bridge.steer_stats). `adherence_resampled`, the agreement of the unsteered batch with an
-unsteered batch of another seed, is the floor: sampling diverges after the first changed
-token, so even a tiny push can re-draw the other labels.
+(bridge.steer_stats). Both adherence measures are also taken between the unsteered batch and
+an unsteered batch of another seed (`*_resampled`). Sampling diverges after the first
+changed token, so even a tiny push re-draws each clip and the same-seed agreement falls to
+that of a fresh seed at once; adherence compares batches as populations and so separates
+pushes that keep the other labels' distribution from those that move it (its ceiling, set
+by sampling noise at this batch size, is `adherence_resampled`).
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ from bridge.steering import controls as steer_controls
 from bridge.steering import hooks as steering
 from bridge.steering import stats as steer_stats
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: adherence is distributional; the per-seed measure is same_seed_agreement
 FILE = "steering_tokens.json"
 CONTROL_KINDS = ("decoder", "gaussian")
 
@@ -56,21 +62,36 @@ def passing_features(scorecard: dict, keys=None) -> list[dict]:
   return out
 
 
-def adherence(base: dict, steered: dict, exclude: str | None = None) -> float:
+def same_seed_agreement(base: dict, steered: dict, exclude: str | None = None) -> float:
   """Share of labels (all but `exclude`) whose classified value equals the unsteered
   generation's with the same seed, averaged over generations."""
   keys = [k for k in base if k != exclude]
   return float(np.mean([[a == b for a, b in zip(steered[k], base[k])] for k in keys]))
 
 
+def adherence(base: dict, steered: dict, exclude: str | None = None) -> float:
+  """1 - mean over labels (all but `exclude`) of the total variation distance between the
+  label's value distribution in `base` and in `steered`: whether the batch as a population
+  keeps its other labels, which sampling chaos does not erase (see the module docstring)."""
+  tv = []
+  for k in (k for k in base if k != exclude):
+    values = sorted(set(base[k]) | set(steered[k]))
+    p = np.array([np.mean([x == v for x in base[k]]) for v in values])
+    q = np.array([np.mean([x == v for x in steered[k]]) for v in values])
+    tv.append(0.5 * np.abs(p - q).sum())
+  return float(1.0 - np.mean(tv))
+
+
 def summarize(base: dict, steered: dict, key: str, value: str) -> dict:
-  """success (rate of `value` steered minus unsteered), adherence (on the other labels)
-  and the paired statistics of success (per generation: hit steered - hit unsteered)."""
+  """success (rate of `value` steered minus unsteered), adherence and same-seed agreement
+  (on the other labels) and the paired statistics of success (per generation: hit steered -
+  hit unsteered)."""
   b_hit = np.array([v == value for v in base[key]], float)
   s_hit = np.array([v == value for v in steered[key]], float)
   return {"rate": float(s_hit.mean()), "base_rate": float(b_hit.mean()),
           "success": float(s_hit.mean() - b_hit.mean()),
           "adherence": adherence(base, steered, exclude=key),
+          "same_seed_agreement": same_seed_agreement(base, steered, exclude=key),
           "paired": steer_stats.paired_summary(s_hit, b_hit)}
 
 
@@ -154,10 +175,10 @@ def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict:
 
   acts: list[torch.Tensor] = []
   base = generate(record=acts)
-  # Sampling is chaotic: once one token differs, the rest of the clip is a new draw. The
-  # agreement of two unsteered batches with different seeds is the adherence of a push
-  # that re-rolls everything; a steered batch's adherence sits between it and 1.
-  resampled = adherence(base, generate(seed=seed + 1))
+  # Sampling is chaotic: once one token differs, the rest of the clip is a new draw. Two
+  # unsteered batches with different seeds give the same-seed agreement of a push that
+  # re-rolls everything, and the adherence that sampling noise alone leaves.
+  other_seed = generate(seed=seed + 1)
   x = torch.cat([a.reshape(-1, a.shape[-1]) for a in acts]).float()
   rms = float(x.pow(2).sum(-1).mean().sqrt())
   log(f"steer tokens: {len(feats)} features with a passing latent, {n} generations of "
@@ -215,20 +236,24 @@ def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict:
       # the verdict's p: rank among all controls pooled (2 x 10 reach p < 0.05; each kind's
       # own rank p, whose floor is 1/11, is kept in vs_controls)
       pooled = steer_stats.rank_p(s["success"], [c["success"] for cs in ctl.values() for c in cs])
-      row = {"strength": a, **{k: s[k] for k in ("rate", "base_rate", "success", "adherence")},
+      row = {"strength": a, **{k: s[k] for k in ("rate", "base_rate", "success", "adherence",
+                                                 "same_seed_agreement")},
              "paired": s["paired"], "p_rank": pooled, "vs_controls": vs,
              "controls": {k: {"success_mean": float(np.mean([c["success"] for c in cs])),
                               "success_max": float(np.max([c["success"] for c in cs])),
-                              "adherence_mean": float(np.mean([c["adherence"] for c in cs]))}
+                              "adherence_mean": float(np.mean([c["adherence"] for c in cs])),
+                              "same_seed_agreement_mean": float(np.mean(
+                                  [c["same_seed_agreement"] for c in cs]))}
                           for k, cs in ctl.items()}}
       f["by_strength"].append(row)
       points.append((a, pooled))
     f["verdict"] = steer_stats.verdict(points, target=f"{f['key']}={f['value']}",
                                        measure="token-space classifier", level=level,
                                        n_controls=n_per_kind * len(CONTROL_KINDS))
-  ctl_adherence = {k: {f"{a:g}": float(np.mean([adherence(base, c["preds"][f"{a:g}"])
-                                                for c in controls if c["kind"] == k]))
-                       for a in strengths} for k in CONTROL_KINDS}
+  ctl_all = {name: {k: {f"{a:g}": float(np.mean([fn(base, c["preds"][f"{a:g}"])
+                                                 for c in controls if c["kind"] == k]))
+                        for a in strengths} for k in CONTROL_KINDS}
+             for name, fn in (("adherence", adherence), ("same_seed_agreement", same_seed_agreement))}
   res = {"format_version": FORMAT_VERSION, "run": config.run, "layer": layer,
          "site": card["features"]["site"], "rms_norm": rms,
          "strength_units": "x RMS activation norm of the layer in the unsteered generation",
@@ -237,13 +262,15 @@ def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict:
          "significance": level, "controls_per_kind": n_per_kind,
          "control_kinds": {"decoder": "random other decoder rows of the SAE (unit norm)",
                            "gaussian": "isotropic Gaussian directions (unit norm)"},
-         "control_adherence_all_labels": ctl_adherence,
-         "adherence_resampled": resampled,
+         "control_adherence_all_labels": ctl_all["adherence"],
+         "control_same_seed_agreement_all_labels": ctl_all["same_seed_agreement"],
+         "adherence_resampled": adherence(base, other_seed),
+         "same_seed_agreement_resampled": same_seed_agreement(base, other_seed),
          "classifier": {"kind": "logistic regression on bags of codec codes (bridge/organism/"
                                 "tokens.py), fitted on the organism's training clips",
                         "heldout_accuracy": clf_acc,
                         "chance": {k: 1 / len(v) for k, v in clf.values.items()}},
-         "baseline": {"preds": base,
+         "baseline": {"preds": base, "preds_other_seed": other_seed, "other_seed": seed + 1,
                       "rates": {k: {v: float(np.mean([p == v for p in base[k]]))
                                     for v in clf.values[k]} for k in clf.keys}},
          "features": out_feats, "controls": controls, "seconds": time.time() - t0}

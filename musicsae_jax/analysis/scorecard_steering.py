@@ -5,8 +5,9 @@ else moves?
 Reads reports/<run>/steering_tokens.json (written by the torch stage
 bridge/organism/steer_tokens.py, `launch.organism_steer`), keeps a compact table under
 `scorecard.json["steering"]` and renders the `scorecard_steering` report section: success
-(rate of the target value minus the unsteered rate) against adherence (share of the other
-labels kept), one point per strength, with the controls' means beside each feature.
+(rate of the target value minus the unsteered rate) against adherence (1 - total variation
+distance of the other labels' value distributions from the unsteered batch), one point per
+strength, with the controls' means beside each feature.
 """
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ import numpy as np
 
 FILE = "steering_tokens.json"
 SECTION = "scorecard_steering"
+FORMAT_VERSION = 2      # of steering_tokens.json (bridge/organism/steer_tokens.py)
+
+
+class SteeringFileError(ValueError):
+  """steering_tokens.json of another format; the message names the file and the fix."""
 
 
 def load(out_dir: str) -> dict | None:
@@ -27,25 +33,34 @@ def load(out_dir: str) -> dict | None:
     return None
   with open(path) as f:
     s = json.load(f)
+  if s.get("format_version") != FORMAT_VERSION:
+    raise SteeringFileError(
+        f"{path} has format_version {s.get('format_version')}, this version reads "
+        f"{FORMAT_VERSION} (adherence became distributional in 2): rerun the steering stage, "
+        f"python -m launch.organism --workdir=W --stages=steer,steer_report")
   feats = []
   for f in s["features"]:
     feats.append({"key": f["key"], "value": f["value"], "id": f["id"], "auroc": f["auroc"],
                   "verdict": f["verdict"]["text"], "verdict_alpha": f["verdict"]["alpha"],
                   "verdict_p": f["verdict"]["p"],
                   "by_strength": [{k: r[k] for k in ("strength", "rate", "base_rate", "success",
-                                                     "adherence", "p_rank", "controls")}
+                                                     "adherence", "same_seed_agreement",
+                                                     "p_rank", "controls")}
                                   | {"ci": r["paired"]["ci"]} for r in f["by_strength"]]})
   beats = [f for f in feats if f["verdict_alpha"] is not None]
   per_strength = []
   for i, a in enumerate(s["strengths"]):
     rows = [f["by_strength"][i] for f in feats]
     ctl = {k: {m: float(np.mean([r["controls"][k][m] for r in rows])) if rows else None
-               for m in ("success_mean", "adherence_mean")} for k in s["control_kinds"]}
+               for m in ("success_mean", "adherence_mean", "same_seed_agreement_mean")}
+           for k in s["control_kinds"]}
     per_strength.append({
         "strength": a, "features_ranked_first": sum(
             r["p_rank"] is not None and r["p_rank"] <= s["significance"] for r in rows),
         "mean_success": float(np.mean([r["success"] for r in rows])) if rows else None,
         "mean_adherence": float(np.mean([r["adherence"] for r in rows])) if rows else None,
+        "mean_same_seed_agreement": float(np.mean([r["same_seed_agreement"] for r in rows]))
+                                    if rows else None,
         "controls": ctl})
   return {"file": path, "layer": s["layer"], "site": s["site"], "rms_norm": s["rms_norm"],
           "strengths": s["strengths"], "strength_units": s["strength_units"],
@@ -53,7 +68,9 @@ def load(out_dir: str) -> dict | None:
           "control_kinds": s["control_kinds"], "significance": s["significance"],
           "half": s.get("half"), "classifier": s["classifier"],
           "control_adherence_all_labels": s["control_adherence_all_labels"],
-          "adherence_resampled": s.get("adherence_resampled"),
+          "control_same_seed_agreement_all_labels": s["control_same_seed_agreement_all_labels"],
+          "adherence_resampled": s["adherence_resampled"],
+          "same_seed_agreement_resampled": s["same_seed_agreement_resampled"],
           "seconds": s["seconds"], "features": feats,
           "summary": {"features": len(feats), "beat_controls": len(beats),
                       "per_strength": per_strength}}
@@ -105,12 +122,13 @@ def success_adherence_png(st: dict) -> str:
   plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.2))
   sizes = {a: 12 + 14 * i for i, a in enumerate(st["strengths"])}
+  colors = plt.get_cmap("tab20").colors     # 18 features: no two share a colour
   for j, f in enumerate(st["features"]):
     rows = f["by_strength"]
-    ax.plot([r["adherence"] for r in rows], [r["success"] for r in rows], "-", color=f"C{j % 10}",
+    ax.plot([r["adherence"] for r in rows], [r["success"] for r in rows], "-", color=colors[j % 20],
             lw=1, alpha=0.8)
     ax.scatter([r["adherence"] for r in rows], [r["success"] for r in rows],
-               s=[sizes[r["strength"]] for r in rows], color=f"C{j % 10}",
+               s=[sizes[r["strength"]] for r in rows], color=colors[j % 20],
                edgecolors=["k" if (r["p_rank"] is not None and r["p_rank"] <= st["significance"])
                            else "none" for r in rows],
                label=f"{f['key']}={f['value']}")
@@ -124,9 +142,9 @@ def success_adherence_png(st: dict) -> str:
   ax.axhline(0, color="grey", lw=0.5)
   if st.get("adherence_resampled") is not None:
     ax.axvline(st["adherence_resampled"], color="grey", ls=":", lw=1)
-    ax.text(st["adherence_resampled"], ax.get_ylim()[1], " another seed, unsteered", fontsize=7,
-            va="top", color="grey")
-  ax.set_xlabel("adherence (share of the other labels unchanged)")
+    ax.text(st["adherence_resampled"], ax.get_ylim()[1], "another seed, unsteered ", fontsize=7,
+            va="top", ha="right", color="grey")
+  ax.set_xlabel("adherence (1 − TV distance of the other labels' distributions)")
   ax.set_ylabel("success (target rate − unsteered rate)")
   ax.set_xlim(-0.02, 1.02)
   ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
@@ -138,6 +156,7 @@ def section(st: dict) -> str:
   from musicsae_jax.analysis import report
   head = ("<tr><th>label=value (latent)</th><th>strength</th><th>target rate</th>"
           "<th>unsteered</th><th>success [95% CI]</th><th>adherence</th>"
+          "<th>same-seed agreement</th>"
           "<th>decoder controls: success / adherence</th>"
           "<th>Gaussian controls: success / adherence</th><th>rank p</th></tr>")
   body = []
@@ -149,7 +168,8 @@ def section(st: dict) -> str:
           f"<tr><td>{html.escape(f['key'])}={html.escape(f['value'])} ({f['id']})</td>"
           f"<td>{r['strength']:g}</td><td>{_f(r['rate'])}</td><td>{_f(r['base_rate'])}</td>"
           f"<td>{_f(r['success'])} [{_f(ci[0]) if ci else '–'}, {_f(ci[1]) if ci else '–'}]</td>"
-          f"<td>{_f(r['adherence'])}</td><td>{_f(cd['success_mean'])} / {_f(cd['adherence_mean'])}</td>"
+          f"<td>{_f(r['adherence'])}</td><td>{_f(r['same_seed_agreement'])}</td>"
+          f"<td>{_f(cd['success_mean'])} / {_f(cd['adherence_mean'])}</td>"
           f"<td>{_f(cg['success_mean'])} / {_f(cg['adherence_mean'])}</td>"
           f"<td>{_f(r['p_rank'], 3)}</td></tr>")
   verdicts = "".join(f"<li>{html.escape(f['key'])}={html.escape(f['value'])} (latent {f['id']}): "
@@ -159,9 +179,13 @@ def section(st: dict) -> str:
           f"passing latent's unit decoder direction added at {html.escape(st['site'])} "
           f"(strength × RMS norm {st['rms_norm']:.2f}, {html.escape(str(st['half']))} CFG halves), "
           f"classified in token space (held-out accuracy {acc}). Success = target-value rate "
-          f"minus the unsteered rate; adherence = share of the other labels whose value equals "
-          f"the unsteered generation with the same seed (an unsteered batch with another seed keeps "
-          f"{_f(st.get('adherence_resampled'))}, dotted line). Controls: {st['controls_per_kind']} "
+          f"minus the unsteered rate; adherence = 1 − the mean total variation distance between "
+          f"each other label's value distribution in the steered and the unsteered batch (an "
+          f"unsteered batch with another seed: {_f(st['adherence_resampled'])}, dotted line: the "
+          f"ceiling that sampling noise leaves); same-seed agreement = share of the other labels "
+          f"whose value equals the unsteered generation with the same seed (another seed: "
+          f"{_f(st['same_seed_agreement_resampled'])}; sampling re-draws a clip after its first "
+          f"changed token, so this falls for any push). Controls: {st['controls_per_kind']} "
           f"random other decoder rows and {st['controls_per_kind']} Gaussian directions of the "
           f"same norm per strength; rank p = the feature's success among all controls' "
           f"success for the same target (both kinds pooled). {st['summary']['beat_controls']}/"
