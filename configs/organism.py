@@ -60,6 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
   # the self-attention rows say which block writes the difference (pairs_from: the workdir)
   c.localize.concepts = ()
   c.localize.audio_concepts = c.analysis.label_keys
+  c.analysis.layer_sae_seeds = 3       # the SAE layer scores' standard error across init seeds
   c.localize.patch_sites = ("attn",)
   c.localize.patch_sae = False
   c.localize.pairs = 8

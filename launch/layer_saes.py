@@ -1,7 +1,8 @@
 """One SAE per layer: `python -m launch.layer_saes --config=CFG --workdir=DIR`.
 
 Trains (or resumes) an SAE with the config's settings on every `lm.layer.<i>` site of
-extract.sites as run `<run>-l<i>`; the run's own site (train.site) keeps `<run>`. The
+extract.sites as run `<run>-l<i>`; the run's own site (train.site) keeps `<run>`. With
+`analysis.layer_sae_seeds=n`, n SAEs per site that differ in their init seed (`-s<j>`). The
 organism scorecard scores each layer's best features per label from them
 (musicsae_jax/analysis/scorecard_localize.py).
 """
@@ -20,8 +21,8 @@ def main(argv):
   from musicsae_jax.analysis import AnalysisError, scorecard_localize
   with common.user_errors(AnalysisError):
     runs = scorecard_localize.train_layer_saes(_CONFIG.value, _WORKDIR.value)
-  for site, run in runs.items():
-    print(f"{site}: runs/{run}")
+  for site, rs in runs.items():
+    print(f"{site}: " + ", ".join(f"runs/{r}" for r in rs))
 
 
 if __name__ == "__main__":

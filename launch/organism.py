@@ -5,7 +5,7 @@ each printed with the command that reruns it alone:
   organism       launch.make_organism   W/concepts/ (rendered), W/organism/ (+ organism.json)
   extract        launch.extract         the concept clips through the organism, no text
   train          launch.train           a TopK SAE on c.train.site
-  layer_saes     launch.layer_saes      the same SAE on every other lm.layer site (<run>-l<i>)
+  layer_saes     launch.layer_saes      the same SAE on every lm.layer site (<run>-l<i>), per init seed (-s<j>)
   probe_layers   launch.probe_layers    concepts across layers (probes_by_layer.json)
   localize       launch.localize        patching of concept-clip pairs (patching.json)
   scorecard      launch.scorecard       W/reports/<run>/scorecard.json + report section

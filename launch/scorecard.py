@@ -25,7 +25,7 @@ def main(argv):
     from musicsae_jax.analysis import scorecard_steering
     try:
       card = scorecard_steering.update(_WORKDIR.value, _CONFIG.value.run)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, scorecard_steering.SteeringFileError) as e:
       raise common.UserError(str(e)) from e
     s = card["steering"]["summary"]
     print(f"scorecard steering: {s['beat_controls']}/{s['features']} features beat their controls")

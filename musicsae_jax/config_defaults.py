@@ -132,6 +132,8 @@ def analysis() -> ml_collections.ConfigDict:
   a.grounding_top = 3
   a.batch_rows = 4096                  # rows per jitted encode call
   a.seed = 0
+  a.layer_sae_seeds = 1                # organism localisation: SAEs per layer (init seeds
+                                       # train.seed + 0..n-1); >= 2 gives the SAE score an se
   a.browser = browser()                # the feature browser (reports/<run>/browser/)
   a.labelers = ("words", "clap", "llm")  # feature labels in reports/<run>/labels.json; clap
                                        # needs labeling.clap, llm the MUSICSAE_LLM_URL env var

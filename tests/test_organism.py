@@ -124,8 +124,12 @@ def test_scorecard_grades_word_labels_and_localizes_each_label_on_every_layer(or
   c.localize.pairs = 4
   extract.extract(c, wd, log=_quiet)             # resumes: done when an earlier test ran
   train.train_and_evaluate(c, wd)
+  c.analysis.layer_sae_seeds = 2
   runs = scorecard_localize.train_layer_saes(c, wd, log=_quiet)
-  assert runs == {"lm.layer.0": "organism-tiny-l0", "lm.layer.1": "organism-tiny"}
+  assert runs == {"lm.layer.0": ["organism-tiny-l0", "organism-tiny-l0-s1"],
+                  "lm.layer.1": ["organism-tiny", "organism-tiny-s1"]}
+  with open(os.path.join(wd, "runs", "organism-tiny-s1", "config.json")) as f:
+    assert json.load(f)["train"]["seed"] == c.train.seed + 1
   layer_probes.probe_layers(c, wd, label_keys=keys, log=_quiet)
   localize.run_localize(c, wd, ("patching",), log=_quiet)
   card = scorecard.build(c, wd, log=_quiet)
@@ -149,6 +153,13 @@ def test_scorecard_grades_word_labels_and_localizes_each_label_on_every_layer(or
       assert len(row["scores"]) == 2 and None not in row["scores"], (key, m, row)
       assert row["best_site"] in loc["sites"] + [None]     # None: a flat row
   assert set(loc["agreement"]) == {"probe~patching", "probe~sae", "patching~sae"}
+  for key in keys:                      # the SAE score: mean and se over the two init seeds
+    for site, s in loc["scores"]["sae"][key].items():
+      assert len(s["by_seed"]) == 2 and s["score"] == pytest.approx(np.mean(s["by_seed"]))
+      assert s["se"] == pytest.approx(abs(s["by_seed"][0] - s["by_seed"][1]) / 2)
+      assert s["runs"][1] == s["runs"][0] + "-s1"
+    row = loc["table"][key]["sae"]
+    assert row["best_site"] is None or isinstance(row["clear"], bool)   # se known: judged
   with open(os.path.join(wd, "reports", c.run, "report.html")) as f:
     page = f.read()
   assert '<section id="scorecard-labels">' in page
@@ -274,6 +285,9 @@ def test_an_older_steering_file_is_refused_with_the_command_to_rerun(tmp_path):
   with pytest.raises(scorecard_steering.SteeringFileError,
                      match=r"steering_tokens.json has format_version 1.*--stages=steer,steer_report"):
     scorecard_steering.load(str(tmp_path))
+  said = []          # a re-scored scorecard keeps its other parts and says what it left out
+  card = scorecard_steering.attach({"features": {}}, str(tmp_path), log=said.append)
+  assert card == {"features": {}} and len(said) == 1 and "steering left out" in said[0]
 
 
 def test_bad_input_is_a_clear_error(tmp_path):

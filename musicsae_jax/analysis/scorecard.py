@@ -72,7 +72,7 @@ def build(config, workdir: str, *, log=print) -> dict:
   out_dir = os.path.join(workdir, "reports", a["run"])
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, FILE)
-  scorecard_steering.attach(card, out_dir)       # when launch.organism_steer has run
+  scorecard_steering.attach(card, out_dir, log=log)   # when launch.organism_steer has run
   with open(path, "w") as f:
     json.dump(card, f, indent=1, default=float)
   report.splice_section(out_dir, SECTION, section(card), f"musicsae report: {a['run']}")

@@ -10,12 +10,14 @@ Per label and per `lm.layer.<i>` site of the store:
               with no text and are not used);
   - sae:      the mean over the label's values of the best SAE feature's held-out AUROC
               (ground_truth: selected on training prompts, max-null), one SAE per layer
-              (`<run>-l<i>`, trained by `train_layer_saes`; the run's own site uses <run>).
+              (`<run>-l<i>`, trained by `train_layer_saes`; the run's own site uses <run>),
+              averaged over `analysis.layer_sae_seeds` SAEs per layer that differ only in
+              their init seed (`<...>-s<j>` for j >= 1).
 The best layer per label and method, and per pair of methods the Spearman correlation of
 their layer scores per label (mean over labels; nan where a method is flat) and how often
 their best layers coincide. A best layer is `clear` when it beats the runner-up by more than
-twice its standard error (probe: fold std / sqrt(folds); patching: over pairs; the SAE
-score has none, so None).
+twice its standard error (probe: fold std / sqrt(folds); patching: over pairs; SAE: the
+std across init seeds / sqrt(seeds), None with one seed).
 """
 from __future__ import annotations
 
@@ -34,35 +36,49 @@ METHODS = ("probe", "patching", "sae")
 SECTION = "scorecard-localization"
 
 
-def layer_run(run: str, site: str, train_site: str) -> str:
-  """The run of site's SAE: the chain's own run on its site, `<run>-l<i>` elsewhere."""
-  return run if site == train_site else f"{run}-l{site.rsplit('.', 1)[1]}"
+def layer_run(run: str, site: str, train_site: str, seed_index: int = 0) -> str:
+  """The run of site's SAE: the chain's own run on its site, `<run>-l<i>` elsewhere; the
+  SAEs of further init seeds add `-s<j>`."""
+  base = run if site == train_site else f"{run}-l{site.rsplit('.', 1)[1]}"
+  return base if seed_index == 0 else f"{base}-s{seed_index}"
 
 
-def train_layer_saes(config, workdir: str, *, log=print) -> dict[str, str]:
-  """Train (or resume) one SAE per `lm.layer.<i>` site of extract.sites, with the chain's
-  SAE settings; the chain's own site keeps its run. Returns {site: run}."""
+def _seeds(config) -> int:
+  n = int(config.analysis.get("layer_sae_seeds", 1))
+  if n < 1:
+    raise AnalysisError(f"analysis.layer_sae_seeds={n}: expected >= 1 SAEs per layer")
+  return n
+
+
+def train_layer_saes(config, workdir: str, *, log=print) -> dict[str, list[str]]:
+  """Train (or resume) `analysis.layer_sae_seeds` SAEs per `lm.layer.<i>` site of
+  extract.sites, with the chain's SAE settings and init seeds train.seed + j; the chain's
+  own run is seed 0 of its site. Returns {site: [run of each seed]}."""
   from musicsae_jax import train
   sites = layers.layer_sites(config.extract.sites)
   if not sites:
     raise AnalysisError(f"extract.sites={tuple(config.extract.sites)}: no lm.layer.<i> site")
   out = {}
   for site in sites:
-    run = layer_run(config.run, site, config.train.site)
-    out[site] = run
-    if run == config.run:
-      continue
-    c = copy.deepcopy(config)
-    c.run = run
-    c.train.site = site
-    log(f"layer SAE: {site} -> runs/{run}")
-    train.train_and_evaluate(c, workdir)
+    out[site] = []
+    for j in range(_seeds(config)):
+      run = layer_run(config.run, site, config.train.site, j)
+      out[site].append(run)
+      if run == config.run:
+        continue
+      c = copy.deepcopy(config)
+      c.run = run
+      c.train.site = site
+      c.train.seed = int(config.train.seed) + j
+      log(f"layer SAE: {site} seed {c.train.seed} -> runs/{run}")
+      train.train_and_evaluate(c, workdir)
   return out
 
 
 def sae_means(config, workdir: str, a: dict, *, log=print) -> dict:
-  """{"prompts", "has_rows", "sites": {site: {"run", "pm" [P, m]}}} for every layer site of
-  the store whose SAE run exists."""
+  """{"prompts", "has_rows", "sites": {site: {"run", "pm" [P, m], "seeds": [{"run", "pm"}]}}}
+  for every layer site of the store whose seed-0 SAE run exists ("seeds": every seed's run
+  that exists, seed 0 first)."""
   from musicsae_jax import store as store_lib
   from musicsae_jax.analysis import pipeline, stats
   ds_path = os.path.join(workdir, "activations", a["dataset"])
@@ -72,31 +88,46 @@ def sae_means(config, workdir: str, a: dict, *, log=print) -> dict:
   P = len(ds.prompts)
   train_site = config.train.site
   out, has_rows = {}, None
+  n_seeds = _seeds(config)
   for site in layers.layer_sites(ds.sites):
-    run = layer_run(a["run"], site, train_site)
-    if not os.path.exists(os.path.join(workdir, "runs", run, "config.json")):
-      log(f"localization: no SAE run {run!r} for {site} (launch.layer_saes trains it); left out")
-      continue
-    run_cfg, norm, params, _ = pipeline.load_run(workdir, run, a["step"])
-    enc = stats.Encoder(stats.sae_from_params(params, run_cfg.get("sae")),
-                        float(norm.get("scale", 1.0)), int(a["batch_rows"]))
-    st = stats.feature_stats(ds.site(site), enc, P, top_n=1)
-    has_rows = st.prompt_count > 0
-    out[site] = {"run": run, "pm": st.prompt_mean}
+    seeds = []
+    for j in range(n_seeds):
+      run = layer_run(a["run"], site, train_site, j)
+      if not os.path.exists(os.path.join(workdir, "runs", run, "config.json")):
+        log(f"localization: no SAE run {run!r} for {site} (launch.layer_saes trains it); "
+            + ("left out" if j == 0 else "its seed left out"))
+        if j == 0:
+          break
+        continue
+      run_cfg, norm, params, _ = pipeline.load_run(workdir, run, a["step"])
+      enc = stats.Encoder(stats.sae_from_params(params, run_cfg.get("sae")),
+                          float(norm.get("scale", 1.0)), int(a["batch_rows"]))
+      st = stats.feature_stats(ds.site(site), enc, P, top_n=1)
+      has_rows = st.prompt_count > 0
+      seeds.append({"run": run, "pm": st.prompt_mean})
+    if seeds:
+      out[site] = {"run": seeds[0]["run"], "pm": seeds[0]["pm"], "seeds": seeds}
   return {"prompts": ds.prompts, "has_rows": has_rows, "sites": out,
           "all_sites": layers.layer_sites(ds.sites)}
 
 
 def sae_scores(means: dict, label_keys, a: dict) -> dict:
-  """{label: {site: {"score": mean best held-out AUROC, "passing", "values"}}}."""
+  """{label: {site: {"score": mean over seeds of the mean best held-out AUROC, "se" (std
+  across seeds / sqrt(seeds); None with one), "by_seed", "runs", and seed 0's "passing",
+  "values"}}}."""
   out = {}
   for site, d in means["sites"].items():
-    res = ground_truth.score({"sae": d["pm"]}, means["prompts"], label_keys, a,
-                             has_rows=means["has_rows"])
-    for key, pl in res["per_label"].items():
-      s = pl["sae"]
-      out.setdefault(key, {})[site] = {"score": s["mean_best_auroc"], "passing": s["passing"],
-                                       "values": s["values"], "run": d["run"]}
+    per_seed = [ground_truth.score({"sae": s["pm"]}, means["prompts"], label_keys, a,
+                                   has_rows=means["has_rows"])["per_label"]
+                for s in d.get("seeds") or [d]]
+    for key, pl in per_seed[0].items():
+      by_seed = [float(p[key]["sae"]["mean_best_auroc"]) for p in per_seed]
+      se = (float(np.std(by_seed, ddof=1) / np.sqrt(len(by_seed))) if len(by_seed) > 1
+            else None)
+      out.setdefault(key, {})[site] = {
+          "score": float(np.mean(by_seed)), "se": se, "by_seed": by_seed,
+          "passing": pl["sae"]["passing"], "values": pl["sae"]["values"], "run": d["run"],
+          "runs": [s["run"] for s in d.get("seeds") or [d]]}
   return out
 
 
@@ -260,8 +291,10 @@ def section(loc: dict) -> str:
   note = ("Per label and layer: probe accuracy − shuffled control (probes_by_layer.json); "
           "patching: the fraction of the way block i's self-attention output moves clip B's "
           "next-token distribution toward clip A's, A and B one label apart (patching.json); "
-          "SAE: one SAE per layer, the mean over the label's values of the best feature's "
-          "held-out AUROC. Red boxes: each row's best layer.")
+          "SAE: the mean over the label's values of the best feature's held-out AUROC, "
+          "averaged over SAEs per layer that differ only in their init seed (se across "
+          "them). Red boxes: each row's best layer; '(within 2 se)': the best layer beats "
+          "the runner-up by less than twice its standard error.")
   return report._section(SECTION, "Organism scorecard: where does each concept live?", note,  # pylint: disable=protected-access
                          report.img(heatmaps_png(loc), "label x layer per method")
                          + f"<table>{head}{body}</table><ul>{agr}</ul>"

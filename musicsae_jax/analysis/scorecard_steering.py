@@ -76,9 +76,17 @@ def load(out_dir: str) -> dict | None:
                       "per_strength": per_strength}}
 
 
-def attach(card: dict, out_dir: str) -> dict:
-  """card["steering"] = load(out_dir) when the steering stage has run."""
-  st = load(out_dir)
+def attach(card: dict, out_dir: str, *, log=None) -> dict:
+  """card["steering"] = load(out_dir) when the steering stage has run. With `log`, a
+  steering file of another format is left out with one line instead of raising, so a
+  re-scored scorecard is not lost to it."""
+  try:
+    st = load(out_dir)
+  except SteeringFileError as e:
+    if log is None:
+      raise
+    log(f"scorecard: steering left out: {e}")
+    return card
   if st is not None:
     card["steering"] = st
   return card
