@@ -164,6 +164,10 @@ def test_scorecard_grades_word_labels_and_localizes_each_label_on_every_layer(or
     page = f.read()
   assert '<section id="scorecard-labels">' in page
   assert '<section id="scorecard-localization">' in page
+  same = {p: sum(v is True for v in d["same_best"].values()) for p, d in loc["agreement"].items()}
+  for p, d in loc["agreement"].items():     # a count a person can read, not a fraction
+    assert f"{p}: mean Spearman across layers" in page
+    assert f"same best layer for {same[p]} of {d['labels']} labels" in page
 
 
 def test_naming_sets_come_from_the_captions_and_labels_match_only_those_words():

@@ -237,9 +237,14 @@ def build(config, workdir: str, a: dict, means: dict, *, log=print) -> dict:
       f"{k} " + "/".join(f"{m}={(r[m]['best_site'] or '-').replace('lm.layer.', 'L')}" for m in r)
       for k, r in res["table"].items()))
   for pair, d in res["agreement"].items():
-    log(f"localization: {pair}: mean Spearman {d['mean_spearman']}, same best layer "
-        f"{d['same_best_fraction']} of {d['labels']} labels")
+    log(f"localization: {pair}: mean Spearman {_f(d['mean_spearman'])}, same best layer for "
+        f"{_same_best(d)}")
   return res
+
+
+def _same_best(d: dict) -> str:
+  """'3 of 8 labels': how many labels (with a best layer for both methods) share it."""
+  return f"{sum(v is True for v in d['same_best'].values())} of {d['labels']} labels"
 
 
 # --- report --------------------------------------------------------------------------------
@@ -285,7 +290,7 @@ def section(loc: dict) -> str:
           f"{'' if r[m].get('clear') is not False else ' (within 2 se)'}</td>"
           for m in meths) + "</tr>" for k, r in loc["table"].items())
   agr = "".join(f"<li>{html.escape(p)}: mean Spearman across layers {_f(d['mean_spearman'])}, "
-                f"same best layer for {_f(d['same_best_fraction'])} of {d['labels']} labels</li>"
+                f"same best layer for {_same_best(d)}</li>"
                 for p, d in loc["agreement"].items())
   miss = "".join(f"<li>{html.escape(m)}: {html.escape(w)}</li>" for m, w in loc["missing"].items())
   note = ("Per label and layer: probe accuracy − shuffled control (probes_by_layer.json); "
