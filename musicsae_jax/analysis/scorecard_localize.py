@@ -119,7 +119,7 @@ def sae_scores(means: dict, label_keys, a: dict) -> dict:
   for site, d in means["sites"].items():
     per_seed = [ground_truth.score({"sae": s["pm"]}, means["prompts"], label_keys, a,
                                    has_rows=means["has_rows"])["per_label"]
-                for s in d.get("seeds") or [d]]
+                for s in d["seeds"]]
     for key, pl in per_seed[0].items():
       by_seed = [float(p[key]["sae"]["mean_best_auroc"]) for p in per_seed]
       se = (float(np.std(by_seed, ddof=1) / np.sqrt(len(by_seed))) if len(by_seed) > 1
@@ -127,7 +127,7 @@ def sae_scores(means: dict, label_keys, a: dict) -> dict:
       out.setdefault(key, {})[site] = {
           "score": float(np.mean(by_seed)), "se": se, "by_seed": by_seed,
           "passing": pl["sae"]["passing"], "values": pl["sae"]["values"], "run": d["run"],
-          "runs": [s["run"] for s in d.get("seeds") or [d]]}
+          "runs": [s["run"] for s in d["seeds"]]}
   return out
 
 

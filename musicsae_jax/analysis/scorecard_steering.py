@@ -166,7 +166,8 @@ def section(st: dict) -> str:
           "<th>unsteered</th><th>success [95% CI]</th><th>adherence</th>"
           "<th>same-seed agreement</th>"
           "<th>decoder controls: success / adherence</th>"
-          "<th>Gaussian controls: success / adherence</th><th>rank p</th></tr>")
+          "<th>Gaussian controls: success / adherence</th><th>rank p</th></tr>"
+          ).replace("<th>", '<th style="overflow-wrap:normal">')   # break headers at spaces only
   body = []
   for f in st["features"]:
     for r in f["by_strength"]:
